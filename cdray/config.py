@@ -496,6 +496,11 @@ def _build(cls: type, data: Any, at: str) -> Any:
         raise ConfigError(at or "<root>", str(e)) from None
 
 
+def parse_section(cls: type, data: Any, at: str) -> Any:
+    """Build one config dataclass from its raw mapping, strictly (as load() does for the whole tree)."""
+    return _build(cls, data, at)
+
+
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     """Apply one `a.b.c=value` override to a raw YAML tree (lists by index: a.0.b)."""
     parts = dotted.split(".")
@@ -589,6 +594,6 @@ __all__ = [
     "ConfigError", "SourceConfig", "CorpusConfig", "TokenizerConfig", "ModelConfig", "TrainConfig",
     "ExpertConfig", "SmallConfig", "DecodingConfig", "GenerationConfig", "EvalConfig", "GridConfig",
     "StoreConfig", "TrackingConfig", "RayConfig", "SweepConfig", "MODEL_PRESETS", "STRATEGIES", "PACKAGED_TEXT_NAMES",
-    "load", "load_raw", "from_dict", "to_dict", "field_reference", "set_dotted", "parse_override",
+    "load", "load_raw", "parse_section", "from_dict", "to_dict", "field_reference", "set_dotted", "parse_override",
 ]
 

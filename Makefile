@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# On a GPU machine, e.g.: make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.cdray-installed
+SWEEP  ?= sweeps/tiny.yaml
+
+.PHONY: setup demo test plan report clean-store
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/cdray sweep $(SWEEP)
+
+plan: setup
+	$(BIN)/cdray plan $(SWEEP)
+
+report: setup
+	$(BIN)/cdray report $(SWEEP)
+
+test: setup
+	$(BIN)/pytest -q --timeout=900 tests
+
+clean-store:
+	rm -rf .cdray

@@ -1,0 +1,104 @@
+"""Command line: `cdray run|plan|sweep|report|verify CONFIG [--set a.b=v ...]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from cdray import config as config_mod
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cdray", description="Contrastive-decoding synthetic-data sweeps on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+    helps = {
+        "sweep": "run a sweep: shared stages once, cells as a Ray Tune run, tracked in MLflow",
+        "run": "build every stage of a config in order, without Ray Tune (debugging, single cells)",
+        "plan": "list every stage of a config with its store key and whether it is cached",
+        "report": "re-print the arm table of a sweep from MLflow",
+        "verify": "check every artifact of the store against its manifest checksums",
+    }
+    for name, text in helps.items():
+        sp = sub.add_parser(name, help=text, description=text)
+        sp.add_argument("config", help="sweep / config YAML file")
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=v",
+                        help="override one config value (repeatable)")
+    return p
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """Unwrap Ray's task / training wrappers to the user-facing error."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if isinstance(inner, BaseException):
+            exc = inner
+            continue
+        # Ray Train wraps worker errors in a group of per-rank errors
+        worker_errors = getattr(exc, "worker_failures", None) or {}
+        if worker_errors:
+            exc = next(iter(worker_errors.values()))
+            continue
+        break
+    return exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config, args.overrides)
+        if args.command == "plan":
+            from cdray.sweep import print_plan
+
+            print_plan(cfg)
+        elif args.command == "sweep":
+            from cdray.sweep import run_sweep
+
+            run_sweep(cfg, use_tune=True)
+        elif args.command == "run":
+            from cdray.sweep import run_sweep
+
+            run_sweep(cfg, use_tune=False)
+        elif args.command == "report":
+            from cdray.sweep import report_from_mlflow
+
+            report_from_mlflow(cfg)
+        elif args.command == "verify":
+            return _verify(cfg)
+    except KeyboardInterrupt:
+        print("cdray: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and a non-zero exit
+        cause = _root_cause(exc)
+        known = (config_mod.ConfigError, ValueError, OSError, RuntimeError, LookupError)
+        if not isinstance(cause, known):
+            raise
+        print(f"cdray: error: {_one_line(cause)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _verify(cfg) -> int:
+    from cdray.store import Store
+
+    store = Store.at(cfg.store.root)
+    bad_total = 0
+    for stage, key in store.list():
+        bad = store.verify(stage, key)
+        bad_total += len(bad)
+        for path in bad:
+            print(f"corrupt: {stage}/{key}: {path}")
+    print(f"verified {len(store.list())} artifacts: {'all intact' if not bad_total else f'{bad_total} corrupt files'}")
+    return 1 if bad_total else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The sweep DAG: stage nodes with content keys, arms and cells of the grid, and the plan."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Iterator, Optional
+
+from cdray.config import SweepConfig, to_dict
+from cdray.store import Store, stage_key
+
+# Bump a stage's version when its output for the same config changes meaning.
+STAGE_VERSIONS = {
+    "corpus": 1,
+    "tokenizer": 1,
+    "tokens": 1,
+    "prompts": 1,
+    "train": 1,
+    "generate": 1,
+    "evaluate": 1,
+}
+
+# Execution-only knobs: they change how fast an artifact is built, never what it contains,
+# so they are left out of the key (everything else in a slice is hashed).
+EXECUTION_ONLY = {
+    "train": ("torch_threads",),
+    "generation": ("actors", "actor_cpus", "actor_gpus"),
+    "eval": ("batch_size",),
+}
+
+
+def _slice(section: str, obj: Any) -> dict:
+    d = to_dict(obj)
+    for name in EXECUTION_ONLY.get(section, ()):
+        d.pop(name, None)
+    return d
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One stage execution: its config slice and its input nodes determine its key."""
+
+    stage: str
+    config: dict
+    inputs: tuple[tuple[str, "Node"], ...] = ()
+    label: str = ""
+
+    @cached_property
+    def key(self) -> str:
+        return stage_key(self.stage, STAGE_VERSIONS[self.stage], self.config, self.input_keys)
+
+    @property
+    def input_keys(self) -> dict[str, str]:
+        return {name: node.key for name, node in self.inputs}
+
+    def input(self, name: str) -> "Node":
+        for n, node in self.inputs:
+            if n == name:
+                return node
+        raise KeyError(f"{self.label}: no input {name!r}")
+
+    def has_input(self, name: str) -> bool:
+        return any(n == name for n, _ in self.inputs)
+
+    def walk(self) -> Iterator["Node"]:
+        """Every ancestor, then self (inputs first)."""
+        for _, node in self.inputs:
+            yield from node.walk()
+        yield self
+
+
+@dataclass(frozen=True)
+class Amateur:
+    """The BAD model of a contrastive arm."""
+
+    kind: str  # "early" | "small" | "dropout"
+    value: float  # k, r or p
+
+    @property
+    def label(self) -> str:
+        tag = {"early": "EARLY", "small": "SMALL", "dropout": "DROP"}[self.kind]
+        return f"{tag}-{self.value:g}"
+
+
+STRATEGY_LABELS = {
+    "no_contrast": "NO-CONTRAST",
+    "no_contrast_vhead": "NO-CONTRAST+VHEAD",
+    "contrastive": "CD",
+    "contrastive_tail": "CD-TAIL",
+}
+
+
+def arm_name(strategy: Optional[str], amateur: Optional[Amateur], q: float) -> str:
+    if q == 0:
+        return "BASELINE"
+    base = STRATEGY_LABELS[strategy or "no_contrast"]
+    return f"{base}-{amateur.label}" if amateur else base
+
+
+@dataclass(frozen=True, eq=False)
+class Cell:
+    """One trained-and-evaluated model of the sweep: (arm, q, seed)."""
+
+    arm: str
+    q: float
+    seed: int
+    strategy: Optional[str]
+    amateur: Optional[Amateur]
+    train: Node
+    evaluate: Node
+
+    @property
+    def id(self) -> str:
+        return f"{self.arm}|q={self.q:g}|seed={self.seed}"
+
+    def params(self) -> dict:
+        a = self.amateur
+        return {
+            "arm": self.arm, "q": self.q, "seed": self.seed, "strategy": self.strategy or "none",
+            "amateur": a.label if a else "none",
+            "k": a.value if a and a.kind == "early" else None,
+            "r": a.value if a and a.kind == "small" else None,
+            "p": a.value if a and a.kind == "dropout" else None,
+        }
+
+
+@dataclass
+class SweepGraph:
+    """Every node of a sweep, shared upstream work appearing once."""
+
+    cfg: SweepConfig
+    corpus: Node
+    tokenizer: Node
+    tokens_train: Node
+    tokens_eval: Node
+    prompts: Node
+    good: Node
+    smalls: dict[float, Node] = field(default_factory=dict)
+    small_info: dict[float, dict] = field(default_factory=dict)
+    generations: dict[str, Node] = field(default_factory=dict)  # by corpus label
+    synthetic: dict[str, Node] = field(default_factory=dict)
+    cells: list[Cell] = field(default_factory=list)
+
+    def nodes(self) -> list[Node]:
+        """All nodes, inputs before users, each key once."""
+        seen: dict[tuple[str, str], Node] = {}
+        roots = [self.good, self.prompts, *self.smalls.values(), *self.synthetic.values()]
+        roots += [n for c in self.cells for n in (c.train, c.evaluate)]
+        for root in roots:
+            for node in root.walk():
+                seen.setdefault((node.stage, node.key), node)
+        return list(seen.values())
+
+    def upstream(self) -> list[Node]:
+        """Nodes that cells depend on but that are not cells themselves."""
+        cell_keys = {(n.stage, n.key) for c in self.cells for n in (c.train, c.evaluate)}
+        return [n for n in self.nodes() if (n.stage, n.key) not in cell_keys]
+
+
+def _train_node(cfg: SweepConfig, g_inputs: dict, *, model: dict, seed: int, q: float,
+                milestones: tuple[int, ...], label: str, synthetic: Optional[Node] = None) -> Node:
+    inputs = [("real", g_inputs["tokens_train"]), ("eval", g_inputs["tokens_eval"])]
+    if synthetic is not None:
+        inputs.append(("synthetic", synthetic))
+    config = {
+        "model": model,
+        "vocab_size": cfg.tokenizer.vocab_size,
+        "recipe": _slice("train", cfg.train),
+        "seed": seed,
+        "q": q,
+        "milestones": list(milestones),
+    }
+    return Node("train", config, tuple(inputs), label)
+
+
+def build_graph(cfg: SweepConfig) -> SweepGraph:
+    """Expand the grid into nodes and deduplicated cells."""
+    from cdray.model import small_for_ratio  # model shapes need transformers; keep import local
+
+    corpus = Node("corpus", _slice("corpus", cfg.corpus), (), "corpus")
+    tokenizer = Node("tokenizer", _slice("tokenizer", cfg.tokenizer), (("corpus", corpus),), "tokenizer")
+    split_inputs = (("corpus", corpus), ("tokenizer", tokenizer))
+    tokens_train = Node("tokens", {"split": "train"}, split_inputs, "tokens[train]")
+    tokens_eval = Node("tokens", {"split": "eval"}, split_inputs, "tokens[eval]")
+    prompts = Node("prompts", {"prompt_tokens": cfg.generation.prompt_tokens}, split_inputs, "prompts")
+    gi = {"tokens_train": tokens_train, "tokens_eval": tokens_eval}
+
+    expert_model = to_dict(cfg.expert.model)
+    good = _train_node(cfg, gi, model=expert_model, seed=cfg.expert.seed, q=0.0,
+                       milestones=cfg.good_milestones, label=f"train GOOD seed={cfg.expert.seed}")
+    graph = SweepGraph(cfg, corpus, tokenizer, tokens_train, tokens_eval, prompts, good)
+
+    for r in cfg.grid.r:
+        shape, info = small_for_ratio(cfg.expert.model, r, cfg.tokenizer.vocab_size, cfg.small.candidates)
+        graph.smalls[r] = _train_node(cfg, gi, model=to_dict(shape), seed=cfg.expert.seed, q=0.0,
+                                      milestones=(cfg.train.steps,), label=f"train SMALL r={r:g}")
+        graph.small_info[r] = info
+
+    amateurs = [Amateur("early", k) for k in cfg.grid.k]
+    amateurs += [Amateur("small", r) for r in cfg.grid.r]
+    amateurs += [Amateur("dropout", p) for p in cfg.grid.p]
+
+    def corpus_for(strategy: str, amateur: Optional[Amateur]) -> Node:
+        name = arm_name(strategy, amateur, 1.0)
+        if name in graph.synthetic:
+            return graph.synthetic[name]
+        inputs: list[tuple[str, Node]] = [("expert", good), ("prompts", prompts), ("tokenizer", tokenizer)]
+        amateur_cfg: dict[str, Any] = {"kind": "none"}
+        if amateur is not None:
+            amateur_cfg = {"kind": amateur.kind}
+            if amateur.kind == "early":
+                amateur_cfg["step"] = int(amateur.value)
+                inputs.append(("amateur", good))
+            elif amateur.kind == "small":
+                amateur_cfg["step"] = cfg.train.steps
+                inputs.append(("amateur", graph.smalls[amateur.value]))
+            else:
+                amateur_cfg["dropout"] = amateur.value
+        config = {
+            "generation": _slice("generation", cfg.generation),
+            "strategy": strategy,
+            "expert_step": cfg.expert_step,
+            "amateur": amateur_cfg,
+        }
+        gen = Node("generate", config, tuple(inputs), f"generate {name}")
+        graph.generations[name] = gen
+        syn = Node("tokens", {"split": "synthetic"}, (("generate", gen),), f"tokens[{name}]")
+        graph.synthetic[name] = syn
+        return syn
+
+    mixed_model = to_dict(cfg.mixed_model or cfg.expert.model)
+    eval_cfg = _slice("eval", cfg.eval) | {"seq_len": cfg.train.seq_len}
+    seen: set[str] = set()
+    for seed in cfg.grid.seed:
+        for q in cfg.grid.q:
+            for strategy in cfg.grid.strategy:
+                needs_amateur = strategy in ("contrastive", "contrastive_tail")
+                for amateur in (amateurs if needs_amateur else [None]):
+                    if q == 0:
+                        strategy_, amateur_ = None, None
+                    else:
+                        strategy_, amateur_ = strategy, amateur
+                    arm = arm_name(strategy_, amateur_, q)
+                    cell_id = f"{arm}|{q}|{seed}"
+                    if cell_id in seen:
+                        continue
+                    seen.add(cell_id)
+                    syn = corpus_for(strategy_, amateur_) if q > 0 else None
+                    label = f"train {arm} q={q:g} seed={seed}"
+                    train = _train_node(cfg, gi, model=mixed_model, seed=seed, q=q,
+                                        milestones=cfg.train.default_milestones(), label=label,
+                                        synthetic=syn)
+                    ev = Node("evaluate", eval_cfg, (("run", train), ("eval", tokens_eval)),
+                              f"evaluate {arm} q={q:g} seed={seed}")
+                    graph.cells.append(Cell(arm, q, seed, strategy_, amateur_, train, ev))
+    return graph
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    stage: str
+    label: str
+    key: str
+    cached: bool
+
+
+def plan(graph: SweepGraph, store: Store) -> list[PlanRow]:
+    return [PlanRow(n.stage, n.label, n.key, store.is_done(n.stage, n.key)) for n in graph.nodes()]
+
+
+def format_plan(rows: list[PlanRow]) -> str:
+    width = max(len(r.label) for r in rows)
+    lines = [f"{'stage':<10} {'what':<{width}} {'key':<16} status"]
+    for r in rows:
+        lines.append(f"{r.stage:<10} {r.label:<{width}} {r.key:<16} {'cached' if r.cached else 'to build'}")
+    todo = sum(not r.cached for r in rows)
+    lines.append(f"{len(rows)} stages: {len(rows) - todo} cached, {todo} to build")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Ray shell around the stages: Ray Train for training, Ray Data for generation, tasks for the rest."""
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import ray
+
+from cdray import stages
+from cdray.config import RayConfig, SweepConfig
+from cdray.pipeline import Node
+from cdray.store import Store
+
+
+def init_ray(rcfg: RayConfig) -> None:
+    """Attach to ray.address / $RAY_ADDRESS if given, else start a local cluster."""
+    if ray.is_initialized():
+        return
+    address = rcfg.address or os.environ.get("RAY_ADDRESS")
+    # workers of a local cluster must import cdray from this checkout even if it is not installed
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=rcfg.num_cpus, include_dashboard=False,
+                 runtime_env=env, log_to_driver=True)
+
+
+@ray.remote(num_cpus=1)
+def _build_task(node: Node, cfg: SweepConfig, store_root: str) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    return stages.build(node, cfg, Store.at(store_root))
+
+
+def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[str] = None,
+               callbacks: tuple = ()) -> dict:
+    """Get-or-build a node with the Ray executor that suits its stage."""
+    if store.is_done(node.stage, node.key):
+        return store.manifest(node.stage, node.key)
+    if node.stage == "train":
+        builder = partial(fit_training, callbacks=callbacks)
+        return stages.build(node, cfg, store, builder=builder, extra={"mlflow_run_id": run_id})
+    if node.stage == "generate":
+        builder = partial(stages.build_generate, execute=partial(generate_with_ray_data, cfg=cfg))
+        return stages.build(node, cfg, store, builder=builder)
+    return ray.get(_build_task.remote(node, cfg, str(store.root)))
+
+
+def _train_loop(config: dict) -> dict:
+    import ray.train
+    import torch
+
+    from cdray.training import train
+
+    ctx = ray.train.get_context()
+    device = "cpu"
+    if config["use_gpu"]:
+        device = str(ray.train.torch.get_device())
+    else:
+        torch.set_num_threads(config["threads"])
+
+    def report(metrics: dict) -> None:
+        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    return train(config["job"], Path(config["out"]), rank=ctx.get_world_rank(),
+                 world_size=ctx.get_world_size(), device=device, report=report)
+
+
+def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callbacks: tuple = ()) -> dict:
+    """Run a train node as a Ray Train TorchTrainer (gloo on CPU, nccl on GPU).
+
+    Resume is the loop's own: it restarts from the last complete milestone in `out`, whether
+    Ray restarted the worker group (FailureConfig) or the whole driver was re-run.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    recipe = cfg.train
+    resources = None if recipe.use_gpu else {"CPU": recipe.torch_threads}
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"job": stages.train_job(node, cfg, store), "out": str(out),
+                           "use_gpu": recipe.use_gpu, "threads": recipe.torch_threads},
+        torch_config=TorchConfig(backend="nccl" if recipe.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=recipe.num_workers, use_gpu=recipe.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=f"train-{node.key}", storage_path=str(store.root / "_ray"),
+                             failure_config=FailureConfig(max_failures=2), callbacks=list(callbacks)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return result.return_value
+
+
+def generate_with_ray_data(kwargs: dict, shards: list[dict], *, cfg: SweepConfig) -> None:
+    """Run generation shards on a Ray Data actor pool; each actor holds both models."""
+    from cdray.generation import ShardGenerator
+
+    gen = cfg.generation
+    ds = ray.data.from_items(shards)
+    # one block per shard, so the pool can hand shards to several actors
+    ds = ds.repartition(len(shards))
+    resources = {"num_cpus": gen.actor_cpus}
+    if gen.actor_gpus:
+        resources["num_gpus"] = gen.actor_gpus
+    out = ds.map_batches(
+        ShardGenerator,
+        fn_constructor_kwargs={**kwargs, "torch_threads": max(1, int(gen.actor_cpus)),
+                               "device": "cuda" if gen.actor_gpus else "cpu"},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(gen.actors, len(shards)))),
+        **resources,
+    )
+    out.materialize()

@@ -1,0 +1,195 @@
+"""Stage builders: plain functions from a node's inputs (files in the store) to its output dir."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Optional
+
+from cdray.config import SweepConfig, to_dict
+from cdray.pipeline import Node
+from cdray.store import Store
+
+# A shard executor runs generation shards given as [{"shard_id", "start", "end"}, ...].
+ShardExecutor = Callable[[dict, list[dict]], None]
+
+
+def input_dir(store: Store, node: Node, name: str) -> Path:
+    dep = node.input(name)
+    return store.dir(dep.stage, dep.key)
+
+
+def build_corpus(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+    from cdray.corpus import build_corpus as build
+
+    return build(cfg.corpus, out, store.root / "_downloads")
+
+
+def build_tokenizer(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+    from cdray.tokenizer import train_tokenizer
+
+    return train_tokenizer(cfg.tokenizer, input_dir(store, node, "corpus") / "train.parquet", out)
+
+
+def build_tokens(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+    from cdray.tokenizer import tokenize_parquet, write_token_stream
+
+    split = node.config["split"]
+    if split == "synthetic":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(input_dir(store, node, "generate") / "corpus.parquet", columns=["tokens"])
+        # generated rows already are token ids (prompt incl. BOS + continuation); strip a leading
+        # BOS / trailing EOS so write_token_stream's wrapping does not double them
+        def docs():
+            for toks in table.column("tokens").to_pylist():
+                if toks and toks[0] == 1:
+                    toks = toks[1:]
+                if toks and toks[-1] == 2:
+                    toks = toks[:-1]
+                yield toks
+
+        return write_token_stream(docs(), out / "tokens.npy")
+    corpus = input_dir(store, node, "corpus") / f"{split}.parquet"
+    return tokenize_parquet(input_dir(store, node, "tokenizer"), corpus, out / "tokens.npy")
+
+
+def build_prompts(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+    from cdray.generation import make_prompts
+
+    return make_prompts(input_dir(store, node, "corpus") / "seed.parquet",
+                        input_dir(store, node, "tokenizer"), node.config["prompt_tokens"],
+                        out / "prompts.parquet")
+
+
+def train_job(node: Node, cfg: SweepConfig, store: Store):
+    """The pure training job of a train node (paths resolved in the store)."""
+    from cdray.config import ModelConfig, parse_section
+    from cdray.training import TrainJob
+
+    c = node.config
+    syn = str(input_dir(store, node, "synthetic") / "tokens.npy") if node.has_input("synthetic") else None
+    return TrainJob(
+        model=parse_section(ModelConfig, c["model"], "model"),
+        vocab_size=c["vocab_size"],
+        recipe=cfg.train,
+        seed=c["seed"],
+        q=c["q"],
+        milestones=tuple(c["milestones"]),
+        real_tokens=str(input_dir(store, node, "real") / "tokens.npy"),
+        eval_tokens=str(input_dir(store, node, "eval") / "tokens.npy"),
+        synthetic_tokens=syn,
+    )
+
+
+def build_train_local(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+    from cdray.training import train
+
+    return train(train_job(node, cfg, store), out)
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / f"step_{step:06d}" / "model"
+
+
+def generator_kwargs(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+    """Constructor arguments of generation.ShardGenerator for a generate node."""
+    c = node.config
+    expert_dir = step_dir(input_dir(store, node, "expert"), c["expert_step"])
+    amateur = dict(c["amateur"])
+    kind = amateur["kind"]
+    if kind in ("early", "small"):
+        amateur["model_dir"] = str(step_dir(input_dir(store, node, "amateur"), amateur["step"]))
+    elif kind == "dropout":
+        amateur["model_dir"] = str(expert_dir)
+    else:
+        amateur["model_dir"] = None
+    amateur.setdefault("dropout", 0.0)
+    return {
+        "expert_dir": str(expert_dir),
+        "amateur": amateur,
+        "strategy": c["strategy"],
+        "generation": to_dict(cfg.generation),
+        "prompts_path": str(input_dir(store, node, "prompts") / "prompts.parquet"),
+        "tokenizer_dir": str(input_dir(store, node, "tokenizer")),
+        "out_dir": str(out),
+    }
+
+
+def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
+                   execute: Optional[ShardExecutor] = None) -> dict:
+    """Generate shards in waves until the token budget is met, then finalise the corpus.
+
+    Shards already committed (their manifest exists) are never regenerated, so an interrupted
+    run resumes where it stopped; the kept rows depend only on shard order, not on timing.
+    """
+    import pyarrow.parquet as pq
+
+    from cdray.generation import finalize_corpus, shard_plan, shards_done
+
+    gen = cfg.generation
+    kwargs = generator_kwargs(node, cfg, store, out)
+    n_prompts = pq.read_metadata(kwargs["prompts_path"]).num_rows
+    shards = shard_plan(n_prompts, gen.shard_prompts)
+    execute = execute or _execute_in_process
+    while True:
+        done = shards_done(out)
+        leading = _leading_tokens(out, shards, done)
+        have = sum(leading)
+        todo = [s for s in shards if s["shard_id"] not in done]
+        if have >= gen.token_budget or not todo:
+            break
+        per_shard = (have / len(leading)) if leading else gen.shard_prompts * gen.continuations * gen.max_new_tokens
+        wanted = max(gen.actors, math.ceil((gen.token_budget - have) / max(per_shard, 1.0)))
+        execute(kwargs, todo[:wanted])
+    return finalize_corpus(out, len(shards), gen.token_budget)
+
+
+def _leading_tokens(out: Path, shards: list[dict], done: set[int]) -> list[int]:
+    import json
+
+    counts = []
+    for s in shards:
+        if s["shard_id"] not in done:
+            break
+        meta = json.loads((out / "shards" / f"shard_{s['shard_id']:05d}.json").read_text())
+        counts.append(int(meta["new_tokens"]))
+    return counts
+
+
+def _execute_in_process(kwargs: dict, shards: list[dict]) -> None:
+    import numpy as np
+
+    from cdray.generation import ShardGenerator
+
+    gen = ShardGenerator(**kwargs)
+    for s in shards:
+        gen({k: np.array([s[k]]) for k in ("shard_id", "start", "end")})
+
+
+def build_evaluate(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+    from cdray.evaluation import evaluate_run
+
+    c = node.config
+    return evaluate_run(input_dir(store, node, "run"), input_dir(store, node, "eval") / "tokens.npy", out,
+                        seq_len=c["seq_len"], max_blocks=c["max_blocks"], batch_size=cfg.eval.batch_size)
+
+
+BUILDERS: dict[str, Callable[[Node, SweepConfig, Store, Path], dict]] = {
+    "corpus": build_corpus,
+    "tokenizer": build_tokenizer,
+    "tokens": build_tokens,
+    "prompts": build_prompts,
+    "train": build_train_local,
+    "generate": build_generate,
+    "evaluate": build_evaluate,
+}
+
+
+def build(node: Node, cfg: SweepConfig, store: Store,
+          builder: Optional[Callable[[Node, SweepConfig, Store, Path], dict]] = None,
+          extra: Optional[dict] = None) -> dict:
+    """Get-or-build one node in this process; returns its manifest."""
+    fn = builder or BUILDERS[node.stage]
+    return store.get_or_build(node.stage, node.key, lambda out: fn(node, cfg, store, out),
+                              config=node.config, inputs=node.input_keys,
+                              extra={"label": node.label, **(extra or {})})

@@ -1,0 +1,201 @@
+"""Ray Tune sweep driver: shared upstream work once, missing cells as Tune trials, MLflow runs."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable, Optional
+
+from ray import tune
+
+from cdray.config import SweepConfig, to_dict
+from cdray.pipeline import Cell, SweepGraph, build_graph, format_plan, plan
+from cdray.ray_exec import build_node, init_ray
+from cdray.report import format_table
+from cdray.store import Store, stage_key
+from cdray.tracking import Tracker
+
+Echo = Callable[[str], None]
+
+
+def sweep_key(cfg: SweepConfig) -> str:
+    """Identity of a sweep for MLflow: everything but where it runs and is stored."""
+    d = to_dict(cfg)
+    for plumbing in ("store", "tracking", "ray"):
+        d.pop(plumbing)
+    return stage_key("sweep", 1, d, {})
+
+
+def model_sizes(model_cfg: dict, vocab: int) -> dict:
+    from cdray.config import ModelConfig, parse_section
+    from cdray.model import llama_config, param_counts
+
+    counts = param_counts(llama_config(parse_section(ModelConfig, model_cfg, "model"), vocab))
+    return {"params_total": counts["total"], "params_non_embedding": counts["non_embedding"]}
+
+
+def cell_row(cell: Cell, store: Store) -> Optional[dict]:
+    """The numbers of a finished cell, read from the store (None if not built)."""
+    if not store.is_done(cell.evaluate.stage, cell.evaluate.key):
+        return None
+    ev = store.manifest(cell.evaluate.stage, cell.evaluate.key)["stats"]
+    tr = store.manifest(cell.train.stage, cell.train.key)["stats"]
+    return {**cell.params(), "final_ppl": ev["final_ppl"], "best_ppl": ev["best_ppl"],
+            "best_step": ev["best_step"], "realised_q": tr.get("realised_q")}
+
+
+def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConfig, store: Store) -> dict:
+    """Params, metrics, tags and dataset inputs of a finished cell's child run."""
+    row = cell_row(cell, store)
+    train_dir = store.dir(cell.train.stage, cell.train.key)
+    tr = store.manifest(cell.train.stage, cell.train.key)["stats"]
+    params = {**cell.params(), **model_sizes(cell.train.config["model"], cfg.tokenizer.vocab_size),
+              "model": cell.train.config["model"], "steps": cfg.train.steps,
+              "batch_size": cfg.train.batch_size, "seq_len": cfg.train.seq_len,
+              "realised_q": tr.get("realised_q"), "mixing": cfg.train.mixing}
+    tracker.log_params(run_id, params)
+    metrics = []
+    curve = train_dir / "metrics.jsonl"
+    if curve.is_file():
+        for line in curve.read_text().splitlines():
+            m = json.loads(line)
+            metrics.append(("train_loss", m["loss"], m["step"]))
+            metrics.append(("lr", m["lr"], m["step"]))
+    ms = train_dir / "milestones.jsonl"
+    if ms.is_file():
+        for line in ms.read_text().splitlines():
+            m = json.loads(line)
+            metrics.append(("eval_loss", m.get("eval_loss"), m["step"]))
+    ev = store.manifest(cell.evaluate.stage, cell.evaluate.key)["stats"]
+    for m in ev["milestones"]:
+        metrics.append(("eval_ppl", m["ppl"], m["step"]))
+    metrics += [("final_ppl", row["final_ppl"], 0), ("best_ppl", row["best_ppl"], 0),
+                ("realised_q", tr.get("realised_q"), 0)]
+    tracker.log_metrics(run_id, metrics)
+    tags = {"cdray.train_key": cell.train.key, "cdray.evaluate_key": cell.evaluate.key,
+            "cdray.arm": cell.arm}
+    real = cell.train.input("real")
+    tracker.log_dataset(run_id, "real-train", store.dir(real.stage, real.key).as_uri(), real.key, "training")
+    if cell.train.has_input("synthetic"):
+        syn = cell.train.input("synthetic")
+        tags["cdray.synthetic_key"] = syn.key
+        tracker.log_dataset(run_id, f"synthetic {cell.arm}", store.dir(syn.stage, syn.key).as_uri(),
+                            syn.key, "training")
+    tracker.set_tags(run_id, tags)
+    return row
+
+
+def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], parent_id: Optional[str]) -> None:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cell = cells[config["cell"]]
+    store = Store.at(cfg.store.root)
+    tracker = Tracker(cfg.tracking)
+    run_id, _ = tracker.child_run(parent_id, cell.id, cell.id)
+    try:
+        build_node(cell.train, cfg, store, run_id=run_id, callbacks=(TuneReportCallback(),))
+        build_node(cell.evaluate, cfg, store)
+        row = log_cell(tracker, run_id, cell, cfg, store)
+    except BaseException:
+        tracker.finish(run_id, "FAILED")
+        raise
+    tracker.finish(run_id)
+    tune.report({"final_ppl": row["final_ppl"], "best_ppl": row["best_ppl"], "done": True})
+
+
+def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional[str], name: str) -> None:
+    """One Tune trial per missing cell; each trial drives a TorchTrainer and the evaluation."""
+    trainable = tune.with_resources(
+        tune.with_parameters(_cell_trial, cfg=cfg, cells={c.id: c for c in cells}, parent_id=parent_id),
+        {"CPU": 0.01},  # the trial only drives a TorchTrainer, whose worker holds the real CPU
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cell": tune.grid_search([c.id for c in cells])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_cells),
+        run_config=tune.RunConfig(name=name, storage_path=str(Store.at(cfg.store.root).root / "_ray"),
+                                  verbose=0),
+    )
+    results = tuner.fit()
+    errors = [r.error for r in results if r.error is not None]
+    if errors:
+        raise RuntimeError(f"{len(errors)} sweep cell(s) failed; first: {errors[0]}")
+
+
+def build_upstream(graph: SweepGraph, cfg: SweepConfig, store: Store, tracker: Tracker,
+                   parent_id: Optional[str], echo: Echo) -> None:
+    for node in graph.upstream():
+        if store.is_done(node.stage, node.key):
+            continue
+        started = time.time()
+        echo(f"[cdray] building {node.label} ({node.stage}/{node.key}) ...")
+        manifest = build_node(node, cfg, store, run_id=parent_id)
+        echo(f"[cdray]   done in {time.time() - started:.1f}s")
+        _log_upstream(tracker, parent_id, node, manifest)
+
+
+def _log_upstream(tracker: Tracker, parent_id: Optional[str], node, manifest: dict) -> None:
+    stats = manifest.get("stats", {})
+    prefix = node.label.replace(" ", "_").replace("[", ".").replace("]", "")
+    flat = {f"{prefix}.{k}": v for k, v in stats.items() if isinstance(v, (int, float, bool))}
+    tracker.log_params(parent_id, {**flat, f"{prefix}.key": node.key})
+
+
+def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) -> list[dict]:
+    """Plan, build shared upstream work once, run missing cells, print and log the arm table."""
+    store = Store.at(cfg.store.root)
+    graph = build_graph(cfg)
+    tracker = Tracker(cfg.tracking)
+    key = sweep_key(cfg)
+    parent_id = tracker.parent_run(cfg.name, key, {"sweep": to_dict(cfg)})  # creates the DB in the driver
+    rows = plan(graph, store)
+    todo = sum(not r.cached for r in rows)
+    echo(f"[cdray] sweep {cfg.name!r} ({key}): {len(graph.cells)} cells, {len(rows)} stages, {todo} to build")
+    for r, info in graph.small_info.items():
+        tracker.log_params(parent_id, {f"small_r{r:g}": info})
+    pending = [c for c in graph.cells
+               if not (store.is_done("evaluate", c.evaluate.key) and tracker.child_finished(parent_id, c.id))]
+    if todo or pending:
+        init_ray(cfg.ray)
+        build_upstream(graph, cfg, store, tracker, parent_id, echo)
+    if pending:
+        echo(f"[cdray] running {len(pending)} cell(s)" + (" as a Ray Tune run" if use_tune else ""))
+        if use_tune:
+            run_cells_with_tune(cfg, pending, parent_id, name=f"sweep-{cfg.name}-{key}")
+        else:
+            for cell in pending:
+                run_id, _ = tracker.child_run(parent_id, cell.id, cell.id)
+                build_node(cell.train, cfg, store, run_id=run_id)
+                build_node(cell.evaluate, cfg, store)
+                log_cell(tracker, run_id, cell, cfg, store)
+                tracker.finish(run_id)
+    results = [row for c in graph.cells if (row := cell_row(c, store)) is not None]
+    table = format_table(results)
+    echo(table)
+    tracker.log_text(parent_id, table, "arm_table.txt")
+    tracker.finish(parent_id)
+    return results
+
+
+def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
+    graph = build_graph(cfg)
+    echo(format_plan(plan(graph, Store.at(cfg.store.root))))
+    echo(f"cells: {len(graph.cells)} ({', '.join(c.id for c in graph.cells)})")
+
+
+def report_from_mlflow(cfg: SweepConfig, echo: Echo = print) -> list[dict]:
+    """Re-print the arm table from the sweep's MLflow child runs."""
+    tracker = Tracker(cfg.tracking)
+    parent_id = tracker.find_parent(sweep_key(cfg))
+    if parent_id is None:
+        raise SystemExit(f"cdray: error: no MLflow run for sweep {cfg.name!r} in {tracker.uri}; run `cdray sweep` first")
+    rows = []
+    for run in tracker.children(parent_id):
+        p, m = run.data.params, run.data.metrics
+        if "final_ppl" not in m:
+            continue
+        rows.append({"arm": p["arm"], "q": float(p["q"]), "seed": int(p["seed"]),
+                     "final_ppl": m["final_ppl"], "best_ppl": m.get("best_ppl"),
+                     "realised_q": m.get("realised_q")})
+    echo(format_table(rows))
+    return rows
+

@@ -1,0 +1,289 @@
+"""Tests of cdray.decoding: hand-computed scores, truncation, sampling and the two-model loop."""
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from cdray.config import DecodingConfig
+from cdray.decoding import (generate, head_size, sample_inverse_cdf, strategy_scores,
+                            truncate)
+
+torch.set_num_threads(1)
+
+ZG = [2.0, 1.0, 0.0, -1.0, -3.0]
+ZB = [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def _log_softmax(z):
+    lse = math.log(sum(math.exp(v) for v in z))
+    return [v - lse for v in z]
+
+
+def _t(values):
+    return torch.tensor([values], dtype=torch.float32)
+
+
+def _close(actual, expected, tol=1e-5):
+    actual = actual.squeeze(0).tolist()
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        if math.isinf(e):
+            assert a == e
+        else:
+            assert a == pytest.approx(e, abs=tol)
+
+
+# pG = [0.641, 0.236, 0.0868, 0.0319, 0.0043]; alpha * max pG = 0.0641, so V_head = {0, 1, 2}
+LPG = _log_softmax(ZG)
+LPB = _log_softmax(ZB)
+HEAD = [0, 1, 2]
+
+
+def test_hand_computed_head():
+    d = DecodingConfig(alpha=0.1)
+    assert head_size(_t(ZG), d).tolist() == [3]
+
+
+def test_no_contrast_is_raw_logits_over_temperature():
+    d = DecodingConfig(temperature=2.0)
+    _close(strategy_scores(_t(ZG), None, "no_contrast", d), [z / 2.0 for z in ZG])
+
+
+@pytest.mark.parametrize("penalty", [-20.0, -math.inf])
+def test_no_contrast_vhead(penalty):
+    d = DecodingConfig(alpha=0.1, penalty=penalty)
+    expected = [LPG[0], LPG[1], LPG[2], penalty, penalty]
+    _close(strategy_scores(_t(ZG), None, "no_contrast_vhead", d), expected)
+
+
+@pytest.mark.parametrize("penalty", [-20.0, -math.inf])
+def test_contrastive(penalty):
+    d = DecodingConfig(alpha=0.1, lam=1.0, penalty=penalty)
+    expected = [LPG[i] - LPB[i] for i in HEAD] + [penalty, penalty]
+    _close(strategy_scores(_t(ZG), _t(ZB), "contrastive", d), expected)
+
+
+def test_contrastive_lambda_and_temperature():
+    d = DecodingConfig(alpha=0.1, lam=0.5, temperature=2.0, penalty=-20.0)
+    lpg = _log_softmax([z / 2 for z in ZG])
+    lpb = _log_softmax([z / 2 for z in ZB])
+    pg = [math.exp(v) for v in lpg]
+    head = [i for i in range(5) if pg[i] > 0.1 * max(pg)]
+    expected = [lpg[i] - 0.5 * lpb[i] if i in head else -20.0 for i in range(5)]
+    _close(strategy_scores(_t(ZG), _t(ZB), "contrastive", d), expected)
+
+
+def test_contrastive_tail():
+    d = DecodingConfig(alpha=0.1, lam=1.0, penalty=-20.0)
+    cd = [LPG[i] - LPB[i] for i in HEAD]
+    c = min(cd) - math.log(0.1 * math.exp(LPG[0]))
+    expected = cd + [LPG[3] + c, LPG[4] + c]
+    scores = strategy_scores(_t(ZG), _t(ZB), "contrastive_tail", d)
+    _close(scores, expected)
+    # the tail sits strictly below the head and keeps the expert's ratios
+    s = scores.squeeze(0).tolist()
+    assert max(s[3:]) < min(s[:3])
+    assert s[3] - s[4] == pytest.approx(LPG[3] - LPG[4], abs=1e-5)
+
+
+def test_contrastive_needs_amateur():
+    with pytest.raises(ValueError):
+        strategy_scores(_t(ZG), None, "contrastive", DecodingConfig())
+    with pytest.raises(ValueError):
+        strategy_scores(_t(ZG), None, "beam", DecodingConfig())
+
+
+def test_head_boundary_is_strict():
+    # softmax([ln 4, 0, 0, 0, 0]) = [0.5, 0.125, ...] exactly in fp32: tokens 1..4 sit at 0.25 * max
+    z = _t([math.log(4.0), 0.0, 0.0, 0.0, 0.0])
+    p = torch.softmax(z, dim=-1)
+    assert p[0, 1].item() == 0.25 * p[0, 0].item()  # precondition: exactly on the boundary
+    assert head_size(z, DecodingConfig(alpha=0.25)).tolist() == [1]
+    assert head_size(z, DecodingConfig(alpha=0.2499)).tolist() == [5]
+    s = strategy_scores(z, None, "no_contrast_vhead", DecodingConfig(alpha=0.25, penalty=-7.0))
+    assert s.squeeze(0).tolist()[1:] == [-7.0] * 4
+
+
+def test_top_k_on_cd_scores_with_small_head_is_a_no_op():
+    d = DecodingConfig(alpha=0.1, lam=1.0, penalty=-20.0)
+    scores = strategy_scores(_t(ZG), _t(ZB), "contrastive", d)
+    cd = [LPG[i] - LPB[i] for i in HEAD]
+    # |V_head| = 3 < k = 4: the 4th largest score is the penalty, and ties at it are kept
+    _close(truncate(scores, 4, None), cd + [-20.0, -20.0])
+    _close(truncate(scores, 50, None), cd + [-20.0, -20.0])
+    # k = 3 keeps exactly the head; k = 2 keeps the two largest CD scores
+    _close(truncate(scores, 3, None), cd + [-math.inf, -math.inf])
+    order = sorted(range(3), key=lambda i: -cd[i])
+    expected = [cd[i] if i in order[:2] else -math.inf for i in range(3)] + [-math.inf] * 2
+    _close(truncate(scores, 2, None), expected)
+
+
+def test_top_k_plain():
+    _close(truncate(_t([0.5, 3.0, 1.0, 2.0]), 2, None), [-math.inf, 3.0, -math.inf, 2.0])
+
+
+def test_top_p():
+    scores = torch.log(_t([0.5, 0.25, 0.15, 0.1]))
+    lp = [math.log(v) for v in [0.5, 0.25, 0.15, 0.1]]
+    # mass before each token: 0, 0.5, 0.75, 0.9 -> p=0.7 keeps two, p=0.8 keeps three
+    _close(truncate(scores, None, 0.7), [lp[0], lp[1], -math.inf, -math.inf])
+    _close(truncate(scores, None, 0.8), [lp[0], lp[1], lp[2], -math.inf])
+    _close(truncate(scores, None, 0.3), [lp[0], -math.inf, -math.inf, -math.inf])
+    # unsorted input: truncation follows probability, not index
+    perm = torch.log(_t([0.1, 0.5, 0.15, 0.25]))
+    _close(truncate(perm, None, 0.7), [-math.inf, math.log(0.5), -math.inf, math.log(0.25)])
+
+
+def test_top_k_then_top_p():
+    scores = torch.log(_t([0.4, 0.3, 0.2, 0.1]))
+    # top-2 renormalises to [4/7, 3/7]; top_p=0.5 then keeps only the first
+    _close(truncate(scores, 2, 0.5), [math.log(0.4), -math.inf, -math.inf, -math.inf])
+
+
+def test_inverse_cdf_picks_tokens():
+    scores = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.1]] * 6))
+    u = torch.tensor([0.0, 0.49, 0.6, 0.8, 0.95, 0.9999999])
+    assert sample_inverse_cdf(scores, u).tolist() == [0, 0, 1, 2, 3, 3]
+
+
+def test_inverse_cdf_never_picks_zero_mass():
+    scores = torch.tensor([[-math.inf, 0.0, -math.inf, 0.0, -math.inf]] * 3)
+    u = torch.tensor([0.0, 0.5, 0.99999994])
+    assert sample_inverse_cdf(scores, u).tolist() == [1, 3, 3]
+
+
+def test_inverse_cdf_matches_distribution():
+    probs = [0.4, 0.3, 0.2, 0.05, 0.05]
+    n = 40000
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(n, generator=g)
+    tokens = sample_inverse_cdf(torch.log(torch.tensor([probs] * n)), u)
+    counts = torch.bincount(tokens, minlength=5).double()
+    expected = torch.tensor(probs, dtype=torch.float64) * n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 20.0  # 4 dof: p ~ 5e-4
+
+
+# ---------------------------------------------------------------- the loop with tiny models
+
+
+def tiny_llama(seed: int, *, sharpen: float = 1.0, attention_dropout: float = 0.0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=False, attention_dropout=attention_dropout)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpen)  # peaked distributions make V_head non-trivial
+    return model
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_llama(0, sharpen=40.0), tiny_llama(1, sharpen=40.0)
+
+
+@pytest.mark.parametrize("strategy", ["no_contrast", "contrastive"])
+def test_left_padding_is_invisible(pair, strategy):
+    expert, amateur = pair
+    d = DecodingConfig(alpha=0.1)
+    short, long = [1, 5, 6], [1, 9, 10, 11, 12, 13, 14, 15, 16]
+    kw = dict(max_new_tokens=24, stop_at_eos=False)
+    alone = generate(expert, amateur, [short], [7], strategy, d, **kw)[0]
+    batched = generate(expert, amateur, [long, short], [8, 7], strategy, d, **kw)
+    assert batched[1].tokens == alone.tokens
+    assert batched[1].head_size_mean == pytest.approx(alone.head_size_mean)
+    assert len(alone.tokens) == 24
+    long_alone = generate(expert, amateur, [long], [8], strategy, d, **kw)[0]
+    assert batched[0].tokens == long_alone.tokens
+
+
+def test_chunking_does_not_change_rows(pair):
+    expert, amateur = pair
+    d = DecodingConfig(alpha=0.1, top_k=20)
+    prompts = [[1, 4], [1, 7, 8, 9], [1, 20, 21]]
+    kw = dict(max_new_tokens=16, stop_at_eos=True)
+    one = generate(expert, amateur, prompts, [1, 2, 3], "contrastive_tail", d, batch_size=1, **kw)
+    all_ = generate(expert, amateur, prompts, [1, 2, 3], "contrastive_tail", d, batch_size=3, **kw)
+    assert [r.tokens for r in one] == [r.tokens for r in all_]
+    # a different seed gives a different row
+    other = generate(expert, amateur, prompts[:1], [99], "contrastive_tail", d, **kw)
+    assert other[0].tokens != one[0].tokens
+    assert 1 <= one[0].head_size_mean <= 64
+
+
+def test_eos_stop():
+    expert = tiny_llama(3)  # near-uniform: EOS (id 2) turns up within a few dozen steps
+    d = DecodingConfig()
+    prompts = [[1, 10 + i] for i in range(8)]
+    seeds = list(range(8))
+    stopped = generate(expert, None, prompts, seeds, "no_contrast", d, max_new_tokens=150,
+                       stop_at_eos=True)
+    full = generate(expert, None, prompts, seeds, "no_contrast", d, max_new_tokens=150,
+                    stop_at_eos=False)
+    assert any(r.stopped_at_eos for r in stopped)
+    for s, f in zip(stopped, full):
+        assert len(f.tokens) == 150 and not f.stopped_at_eos
+        if s.stopped_at_eos:
+            assert s.tokens[-1] == 2 and 2 not in s.tokens[:-1]
+            assert f.tokens[: len(s.tokens)] == s.tokens  # same uniforms, causal model
+        else:
+            assert s.tokens == f.tokens
+
+
+def test_amateur_not_run_without_contrast(pair):
+    expert, _ = pair
+
+    class Exploding(torch.nn.Module):
+        def forward(self, *a, **k):
+            raise AssertionError("amateur must not run")
+
+    out = generate(expert, Exploding(), [[1, 5]], [0], "no_contrast_vhead", DecodingConfig(),
+                   max_new_tokens=4, stop_at_eos=False)
+    assert len(out[0].tokens) == 4
+    with pytest.raises(ValueError, match="amateur"):
+        generate(expert, None, [[1, 5]], [0], "contrastive", DecodingConfig(), max_new_tokens=4,
+                 stop_at_eos=False)
+
+
+def test_dropout_amateur_is_stochastic_expert_is_not(tmp_path):
+    from cdray.model import load_model
+
+    tiny_llama(5).save_pretrained(tmp_path / "m")
+    expert = load_model(tmp_path / "m", dtype=torch.float32, device="cpu").eval()
+    amateur = load_model(tmp_path / "m", dtype=torch.float32, device="cpu", attention_dropout=0.5)
+    x = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
+    with torch.no_grad():
+        assert torch.equal(expert(x).logits, expert(x).logits)
+        amateur.train()
+        assert not torch.allclose(amateur(x).logits, amateur(x).logits)
+    # generate keeps the DROP amateur in train mode and the expert in eval mode
+    generate(expert, amateur, [[1, 5]], [0], "contrastive", DecodingConfig(), max_new_tokens=3,
+             stop_at_eos=False, amateur_dropout=True)
+    assert amateur.training and not expert.training
+    generate(expert, amateur, [[1, 5]], [0], "contrastive", DecodingConfig(), max_new_tokens=3,
+             stop_at_eos=False)
+    assert not amateur.training
+
+
+def test_explicit_position_ids(pair):
+    # RoPE is shift-invariant, so wrong positions barely change outputs: check them directly
+    expert, _ = pair
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.config = model, model.config
+
+        def forward(self, **kw):
+            seen.append((kw["position_ids"].tolist(), kw["attention_mask"].tolist()))
+            return self.model(**kw)
+
+    generate(Recorder(expert), None, [[1, 9, 10, 11], [1, 5]], [0, 1], "no_contrast",
+             DecodingConfig(), max_new_tokens=3, stop_at_eos=False)
+    assert seen[0] == ([[0, 1, 2, 3], [0, 0, 0, 1]], [[1, 1, 1, 1], [0, 0, 1, 1]])
+    assert seen[1][0] == [[4], [2]] and seen[2][0] == [[5], [3]]
+    assert seen[2][1] == [[1] * 6, [0, 0, 1, 1, 1, 1]]
+    assert len(seen) == 3  # the last token needs no forward

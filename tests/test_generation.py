@@ -1,0 +1,210 @@
+"""Tests of cdray.generation: prompts, seeds, shard plan, ShardGenerator with resume, finalisation."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from cdray import config
+from cdray.config import DecodingConfig, GenerationConfig
+from cdray.generation import (ShardGenerator, finalize_corpus, make_prompts, row_seed,
+                              shard_plan, shards_done, shards_needed)
+
+torch.set_num_threads(1)
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
+WORDS = [f"w{i}" for i in range(4, 64)]
+
+
+def save_tokenizer(path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
+    fast.save_pretrained(path)
+    return path
+
+
+def save_llama(path, seed, vocab_size=64, layers=2):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+                      max_position_embeddings=128, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10.0)
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    tok_dir = save_tokenizer(root / "tok")
+    texts = [" ".join(WORDS[(7 * i + j) % len(WORDS)] for j in range(3 + i)) for i in range(7)]
+    pq.write_table(pa.table({"source": ["s"] * 7, "doc_id": [f"d{i}" for i in range(7)],
+                             "text": texts, "words": [3 + i for i in range(7)]}),
+                   root / "seed.parquet")
+    info = make_prompts(root / "seed.parquet", tok_dir, 5, root / "prompts.parquet")
+    return {
+        "root": root, "tok": str(tok_dir), "texts": texts, "info": info,
+        "expert": save_llama(root / "expert", 0),
+        "amateur": save_llama(root / "amateur", 1, layers=1),
+        "bad_vocab": save_llama(root / "bad_vocab", 2, vocab_size=80),
+    }
+
+
+def gen_dict(**kw):
+    g = GenerationConfig(decoding=DecodingConfig(alpha=0.1, penalty=-20.0), prompt_tokens=5,
+                         continuations=2, max_new_tokens=10, batch_size=3, shard_prompts=3,
+                         seed=11, **kw)
+    return config.to_dict(g)
+
+
+def make_gen(world, out_dir, amateur=None, strategy="contrastive", **kw):
+    amateur = amateur or {"kind": "small", "model_dir": world["amateur"], "dropout": 0.0}
+    return ShardGenerator(expert_dir=world["expert"], amateur=amateur, strategy=strategy,
+                          generation=gen_dict(**kw), prompts_path=str(world["root"] / "prompts.parquet"),
+                          out_dir=str(out_dir), tokenizer_dir=world["tok"])
+
+
+def batch(*shards):
+    return {"shard_id": np.array([s["shard_id"] for s in shards]),
+            "start": np.array([s["start"] for s in shards]),
+            "end": np.array([s["end"] for s in shards])}
+
+
+def test_make_prompts(world):
+    assert world["info"] == {"prompts": 7}
+    t = pq.read_table(world["root"] / "prompts.parquet")
+    assert t.column_names == ["prompt_id", "doc_id", "prompt"]
+    assert t.schema.field("prompt").type == pa.list_(pa.int32())
+    assert t.column("prompt_id").to_pylist() == list(range(7))
+    first = world["texts"][0].split()
+    ids = [4 + WORDS.index(w) for w in first]
+    assert t.column("prompt").to_pylist()[0] == [1] + ids[:4]
+    assert [len(p) for p in t.column("prompt").to_pylist()] == [4, 5, 5, 5, 5, 5, 5]
+
+
+def test_row_seed_is_stable():
+    assert row_seed(0, 0, 0) == 3649034661406903291
+    assert row_seed(42, 7, 3) == 8034490528740248528
+    assert row_seed(0, 0, 1) != row_seed(0, 0, 0) != row_seed(1, 0, 0)
+    assert 0 <= row_seed(5, 123456, 7) < 2 ** 63
+
+
+def test_shard_plan_and_needed():
+    assert shard_plan(7, 3) == [{"shard_id": 0, "start": 0, "end": 3},
+                                {"shard_id": 1, "start": 3, "end": 6},
+                                {"shard_id": 2, "start": 6, "end": 7}]
+    assert shard_plan(0, 3) == []
+    assert shards_needed([10, 10, 10], 15) == 2
+    assert shards_needed([10, 10, 10], 20) == 2
+    assert shards_needed([10, 10, 10], 31) == 3
+    assert shards_needed([], 5) == 0
+
+
+def test_shards_resume_finalize_and_determinism(world, tmp_path, monkeypatch):
+    plan = shard_plan(7, 3)
+    out = tmp_path / "a"
+    gen = make_gen(world, out)
+    res = gen(batch(plan[0]))
+    assert res["shard_id"].tolist() == [0] and res["rows"].tolist() == [6]
+    assert shards_done(out) == {0}
+
+    t = pq.read_table(out / "shards" / "shard_00000.parquet")
+    assert t.column_names == ["prompt_id", "continuation", "tokens", "new_tokens", "text", "eos",
+                              "head_size_mean"]
+    assert t.column("prompt_id").to_pylist() == [0, 0, 1, 1, 2, 2]
+    assert t.column("continuation").to_pylist() == [0, 1] * 3
+    prompts = pq.read_table(world["root"] / "prompts.parquet").column("prompt").to_pylist()
+    rows = t.to_pylist()
+    for r in rows:
+        p = prompts[r["prompt_id"]]
+        assert r["tokens"][: len(p)] == p and len(r["tokens"]) == len(p) + r["new_tokens"]
+        assert 1 <= r["new_tokens"] <= 10
+        assert r["eos"] == (r["tokens"][-1] == 2)
+        assert "<s>" not in r["text"]
+    assert res["new_tokens"].tolist() == [sum(r["new_tokens"] for r in rows)]
+    manifest = json.loads((out / "shards" / "shard_00000.json").read_text())
+    assert manifest["rows"] == 6 and len(manifest["sha256"]) == 64
+
+    # resume: a committed shard is skipped without generating
+    import cdray.decoding
+
+    def boom(*a, **k):
+        raise AssertionError("committed shard regenerated")
+
+    monkeypatch.setattr(cdray.decoding, "generate", boom)
+    again = gen(batch(plan[0]))
+    assert again["rows"].tolist() == [6] and again["new_tokens"].tolist() == res["new_tokens"].tolist()
+    monkeypatch.undo()
+
+    gen(batch(plan[1], plan[2]))
+    assert shards_done(out) == {0, 1, 2}
+
+    # determinism: a fresh generator in another directory writes the same bytes
+    out_b = tmp_path / "b"
+    make_gen(world, out_b)(batch(*plan))
+    for i in range(3):
+        name = f"shard_{i:05d}.parquet"
+        assert (out / "shards" / name).read_bytes() == (out_b / "shards" / name).read_bytes()
+
+    # finalize under a budget: the row crossing it is kept, later rows dropped
+    all_rows = [r for i in range(3)
+                for r in pq.read_table(out / "shards" / f"shard_{i:05d}.parquet").to_pylist()]
+    counts = [r["new_tokens"] for r in all_rows]
+    budget = sum(counts[:7]) - 1  # crossed by the 7th row (in shard 1)
+    stats = finalize_corpus(out, 3, budget)
+    corpus = pq.read_table(out / "corpus.parquet")
+    assert corpus.num_rows == 7 and stats["rows"] == 7
+    assert corpus.to_pylist() == all_rows[:7]
+    assert stats["new_tokens"] == sum(counts[:7]) and stats["budget_reached"]
+    assert stats["shards_used"] == 2
+    assert stats["tokens_total"] == sum(len(r["tokens"]) for r in all_rows[:7])
+    assert stats["eos_rate"] == pytest.approx(np.mean([r["eos"] for r in all_rows[:7]]))
+    assert stats["mean_new_tokens"] == pytest.approx(sum(counts[:7]) / 7)
+
+    big = finalize_corpus(out, 3, 10 ** 9)
+    assert big["rows"] == 21 and not big["budget_reached"] and big["shards_used"] == 3
+
+    # a tampered shard is refused, naming the file
+    path = out / "shards" / "shard_00001.parquet"
+    path.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(ValueError, match="shard_00001.parquet"):
+        finalize_corpus(out, 3, 10 ** 9)
+    path.unlink()
+    with pytest.raises(ValueError, match="shard_00001.parquet"):
+        finalize_corpus(out, 3, 10 ** 9)
+
+
+def test_finalize_uses_leading_committed_shards_only(world, tmp_path):
+    plan = shard_plan(7, 3)
+    out = tmp_path / "gap"
+    make_gen(world, out, amateur={"kind": "none"}, strategy="no_contrast")(batch(plan[0], plan[2]))
+    stats = finalize_corpus(out, 3, 10 ** 9)
+    assert stats["shards_used"] == 1 and stats["rows"] == 6
+
+
+def test_dropout_and_none_amateurs(world, tmp_path):
+    plan = shard_plan(7, 3)
+    g = make_gen(world, tmp_path / "drop", amateur={"kind": "dropout", "model_dir": None,
+                                                    "dropout": 0.3})
+    assert g.amateur is not None and g.amateur.config.attention_dropout == pytest.approx(0.3)
+    assert g(batch(plan[2]))["rows"].tolist() == [2]
+    assert g.amateur.training and not g.expert.training
+    with pytest.raises(ValueError, match="amateur"):
+        make_gen(world, tmp_path / "x", amateur={"kind": "none"}, strategy="contrastive")
+
+
+def test_vocab_mismatch_names_amateur_dir(world, tmp_path):
+    with pytest.raises(ValueError, match="bad_vocab"):
+        make_gen(world, tmp_path / "v", amateur={"kind": "early", "model_dir": world["bad_vocab"],
+                                                 "dropout": 0.0})
