@@ -301,7 +301,7 @@ class EvalConfig:
 class GridConfig:
     """The sweep grid. Amateurs are EARLY-k, SMALL-r and DROP-p; q=0 cells are the BASELINE."""
 
-    k: tuple[int, ...] = ()
+    k: tuple[int, ...] = (500,)  # the paper's best amateur, CD-EARLY-500
     r: tuple[float, ...] = ()
     p: tuple[float, ...] = ()
     strategy: tuple[str, ...] = ("contrastive",)

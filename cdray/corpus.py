@@ -145,6 +145,11 @@ class _SplitWriter:
         else:
             self.writer.close()
 
+    def discard(self) -> None:
+        if self.writer is not None and self.writer.is_open:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
     def publish(self) -> None:
         os.replace(self.tmp, self.path)
 
@@ -198,16 +203,16 @@ def build_corpus(cfg: CorpusConfig, out_dir: Path, download_dir: Path) -> dict:
     try:
         for src, target in zip(cfg.sources, source_targets(cfg)):
             sources[src.label] = _build_source(src, target, cfg, Path(download_dir), writers)
-    finally:
         for w in writers.values():
             w.close()
-    splits = _split_totals(sources)
-    for split in SPLITS:
-        key = "chunks" if split == "seed" else "docs"
-        if splits[split][key] == 0:
-            for w in writers.values():
-                w.tmp.unlink(missing_ok=True)
-            raise CorpusError(f"corpus split {split!r} is empty ({_empty_hint(split, cfg)})")
+        splits = _split_totals(sources)
+        for split in SPLITS:
+            if splits[split]["chunks" if split == "seed" else "docs"] == 0:
+                raise CorpusError(f"corpus split {split!r} is empty ({_empty_hint(split, cfg)})")
+    except BaseException:
+        for w in writers.values():
+            w.discard()
+        raise
     for w in writers.values():
         w.publish()
     packages = {}

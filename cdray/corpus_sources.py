@@ -311,8 +311,29 @@ def _iter_local(src: SourceConfig) -> Iterator[Document]:
 # ---------------------------------------------------------------- BabyLM
 
 
+_MAX_BLOCK_WORDS = 2000  # BabyLM files without blank lines would otherwise be one huge document
+_PIECE_WORDS = 1000
+
+
+def _split_long_block(block: str) -> list[str]:
+    """Cut a block over _MAX_BLOCK_WORDS at line ends into pieces of about _PIECE_WORDS words."""
+    if len(block.split()) <= _MAX_BLOCK_WORDS:
+        return [block]
+    pieces, current, words = [], [], 0
+    for line in block.split("\n"):
+        current.append(line)
+        words += len(line.split())
+        if words >= _PIECE_WORDS:
+            pieces.append("\n".join(current))
+            current, words = [], 0
+    if current:
+        pieces.append("\n".join(current))
+    return pieces
+
+
 def _blank_line_docs(text: str) -> list[str]:
-    return [p for p in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if p.strip()]
+    blocks = [p for p in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if p.strip()]
+    return [piece for block in blocks for piece in _split_long_block(block)]
 
 
 def _iter_babylm(src: SourceConfig) -> Iterator[Document]:
@@ -352,8 +373,9 @@ def _load_hf_split(src: SourceConfig, split: str):
         return loaded
     try:
         return datasets.load_dataset(src.dataset, split=split)
-    except (FileNotFoundError, ValueError) as e:
-        raise CorpusError(f"hf dataset {src.dataset!r} split {split!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # datasets raises many types (missing, offline, bad split)
+        first = (str(e).splitlines() or [""])[0]
+        raise CorpusError(f"hf dataset {src.dataset!r} split {split!r}: {type(e).__name__}: {first}") from None
 
 
 def _iter_hf(src: SourceConfig) -> Iterator[Document]:

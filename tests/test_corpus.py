@@ -1,6 +1,7 @@
 """Tests of the corpus stage: source readers, budgeted splits, seed chunks and input errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,9 +12,9 @@ import pytest
 
 from cdray.config import CorpusConfig, SourceConfig
 from cdray.corpus import build_corpus, chunk_words
-from cdray.corpus_sources import (PACKAGED_TEXTS, CorpusError, iter_documents, normalize_whitespace,
-                                  strip_gutenberg)
 from cdray.config import PACKAGED_TEXT_NAMES
+from cdray.corpus_sources import (PACKAGED_TEXTS, CorpusError, fetch_package, iter_documents,
+                                  normalize_whitespace, strip_gutenberg)
 
 ASSETS = Path(__file__).parent / "assets"
 BABYLM = SourceConfig(kind="babylm", name="babylm", path=str(ASSETS / "babylm"))
@@ -100,7 +101,7 @@ def test_splits_deterministic_and_disjoint(tmp_path):
     for split in ("train", "eval", "seed"):
         assert (tmp_path / "a" / f"{split}.parquet").read_bytes() == \
             (tmp_path / "b" / f"{split}.parquet").read_bytes()
-    c = build_corpus(CorpusConfig(**{**cfg.__dict__, "split_seed": 1}), tmp_path / "c", tmp_path)
+    c = build_corpus(dataclasses.replace(cfg, split_seed=1), tmp_path / "c", tmp_path)
     assert [r["doc_id"] for r in read(tmp_path / "a", "train")] != \
         [r["doc_id"] for r in read(tmp_path / "c", "train")]
     assert c["splits"]["train"]["docs"] > 0
@@ -258,3 +259,20 @@ def test_packaged_corpus(tmp_path, package_cache):
     before = {p: p.stat().st_mtime_ns for p in package_cache.iterdir()}
     build_corpus(cfg, tmp_path / "again", package_cache)
     assert {p: p.stat().st_mtime_ns for p in package_cache.iterdir()} == before
+
+
+def test_fetch_package_rejects_a_wrong_pin(tmp_path, package_cache):
+    pkg = dataclasses.replace(PACKAGED_TEXTS["chatterbot"], sha256="0" * 64)
+    shutil.copy(fetch_package(PACKAGED_TEXTS["chatterbot"], package_cache), tmp_path)
+    with pytest.raises(CorpusError, match=f"sha256 mismatch for .*{pkg.filename}"):
+        fetch_package(pkg, tmp_path)
+
+
+def test_babylm_block_without_blank_lines_is_cut_at_line_ends(tmp_path):
+    root = tmp_path / "bl"
+    (root / "train_100M").mkdir(parents=True)
+    lines = [f"line {i} has exactly six words" for i in range(1000)]  # 6000 words, no blank line
+    (root / "train_100M" / "subs.train").write_text("\n".join(lines) + "\n")
+    docs = list(iter_documents(SourceConfig(kind="babylm", path=str(root)), tmp_path))
+    assert len(docs) == 6 and all(len(d.text.split()) <= 1002 for d in docs)
+    assert "\n".join(d.text for d in docs).split("\n") == lines

@@ -173,7 +173,7 @@ def test_shards_resume_finalize_and_determinism(world, tmp_path, monkeypatch):
     assert stats["mean_new_tokens"] == pytest.approx(sum(counts[:7]) / 7)
 
     big = finalize_corpus(out, 3, 10 ** 9)
-    assert big["rows"] == 21 and not big["budget_reached"] and big["shards_used"] == 3
+    assert big["rows"] == 14 and not big["budget_reached"] and big["shards_used"] == 3
 
     # a tampered shard is refused, naming the file
     path = out / "shards" / "shard_00001.parquet"

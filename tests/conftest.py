@@ -1,0 +1,84 @@
+"""Shared fixtures: one local Ray cluster per session, and a hermetic synthetic-English corpus."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_EVAL = ROOT.parent / "shared" / "data" / "eval" / "babylm2025"
+
+SUBJECTS = ["the cat", "a dog", "the old man", "my sister", "the teacher", "a small bird", "the king",
+            "our neighbour", "the children", "a farmer"]
+VERBS = ["saw", "liked", "found", "carried", "painted", "followed", "heard", "wanted", "built", "helped"]
+OBJECTS = ["the red ball", "a wooden box", "the river", "a long letter", "the garden", "some bread",
+           "the tall tree", "a quiet song", "the new house", "an apple"]
+TAILS = ["in the morning", "after dinner", "near the school", "with great care", "before the rain",
+         "at the market", "", "", "", "yesterday"]
+
+
+def synthetic_document(rng: random.Random, n_sentences: int) -> str:
+    sentences = []
+    for _ in range(n_sentences):
+        s = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(TAILS)}".strip()
+        sentences.append(s[0].upper() + s[1:] + ".")
+    return " ".join(sentences)
+
+
+def write_text_corpus(directory: Path, n_docs: int = 160, seed: int = 0) -> Path:
+    """A local-source directory of .txt documents made of simple English sentences."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        (directory / f"doc_{i:04d}.txt").write_text(synthetic_document(rng, rng.randint(15, 40)) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def text_corpus_dir(tmp_path_factory) -> Path:
+    return write_text_corpus(tmp_path_factory.mktemp("text_corpus"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The one Ray cluster of the test session (local, 2 CPUs, no dashboard)."""
+    import ray
+
+    env = {"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=env,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def micro_sweep_dict(corpus_dir: Path, root: Path, **grid) -> dict:
+    """A complete sweep small enough to train and generate in seconds."""
+    return {
+        "name": "micro",
+        "store": {"root": str(root / "store")},
+        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
+        "ray": {"num_cpus": 2, "max_concurrent_cells": 2},
+        "corpus": {"sources": [{"kind": "local", "name": "text", "path": str(corpus_dir)}],
+                   "eval_fraction": 0.1, "seed_fraction": 0.1, "chunk_min_words": 20,
+                   "chunk_max_words": 40},
+        "tokenizer": {"vocab_size": 256},
+        "train": {"steps": 12, "batch_size": 4, "seq_len": 32, "warmup_steps": 2,
+                  "checkpoint_every": 4, "eval_blocks": 4, "precision": "fp32", "lr": 3e-3},
+        "expert": {"model": {"preset": "micro", "context": 128}, "seed": 43},
+        "generation": {"prompt_tokens": 8, "continuations": 2, "max_new_tokens": 16,
+                       "token_budget": 300, "batch_size": 8, "shard_prompts": 8, "actors": 2,
+                       "actor_cpus": 0.5},
+        "eval": {"max_blocks": 8, "batch_size": 8},
+        "grid": {"k": [4], "strategy": ["contrastive", "no_contrast"], "q": [0.0, 0.5], "seed": [42],
+                 **grid},
+    }
+
+
+@pytest.fixture
+def micro_cfg_dict(text_corpus_dir, tmp_path) -> dict:
+    return micro_sweep_dict(text_corpus_dir, tmp_path)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

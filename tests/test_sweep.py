@@ -1,0 +1,68 @@
+"""End to end: a micro sweep through Ray (Train, Data, Tune) and MLflow, then a no-op re-run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cdray import config as C
+from cdray.pipeline import build_graph, plan
+from cdray.store import Store
+
+pytestmark = pytest.mark.slow
+
+
+def test_micro_sweep_end_to_end_then_cached(micro_cfg_dict, ray_session, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from cdray.sweep import report_from_mlflow, run_sweep, sweep_key
+
+    cfg = C.from_dict(micro_cfg_dict)
+    rows = run_sweep(cfg)
+    out = capsys.readouterr().out
+    assert {r["arm"] for r in rows} == {"BASELINE", "NO-CONTRAST", "CD-EARLY-4"}
+    assert "BASELINE" in out and "CD-EARLY-4" in out and "Δ vs BASELINE" in out
+    store = Store.at(cfg.store.root)
+    graph = build_graph(cfg)
+    assert all(r.cached for r in plan(graph, store))
+
+    # realised q is logged and exact for q * batch * steps integral
+    cd = next(r for r in rows if r["arm"] == "CD-EARLY-4")
+    assert cd["realised_q"] == pytest.approx(0.5)
+
+    # the synthetic corpus rows are unique (prompt id, continuation) pairs within budget
+    gen = graph.generations["CD-EARLY-4"]
+    stats = store.manifest("generate", gen.key)["stats"]
+    assert stats["rows"] > 0 and stats["new_tokens"] >= cfg.generation.token_budget
+
+    # MLflow: one parent, one child per cell with params, metrics, tags and dataset inputs
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("cdray.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("cdray.kind") == "cell"]
+    assert len(parents) == 1 and len(children) == len(graph.cells) == 3
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert child.info.status == "FINISHED"
+        for p in ("arm", "q", "seed", "strategy", "k", "params_total", "realised_q"):
+            assert p in child.data.params or p in ("k",), p
+        assert {"final_ppl", "best_ppl", "eval_ppl", "train_loss"} <= set(child.data.metrics)
+        history = client.get_metric_history(child.info.run_id, "eval_ppl")
+        assert sorted(m.step for m in history) == [4, 8, 12]
+        assert child.data.tags["cdray.train_key"]
+        assert child.inputs.dataset_inputs, "the corpus is recorded as a dataset input"
+    manifests = {(s, k): store.manifest(s, k)["created"] for s, k in store.list()}
+
+    # a second run rebuilds nothing and adds no MLflow runs
+    rows2 = run_sweep(cfg)
+    assert sorted(json.dumps(r, sort_keys=True) for r in rows2) == sorted(json.dumps(r, sort_keys=True) for r in rows)
+    assert {(s, k): store.manifest(s, k)["created"] for s, k in store.list()} == manifests
+    assert len(client.search_runs([exp.experiment_id], max_results=100)) == len(runs)
+    assert parents[0].info.run_id == client.search_runs(
+        [exp.experiment_id], filter_string="tags.`cdray.kind` = 'sweep'")[0].info.run_id
+
+    capsys.readouterr()
+    report_from_mlflow(cfg)
+    assert "CD-EARLY-4" in capsys.readouterr().out
+    assert sweep_key(cfg) == sweep_key(C.from_dict(micro_cfg_dict | {"store": {"root": "/elsewhere"}}))
