@@ -48,7 +48,11 @@ def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[s
     if node.stage == "generate":
         builder = partial(stages.build_generate, execute=partial(generate_with_ray_data, cfg=cfg))
         return stages.build(node, cfg, store, builder=builder)
-    return ray.get(_build_task.remote(node, cfg, str(store.root)))
+    # inside a Tune trial, tasks would inherit the trial's 0.01-CPU placement group: escape it
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    outside = PlacementGroupSchedulingStrategy(placement_group=None)
+    return ray.get(_build_task.options(scheduling_strategy=outside).remote(node, cfg, str(store.root)))
 
 
 def _train_loop(config: dict) -> dict:

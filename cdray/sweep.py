@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Callable, Optional
 
@@ -134,10 +135,13 @@ def build_upstream(graph: SweepGraph, cfg: SweepConfig, store: Store, tracker: T
 
 
 def _log_upstream(tracker: Tracker, parent_id: Optional[str], node, manifest: dict) -> None:
+    """Numbers of a shared stage as parent-run metrics, its key as a parameter."""
     stats = manifest.get("stats", {})
-    prefix = node.label.replace(" ", "_").replace("[", ".").replace("]", "")
-    flat = {f"{prefix}.{k}": v for k, v in stats.items() if isinstance(v, (int, float, bool))}
-    tracker.log_params(parent_id, {**flat, f"{prefix}.key": node.key})
+    prefix = re.sub(r"[^A-Za-z0-9_.\-]+", "_", node.label).strip("_")
+    numbers = [(f"{prefix}.{k}", float(v), 0) for k, v in stats.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    tracker.log_metrics(parent_id, numbers)
+    tracker.log_params(parent_id, {f"{prefix}.key": node.key})
 
 
 def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) -> list[dict]:
