@@ -345,6 +345,7 @@ class RayConfig:
     address: Optional[str] = None  # None: $RAY_ADDRESS if set, else a local cluster
     num_cpus: Optional[int] = None  # local cluster only
     max_concurrent_cells: int = 2
+    log_to_driver: bool = False  # worker logs stay in Ray's session logs unless this is set
 
     def validate(self, at: str) -> None:
         if self.num_cpus is not None:
@@ -428,7 +429,9 @@ class SweepConfig:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
+        return tp.__name__
+    return str(tp).replace("typing.", "").replace("cdray.config.", "")
 
 
 def _coerce(value: Any, tp: Any, at: str) -> Any:
@@ -587,6 +590,10 @@ def field_reference(cls: type = SweepConfig, prefix: str = "") -> list[tuple[str
         else:
             default = "(required)"
         rows.append((name, _type_name(tp), repr(to_dict(default))))
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if inner:  # a list of (or optional) sections: document the element's own fields too
+            suffix = "[]." if typing.get_origin(tp) is tuple else "."
+            rows.extend(field_reference(inner[0], name + suffix))
     return rows
 
 
@@ -597,3 +604,12 @@ __all__ = [
     "load", "load_raw", "parse_section", "from_dict", "to_dict", "field_reference", "set_dotted", "parse_override",
 ]
 
+
+
+def reference_markdown() -> str:
+    """The README's config reference table, generated from the dataclasses (a test keeps it in sync)."""
+    lines = ["| field | type | default |", "|---|---|---|"]
+    for name, tp, default in field_reference():
+        tp = tp.replace("|", "\\|")
+        lines.append(f"| `{name}` | {tp} | `{default}` |")
+    return "\n".join(lines)

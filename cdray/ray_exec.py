@@ -14,6 +14,11 @@ from cdray.pipeline import Node
 from cdray.store import Store
 
 
+# progress bars of every model load in every worker drown the sweep's own progress lines
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "TOKENIZERS_PARALLELISM": "false"}
+
+
 def init_ray(rcfg: RayConfig) -> None:
     """Attach to ray.address / $RAY_ADDRESS if given, else start a local cluster."""
     if ray.is_initialized():
@@ -21,12 +26,13 @@ def init_ray(rcfg: RayConfig) -> None:
     address = rcfg.address or os.environ.get("RAY_ADDRESS")
     # workers of a local cluster must import cdray from this checkout even if it is not installed
     root = str(Path(__file__).resolve().parent.parent)
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+                        **QUIET_ENV}}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=rcfg.log_to_driver, runtime_env={"env_vars": QUIET_ENV})
     else:
         ray.init(address="local", num_cpus=rcfg.num_cpus, include_dashboard=False,
-                 runtime_env=env, log_to_driver=True)
+                 runtime_env=env, log_to_driver=rcfg.log_to_driver)
 
 
 @ray.remote(num_cpus=1)

@@ -18,6 +18,17 @@ from cdray.tracking import Tracker
 Echo = Callable[[str], None]
 
 
+def anchored(cfg: SweepConfig) -> SweepConfig:
+    """Resolve relative store / tracking paths against the driver's cwd (trials run elsewhere)."""
+    from dataclasses import replace
+
+    from cdray.tracking import resolve_uri
+
+    store = replace(cfg.store, root=str(Store.at(cfg.store.root).root))
+    tracking = replace(cfg.tracking, uri=resolve_uri(cfg.tracking.uri))
+    return replace(cfg, store=store, tracking=tracking)
+
+
 def sweep_key(cfg: SweepConfig) -> str:
     """Identity of a sweep for MLflow: everything but where it runs and is stored."""
     d = to_dict(cfg)
@@ -114,7 +125,7 @@ def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional
         param_space={"cell": tune.grid_search([c.id for c in cells])},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_cells),
         run_config=tune.RunConfig(name=name, storage_path=str(Store.at(cfg.store.root).root / "_ray"),
-                                  verbose=0),
+                                  verbose=1),
     )
     results = tuner.fit()
     errors = [r.error for r in results if r.error is not None]
@@ -146,6 +157,7 @@ def _log_upstream(tracker: Tracker, parent_id: Optional[str], node, manifest: di
 
 def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) -> list[dict]:
     """Plan, build shared upstream work once, run missing cells, print and log the arm table."""
+    cfg = anchored(cfg)
     store = Store.at(cfg.store.root)
     graph = build_graph(cfg)
     tracker = Tracker(cfg.tracking)
@@ -188,6 +200,7 @@ def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
 
 def report_from_mlflow(cfg: SweepConfig, echo: Echo = print) -> list[dict]:
     """Re-print the arm table from the sweep's MLflow child runs."""
+    cfg = anchored(cfg)
     tracker = Tracker(cfg.tracking)
     parent_id = tracker.find_parent(sweep_key(cfg))
     if parent_id is None:

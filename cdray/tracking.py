@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -132,7 +133,10 @@ class Tracker:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        ds = MetaDataset(resolve_dataset_source(uri), name=name, digest=digest)
+        with warnings.catch_warnings():  # MLflow registers two equivalent local-file sources
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(uri)
+        ds = MetaDataset(source, name=name, digest=digest)
         self.client.log_inputs(run_id, datasets=[DatasetInput(
             ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])])
 

@@ -81,3 +81,11 @@ def test_malformed_yaml_names_the_file(tmp_path):
 def test_field_reference_lists_every_leaf():
     names = {row[0] for row in C.field_reference()}
     assert {"train.steps", "generation.decoding.alpha", "grid.q", "store.root"} <= names
+
+
+def test_readme_config_reference_is_current():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- config-reference:start -->\n")[1].split("\n<!-- config-reference:end -->")[0]
+    assert block == C.reference_markdown(), "regenerate the README config reference"

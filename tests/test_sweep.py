@@ -12,13 +12,18 @@ from cdray.store import Store
 pytestmark = pytest.mark.slow
 
 
-def test_micro_sweep_end_to_end_then_cached(micro_cfg_dict, ray_session, capsys):
+def test_micro_sweep_end_to_end_then_cached(micro_cfg_dict, ray_session, capsys, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from cdray.sweep import report_from_mlflow, run_sweep, sweep_key
+    from cdray.sweep import anchored, report_from_mlflow, run_sweep, sweep_key
 
-    cfg = C.from_dict(micro_cfg_dict)
-    rows = run_sweep(cfg)
+    # relative paths, as in the README recipes: trials run in other directories
+    monkeypatch.chdir(tmp_path)
+    micro_cfg_dict = micro_cfg_dict | {"store": {"root": "rel/store"},
+                                       "tracking": {"uri": "sqlite:///rel/mlflow.db", "experiment": "test"}}
+    rows = run_sweep(C.from_dict(micro_cfg_dict))
+    cfg = anchored(C.from_dict(micro_cfg_dict))
+    assert cfg.store.root == str(tmp_path / "rel" / "store")
     out = capsys.readouterr().out
     assert {r["arm"] for r in rows} == {"BASELINE", "NO-CONTRAST", "CD-EARLY-4"}
     assert "BASELINE" in out and "CD-EARLY-4" in out and "Δ vs BASELINE" in out

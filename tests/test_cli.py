@@ -1,0 +1,52 @@
+"""The command line: bad input is one line naming the field, with a non-zero exit; plan works."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cdray(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "cdray.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+BAD = [
+    ({"grid": {"kk": [1]}}, "grid.kk"),
+    ({"grid": {"q": [0, 1.2]}}, "grid.q[1]"),
+    ({"grid": {"k": [70]}}, "grid.k[0]"),
+    ({"small": {"candidates": [{"preset": "tiny", "vocab_size": 999}]}}, "small.candidates[0].vocab_size"),
+    ({"generation": {"decoding": {"lam": -1}}}, "generation.decoding.lam"),
+]
+
+
+@pytest.mark.parametrize("change,field", BAD, ids=[f for _, f in BAD])
+def test_bad_config_is_one_line_naming_the_field(change, field, tmp_path):
+    data = yaml.safe_load((ROOT / "sweeps" / "tiny.yaml").read_text())
+    for section, value in change.items():
+        data[section] = {**(data.get(section) or {}), **value}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    res = cdray("plan", str(path))
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0] and lines[0].startswith("cdray: error:"), res.stderr
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    res = cdray("plan", str(tmp_path / "absent.yaml"))
+    assert res.returncode != 0 and "not found" in res.stderr
+    res = cdray("plan", "sweeps/tiny.yaml", "--set", "train.steps=-3")
+    assert res.returncode != 0 and "train.steps" in res.stderr
+
+
+def test_plan_lists_stages_with_keys(tmp_path):
+    res = cdray("plan", "sweeps/tiny.yaml", "--set", f"store.root={tmp_path}")
+    assert res.returncode == 0, res.stderr
+    assert "train GOOD seed=43" in res.stdout and "to build" in res.stdout
+    assert "generate CD-EARLY-50" in res.stdout
