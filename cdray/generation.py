@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cdray.store import file_sha256
+
 VERSION = 1
 BOS_ID = 1
 
@@ -29,14 +31,6 @@ AMATEUR_KINDS = ("none", "early", "small", "dropout")
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
@@ -230,7 +224,7 @@ class ShardGenerator:
             "shard_id": shard_id,
             "rows": table.num_rows,
             "new_tokens": int(sum(len(r.tokens) for r in results)),
-            "sha256": _sha256(parquet_path),
+            "sha256": file_sha256(parquet_path),
             "seconds": round(time.perf_counter() - t0, 3),
         }
         # the manifest is the commit: written only after the parquet is in place
@@ -246,7 +240,7 @@ def _read_committed(out_dir: Path, shard_id: int) -> pa.Table:
     manifest = json.loads(manifest_path.read_text())
     if not parquet_path.is_file():
         raise ValueError(f"committed shard {parquet_path} is missing")
-    if _sha256(parquet_path) != manifest["sha256"]:
+    if file_sha256(parquet_path) != manifest["sha256"]:
         raise ValueError(f"shard {parquet_path} does not match the sha256 in its manifest")
     return pq.read_table(parquet_path).cast(SHARD_SCHEMA).sort_by(
         [("prompt_id", "ascending"), ("continuation", "ascending")])
