@@ -77,13 +77,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and a non-zero exit
-        cause = _root_cause(exc)
-        known = (config_mod.ConfigError, ValueError, OSError, RuntimeError, LookupError)
-        if not isinstance(cause, known):
+        line = error_line(exc)
+        if line is None:
             raise
-        print(f"cdray: error: {_one_line(cause)}", file=sys.stderr)
+        print(line, file=sys.stderr)
         return 2
     return 0
+
+
+# user-facing failures (bad config, bad input files, unreachable services, full disks); anything
+# else is a bug in cdray and keeps its traceback
+KNOWN_ERRORS = (config_mod.ConfigError, ValueError, OSError, RuntimeError, LookupError)
+
+
+def error_line(exc: BaseException) -> Optional[str]:
+    """The one line `cdray: error: ...` a user sees for exc, or None for an unexpected bug."""
+    cause = _root_cause(exc)
+    if not isinstance(cause, KNOWN_ERRORS):
+        return None
+    return f"cdray: error: {_one_line(cause)}"
 
 
 def _verify(cfg) -> int:

@@ -157,6 +157,14 @@ def _decode(data: bytes, where: str) -> str:
         raise CorpusError(f"{where}: not valid UTF-8 (byte offset {e.start})") from None
 
 
+def _read_text_file(path: Path) -> str:
+    """A user's corpus file as text; an empty one is a mistake worth naming, not a silent skip."""
+    text = _decode(path.read_bytes(), str(path))
+    if not text.strip():
+        raise CorpusError(f"{path}: empty file (no text)")
+    return text
+
+
 def _text_hash(text: str) -> bytes:
     return hashlib.sha1(" ".join(text.split()).encode("utf-8")).digest()
 
@@ -243,12 +251,12 @@ def _require_dir(path: Optional[str], what: str) -> Path:
 
 
 def _iter_txt(path: Path, rel: str, label: str) -> Iterator[Document]:
-    text = normalize_whitespace(_decode(path.read_bytes(), str(path)))
+    text = normalize_whitespace(_read_text_file(path))
     yield Document(label, rel, text, None)
 
 
 def _iter_jsonl(path: Path, rel: str, label: str, field: str) -> Iterator[Document]:
-    text = _decode(path.read_bytes(), str(path))
+    text = _read_text_file(path)
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
@@ -275,6 +283,8 @@ def _iter_parquet(path: Path, rel: str, label: str, field: str) -> Iterator[Docu
         raise CorpusError(f"{path}: not a readable parquet file ({type(e).__name__})") from None
     if field not in pf.schema_arrow.names:
         raise CorpusError(f"{path}: missing text field {field!r} (columns: {pf.schema_arrow.names})")
+    if pf.metadata.num_rows == 0:
+        raise CorpusError(f"{path}: empty file (no rows)")
     row = 0
     for batch in pf.iter_batches(columns=[field], batch_size=4096):
         for value in batch.column(0).to_pylist():
@@ -335,7 +345,7 @@ def _iter_babylm(src: SourceConfig) -> Iterator[Document]:
     if not train:
         raise CorpusError(f"source {src.label!r}: no train_*/*.train files in {root}")
     for path, split in [(p, None) for p in train] + [(p, "eval") for p in test]:
-        text = _decode(path.read_bytes(), str(path))
+        text = _read_text_file(path)
         rel = path.relative_to(root).as_posix()
         for i, para in enumerate(_blank_line_docs(text)):
             yield Document(f"{src.label}/{path.stem}", f"{rel}:{i}", normalize_whitespace(para), split)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cdray.store import file_sha256
+from cdray.store import file_sha256, writing
 
 VERSION = 1
 BOS_ID = 1
@@ -35,14 +35,22 @@ AMATEUR_KINDS = ("none", "early", "small", "dropout")
 
 def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with writing(path):
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _write_json_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, sort_keys=True, indent=1))
-    os.replace(tmp, path)
+    with writing(path):
+        try:
+            tmp.write_text(json.dumps(obj, sort_keys=True, indent=1))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def row_seed(seed: int, prompt_id: int, continuation: int) -> int:

@@ -131,8 +131,12 @@ def load_model(path: Path, *, dtype=torch.float32, device="cpu",
     if not (path / "config.json").is_file():
         raise ValueError(f"{path}: no saved model (config.json missing)")
     overrides = {} if attention_dropout is None else {"attention_dropout": float(attention_dropout)}
-    model = LlamaForCausalLM.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, trust_remote_code=False, **overrides)
+    try:
+        model = LlamaForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=False, **overrides)
+    except Exception as e:  # safetensors and transformers raise many types for a broken checkpoint
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: unreadable model checkpoint ({first})") from None
     return model.to(device)
 
 

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -62,6 +63,15 @@ def _package_version() -> str:
         return version("cdray")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+@contextmanager
+def writing(path: Path):
+    """Name the file in any OSError raised while writing it (a full disk says only errno 28)."""
+    try:
+        yield path
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
 
 
 class StoreError(RuntimeError):
@@ -141,8 +151,12 @@ class Store:
             **(extra or {}),
         }
         tmp = out / f".tmp-{MANIFEST}-{os.getpid()}"
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-        os.replace(tmp, out / MANIFEST)
+        with writing(out / MANIFEST):
+            try:
+                tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+                os.replace(tmp, out / MANIFEST)
+            finally:
+                tmp.unlink(missing_ok=True)
         return manifest
 
     def verify(self, stage: str, key: str) -> list[str]:

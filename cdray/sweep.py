@@ -13,7 +13,7 @@ from cdray.pipeline import Cell, SweepGraph, build_graph, format_plan, plan
 from cdray.ray_exec import build_node, init_ray
 from cdray.report import format_table
 from cdray.store import Store, stage_key
-from cdray.tracking import Tracker
+from cdray.tracking import Tracker, redact
 
 Echo = Callable[[str], None]
 
@@ -162,7 +162,7 @@ def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) ->
     graph = build_graph(cfg)
     tracker = Tracker(cfg.tracking)
     key = sweep_key(cfg)
-    parent_id = tracker.parent_run(cfg.name, key, {"sweep": to_dict(cfg)})  # creates the DB in the driver
+    parent_id = tracker.parent_run(cfg.name, key, {"sweep": redact(to_dict(cfg))})  # creates the DB in the driver
     rows = plan(graph, store)
     todo = sum(not r.cached for r in rows)
     echo(f"[cdray] sweep {cfg.name!r} ({key}): {len(graph.cells)} cells, {len(rows)} stages, {todo} to build")

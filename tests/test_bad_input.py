@@ -1,0 +1,296 @@
+"""Every user mistake is one line naming the field or file, a non-zero exit, and nothing built damaged."""
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cdray.cli import error_line, main
+from cdray.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "sweeps" / "tiny.yaml"
+
+
+# ---------------------------------------------------------------- config mistakes (through the CLI)
+
+# (case id, --set overrides, text the one-line error must contain)
+CONFIG_CASES = [
+    ("unknown-top-key", ["nope=1"], "'nope'"),
+    ("unknown-nested-key", ["grid.kk=[1]"], "grid.kk"),
+    ("int-is-text", ["train.steps=ten"], "train.steps"),
+    ("bool-is-text", ["tracking.enabled=maybe"], "tracking.enabled"),
+    ("list-item-wrong-type", ["grid.q=[abc]"], "grid.q[0]"),
+    ("q-above-1", ["grid.q=[0,1.2]"], "grid.q[1]"),
+    ("q-below-0", ["grid.q=[-0.1]"], "grid.q[0]"),
+    ("alpha-out-of-range", ["generation.decoding.alpha=1.5"], "generation.decoding.alpha"),
+    ("lambda-negative", ["generation.decoding.lam=-1"], "generation.decoding.lam"),
+    ("temperature-zero", ["generation.decoding.temperature=0"], "generation.decoding.temperature"),
+    ("penalty-plus-inf", ["generation.decoding.penalty=inf"], "generation.decoding.penalty"),
+    ("top-k-zero", ["generation.decoding.top_k=0"], "generation.decoding.top_k"),
+    ("top-p-above-1", ["generation.decoding.top_p=1.5"], "generation.decoding.top_p"),
+    ("k-not-a-milestone", ["grid.k=[70]"], "grid.k[0]"),
+    ("k-not-before-expert", ["grid.k=[200]"], "grid.k[0]"),
+    ("r-not-smaller", ["grid.r=[0.5]"], "grid.r[0]"),
+    ("p-is-one", ["grid.p=[1.0]"], "grid.p[0]"),
+    ("unknown-strategy", ["grid.strategy=[beam]"], "grid.strategy[0]"),
+    ("train-batch-zero", ["train.batch_size=0"], "train.batch_size"),
+    ("generation-batch-zero", ["generation.batch_size=0"], "generation.batch_size"),
+    ("eval-batch-zero", ["eval.batch_size=0"], "eval.batch_size"),
+    ("train-workers-zero", ["train.num_workers=0"], "train.num_workers"),
+    ("batch-not-divisible", ["train.num_workers=3"], "train.batch_size"),
+    ("actors-zero", ["generation.actors=0"], "generation.actors"),
+    ("amateur-vocab-differs", ["small.candidates=[{preset: tiny, vocab_size: 999}]"],
+     "small.candidates[0].vocab_size"),
+    ("unknown-preset", ["expert.model.preset=huge"], "expert.model.preset"),
+    ("vocab-too-small", ["tokenizer.vocab_size=10"], "tokenizer.vocab_size"),
+    ("local-source-without-path", ["corpus.sources=[{kind: local}]"], "corpus.sources[0].path"),
+    ("seq-len-over-context", ["train.seq_len=4096"], "train.seq_len"),
+    ("override-without-equals", ["grid.q"], "grid.q"),
+]
+
+
+def _plan(argv: list[str], capsys) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def _assert_one_line(code: int, err: str, expected: str) -> None:
+    lines = err.strip().splitlines()
+    assert code != 0, err
+    assert len(lines) == 1 and lines[0].startswith("cdray: error:"), err
+    assert expected in lines[0], err
+
+
+@pytest.mark.parametrize("case,overrides,expected", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_config_mistake_is_one_line_naming_the_field(case, overrides, expected, tmp_path, capsys):
+    argv = ["plan", str(TINY), "--set", f"store.root={tmp_path / 'store'}"]
+    for o in overrides:
+        argv += ["--set", o]
+    _assert_one_line(*_plan(argv, capsys), expected)
+    assert not (tmp_path / "store").exists()  # a bad config builds nothing
+
+
+FILE_CASES = [
+    ("malformed-yaml", "grid: [1, 2\n", "bad.yaml"),
+    ("top-level-list", "- a\n- b\n", "bad.yaml"),
+    ("not-utf8", b"name: caf\xe9\n", "bad.yaml"),
+]
+
+
+@pytest.mark.parametrize("case,content,expected", FILE_CASES, ids=[c[0] for c in FILE_CASES])
+def test_bad_config_file_is_named(case, content, expected, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    _assert_one_line(*_plan(["plan", str(path)], capsys), expected)
+
+
+def test_missing_config_file_is_named(tmp_path, capsys):
+    _assert_one_line(*_plan(["plan", str(tmp_path / "absent.yaml")], capsys), "absent.yaml")
+
+
+# ---------------------------------------------------------------- input-file mistakes (stage level)
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    """A store that already holds one artifact, which no failing build may damage."""
+    s = Store.at(tmp_path / "store")
+    s.get_or_build("corpus", "prebuilt", lambda out: (out / "train.txt").write_text("kept\n") and {},
+                   config={}, inputs={})
+    return s
+
+
+def _fails_cleanly(store: Store, build, expected: str) -> str:
+    """Run build as a store stage; it must fail with a one-line error and leave the store intact."""
+    with pytest.raises(BaseException) as info:
+        store.get_or_build("probe", "failing", build, config={}, inputs={})
+    line = error_line(info.value)
+    assert line is not None, f"unexpected error type {type(info.value).__name__}: {info.value}"
+    assert "\n" not in line and expected in line, line
+    assert not store.is_done("probe", "failing")
+    assert store.verify("corpus", "prebuilt") == []
+    return line
+
+
+def _local_corpus(directory: Path):
+    from cdray.config import SourceConfig
+    from cdray.corpus_sources import iter_documents
+
+    src = SourceConfig(kind="local", name="mine", path=str(directory))
+    return lambda out: list(iter_documents(src, out))
+
+
+def _dir_with(tmp_path: Path, name: str, data: bytes | str) -> Path:
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "good.txt").write_text("A perfectly fine document with several words in it.\n")
+    target = d / name
+    (target.write_bytes if isinstance(data, bytes) else target.write_text)(data)
+    return d
+
+
+CORPUS_CASES = [
+    ("empty-txt", "empty.txt", ""),
+    ("whitespace-txt", "blank.txt", " \n\n \n"),
+    ("non-utf8-txt", "latin1.txt", "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e".encode("latin-1")),
+    ("binary-txt", "blob.txt", b"\x7fELF\x00\x01\x02\x03"),
+    ("malformed-jsonl", "rows.jsonl", '{"text": "fine"}\n{"text": broken\n'),
+    ("jsonl-without-text", "rows.jsonl", '{"body": "no text field"}\n'),
+    ("empty-jsonl", "rows.jsonl", "\n\n"),
+    ("not-parquet", "rows.parquet", b"PAR1 this is not really parquet"),
+]
+
+
+@pytest.mark.parametrize("case,name,data", CORPUS_CASES, ids=[c[0] for c in CORPUS_CASES])
+def test_bad_corpus_file_is_named(case, name, data, tmp_path, store):
+    _fails_cleanly(store, _local_corpus(_dir_with(tmp_path, name, data)), name)
+
+
+def test_parquet_without_the_text_column_is_named(tmp_path, store):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    pq.write_table(pa.table({"body": ["some words here"]}), d / "rows.parquet")
+    line = _fails_cleanly(store, _local_corpus(d), "rows.parquet")
+    assert "'text'" in line
+
+
+def test_missing_corpus_directory_is_named(tmp_path, store):
+    _fails_cleanly(store, _local_corpus(tmp_path / "nowhere"), "nowhere")
+
+
+def test_truncated_token_file_is_named(tmp_path, store):
+    from cdray.training import open_tokens
+
+    path = tmp_path / "tokens.npy"
+    np.save(path, np.arange(1000, dtype=np.int32))
+    path.write_bytes(path.read_bytes()[:200])
+    _fails_cleanly(store, lambda out: open_tokens(path, "real"), "tokens.npy")
+
+
+# ---------------------------------------------------------------- checkpoints and shards
+
+
+@pytest.fixture(scope="module")
+def gen_world(tmp_path_factory):
+    from test_generation import save_llama, save_tokenizer
+
+    from cdray.generation import make_prompts
+
+    root = tmp_path_factory.mktemp("badgen")
+    tok = save_tokenizer(root / "tok")
+    texts = [" ".join(f"w{4 + (5 * i + j) % 60}" for j in range(6)) for i in range(4)]
+    pq.write_table(pa.table({"source": ["s"] * 4, "doc_id": [f"d{i}" for i in range(4)], "text": texts,
+                             "words": [6] * 4}), root / "seed.parquet")
+    make_prompts(root / "seed.parquet", tok, 4, root / "prompts.parquet")
+    return {"root": root, "tok": str(tok), "expert": save_llama(root / "expert", 0),
+            "amateur": save_llama(root / "amateur", 1, layers=1),
+            "bad_vocab": save_llama(root / "bad_vocab", 2, vocab_size=80)}
+
+
+def _generator(world, out_dir, expert=None, amateur=None):
+    from cdray import config
+    from cdray.generation import ShardGenerator
+
+    gen = config.to_dict(config.GenerationConfig(prompt_tokens=4, continuations=2, max_new_tokens=6,
+                                                 batch_size=4, shard_prompts=2))
+    return ShardGenerator(expert_dir=expert or world["expert"],
+                          amateur={"kind": "small", "model_dir": amateur or world["amateur"], "dropout": 0.0},
+                          strategy="contrastive", generation=gen,
+                          prompts_path=str(world["root"] / "prompts.parquet"), out_dir=str(out_dir),
+                          tokenizer_dir=world["tok"])
+
+
+def test_missing_checkpoint_is_named(gen_world, tmp_path, store):
+    missing = tmp_path / "no-such-checkpoint"
+    _fails_cleanly(store, lambda out: _generator(gen_world, out, expert=str(missing)), "no-such-checkpoint")
+
+
+def test_truncated_checkpoint_is_named(gen_world, tmp_path, store):
+    import shutil
+
+    broken = tmp_path / "truncated-expert"
+    shutil.copytree(gen_world["expert"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    _fails_cleanly(store, lambda out: _generator(gen_world, out, expert=str(broken)), "truncated-expert")
+
+
+def test_amateur_with_another_vocabulary_is_named(gen_world, store):
+    _fails_cleanly(store, lambda out: _generator(gen_world, out, amateur=gen_world["bad_vocab"]), "bad_vocab")
+
+
+def test_corrupted_shard_is_named(gen_world, tmp_path, store):
+    from cdray.generation import finalize_corpus
+
+    out = tmp_path / "gen"
+    _generator(gen_world, out).run_shard(0, 0, 2)
+    shard = out / "shards" / "shard_00000.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    _fails_cleanly(store, lambda o: finalize_corpus(out, 1, 10_000), "shard_00000.parquet")
+
+
+@contextlib.contextmanager
+def _tiny_disk(path: Path, size: str):
+    path.mkdir(parents=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({res.stderr.strip() or 'not root'})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_disk_while_writing_a_shard(gen_world, tmp_path):
+    with _tiny_disk(tmp_path / "disk", "256k") as disk:
+        store = Store.at(disk / "store")
+        store.get_or_build("corpus", "prebuilt", lambda out: (out / "train.txt").write_text("kept\n") and {},
+                           config={}, inputs={})
+        generator = _generator(gen_world, disk / "store" / "probe" / "failing")
+        with contextlib.suppress(OSError), open(disk / "filler", "wb", buffering=0) as f:
+            while True:  # fill the disk to the last byte
+                f.write(b"\0" * 4096)
+
+        line = _fails_cleanly(store, lambda out: generator.run_shard(0, 0, 2), "shard_00000")
+        assert "No space left" in line
+        shards = disk / "store" / "probe" / "failing" / "shards"
+        assert not (shards / "shard_00000.json").exists()  # an uncommitted shard is never trusted
+        assert not list(shards.glob("*.tmp"))
+
+
+# ---------------------------------------------------------------- services
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_mlflow_is_one_line_and_quick(tmp_path, store):
+    import time
+
+    from cdray.config import TrackingConfig
+    from cdray.tracking import Tracker
+
+    uri = f"http://user:s3cret@127.0.0.1:{_free_port()}"
+    started = time.time()
+    line = _fails_cleanly(store, lambda out: Tracker(TrackingConfig(uri=uri)), "tracking.uri")
+    assert "s3cret" not in line  # credentials never reach the terminal
+    assert time.time() - started < 30
+
+
+def test_manifest_records_checksums(store):
+    manifest = json.loads((store.dir("corpus", "prebuilt") / "manifest.json").read_text())
+    assert manifest["files"]["train.txt"]["sha256"]
