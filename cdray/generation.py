@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cdray.faults import crash_point
 from cdray.store import file_sha256, writing
 
 VERSION = 1
@@ -215,6 +216,7 @@ class ShardGenerator:
                            g.decoding, max_new_tokens=g.max_new_tokens, stop_at_eos=g.stop_at_eos,
                            batch_size=g.batch_size, device=self.device, dtype=self.dtype,
                            amateur_dropout=self.amateur_dropout)
+        crash_point(self.out_dir, "shard", shard_id)  # mid-shard: generated, nothing written yet
         full = [p + r.tokens for p, r in zip(row_prompts, results)]
         texts = self.tokenizer.batch_decode(full, skip_special_tokens=True) if full else []
         table = pa.table({

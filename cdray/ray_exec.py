@@ -35,7 +35,13 @@ def init_ray(rcfg: RayConfig) -> None:
                  runtime_env=env, log_to_driver=rcfg.log_to_driver)
 
 
-@ray.remote(num_cpus=1)
+# A sweep cell's Tune trial only drives its trainer and holds this much CPU; the work it starts
+# takes the rest of a core, so N concurrent cells fit on N cores instead of N - 1.
+CELL_DRIVER_CPU = 0.01
+WORK_CPU = 1 - CELL_DRIVER_CPU
+
+
+@ray.remote(num_cpus=WORK_CPU)
 def _build_task(node: Node, cfg: SweepConfig, store_root: str) -> dict:
     import torch
 
@@ -91,7 +97,7 @@ def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callback
     from ray.train.torch import TorchConfig, TorchTrainer
 
     recipe = cfg.train
-    resources = None if recipe.use_gpu else {"CPU": recipe.torch_threads}
+    resources = None if recipe.use_gpu else {"CPU": recipe.torch_threads - CELL_DRIVER_CPU}
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"job": stages.train_job(node, cfg, store), "out": str(out),

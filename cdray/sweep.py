@@ -1,6 +1,7 @@
 """Ray Tune sweep driver: shared upstream work once, missing cells as Tune trials, MLflow runs."""
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import time
@@ -10,7 +11,7 @@ from ray import tune
 
 from cdray.config import SweepConfig, to_dict
 from cdray.pipeline import Cell, SweepGraph, build_graph, format_plan, plan
-from cdray.ray_exec import build_node, init_ray
+from cdray.ray_exec import CELL_DRIVER_CPU, build_node, init_ray
 from cdray.report import format_table
 from cdray.store import Store, stage_key
 from cdray.tracking import Tracker, redact
@@ -82,7 +83,9 @@ def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConf
         metrics.append(("eval_ppl", m["ppl"], m["step"]))
     metrics += [("final_ppl", row["final_ppl"], 0), ("best_ppl", row["best_ppl"], 0),
                 ("realised_q", tr.get("realised_q"), 0)]
-    tracker.log_metrics(run_id, metrics)
+    created = store.manifest(cell.evaluate.stage, cell.evaluate.key)["created"]
+    stamp = int(calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) * 1000)
+    tracker.log_metrics(run_id, metrics, timestamp_ms=stamp)  # idempotent: a re-run logs no duplicates
     tags = {"cdray.train_key": cell.train.key, "cdray.evaluate_key": cell.evaluate.key,
             "cdray.arm": cell.arm}
     real = cell.train.input("real")
@@ -118,7 +121,7 @@ def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional
     """One Tune trial per missing cell; each trial drives a TorchTrainer and the evaluation."""
     trainable = tune.with_resources(
         tune.with_parameters(_cell_trial, cfg=cfg, cells={c.id: c for c in cells}, parent_id=parent_id),
-        {"CPU": 0.01},  # the trial only drives a TorchTrainer, whose worker holds the real CPU
+        {"CPU": CELL_DRIVER_CPU},  # the trial only drives a TorchTrainer, whose worker holds the real CPU
     )
     tuner = tune.Tuner(
         trainable,

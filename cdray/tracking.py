@@ -155,15 +155,17 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def log_metrics(self, run_id: Optional[str], rows: list[tuple[str, float, int]]) -> None:
-        """rows: (name, value, step)."""
+    def log_metrics(self, run_id: Optional[str], rows: list[tuple[str, float, int]],
+                    timestamp_ms: Optional[int] = None) -> None:
+        """rows: (name, value, step). A fixed timestamp makes re-logging the same rows a no-op
+        (MLflow drops exact duplicates), so a cell logged again after a crash has no doubled history."""
         if not self.enabled or run_id is None:
             return
         import time
 
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
         items = [Metric(k, float(v), now, int(s)) for k, v, s in rows if v is not None]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i:i + 1000])

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from cdray.config import ModelConfig, TrainConfig
+from cdray.faults import crash_point
 from cdray.model import build_model, save_model
 
 VERSION = 1
@@ -478,6 +479,7 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
         if lead:
             _append_jsonl(metrics_path, {"step": done_steps, "loss": last_loss, "lr": lr,
                                          "n_syn": int(data.counts[step])})
+        crash_point(out_dir, f"train-step-rank{rank}", done_steps)
         if done_steps not in milestones:
             continue
         record = _milestone(job, data, done_steps, window, model, eval_blocks, device, lead)

@@ -12,7 +12,37 @@ from cdray.store import Store
 pytestmark = pytest.mark.slow
 
 
-def test_micro_sweep_end_to_end_then_cached(micro_cfg_dict, ray_session, capsys, tmp_path, monkeypatch):
+def _killed_mid_sweep(cfg_dict: dict, cwd, store_dir) -> dict:
+    """Run `cdray sweep` as a driver of its own and SIGKILL it once the first cell is evaluated.
+
+    Returns the evaluate manifests' creation times at the kill.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    (cwd / "sweep.yaml").write_text(yaml.safe_dump(cfg_dict))
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cdray.cli", "sweep", "sweep.yaml"], cwd=cwd, env=env,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    evaluated = lambda: list((store_dir / "evaluate").glob(f"*/{'manifest.json'}"))  # noqa: E731
+    deadline = time.time() + 600
+    while not evaluated():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "the first cell never finished"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    return {p.parent.name: json.loads(p.read_text())["created"] for p in evaluated()}
+
+
+def test_micro_sweep_killed_resumed_then_cached(micro_cfg_dict, ray_session, capsys, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from cdray.sweep import anchored, report_from_mlflow, run_sweep, sweep_key
@@ -21,8 +51,16 @@ def test_micro_sweep_end_to_end_then_cached(micro_cfg_dict, ray_session, capsys,
     monkeypatch.chdir(tmp_path)
     micro_cfg_dict = micro_cfg_dict | {"store": {"root": "rel/store"},
                                        "tracking": {"uri": "sqlite:///rel/mlflow.db", "experiment": "test"}}
-    rows = run_sweep(C.from_dict(micro_cfg_dict))
     cfg = anchored(C.from_dict(micro_cfg_dict))
+
+    # a driver killed after its first cell: re-running the same sweep finishes the rest
+    done_at_kill = _killed_mid_sweep(micro_cfg_dict, tmp_path, tmp_path / "rel" / "store")
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    parent_at_kill = client.search_runs([client.get_experiment_by_name("test").experiment_id],
+                                        filter_string="tags.`cdray.kind` = 'sweep'")[0].info.run_id
+    assert 1 <= len(done_at_kill) < len(build_graph(cfg).cells)
+
+    rows = run_sweep(C.from_dict(micro_cfg_dict))
     assert cfg.store.root == str(tmp_path / "rel" / "store")
     out = capsys.readouterr().out
     assert {r["arm"] for r in rows} == {"BASELINE", "NO-CONTRAST", "CD-EARLY-4"}
@@ -41,7 +79,6 @@ def test_micro_sweep_end_to_end_then_cached(micro_cfg_dict, ray_session, capsys,
     assert stats["rows"] > 0 and stats["new_tokens"] >= cfg.generation.token_budget
 
     # MLflow: one parent, one child per cell with params, metrics, tags and dataset inputs
-    client = MlflowClient(tracking_uri=cfg.tracking.uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("cdray.kind") == "sweep"]
@@ -58,6 +95,10 @@ def test_micro_sweep_end_to_end_then_cached(micro_cfg_dict, ray_session, capsys,
         assert child.data.tags["cdray.train_key"]
         assert child.inputs.dataset_inputs, "the corpus is recorded as a dataset input"
     manifests = {(s, k): store.manifest(s, k)["created"] for s, k in store.list()}
+    # finished cells were not recomputed, and the killed run's parent run was reused
+    assert {k: manifests[("evaluate", k)] for k in done_at_kill} == done_at_kill
+    assert parents[0].info.run_id == parent_at_kill
+    assert len({c.data.tags["cdray.cell_id"] for c in children}) == len(children)
 
     # a second run rebuilds nothing and adds no MLflow runs
     rows2 = run_sweep(cfg)

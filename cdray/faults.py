@@ -1,0 +1,33 @@
+"""Deliberate crash points for fault-injection tests: a trigger file in an output dir kills the process."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+TRIGGER_PREFIX = ".crash-at"
+
+
+def trigger_path(out_dir: str | os.PathLike, where: str, at: int) -> Path:
+    return Path(out_dir) / f"{TRIGGER_PREFIX}-{where}-{at}"
+
+
+def arm(out_dir: str | os.PathLike, where: str, at: int) -> Path:
+    """Make the next process that reaches (where, at) in out_dir die with SIGKILL, once."""
+    path = trigger_path(out_dir, where, at)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path
+
+
+def crash_point(out_dir: str | os.PathLike, where: str, at: int) -> None:
+    """SIGKILL this process if a trigger for (where, at) is armed in out_dir.
+
+    The trigger is consumed before dying, so the restarted process runs past this point: this is
+    how the fault tests kill a Ray Train worker, a generation actor or a driver at an exact spot
+    (a kill from outside would race with steps that take milliseconds). One stat() when unarmed.
+    """
+    path = trigger_path(out_dir, where, at)
+    if path.exists():
+        path.unlink()
+        os.kill(os.getpid(), signal.SIGKILL)
