@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.cdray-installed
 SWEEP  ?= sweeps/tiny.yaml
 
-.PHONY: setup demo test plan report clean-store
+.PHONY: setup demo test test-slow plan report clean-store
 
 setup: $(STAMP)
 
@@ -27,8 +27,13 @@ plan: setup
 report: setup
 	$(BIN)/cdray report $(SWEEP)
 
+# the fast suite (about 5 minutes on 2 cores); `make test-slow` adds the end-to-end and fault
+# tests that start Ray clusters and kill processes (CI runs both)
 test: setup
-	$(BIN)/pytest -q --timeout=900 tests
+	$(BIN)/pytest -q --timeout=900 -m "not slow" tests
+
+test-slow: setup
+	$(BIN)/pytest -q --timeout=1800 -m slow tests
 
 clean-store:
 	rm -rf .cdray
