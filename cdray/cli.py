@@ -1,4 +1,4 @@
-"""Command line: `cdray run|plan|sweep|report|verify CONFIG [--set a.b=v ...]`."""
+"""Command line: `cdray run|plan|sweep|report|verify CONFIG [--profile NAME] [--set a.b=v ...]`, `cdray mlflow`."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,14 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("config", help="sweep / config YAML file")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=v",
                         help="override one config value (repeatable)")
+        sp.add_argument("--profile", metavar="NAME",
+                        help="apply the sweep file's profiles.NAME (same as --set profile=NAME)")
+    text = "run a lean MLflow tracking server (sqlite backend, proxied artifacts) in the foreground"
+    ml = sub.add_parser("mlflow", help=text, description=text)
+    ml.add_argument("--root", default=".cdray/mlflow-server", help="directory of mlflow.db and artifacts")
+    ml.add_argument("--port", type=int, default=5000)
+    ml.add_argument("--host", default="127.0.0.1", help="interface to bind (loopback: reach it by a tunnel)")
+    ml.add_argument("--artifacts", default=None, help="artifact destination URI (default ROOT/artifacts)")
     return p
 
 
@@ -51,6 +59,12 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "mlflow":
+        from cdray.mlflow_server import serve
+
+        return serve(args.root, args.port, args.host, args.artifacts)
+    if args.profile:
+        args.overrides = [f"profile={args.profile}", *args.overrides]
     try:
         cfg = config_mod.load(args.config, args.overrides)
         if args.command == "plan":
@@ -89,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _verify(cfg) -> int:
     from cdray.store import Store
 
-    store = Store.at(cfg.store.root)
+    store = Store.at(cfg.store.root, cfg.store.cache)
     bad_total = 0
     for stage, key in store.list():
         bad = store.verify(stage, key)

@@ -164,7 +164,8 @@ class Store:
         out = self.dir(stage, key)
         there = self.remote.files(f"{stage}/{key}")
         sent = 0
-        for rel, p in _artifact_files(out):
+        # in write order: a stage's own per-part manifests (written after their part) stay last
+        for rel, p in sorted(_artifact_files(out), key=lambda item: item[1].stat().st_mtime_ns):
             if there.get(rel) != p.stat().st_size:
                 self.remote.upload(p, f"{stage}/{key}/{rel}")
                 sent += 1
