@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -74,13 +77,15 @@ class FakeCluster:
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_FAKE_CLUSTER": "1",
                     "RAY_API_SERVER_ADDRESS": self.address, "RAY_ADDRESS": ""}
         self.env.pop("RAY_ADDRESS")
+        # Ray's socket paths must stay under 107 bytes: pytest's tmp_path is too deep
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="cdray-ray-", dir="/tmp"))
         self.proc = None
 
     def start(self, timeout: float = 240.0) -> None:
         cmd = [RAY, "start", "--head", "--block", "--num-cpus=0", f"--port={self.gcs_port}",
                f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
                "--include-dashboard=true", f"--dashboard-agent-listen-port={mlflow_server.free_port()}",
-               f"--temp-dir={self.tmp / 'ray'}", f"--autoscaling-config={self.config}",
+               f"--temp-dir={self.temp_dir}", f"--autoscaling-config={self.config}",
                "--disable-usage-stats"]
         self.log = open(self.tmp / "ray-start.log", "wb")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -89,13 +94,15 @@ class FakeCluster:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ray start exited: {(self.tmp / 'ray-start.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.address}/api/version", timeout=2):
-                    pass
-                if self.cli("job", "list").returncode == 0:
-                    return
-            except OSError:
+            try:  # any HTTP answer (401 without a token) means the dashboard is serving
+                urllib.request.urlopen(f"{self.address}/api/version", timeout=2).close()
+            except urllib.error.HTTPError:
                 pass
+            except OSError:
+                time.sleep(2)
+                continue
+            if self.cli("job", "list").returncode == 0:
+                return
             time.sleep(2)
         raise RuntimeError("fake cluster did not come up")
 
@@ -117,6 +124,7 @@ class FakeCluster:
         if self.proc is not None:
             _kill_session(self.proc.pid)
             self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
