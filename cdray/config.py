@@ -610,6 +610,8 @@ def apply_profile(data: dict, name: Optional[str] = None) -> dict:
     """Pop `profiles:` from a raw tree, check every profile strictly, merge the selected one
     (`name`, else the tree's own `profile:` key; none selected: the tree as written)."""
     data = dict(data)
+    if name is None and "profiles" not in data:
+        return data  # no profiles, or a tree whose profile is already applied (to_dict round trip)
     profiles = data.pop("profiles", None) or {}
     _check(isinstance(profiles, dict), "profiles", "expected a mapping of profile name -> settings")
     for pname, body in profiles.items():

@@ -24,6 +24,20 @@ from pathlib import Path
 from cdray import mlflow_server
 
 
+# the assistant side panel hides part of the comparison: close it (the rightmost button of the
+# top bar); show only the parameters that
+# differ between the cells (arm, amateur, k, q, ...) so the metrics fit on the page
+TIDY_PAGE = """
+const closers = [...document.querySelectorAll('button')].filter(b => {
+  const r = b.getBoundingClientRect();
+  return r.width > 0 && r.top < 80 && r.left > window.innerWidth * 0.75;
+});
+if (closers.length) closers.sort((a, b) => b.getBoundingClientRect().left - a.getBoundingClientRect().left)[0].click();
+const switches = document.querySelectorAll('[role=switch]');
+if (switches.length) switches[0].click();
+"""
+
+
 def sweep_runs(db: Path, experiment: str) -> tuple[str, list[str]]:
     con = sqlite3.connect(db)
     (exp_id,) = con.execute("select experiment_id from experiments where name = ?", (experiment,)).fetchone()
@@ -73,6 +87,8 @@ async def capture(url: str, out: Path, width: int, height: int, wait: float) -> 
                            deviceScaleFactor=1, mobile=False)
                 await call("Page.navigate", url=url)
                 await asyncio.sleep(wait)  # the SPA fetches runs and draws its charts
+                await call("Runtime.evaluate", expression=TIDY_PAGE)
+                await asyncio.sleep(2)
                 shot = await call("Page.captureScreenshot", format="png")
         out.write_bytes(base64.b64decode(shot["data"]))
     finally:

@@ -70,3 +70,8 @@ def test_shipped_sweeps_load_with_every_profile():
         for name in (yaml.safe_load(path.read_text()).get("profiles") or {}):
             cfg = c.load(path, [f"profile={name}"])
             assert cfg.profile == name and cfg.store.root.startswith("s3://")
+
+
+def test_a_profiled_config_round_trips(tmp_path):
+    cfg = c.load(write(tmp_path, BASE), ["profile=cluster"])
+    assert c.from_dict(c.to_dict(cfg)) == cfg
