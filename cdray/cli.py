@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from typing import Optional, Sequence
 
 from cdray import config as config_mod
@@ -67,6 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.overrides = [f"profile={args.profile}", *args.overrides]
     try:
         cfg = config_mod.load(args.config, args.overrides)
+        if args.command in ("sweep", "run") and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+            cfg = _leave_job_working_dir(cfg)
         if args.command == "plan":
             from cdray.sweep import print_plan
 
@@ -98,6 +102,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"cdray: error: {_one_line(cause)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _leave_job_working_dir(cfg):
+    """Inside `ray job submit`: anchor relative paths, then leave the job's working dir.
+
+    Ray unpacks a job's working dir once per node, deleting and re-creating it; where nodes share a
+    disk (the fake multi-node cluster, some NFS set-ups) that deletes the driver's cwd mid-run, and
+    every later os.getcwd() fails. Imports keep working through the absolute sys.path entry."""
+    from cdray.sweep import anchored
+
+    here = os.getcwd()
+    cfg = anchored(cfg)
+    sys.path[:] = [here if p in ("", ".") else p for p in sys.path]
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    os.chdir(tempfile.gettempdir())
+    return cfg
 
 
 def _verify(cfg) -> int:

@@ -171,12 +171,12 @@ def _submit_and_wait(cluster: FakeCluster, sweep: Path, env_vars: dict, timeout:
     while time.time() < deadline:
         seen |= cluster.worker_nodes()
         st = cluster.cli("job", "status", sid)
-        status = (st.stdout + st.stderr)
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+        status = (st.stdout + st.stderr).lower()  # "Job 'X' succeeded" / "failed" / "stopped"
+        if any(f"' {s}" in status for s in ("succeeded", "failed", "stopped")):
             break
         time.sleep(10)
     logs = cluster.cli("job", "logs", sid).stdout
-    assert "SUCCEEDED" in status, f"job {sid} did not succeed:\n{status[-1500:]}\n{logs[-4000:]}"
+    assert "' succeeded" in status, f"job {sid} did not succeed:\n{status[-1500:]}\n{logs[-4000:]}"
     return logs, seen
 
 
