@@ -82,7 +82,10 @@ class FakeCluster:
         self.proc = None
 
     def start(self, timeout: float = 240.0) -> None:
-        cmd = [RAY, "start", "--head", "--block", "--num-cpus=0", f"--port={self.gcs_port}",
+        # not --block: with it, any Ray subprocess exiting takes the whole head down; the processes
+        # keep the session of this Popen (start_new_session), which is how stop() finds them
+        cmd = [RAY, "start", "--head", "--num-cpus=0", f"--port={self.gcs_port}",
+               f"--ray-client-server-port={mlflow_server.free_port()}",
                f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
                "--include-dashboard=true", f"--dashboard-agent-listen-port={mlflow_server.free_port()}",
                f"--temp-dir={self.temp_dir}", f"--autoscaling-config={self.config}",
@@ -91,9 +94,9 @@ class FakeCluster:
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.time() + timeout
+        if self.proc.wait(timeout) != 0:
+            raise RuntimeError(f"ray start failed: {(self.tmp / 'ray-start.log').read_text()[-3000:]}")
         while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {(self.tmp / 'ray-start.log').read_text()[-2000:]}")
             try:  # any HTTP answer (401 without a token) means the dashboard is serving
                 urllib.request.urlopen(f"{self.address}/api/version", timeout=2).close()
             except urllib.error.HTTPError:
