@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.cdray-installed
 SWEEP  ?= sweeps/tiny.yaml
 
-.PHONY: setup demo test test-slow plan report clean-store
+.PHONY: setup demo test test-slow plan report clean-store mlflow
 
 setup: $(STAMP)
 
@@ -37,3 +37,8 @@ test-slow: setup
 
 clean-store:
 	rm -rf .cdray
+
+# A lean MLflow tracking server on 127.0.0.1:$(MLFLOW_PORT) (sqlite + proxied artifacts under .cdray/mlflow-server)
+MLFLOW_PORT ?= 5000
+mlflow: setup
+	$(BIN)/cdray mlflow --port $(MLFLOW_PORT)

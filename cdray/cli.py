@@ -1,8 +1,10 @@
-"""Command line: `cdray run|plan|sweep|report|verify CONFIG [--set a.b=v ...]`."""
+"""Command line: `cdray run|plan|sweep|report|verify CONFIG [--profile NAME] [--set a.b=v ...]`, `cdray mlflow`."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from typing import Optional, Sequence
 
 from cdray import config as config_mod
@@ -23,6 +25,14 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("config", help="sweep / config YAML file")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=v",
                         help="override one config value (repeatable)")
+        sp.add_argument("--profile", metavar="NAME",
+                        help="apply the sweep file's profiles.NAME (same as --set profile=NAME)")
+    text = "run a lean MLflow tracking server (sqlite backend, proxied artifacts) in the foreground"
+    ml = sub.add_parser("mlflow", help=text, description=text)
+    ml.add_argument("--root", default=".cdray/mlflow-server", help="directory of mlflow.db and artifacts")
+    ml.add_argument("--port", type=int, default=5000)
+    ml.add_argument("--host", default="127.0.0.1", help="interface to bind (loopback: reach it by a tunnel)")
+    ml.add_argument("--artifacts", default=None, help="artifact destination URI (default ROOT/artifacts)")
     return p
 
 
@@ -51,8 +61,16 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "mlflow":
+        from cdray.mlflow_server import serve
+
+        return serve(args.root, args.port, args.host, args.artifacts)
+    if args.profile:
+        args.overrides = [f"profile={args.profile}", *args.overrides]
     try:
         cfg = config_mod.load(args.config, args.overrides)
+        if args.command in ("sweep", "run") and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+            cfg = _leave_job_working_dir(cfg)
         if args.command == "plan":
             from cdray.sweep import print_plan
 
@@ -98,10 +116,27 @@ def error_line(exc: BaseException) -> Optional[str]:
     return f"cdray: error: {_one_line(cause)}"
 
 
+def _leave_job_working_dir(cfg):
+    """Inside `ray job submit`: anchor relative paths, then leave the job's working dir.
+
+    Ray unpacks a job's working dir once per node, deleting and re-creating it; where nodes share a
+    disk (the fake multi-node cluster, some NFS set-ups) that deletes the driver's cwd mid-run, and
+    every later os.getcwd() fails. Imports keep working through the absolute sys.path entry."""
+    from cdray.sweep import anchored
+
+    here = os.getcwd()
+    cfg = anchored(cfg)
+    sys.path[:] = [here if p in ("", ".") else p for p in sys.path]
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    os.chdir(tempfile.gettempdir())
+    return cfg
+
+
 def _verify(cfg) -> int:
     from cdray.store import Store
 
-    store = Store.at(cfg.store.root)
+    store = Store.at(cfg.store.root, cfg.store.cache)
     bad_total = 0
     for stage, key in store.list():
         bad = store.verify(stage, key)

@@ -261,6 +261,7 @@ class GenerationConfig:
     batch_size: int = 64
     shard_prompts: int = 256  # prompts per shard (the unit of resume)
     actors: int = 1  # max actors of the pool
+    min_actors: int = 1  # actors the pool starts with (it grows to `actors` while shards wait)
     actor_cpus: float = 0.5
     actor_gpus: float = 0.0
     seed: int = 0
@@ -275,6 +276,8 @@ class GenerationConfig:
         _check(self.batch_size >= 1, f"{at}.batch_size", f"{self.batch_size!r} must be >= 1")
         _check(self.shard_prompts >= 1, f"{at}.shard_prompts", "must be >= 1")
         _check(self.actors >= 1, f"{at}.actors", f"{self.actors!r} must be >= 1")
+        _check(1 <= self.min_actors <= self.actors, f"{at}.min_actors",
+               f"{self.min_actors!r} must be in [1, actors={self.actors}]")
         _check(self.actor_cpus > 0, f"{at}.actor_cpus", "must be > 0")
         _check(self.actor_gpus >= 0, f"{at}.actor_gpus", "must be >= 0")
 
@@ -330,7 +333,17 @@ class GridConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
+    """Where artifacts live: a local path or a pyarrow.fs URI (s3://bucket/prefix?endpoint_override=...)."""
+
     root: str = ".cdray/store"
+    cache: Optional[str] = None  # remote roots: per-node local cache (None: ~/.cache/cdray or $CDRAY_CACHE)
+
+    def validate(self, at: str) -> None:
+        from cdray.remote import check_uri
+
+        _check(bool(self.root), f"{at}.root", "must not be empty")
+        problem = check_uri(self.root)
+        _check(problem is None, f"{at}.root", f"{self.root!r}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -354,10 +367,44 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class ProfileTrainConfig:
+    """The training knobs a profile may set (how a run is spread, not what it learns)."""
+
+    num_workers: Optional[int] = None
+    use_gpu: Optional[bool] = None
+    torch_threads: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ProfileGenerationConfig:
+    """The generation actor pool a profile may size."""
+
+    actors: Optional[int] = None
+    min_actors: Optional[int] = None
+    actor_cpus: Optional[float] = None
+    actor_gpus: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """One entry of a sweep file's `profiles:` mapping: what a laptop and a cluster run differ in.
+
+    Only the keys written in the profile are applied (over the sweep file, under --set overrides).
+    """
+
+    store: Optional[StoreConfig] = None
+    tracking: Optional[TrackingConfig] = None
+    ray: Optional[RayConfig] = None
+    train: Optional[ProfileTrainConfig] = None
+    generation: Optional[ProfileGenerationConfig] = None
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     """A whole sweep: data, models, recipe, generation, evaluation, grid and plumbing."""
 
     name: str = "sweep"
+    profile: Optional[str] = None  # the `profiles:` entry applied on load (see load())
     store: StoreConfig = StoreConfig()
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
@@ -373,6 +420,7 @@ class SweepConfig:
 
     def validate(self) -> "SweepConfig":
         _check(bool(self.name) and "/" not in self.name, "name", f"{self.name!r} is not a valid name")
+        self.store.validate("store")
         self.ray.validate("ray")
         self.corpus.validate("corpus")
         self.tokenizer.validate("tokenizer")
@@ -551,17 +599,47 @@ def load_raw(path: str | Path) -> dict:
     return data
 
 
-def from_dict(data: dict) -> SweepConfig:
-    return _build(SweepConfig, data, "").validate()
+def _merge(base: dict, patch: dict) -> dict:
+    out = dict(base)
+    for k, v in patch.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_profile(data: dict, name: Optional[str] = None) -> dict:
+    """Pop `profiles:` from a raw tree, check every profile strictly, merge the selected one
+    (`name`, else the tree's own `profile:` key; none selected: the tree as written)."""
+    data = dict(data)
+    if name is None and "profiles" not in data:
+        return data  # no profiles, or a tree whose profile is already applied (to_dict round trip)
+    profiles = data.pop("profiles", None) or {}
+    _check(isinstance(profiles, dict), "profiles", "expected a mapping of profile name -> settings")
+    for pname, body in profiles.items():
+        _build(ProfileConfig, body, f"profiles.{pname}")
+    name = name if name is not None else data.get("profile")
+    if name is None:
+        return data
+    _check(name in profiles, "profile", f"{name!r} is not one of the sweep file's profiles {sorted(profiles)}")
+    merged = _merge(data, profiles[name] or {})
+    merged["profile"] = name
+    return merged
+
+
+def from_dict(data: dict, profile: Optional[str] = None) -> SweepConfig:
+    return _build(SweepConfig, apply_profile(data, profile), "").validate()
 
 
 def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> SweepConfig:
-    """Load a sweep/config YAML strictly, apply `a.b=v` overrides, validate, return it frozen."""
+    """Load a sweep/config YAML strictly, apply the selected profile, then `a.b=v` overrides
+    (`profile=NAME` selects the profile), validate, return it frozen."""
     data = load_raw(path)
-    for text in overrides:
-        key, value = parse_override(text)
-        set_dotted(data, key, value)
-    return from_dict(data)
+    parsed = [parse_override(text) for text in overrides]
+    chosen = [v for k, v in parsed if k == "profile"]
+    data = apply_profile(data, str(chosen[-1]) if chosen else None)
+    for key, value in parsed:
+        if key != "profile":
+            set_dotted(data, key, value)
+    return _build(SweepConfig, data, "").validate()
 
 
 def to_dict(obj: Any) -> Any:
@@ -600,7 +678,7 @@ def field_reference(cls: type = SweepConfig, prefix: str = "") -> list[tuple[str
 __all__ = [
     "ConfigError", "SourceConfig", "CorpusConfig", "TokenizerConfig", "ModelConfig", "TrainConfig",
     "ExpertConfig", "SmallConfig", "DecodingConfig", "GenerationConfig", "EvalConfig", "GridConfig",
-    "StoreConfig", "TrackingConfig", "RayConfig", "SweepConfig", "MODEL_PRESETS", "STRATEGIES", "PACKAGED_TEXT_NAMES",
+    "StoreConfig", "TrackingConfig", "RayConfig", "SweepConfig", "ProfileConfig", "apply_profile", "MODEL_PRESETS", "STRATEGIES", "PACKAGED_TEXT_NAMES",
     "load", "load_raw", "parse_section", "from_dict", "to_dict", "field_reference", "set_dotted", "parse_override",
 ]
 
@@ -609,7 +687,8 @@ __all__ = [
 def reference_markdown() -> str:
     """The README's config reference table, generated from the dataclasses (a test keeps it in sync)."""
     lines = ["| field | type | default |", "|---|---|---|"]
-    for name, tp, default in field_reference():
+    rows = field_reference() + field_reference(ProfileConfig, "profiles.<name>.")
+    for name, tp, default in rows:
         tp = tp.replace("|", "\\|")
         lines.append(f"| `{name}` | {tp} | `{default}` |")
     return "\n".join(lines)

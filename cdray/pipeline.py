@@ -23,7 +23,7 @@ STAGE_VERSIONS = {
 # so they are left out of the key (everything else in a slice is hashed).
 EXECUTION_ONLY = {
     "train": ("torch_threads",),
-    "generation": ("actors", "actor_cpus", "actor_gpus"),
+    "generation": ("actors", "min_actors", "actor_cpus", "actor_gpus"),
     "eval": ("batch_size",),
 }
 

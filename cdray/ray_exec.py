@@ -19,17 +19,28 @@ QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": 
              "TOKENIZERS_PARALLELISM": "false"}
 
 
+# forwarded to the workers of a cluster cdray attaches to (outside a job, whose runtime_env rules)
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "CDRAY_CACHE")
+
+
 def init_ray(rcfg: RayConfig) -> None:
     """Attach to ray.address / $RAY_ADDRESS if given, else start a local cluster."""
     if ray.is_initialized():
         return
     address = rcfg.address or os.environ.get("RAY_ADDRESS")
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # inside `ray job submit`: the job's runtime_env (working_dir, env_vars) already applies
+        ray.init(address=address or "auto", log_to_driver=rcfg.log_to_driver)
+        return
     # workers of a local cluster must import cdray from this checkout even if it is not installed
     root = str(Path(__file__).resolve().parent.parent)
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                         **QUIET_ENV}}
     if address:
-        ray.init(address=address, log_to_driver=rcfg.log_to_driver, runtime_env={"env_vars": QUIET_ENV})
+        forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        ray.init(address=address, log_to_driver=rcfg.log_to_driver,
+                 runtime_env={"env_vars": {**QUIET_ENV, **forwarded}})
     else:
         ray.init(address="local", num_cpus=rcfg.num_cpus, include_dashboard=False,
                  runtime_env=env, log_to_driver=rcfg.log_to_driver)
@@ -41,12 +52,24 @@ CELL_DRIVER_CPU = 0.01
 WORK_CPU = 1 - CELL_DRIVER_CPU
 
 
+def open_store(cfg: SweepConfig) -> Store:
+    return Store.at(cfg.store.root, cfg.store.cache)
+
+
+def ray_storage(store: Store, name: str) -> dict:
+    """RunConfig storage of Ray Train / Tune: beside the artifacts, on the remote fs if remote
+    (a multi-node cluster needs shared storage: head-node syncing is gone)."""
+    if store.remote is not None:
+        return {"storage_path": store.remote.path(name), "storage_filesystem": store.remote.fs}
+    return {"storage_path": str(store.root / name)}
+
+
 @ray.remote(num_cpus=WORK_CPU)
-def _build_task(node: Node, cfg: SweepConfig, store_root: str) -> dict:
+def _build_task(node: Node, cfg: SweepConfig) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    return stages.build(node, cfg, Store.at(store_root))
+    return stages.build(node, cfg, open_store(cfg))
 
 
 def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[str] = None,
@@ -58,13 +81,14 @@ def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[s
         builder = partial(fit_training, callbacks=callbacks)
         return stages.build(node, cfg, store, builder=builder, extra={"mlflow_run_id": run_id})
     if node.stage == "generate":
-        builder = partial(stages.build_generate, execute=partial(generate_with_ray_data, cfg=cfg))
+        builder = partial(stages.build_generate,
+                          execute=partial(generate_with_ray_data, cfg=cfg, store=store, node=node))
         return stages.build(node, cfg, store, builder=builder)
     # inside a Tune trial, tasks would inherit the trial's 0.01-CPU placement group: escape it
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
-    return ray.get(_build_task.options(scheduling_strategy=outside).remote(node, cfg, str(store.root)))
+    return ray.get(_build_task.options(scheduling_strategy=outside).remote(node, cfg))
 
 
 def _train_loop(config: dict) -> dict:
@@ -74,6 +98,9 @@ def _train_loop(config: dict) -> dict:
     from cdray.training import train
 
     ctx = ray.train.get_context()
+    store = Store.at(*config["store"]) if config["store"] else None
+    for stage, key in config["fetch"]:  # inputs into this node's cache (a no-op on the driver's)
+        store.fetch(stage, key)
     device = "cpu"
     if config["use_gpu"]:
         device = str(ray.train.torch.get_device())
@@ -83,8 +110,11 @@ def _train_loop(config: dict) -> dict:
     def report(metrics: dict) -> None:
         ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
-    return train(config["job"], Path(config["out"]), rank=ctx.get_world_rank(),
-                 world_size=ctx.get_world_size(), device=device, report=report)
+    result = train(config["job"], Path(config["out"]), rank=ctx.get_world_rank(),
+                   world_size=ctx.get_world_size(), device=device, report=report)
+    if store is not None and ctx.get_world_rank() == 0:
+        store.push(*config["push"])  # rank 0 wrote `out` on its node; the driver commits it
+    return result
 
 
 def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callbacks: tuple = ()) -> dict:
@@ -97,15 +127,19 @@ def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callback
     from ray.train.torch import TorchConfig, TorchTrainer
 
     recipe = cfg.train
+    remote = store.remote is not None
+    fetch = [(n.stage, n.key) for _, n in node.inputs] if remote else []
     resources = None if recipe.use_gpu else {"CPU": recipe.torch_threads - CELL_DRIVER_CPU}
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"job": stages.train_job(node, cfg, store), "out": str(out),
-                           "use_gpu": recipe.use_gpu, "threads": recipe.torch_threads},
+                           "use_gpu": recipe.use_gpu, "threads": recipe.torch_threads,
+                           "store": (store.location, cfg.store.cache) if remote else None,
+                           "fetch": fetch, "push": (node.stage, node.key)},
         torch_config=TorchConfig(backend="nccl" if recipe.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=recipe.num_workers, use_gpu=recipe.use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=f"train-{node.key}", storage_path=str(store.root / "_ray"),
+        run_config=RunConfig(name=f"train-{node.key}", **ray_storage(store, "_ray"),
                              failure_config=FailureConfig(max_failures=2), callbacks=list(callbacks)),
     )
     result = trainer.fit()
@@ -114,11 +148,37 @@ def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callback
     return result.return_value
 
 
-def generate_with_ray_data(kwargs: dict, shards: list[dict], *, cfg: SweepConfig) -> None:
+class _StoreShardGenerator:
+    """ShardGenerator for a remote store: fetches the models into this node's cache first and
+    uploads each committed shard (its manifest last, by write order) for the driver to pull."""
+
+    def __init__(self, *, store: tuple, fetch: list, push: tuple, **kwargs):
+        from cdray.generation import ShardGenerator
+
+        self.store = Store.at(*store)
+        for stage, key in fetch:
+            self.store.fetch(stage, key)
+        self.push = push
+        self.gen = ShardGenerator(**kwargs)
+
+    def __call__(self, batch):
+        out = self.gen(batch)
+        self.store.push(*self.push)
+        return out
+
+
+def generate_with_ray_data(kwargs: dict, shards: list[dict], *, cfg: SweepConfig,
+                           store: Optional[Store] = None, node: Optional[Node] = None) -> None:
     """Run generation shards on a Ray Data actor pool; each actor holds both models."""
     from cdray.generation import ShardGenerator
 
     gen = cfg.generation
+    remote = store is not None and store.remote is not None
+    callable_cls = ShardGenerator
+    if remote:
+        callable_cls = _StoreShardGenerator
+        kwargs = {**kwargs, "store": (store.location, cfg.store.cache), "push": (node.stage, node.key),
+                  "fetch": [(n.stage, n.key) for _, n in node.inputs]}
     ds = ray.data.from_items(shards)
     # one block per shard, so the pool can hand shards to several actors
     ds = ds.repartition(len(shards))
@@ -126,11 +186,14 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict], *, cfg: SweepConfig
     if gen.actor_gpus:
         resources["num_gpus"] = gen.actor_gpus
     out = ds.map_batches(
-        ShardGenerator,
+        callable_cls,
         fn_constructor_kwargs={**kwargs, "torch_threads": max(1, int(gen.actor_cpus)),
                                "device": "cuda" if gen.actor_gpus else "cpu"},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(gen.actors, len(shards)))),
+        compute=ray.data.ActorPoolStrategy(min_size=max(1, min(gen.min_actors, len(shards))),
+                                           max_size=max(1, min(gen.actors, len(shards)))),
         **resources,
     )
     out.materialize()
+    if remote:
+        store.pull(node.stage, node.key)  # shards committed by actors on other nodes

@@ -15,7 +15,7 @@ ShardExecutor = Callable[[dict, list[dict]], None]
 
 def input_dir(store: Store, node: Node, name: str) -> Path:
     dep = node.input(name)
-    return store.dir(dep.stage, dep.key)
+    return store.fetch(dep.stage, dep.key)  # a remote store downloads (and verifies) it first
 
 
 def build_corpus(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:

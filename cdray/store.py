@@ -1,4 +1,9 @@
-"""Content-addressed artifact store: stage keys, manifests written last, get-or-build under a lock."""
+"""Content-addressed artifact store: stage keys, manifests written last, get-or-build under a lock.
+
+A root is a local path or any pyarrow.fs URI. A remote store builds into a per-node local cache
+(same layout), uploads the files and writes manifest.json last; inputs are downloaded into the
+cache and checked against the manifest's checksums before a stage reads them.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from filelock import FileLock
+
+from cdray.remote import RemoteRoot, default_cache, is_remote
 
 MANIFEST = "manifest.json"
 KEY_LENGTH = 16
@@ -80,40 +87,123 @@ class StoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class Store:
-    """Artifacts live at {root}/{stage}/{key}/; an artifact exists iff its manifest exists."""
+    """Artifacts live at {root}/{stage}/{key}/; an artifact exists iff its manifest exists.
+
+    `root` is always local: the store itself, or the cache of `remote` when the store is remote.
+    """
 
     root: Path
+    remote: Optional[RemoteRoot] = None
 
     @classmethod
-    def at(cls, root: str | os.PathLike) -> "Store":
+    def at(cls, root: str | os.PathLike, cache: Optional[str | os.PathLike] = None) -> "Store":
+        text = str(root)
+        if is_remote(text):
+            local = Path(cache).expanduser().resolve() if cache else default_cache(text)
+            return cls(local, RemoteRoot(text))
         return cls(Path(root).expanduser().resolve())
 
+    @property
+    def location(self) -> str:
+        """What `Store.at` needs to open this store again (in another process or node)."""
+        return self.remote.uri if self.remote else str(self.root)
+
     def dir(self, stage: str, key: str) -> Path:
+        """The local directory of an artifact (for a remote store: its cache / build directory)."""
         return self.root / stage / key
 
-    def is_done(self, stage: str, key: str) -> bool:
+    def url(self, stage: str, key: str) -> str:
+        """Where an artifact really lives, as a URI (for MLflow dataset sources and messages)."""
+        return self.remote.url(f"{stage}/{key}") if self.remote else self.dir(stage, key).as_uri()
+
+    def _cached(self, stage: str, key: str) -> bool:
         return (self.dir(stage, key) / MANIFEST).is_file()
+
+    def is_done(self, stage: str, key: str) -> bool:
+        if self._cached(stage, key):
+            return True
+        return self.remote is not None and self.remote.exists(f"{stage}/{key}/{MANIFEST}")
 
     def manifest(self, stage: str, key: str) -> dict:
         path = self.dir(stage, key) / MANIFEST
+        where = str(path)
         try:
+            if self.remote is not None and not path.is_file():
+                where = self.remote.url(f"{stage}/{key}/{MANIFEST}")
+                if not self.remote.exists(f"{stage}/{key}/{MANIFEST}"):
+                    raise FileNotFoundError
+                return json.loads(self.remote.read_bytes(f"{stage}/{key}/{MANIFEST}"))
             return json.loads(path.read_text())
         except FileNotFoundError:
-            raise StoreError(f"{path}: artifact not built (no manifest)") from None
+            raise StoreError(f"{where}: artifact not built (no manifest)") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise StoreError(f"{path}: corrupt manifest") from None
+            raise StoreError(f"{where}: corrupt manifest") from None
 
     def lock(self, stage: str, key: str) -> FileLock:
+        """Serialises builders and downloads of one key on this host. Across hosts a remote store
+        has no lock (object stores lack an atomic create); the sweep driver plans each key once,
+        and two hosts building one key anyway write the same content with the manifest last."""
         locks = self.root / ".locks"
         locks.mkdir(parents=True, exist_ok=True)
         return FileLock(str(locks / f"{stage}-{key}.lock"))
+
+    def fetch(self, stage: str, key: str) -> Path:
+        """The local directory of a built artifact, downloaded (and checksum-verified) if remote."""
+        out = self.dir(stage, key)
+        if self.remote is None or self._cached(stage, key):
+            return out
+        with self.lock(stage, key):
+            if self._cached(stage, key):
+                return out
+            manifest = self.manifest(stage, key)
+            for rel, meta in manifest.get("files", {}).items():
+                p = out / rel
+                if p.is_file() and p.stat().st_size == meta["bytes"] and file_sha256(p) == meta["sha256"]:
+                    continue  # left by an earlier build or an interrupted download
+                self.remote.download(f"{stage}/{key}/{rel}", p, meta["sha256"])
+            _write_json(out / MANIFEST, manifest)
+        return out
+
+    def push(self, stage: str, key: str) -> int:
+        """Upload the local files of an unfinished artifact (never the manifest); returns how many.
+
+        Objects already there with the same size are skipped: an object store makes a write
+        visible only once complete, so a same-sized object is a finished upload of this file."""
+        if self.remote is None:
+            return 0
+        out = self.dir(stage, key)
+        there = self.remote.files(f"{stage}/{key}")
+        sent = 0
+        # in write order: a stage's own per-part manifests (written after their part) stay last
+        for rel, p in sorted(_artifact_files(out), key=lambda item: item[1].stat().st_mtime_ns):
+            if there.get(rel) != p.stat().st_size:
+                self.remote.upload(p, f"{stage}/{key}/{rel}")
+                sent += 1
+        return sent
+
+    def pull(self, stage: str, key: str) -> int:
+        """Download files of an unfinished remote artifact missing locally (a build resumed on
+        another host, or outputs written by workers on other nodes); returns how many."""
+        if self.remote is None:
+            return 0
+        out = self.dir(stage, key)
+        got = 0
+        for rel, size in self.remote.files(f"{stage}/{key}").items():
+            p = out / rel
+            if rel == MANIFEST or rel.startswith(".") or "/.tmp" in rel:
+                continue
+            if not p.is_file() or p.stat().st_size != size:
+                self.remote.download(f"{stage}/{key}/{rel}", p)
+                got += 1
+        return got
 
     def get_or_build(self, stage: str, key: str, builder: Callable[[Path], dict], *,
                      config: Any, inputs: dict[str, str], extra: Optional[dict] = None) -> dict:
         """Return the manifest of (stage, key), building it first if needed.
 
         The lock makes concurrent builders of one key wait and then reuse; the builder may find
-        partial output of an interrupted earlier attempt in its directory and resume from it.
+        partial output of an interrupted earlier attempt in its directory and resume from it
+        (for a remote store, partial files already uploaded are pulled back first).
         """
         if self.is_done(stage, key):
             return self.manifest(stage, key)
@@ -122,6 +212,7 @@ class Store:
                 return self.manifest(stage, key)
             out = self.dir(stage, key)
             out.mkdir(parents=True, exist_ok=True)
+            self.pull(stage, key)
             started = time.time()
             stats = builder(out) or {}
             return self.commit(stage, key, config=config, inputs=inputs, stats=stats,
@@ -129,13 +220,15 @@ class Store:
 
     def commit(self, stage: str, key: str, *, config: Any, inputs: dict[str, str], stats: dict,
                seconds: float = 0.0, extra: Optional[dict] = None) -> dict:
-        """Write the manifest (file sizes and checksums included) last, atomically."""
+        """Write the manifest (file sizes and checksums included) last, atomically.
+
+        Remote: files written on other nodes are pulled, every file is uploaded, and only then
+        the manifest goes up; the local copy of the manifest marks the cache complete."""
         out = self.dir(stage, key)
+        self.pull(stage, key)
         files = {}
-        for p in sorted(out.rglob("*")):
-            if p.is_file() and p.name != MANIFEST and not p.name.startswith(".tmp"):
-                rel = p.relative_to(out).as_posix()
-                files[rel] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        for rel, p in _artifact_files(out):
+            files[rel] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
         manifest = {
             "stage": stage,
             "key": key,
@@ -150,20 +243,27 @@ class Store:
             "git_sha": _git_sha(),
             **(extra or {}),
         }
-        tmp = out / f".tmp-{MANIFEST}-{os.getpid()}"
-        with writing(out / MANIFEST):
-            try:
-                tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-                os.replace(tmp, out / MANIFEST)
-            finally:
-                tmp.unlink(missing_ok=True)
+        if self.remote is not None:
+            self.push(stage, key)
+            self.remote.write_bytes(f"{stage}/{key}/{MANIFEST}", _manifest_bytes(manifest))
+        _write_json(out / MANIFEST, manifest)
         return manifest
 
     def verify(self, stage: str, key: str) -> list[str]:
-        """Names of files of a built artifact that are missing or whose checksum changed."""
+        """Names of files of a built artifact that are missing or whose checksum changed
+        (remote: the objects are downloaded and checked, nothing is taken from the cache)."""
         manifest = self.manifest(stage, key)
         bad = []
         for rel, meta in manifest.get("files", {}).items():
+            if self.remote is not None:
+                name = f"{stage}/{key}/{rel}"
+                try:
+                    ok = hashlib.sha256(self.remote.read_bytes(name)).hexdigest() == meta["sha256"]
+                except OSError:
+                    ok = False
+                if not ok:
+                    bad.append(self.remote.url(name))
+                continue
             p = self.dir(stage, key) / rel
             if not p.is_file() or p.stat().st_size != meta["bytes"] or file_sha256(p) != meta["sha256"]:
                 bad.append(str(p))
@@ -171,6 +271,10 @@ class Store:
 
     def list(self, stage: Optional[str] = None) -> list[tuple[str, str]]:
         """(stage, key) of every built artifact."""
+        if self.remote is not None:
+            stages = [stage] if stage else [s for s in self.remote.children() if not s.startswith((".", "_"))]
+            return [(s, k) for s in stages for k in self.remote.children(s)
+                    if self.remote.exists(f"{s}/{k}/{MANIFEST}")]
         found: list[tuple[str, str]] = []
         if not self.root.is_dir():
             return found
@@ -181,3 +285,25 @@ class Store:
             if d.is_dir():
                 found += [(s, k.name) for k in sorted(d.iterdir()) if (k / MANIFEST).is_file()]
         return found
+
+
+def _artifact_files(out: Path) -> list[tuple[str, Path]]:
+    """(relative name, path) of the files of an artifact, manifest and temporaries excluded."""
+    if not out.is_dir():
+        return []
+    return [(p.relative_to(out).as_posix(), p) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != MANIFEST and not p.name.startswith(".tmp")]
+
+
+def _manifest_bytes(manifest: dict) -> bytes:
+    return json.dumps(manifest, indent=1, sort_keys=True, default=str).encode()
+
+
+def _write_json(path: Path, manifest: dict) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    with writing(path):
+        try:
+            tmp.write_bytes(_manifest_bytes(manifest))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

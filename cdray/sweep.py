@@ -11,7 +11,7 @@ from ray import tune
 
 from cdray.config import SweepConfig, to_dict
 from cdray.pipeline import Cell, SweepGraph, build_graph, format_plan, plan
-from cdray.ray_exec import CELL_DRIVER_CPU, build_node, init_ray
+from cdray.ray_exec import CELL_DRIVER_CPU, build_node, init_ray, open_store, ray_storage
 from cdray.report import format_table
 from cdray.store import Store, stage_key
 from cdray.tracking import Tracker, redact
@@ -25,7 +25,8 @@ def anchored(cfg: SweepConfig) -> SweepConfig:
 
     from cdray.tracking import resolve_uri
 
-    store = replace(cfg.store, root=str(Store.at(cfg.store.root).root))
+    opened = Store.at(cfg.store.root, cfg.store.cache)
+    store = replace(cfg.store, root=opened.location, cache=str(opened.root) if opened.remote else None)
     tracking = replace(cfg.tracking, uri=resolve_uri(cfg.tracking.uri))
     return replace(cfg, store=store, tracking=tracking)
 
@@ -33,7 +34,7 @@ def anchored(cfg: SweepConfig) -> SweepConfig:
 def sweep_key(cfg: SweepConfig) -> str:
     """Identity of a sweep for MLflow: everything but where it runs and is stored."""
     d = to_dict(cfg)
-    for plumbing in ("store", "tracking", "ray"):
+    for plumbing in ("store", "tracking", "ray", "profile"):
         d.pop(plumbing)
     return stage_key("sweep", 1, d, {})
 
@@ -59,7 +60,7 @@ def cell_row(cell: Cell, store: Store) -> Optional[dict]:
 def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConfig, store: Store) -> dict:
     """Params, metrics, tags and dataset inputs of a finished cell's child run."""
     row = cell_row(cell, store)
-    train_dir = store.dir(cell.train.stage, cell.train.key)
+    train_dir = store.fetch(cell.train.stage, cell.train.key)
     tr = store.manifest(cell.train.stage, cell.train.key)["stats"]
     params = {**cell.params(), **model_sizes(cell.train.config["model"], cfg.tokenizer.vocab_size),
               "model": cell.train.config["model"], "steps": cfg.train.steps,
@@ -89,11 +90,11 @@ def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConf
     tags = {"cdray.train_key": cell.train.key, "cdray.evaluate_key": cell.evaluate.key,
             "cdray.arm": cell.arm}
     real = cell.train.input("real")
-    tracker.log_dataset(run_id, "real-train", store.dir(real.stage, real.key).as_uri(), real.key, "training")
+    tracker.log_dataset(run_id, "real-train", store.url(real.stage, real.key), real.key, "training")
     if cell.train.has_input("synthetic"):
         syn = cell.train.input("synthetic")
         tags["cdray.synthetic_key"] = syn.key
-        tracker.log_dataset(run_id, f"synthetic {cell.arm}", store.dir(syn.stage, syn.key).as_uri(),
+        tracker.log_dataset(run_id, f"synthetic {cell.arm}", store.url(syn.stage, syn.key),
                             syn.key, "training")
     tracker.set_tags(run_id, tags)
     return row
@@ -103,7 +104,7 @@ def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], paren
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cell = cells[config["cell"]]
-    store = Store.at(cfg.store.root)
+    store = open_store(cfg)
     tracker = Tracker(cfg.tracking)
     run_id, _ = tracker.child_run(parent_id, cell.id, cell.id)
     try:
@@ -127,7 +128,7 @@ def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional
         trainable,
         param_space={"cell": tune.grid_search([c.id for c in cells])},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_cells),
-        run_config=tune.RunConfig(name=name, storage_path=str(Store.at(cfg.store.root).root / "_ray"),
+        run_config=tune.RunConfig(name=name, **ray_storage(open_store(cfg), "_ray"),
                                   verbose=1),
     )
     results = tuner.fit()
@@ -161,7 +162,7 @@ def _log_upstream(tracker: Tracker, parent_id: Optional[str], node, manifest: di
 def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) -> list[dict]:
     """Plan, build shared upstream work once, run missing cells, print and log the arm table."""
     cfg = anchored(cfg)
-    store = Store.at(cfg.store.root)
+    store = open_store(cfg)
     graph = build_graph(cfg)
     tracker = Tracker(cfg.tracking)
     key = sweep_key(cfg)
@@ -197,7 +198,7 @@ def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) ->
 
 def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
     graph = build_graph(cfg)
-    echo(format_plan(plan(graph, Store.at(cfg.store.root))))
+    echo(format_plan(plan(graph, open_store(cfg))))
     echo(f"cells: {len(graph.cells)} ({', '.join(c.id for c in graph.cells)})")
 
 

@@ -82,3 +82,29 @@ def micro_cfg_dict(text_corpus_dir, tmp_path) -> dict:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ---------------------------------------------------------------- a real S3-compatible server
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a free loopback port; yields (endpoint 'host:port', bucket name)."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(S3_ENV)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"{host}:{port}"
+    boto3.client("s3", endpoint_url=f"http://{endpoint}").create_bucket(Bucket="cdray-test")
+    yield endpoint, "cdray-test"
+    server.stop()
+
+
+def s3_uri(endpoint: str, bucket: str, prefix: str) -> str:
+    return f"s3://{bucket}/{prefix}?endpoint_override={endpoint}&scheme=http&region=us-east-1"

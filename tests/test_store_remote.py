@@ -1,0 +1,114 @@
+"""The store on a real S3-compatible server (moto, loopback): build, reuse, resume, list, manifest last."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from cdray.remote import RemoteRoot, check_uri, is_remote
+from cdray.store import MANIFEST, Store, StoreError
+from tests.conftest import s3_uri
+
+
+class RecordingRoot(RemoteRoot):
+    """The real remote root, recording the order of writes (and failing the manifest once if asked)."""
+
+    def __init__(self, uri: str, log: list, fail_manifest: bool = False):
+        super().__init__(uri)
+        object.__setattr__(self, "log", log)
+        object.__setattr__(self, "fail_manifest", fail_manifest)
+
+    def upload(self, local, rel):
+        self.log.append(rel)
+        super().upload(local, rel)
+
+    def write_bytes(self, rel, data):
+        if self.fail_manifest and rel.endswith(MANIFEST):
+            raise OSError("connection lost before the manifest")
+        self.log.append(rel)
+        super().write_bytes(rel, data)
+
+
+@pytest.fixture
+def uri(s3_server):
+    endpoint, bucket = s3_server
+    return s3_uri(endpoint, bucket, f"store-{uuid.uuid4().hex[:8]}")
+
+
+def test_uri_classification():
+    assert is_remote("s3://b/p?endpoint_override=x") and is_remote("gs://b/p")
+    assert not is_remote("/tmp/store") and not is_remote(".cdray/store") and not is_remote("file:///tmp/x")
+    assert check_uri("s3://b/p") is None and "scheme" in check_uri("ftp://b/p")
+    assert "bucket" in check_uri("s3:///p")
+
+
+def test_build_uploads_files_then_manifest(uri, tmp_path):
+    log: list = []
+    store = Store(tmp_path / "cache-a", RecordingRoot(uri, log))
+
+    def builder(out):
+        (out / "a.txt").write_text("alpha")
+        (out / "sub").mkdir()
+        (out / "sub" / "b.bin").write_bytes(b"\x00" * 1000)
+        return {"n": 2}
+
+    m = store.get_or_build("demo", "k1", builder, config={"x": 1}, inputs={})
+    assert log == ["demo/k1/a.txt", "demo/k1/sub/b.bin", f"demo/k1/{MANIFEST}"]  # manifest last
+    assert m["files"]["sub/b.bin"]["bytes"] == 1000
+    assert store.remote.files("demo/k1") == {"a.txt": 5, "sub/b.bin": 1000, MANIFEST: len(store.remote.read_bytes(f"demo/k1/{MANIFEST}"))}
+    assert store.list() == [("demo", "k1")] and store.verify("demo", "k1") == []
+
+
+def test_another_host_reuses_and_fetches_verified(uri, tmp_path):
+    Store.at(uri, cache=tmp_path / "a").get_or_build(
+        "demo", "k", lambda out: (out / "w.txt").write_text("weights") and {}, config={}, inputs={})
+    other = Store.at(uri, cache=tmp_path / "b")  # a fresh node: empty cache
+    assert other.is_done("demo", "k") and not (tmp_path / "b" / "demo" / "k").exists()
+    calls = []
+    other.get_or_build("demo", "k", lambda out: calls.append(1) or {}, config={}, inputs={})
+    assert calls == []  # reused, nothing rebuilt
+    d = other.fetch("demo", "k")
+    assert (d / "w.txt").read_text() == "weights" and (d / MANIFEST).is_file()
+
+    third = Store.at(uri, cache=tmp_path / "c")
+    third.remote.write_bytes("demo/k/w.txt", b"WEIGHTS")  # corrupted in the bucket
+    with pytest.raises(OSError, match="checksum mismatch"):
+        third.fetch("demo", "k")
+    assert not (tmp_path / "c" / "demo" / "k" / MANIFEST).exists()
+    assert third.verify("demo", "k") == [third.remote.url("demo/k/w.txt")]
+
+
+def test_interrupted_upload_is_not_done_and_resumes_on_another_host(uri, tmp_path):
+    log: list = []
+    a = Store(tmp_path / "a", RecordingRoot(uri, log, fail_manifest=True))
+
+    def first(out):
+        (out / "part1.txt").write_text("one")
+        return {}
+
+    with pytest.raises(OSError, match="before the manifest"):
+        a.get_or_build("demo", "r", first, config={}, inputs={})
+    assert log == ["demo/r/part1.txt"]
+    assert not a.is_done("demo", "r") and a.list() == []
+    with pytest.raises(StoreError, match="not built"):
+        Store.at(uri, cache=tmp_path / "x").manifest("demo", "r")
+
+    seen = []
+
+    def resume(out):  # a resumable builder: keeps what is there, adds the rest
+        seen.append(sorted(p.name for p in out.iterdir()))
+        (out / "part2.txt").write_text("two")
+        return {}
+
+    b = Store.at(uri, cache=tmp_path / "b")
+    m = b.get_or_build("demo", "r", resume, config={}, inputs={})
+    assert seen == [["part1.txt"]]  # the uploaded part came back from the bucket
+    assert sorted(m["files"]) == ["part1.txt", "part2.txt"]
+    assert b.list() == [("demo", "r")] and b.verify("demo", "r") == []
+
+
+def test_local_store_is_unchanged(tmp_path):
+    store = Store.at(tmp_path / "s")
+    assert store.remote is None and store.location == str(tmp_path / "s")
+    store.get_or_build("demo", "k", lambda out: {}, config={}, inputs={})
+    assert store.fetch("demo", "k") == store.dir("demo", "k") and store.list() == [("demo", "k")]
