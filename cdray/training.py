@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -366,6 +367,43 @@ def _append_jsonl(path: Path, row: dict) -> None:
 # ---------------------------------------------------------------- the loop
 
 
+class StepClock:
+    """Wall time of the step loop, split into waiting for data (read + host-to-device) and the rest.
+
+    The first step a process runs is kept apart: it carries one-off costs (allocator warm-up,
+    torch.compile), which would otherwise hide the steady-state throughput of short runs.
+    """
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.first_step_s = None
+        self.steps = 0
+        self.seconds = 0.0
+        self.data_seconds = 0.0
+        self._t0 = self._t1 = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def data_ready(self) -> None:
+        self._t1 = time.perf_counter()
+
+    def stop(self) -> None:
+        total = time.perf_counter() - self._t0
+        if self.first_step_s is None:
+            self.first_step_s = total
+            return
+        self.steps += 1
+        self.seconds += total
+        self.data_seconds += self._t1 - self._t0
+
+    def summary(self) -> dict:
+        s = self.seconds
+        return {"timed_steps": self.steps, "step_seconds": s, "first_step_s": self.first_step_s,
+                "tokens_per_s": self.steps * self.tokens_per_step / s if s > 0 else None,
+                "data_wait_share": self.data_seconds / s if s > 0 else None}
+
+
 def validate_job(job: TrainJob) -> None:
     if not 0 <= job.q <= 1:
         raise ValueError(f"q={job.q!r} is outside [0, 1]")
@@ -457,12 +495,17 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
         dev = torch.device(device)
         ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if recipe.compile:
+        net = torch.compile(net)  # `model` stays the plain module for eval and checkpoints
 
     window: list[float] = []
     last_loss = None
     reached = start
+    clock = StepClock(data.local * data.seq_len)
     for step in range(start, recipe.steps):
+        clock.start()
         x = torch.from_numpy(data.local_batch(step)).to(device)
+        clock.data_ready()
         with _autocast(device, recipe.precision):
             loss = net(input_ids=x, labels=x).loss
         loss.backward()
@@ -478,6 +521,7 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
         if lead:
             _append_jsonl(metrics_path, {"step": done_steps, "loss": last_loss, "lr": lr,
                                          "n_syn": int(data.counts[step])})
+        clock.stop()  # milestone work (eval, checkpoint) is not step time
         if done_steps not in milestones:
             continue
         record = _milestone(job, data, done_steps, window, model, eval_blocks, device, lead)
@@ -500,7 +544,7 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
         if stop_after is not None and done_steps >= stop_after:
             break
 
-    return _summary(job, data, done, last_loss, reached)
+    return dict(_summary(job, data, done, last_loss, reached), throughput=clock.summary())
 
 
 def _milestone(job, data, step, window, model, eval_blocks, device, lead) -> dict:
@@ -526,4 +570,4 @@ def _summary(job, data, done, last_loss, step) -> dict:
 
 __all__ = ["VERSION", "TrainJob", "synthetic_counts", "realised_q", "open_tokens", "BlockStream",
            "MixedBatches", "param_groups", "lr_factor", "make_optimizer", "latest_checkpoint",
-           "step_dir", "eval_loss", "train"]
+           "step_dir", "eval_loss", "StepClock", "train"]
