@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 K, Q, SEEDS, STRATEGIES = [4, 8], [0.0, 0.3, 0.6], [1, 2], ["contrastive"]
 
@@ -41,6 +42,7 @@ def expected_counts(k, q, seeds, strategies, r=(), p=()) -> Counter:
 
 
 def main() -> None:
+    from common import load_line, start_ray
     from conftest import micro_sweep_dict, write_text_corpus
 
     from cdray import config as C
@@ -66,12 +68,18 @@ def main() -> None:
 
         store = Store.at(cfg.store.root)
         assert not store.list(), "the bench store must start empty"
+        print(load_line())
+        start_ray(cfg.ray.num_cpus)  # run_sweep reuses it
+        t0 = time.perf_counter()
         run_sweep(cfg, echo=lambda s: None)
+        first_s = time.perf_counter() - t0
         built = store.list()
         got = Counter(stage for stage, _ in built)
         executed = len(built)
         before = {a: store.manifest(*a)["created"] for a in built}
+        t0 = time.perf_counter()
         run_sweep(cfg, echo=lambda s: None)
+        second_s = time.perf_counter() - t0
         after = store.list()
         rerun = sum(store.manifest(*a)["created"] != before.get(a) for a in after)
         rerun += len(set(after) - set(before))
@@ -85,6 +93,7 @@ def main() -> None:
             print(f"{stage:<10} {got[stage]:>8} {want[stage]:>8} {naive_by_stage[stage]:>6}")
         print("train runs: " + ", ".join(f"{v} x {k.removeprefix('train ')}" for k, v in sorted(labels.items())))
         ok = got == want and rerun == 0
+        print(f"first run {first_s:.0f} s, second run {second_s:.1f} s")
         print(f"stage counts match the minimal DAG: {got == want}; second run executed {rerun} stages"
               + ("" if ok else "  <-- MISMATCH"))
         print(f"executed={executed} minimal={minimal} naive={naive} rerun_executed={rerun}")
