@@ -11,7 +11,8 @@ each), on the same prompts, shards, models and seeds, contrastive decoding with 
 amateur of the expert's shape, `stop_at_eos: false` so both runs do exactly the same work (rows
 depend only on prompt, seed and models, so the two corpora must be identical, which is checked).
 Throughput = new tokens / wall time of the whole generate call, actor start-up and model loading
-included. The order alternates 1, 2, 2, 1 actors to cancel drift in the host's load.
+included (the ratio line); the rate while shards were being decoded (from the shard manifests) is
+printed beside it. The order alternates 1, 2, 2, 1 actors to cancel drift in the host's load.
 Last line: two_vs_one_actor=X  (throughput ratio, target >= 1.6 on 2 cores)
 """
 from __future__ import annotations
@@ -57,6 +58,21 @@ def setup(tmp: Path, n_docs: int) -> tuple:
     return cfg, str(tok_dir), str(prompts), dirs
 
 
+def decoding_span(shard_dir: Path):
+    """Seconds from the first shard's start to the last shard's end, from the shard manifests
+    (file mtime = commit time, `seconds` = its decoding time); None if the manifests lack it."""
+    import json
+
+    spans = []
+    for p in shard_dir.glob("*.json"):
+        seconds = json.loads(p.read_text()).get("seconds")
+        if seconds is None:
+            return None
+        end = p.stat().st_mtime
+        spans.append((end - seconds, end))
+    return max(e for _, e in spans) - min(s for s, _ in spans) if spans else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smaller workload (noisier ratio)")
@@ -95,10 +111,14 @@ def main() -> None:
             wall = time.perf_counter() - t0
             tokens = sum(pq.read_table(p, columns=["new_tokens"]).column("new_tokens").to_numpy().sum()
                          for p in sorted((out / "shards").glob("*.parquet")))
-            print(f"  {actors} actor(s) [{tag}]: {tokens} new tokens in {wall:.1f} s = {tokens / wall:.0f} tok/s")
+            span = decoding_span(out / "shards")
+            extra = f"; {tokens / span:.0f} tok/s from first shard start to last shard end" if span else ""
+            print(f"  {actors} actor(s) [{tag}]: {tokens} new tokens in {wall:.1f} s = "
+                  f"{tokens / wall:.0f} tok/s{extra}")
+            spans[actors].append(tokens / span if span else None)
             return tokens / wall
 
-        rates = {1: [], 2: []}
+        rates, spans = {1: [], 2: []}, {1: [], 2: []}
         for actors, tag in ((1, "a"), (2, "a"), (2, "b"), (1, "b")):
             rates[actors].append(run(actors, tag))
         same = all(
@@ -106,6 +126,10 @@ def main() -> None:
             for p in sorted((tmp / "out-2a" / "shards").glob("*.parquet")))
         print(f"1- and 2-actor corpora identical: {same}")
         ratio = sum(rates[2]) / sum(rates[1])
+        if all(v for v in spans[1] + spans[2]):
+            print(f"while shards were being decoded (actor start-up left out): 2 vs 1 actor = "
+                  f"{sum(spans[2]) / sum(spans[1]):.3f}")
+        print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
         print(f"throughput 1 actor {sum(rates[1]) / 2:.0f} tok/s, 2 actors {sum(rates[2]) / 2:.0f} tok/s "
               f"(target ratio >= 1.6)")
         print(f"two_vs_one_actor={ratio:.3f}")
