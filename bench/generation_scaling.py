@@ -58,19 +58,29 @@ def setup(tmp: Path, n_docs: int) -> tuple:
     return cfg, str(tok_dir), str(prompts), dirs
 
 
-def decoding_span(shard_dir: Path):
-    """Seconds from the first shard's start to the last shard's end, from the shard manifests
-    (file mtime = commit time, `seconds` = its decoding time); None if the manifests lack it."""
+def shard_intervals(shard_dir: Path) -> list[tuple[float, float]]:
+    """(start, end) of every shard, from its manifest (file mtime = commit time, `seconds` = its
+    decoding time); empty if the manifests do not say how long a shard took."""
     import json
 
     spans = []
     for p in shard_dir.glob("*.json"):
         seconds = json.loads(p.read_text()).get("seconds")
         if seconds is None:
-            return None
+            return []
         end = p.stat().st_mtime
         spans.append((end - seconds, end))
-    return max(e for _, e in spans) - min(s for s, _ in spans) if spans else None
+    return spans
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The largest number of shards being decoded at the same moment (= actors really busy)."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    best = cur = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
 
 
 def main() -> None:
@@ -111,8 +121,10 @@ def main() -> None:
             wall = time.perf_counter() - t0
             tokens = sum(pq.read_table(p, columns=["new_tokens"]).column("new_tokens").to_numpy().sum()
                          for p in sorted((out / "shards").glob("*.parquet")))
-            span = decoding_span(out / "shards")
-            extra = f"; {tokens / span:.0f} tok/s from first shard start to last shard end" if span else ""
+            intervals = shard_intervals(out / "shards")
+            span = (max(e for _, e in intervals) - min(s for s, _ in intervals)) if intervals else None
+            extra = (f"; {tokens / span:.0f} tok/s from first shard start to last shard end, "
+                     f"at most {most_at_once(intervals)} shard(s) decoding at once") if span else ""
             print(f"  {actors} actor(s) [{tag}]: {tokens} new tokens in {wall:.1f} s = "
                   f"{tokens / wall:.0f} tok/s{extra}")
             spans[actors].append(tokens / span if span else None)
