@@ -116,6 +116,7 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict], *, cfg: SweepConfig
     ds = ray.data.from_items(shards)
     # one block per shard, so the pool can hand shards to several actors
     ds = ds.repartition(len(shards))
+    actors = max(1, min(gen.actors, len(shards)))
     resources = {"num_cpus": gen.actor_cpus}
     if gen.actor_gpus:
         resources["num_gpus"] = gen.actor_gpus
@@ -124,7 +125,10 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict], *, cfg: SweepConfig
         fn_constructor_kwargs={**kwargs, "torch_threads": max(1, int(gen.actor_cpus)),
                                "device": "cuda" if gen.actor_gpus else "cpu"},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(gen.actors, len(shards)))),
+        # start every actor at once and hand each one shard at a time: left to autoscale up from
+        # one actor, the pool kept a single actor busy for a whole wave (BENCHMARKS.md, issue 6)
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors,
+                                           max_tasks_in_flight_per_actor=1),
         **resources,
     )
     out.materialize()
