@@ -209,6 +209,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="steps per cdray run (the first is not timed)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (= Ray CPUs of the worker)")
     ap.add_argument("--variant-steps", type=int, default=8, help="steps per precision/compile run")
+    ap.add_argument("--variant-batch", type=int, default=16, help="batch of the precision/compile runs")
+    ap.add_argument("--skip-ray", action="store_true", help="only sections 2-4 (no Ray Train run)")
     ap.add_argument("--quick", action="store_true", help="few steps, skip the compile sections")
     args = ap.parse_args()
     steps = 5 if args.quick else args.steps
@@ -228,37 +230,42 @@ def main() -> None:
         tmp = Path(tmp)
         job = make_job(tmp, MODEL_10M, VOCAB_10M, recipe)
 
-        print(f"\n[1] cdray train stage on Ray Train (1 worker) and a plain PyTorch loop, stepping at the "
-              f"same time, fp32, {steps} Ray steps")
-        start_ray()
-        sbs = side_by_side(job, args.threads, tmp / "sbs")
-        ray_t, plain_t = sbs["ray"], sbs["plain"]
-        data_shares.append(ray_t["data_wait_share"])
-        print(f"  ray train (whole run)   {fmt(ray_t)}")
-        print(f"  plain loop (whole run)  {fmt(plain_t)}")
-        print(f"  common window {sbs['window_s']:.1f} s: ray {sbs['ray_rate']:.0f} tok/s over "
-              f"{sbs['ray_steps']} steps, plain {sbs['plain_rate']:.0f} tok/s over {sbs['plain_steps']} steps")
-        cpu_ratio = ray_t["tokens_per_cpu_s"] / plain_t["tokens_per_cpu_s"]
-        thread_ratio = (plain_t["thread_cpu_seconds"] / plain_t["timed_steps"]) / (
-            ray_t["thread_cpu_seconds"] / ray_t["timed_steps"])
-        print(f"  tokens per CPU-second, ray/plain: {cpu_ratio:.3f} (whole process), "
-              f"{thread_ratio:.3f} (the loop's own thread)")
-        print(f"  whole build_node call {sbs['fit_wall']:.1f} s (Ray Train controller + worker start-up, "
-              f"model build, eval, checkpoint, manifest: not in the ratio)")
-        ratio = sbs["ray_rate"] / sbs["plain_rate"]
+        ratio = sbs = None
+        if not args.skip_ray:
+            print(f"\n[1] cdray train stage on Ray Train (1 worker) and a plain PyTorch loop, stepping at the "
+                  f"same time, fp32, {steps} Ray steps")
+            start_ray()
+            sbs = side_by_side(job, args.threads, tmp / "sbs")
+            ray_t, plain_t = sbs["ray"], sbs["plain"]
+            data_shares.append(ray_t["data_wait_share"])
+            print(f"  ray train (whole run)   {fmt(ray_t)}")
+            print(f"  plain loop (whole run)  {fmt(plain_t)}")
+            print(f"  common window {sbs['window_s']:.1f} s: ray {sbs['ray_rate']:.0f} tok/s over "
+                  f"{sbs['ray_steps']} steps, plain {sbs['plain_rate']:.0f} tok/s over {sbs['plain_steps']} steps")
+            cpu_ratio = ray_t["tokens_per_cpu_s"] / plain_t["tokens_per_cpu_s"]
+            thread_ratio = (plain_t["thread_cpu_seconds"] / plain_t["timed_steps"]) / (
+                ray_t["thread_cpu_seconds"] / ray_t["timed_steps"])
+            print(f"  tokens per CPU-second, ray/plain: {cpu_ratio:.3f} (whole process), "
+                  f"{thread_ratio:.3f} (the loop's own thread)")
+            print(f"  whole build_node call {sbs['fit_wall']:.1f} s (Ray Train controller + worker start-up, "
+                  f"model build, eval, checkpoint, manifest: not in the ratio)")
+            ratio = sbs["ray_rate"] / sbs["plain_rate"]
 
         if not args.quick:
             import ray
 
-            ray.shutdown()  # the sections below run in this process only
-            print("\n[2] cdray's loop in-process, ~10M model: precision x torch.compile "
+            if ray.is_initialized():
+                ray.shutdown()  # the sections below run in this process only
+            print(f"\n[2] cdray's loop in-process, ~10M model, batch {args.variant_batch} x {recipe.seq_len}, "
+                  f"{args.variant_steps} steps: precision x torch.compile "
                   "(ranked by tokens per CPU-second, which other load does not distort)")
             results = {}
             for precision in ("fp32", "bf16"):
                 for comp in (False, True):
                     r = dataclasses.replace(recipe, precision=precision, compile=comp, steps=args.variant_steps,
-                                            checkpoint_every=args.variant_steps)
-                    t = in_process(dataclasses.replace(job, recipe=r), tmp / f"var-{precision}-{comp}")
+                                            checkpoint_every=args.variant_steps, batch_size=args.variant_batch)
+                    t = in_process(dataclasses.replace(job, recipe=r, milestones=(r.steps,)),
+                                   tmp / f"var-{precision}-{comp}")
                     results[(precision, comp)] = t
                     data_shares.append(t["data_wait_share"])
                     print(f"  {precision} compile={str(comp):5} {fmt(t)}")
@@ -271,7 +278,7 @@ def main() -> None:
             print("\n[3] the tiny demo shape (4x128, vocab 2000, batch 16 x 128, fp32): does compile pay off?")
             tiny_recipe = dataclasses.replace(recipe, seq_len=128, steps=max(steps, 30),
                                               checkpoint_every=max(steps, 30))
-            tiny_job = make_job(tmp / "tiny", TINY, VOCAB_TINY, tiny_recipe)
+            tiny_job = make_job(tmp / "tiny", TINY, VOCAB_TINY, tiny_recipe)  # milestones = its steps
             tt = {}
             for comp in (False, True):
                 t = in_process(dataclasses.replace(tiny_job, recipe=dataclasses.replace(tiny_recipe, compile=comp)),
@@ -291,9 +298,10 @@ def main() -> None:
 
     print(f"\n[4] data wait (block read + host-to-device) share of step time: max "
           f"{100 * max(data_shares):.3f}% over {len(data_shares)} cdray runs (target < 2%)")
-    print(f"ray train {sbs['ray_rate']:.0f} tok/s vs plain {sbs['plain_rate']:.0f} tok/s side by side "
-          f"(target ratio >= 0.95; per CPU-second {cpu_ratio:.3f})")
-    print(f"ray_train_vs_plain={ratio:.3f}")
+    if sbs is not None:
+        print(f"ray train {sbs['ray_rate']:.0f} tok/s vs plain {sbs['plain_rate']:.0f} tok/s side by side "
+              f"(target ratio >= 0.95; per CPU-second {cpu_ratio:.3f})")
+        print(f"ray_train_vs_plain={ratio:.3f}")
 
 
 if __name__ == "__main__":
