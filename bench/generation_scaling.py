@@ -111,7 +111,7 @@ def main() -> None:
 
         def run(actors: int, tag: str) -> float:
             g = dataclasses.replace(gen, actors=actors)
-            out = tmp / f"out-{tag}"
+            out = tmp / f"out-{actors}{tag}"  # a fresh dir: committed shards are never redone
             kwargs = {"expert_dir": str(dirs["expert"]),
                       "amateur": {"kind": "early", "step": 0, "model_dir": str(dirs["amateur"]), "dropout": 0.0},
                       "strategy": "contrastive", "generation": C.to_dict(g), "prompts_path": prompts,
