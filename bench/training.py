@@ -210,7 +210,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (= Ray CPUs of the worker)")
     ap.add_argument("--variant-steps", type=int, default=8, help="steps per precision/compile run")
     ap.add_argument("--variant-batch", type=int, default=16, help="batch of the precision/compile runs")
-    ap.add_argument("--skip-ray", action="store_true", help="only sections 2-4 (no Ray Train run)")
+    ap.add_argument("--skip-ray", action="store_true", help="skip section 1 (the Ray Train run)")
+    ap.add_argument("--skip-variants", action="store_true", help="skip section 2 (precision x compile)")
     ap.add_argument("--quick", action="store_true", help="few steps, skip the compile sections")
     args = ap.parse_args()
     steps = 5 if args.quick else args.steps
@@ -260,7 +261,7 @@ def main() -> None:
                   f"{args.variant_steps} steps: precision x torch.compile "
                   "(ranked by tokens per CPU-second, which other load does not distort)")
             results = {}
-            for precision in ("fp32", "bf16"):
+            for precision in (() if args.skip_variants else ("fp32", "bf16")):
                 for comp in (False, True):
                     r = dataclasses.replace(recipe, precision=precision, compile=comp, steps=args.variant_steps,
                                             checkpoint_every=args.variant_steps, batch_size=args.variant_batch)
@@ -269,11 +270,12 @@ def main() -> None:
                     results[(precision, comp)] = t
                     data_shares.append(t["data_wait_share"])
                     print(f"  {precision} compile={str(comp):5} {fmt(t)}")
-            base = results[("fp32", False)]["tokens_per_cpu_s"]
-            best = max(results, key=lambda k: results[k]["tokens_per_cpu_s"])
-            print("  speed vs fp32 eager: " + ", ".join(
-                f"{p}{'+compile' if c else ''}={v['tokens_per_cpu_s'] / base:.2f}" for (p, c), v in results.items()))
-            print(f"  fastest: {best[0]}{' + compile' if best[1] else ''}")
+            if results:
+                base = results[("fp32", False)]["tokens_per_cpu_s"]
+                best = max(results, key=lambda k: results[k]["tokens_per_cpu_s"])
+                print("  speed vs fp32 eager: " + ", ".join(
+                    f"{p}{'+compile' if c else ''}={v['tokens_per_cpu_s'] / base:.2f}" for (p, c), v in results.items()))
+                print(f"  fastest: {best[0]}{' + compile' if best[1] else ''}")
 
             print("\n[3] the tiny demo shape (4x128, vocab 2000, batch 16 x 128, fp32): does compile pay off?")
             tiny_recipe = dataclasses.replace(recipe, seq_len=128, steps=max(steps, 30),
