@@ -125,8 +125,8 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict], *, cfg: SweepConfig
         fn_constructor_kwargs={**kwargs, "torch_threads": max(1, int(gen.actor_cpus)),
                                "device": "cuda" if gen.actor_gpus else "cpu"},
         batch_size=1,
-        # start every actor at once and hand each one shard at a time: left to autoscale up from
-        # one actor, the pool kept a single actor busy for a whole wave (BENCHMARKS.md, issue 6)
+        # start every actor at once and hand each one shard at a time, so a short wave of big
+        # shards is spread over the whole pool instead of queueing behind the first actor
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors,
                                            max_tasks_in_flight_per_actor=1),
         **resources,
