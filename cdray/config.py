@@ -176,6 +176,9 @@ class TrainConfig:
     num_workers: int = 1  # Ray Train workers (data parallel)
     use_gpu: bool = False
     torch_threads: int = 1  # per worker, on CPU
+    # torch.compile the training step: pays off on GPU and for larger CPU models, not for the tiny
+    # CPU presets (compile time > time saved; see BENCHMARKS.md, issue 6)
+    compile: bool = False
 
     def validate(self, at: str) -> None:
         _check(self.steps >= 1, f"{at}.steps", f"{self.steps!r} must be >= 1")

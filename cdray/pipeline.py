@@ -22,7 +22,7 @@ STAGE_VERSIONS = {
 # Execution-only knobs: they change how fast an artifact is built, never what it contains,
 # so they are left out of the key (everything else in a slice is hashed).
 EXECUTION_ONLY = {
-    "train": ("torch_threads",),
+    "train": ("torch_threads", "compile"),
     "generation": ("actors", "min_actors", "actor_cpus", "actor_gpus"),
     "eval": ("batch_size",),
 }

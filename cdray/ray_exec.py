@@ -182,6 +182,7 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict], *, cfg: SweepConfig
     ds = ray.data.from_items(shards)
     # one block per shard, so the pool can hand shards to several actors
     ds = ds.repartition(len(shards))
+    actors = max(1, min(gen.actors, len(shards)))
     resources = {"num_cpus": gen.actor_cpus}
     if gen.actor_gpus:
         resources["num_gpus"] = gen.actor_gpus
@@ -190,8 +191,10 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict], *, cfg: SweepConfig
         fn_constructor_kwargs={**kwargs, "torch_threads": max(1, int(gen.actor_cpus)),
                                "device": "cuda" if gen.actor_gpus else "cpu"},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=max(1, min(gen.min_actors, len(shards))),
-                                           max_size=max(1, min(gen.actors, len(shards)))),
+        # start every actor at once and hand each one shard at a time, so a short wave of big
+        # shards is spread over the whole pool instead of queueing behind the first actor
+        compute=ray.data.ActorPoolStrategy(min_size=min(max(1, gen.min_actors), actors), max_size=actors,
+                                           initial_size=actors, max_tasks_in_flight_per_actor=1),
         **resources,
     )
     out.materialize()

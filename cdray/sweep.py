@@ -84,6 +84,9 @@ def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConf
         metrics.append(("eval_ppl", m["ppl"], m["step"]))
     metrics += [("final_ppl", row["final_ppl"], 0), ("best_ppl", row["best_ppl"], 0),
                 ("realised_q", tr.get("realised_q"), 0)]
+    speed = tr.get("throughput") or {}  # the loop's own step clock (steady-state steps only)
+    metrics += [(f"train_{k}", speed[k], 0) for k in ("tokens_per_s", "data_wait_share")
+                if speed.get(k) is not None]
     created = store.manifest(cell.evaluate.stage, cell.evaluate.key)["created"]
     stamp = int(calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) * 1000)
     tracker.log_metrics(run_id, metrics, timestamp_ms=stamp)  # idempotent: a re-run logs no duplicates

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -367,6 +368,53 @@ def _append_jsonl(path: Path, row: dict) -> None:
 # ---------------------------------------------------------------- the loop
 
 
+class StepClock:
+    """Wall time of the step loop, split into waiting for data (read + host-to-device) and the rest.
+
+    The first step a process runs is kept apart: it carries one-off costs (allocator warm-up,
+    torch.compile), which would otherwise hide the steady-state throughput of short runs.
+    """
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.first_step_s = None
+        self.steps = 0
+        self.seconds = 0.0
+        self.data_seconds = 0.0
+        # CPU time is immune to other load on a shared host; the process's (all threads) vs the
+        # loop thread's own tells step work from background threads (e.g. Ray's) apart
+        self.cpu_seconds = self.thread_cpu_seconds = 0.0
+        self._t0 = self._t1 = self._c0 = self._th0 = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._c0 = time.process_time()
+        self._th0 = time.thread_time()
+
+    def data_ready(self) -> None:
+        self._t1 = time.perf_counter()
+
+    def stop(self) -> None:
+        total = time.perf_counter() - self._t0
+        if self.first_step_s is None:
+            self.first_step_s = total
+            return
+        self.steps += 1
+        self.seconds += total
+        self.data_seconds += self._t1 - self._t0
+        self.cpu_seconds += time.process_time() - self._c0
+        self.thread_cpu_seconds += time.thread_time() - self._th0
+
+    def summary(self) -> dict:
+        s = self.seconds
+        return {"timed_steps": self.steps, "step_seconds": s, "first_step_s": self.first_step_s,
+                "cpu_seconds": self.cpu_seconds, "thread_cpu_seconds": self.thread_cpu_seconds,
+                "tokens_per_s": self.steps * self.tokens_per_step / s if s > 0 else None,
+                "tokens_per_cpu_s": (self.steps * self.tokens_per_step / self.cpu_seconds
+                                     if self.cpu_seconds > 0 else None),
+                "data_wait_share": self.data_seconds / s if s > 0 else None}
+
+
 def validate_job(job: TrainJob) -> None:
     if not 0 <= job.q <= 1:
         raise ValueError(f"q={job.q!r} is outside [0, 1]")
@@ -458,12 +506,17 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
         dev = torch.device(device)
         ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if recipe.compile:
+        net = torch.compile(net)  # `model` stays the plain module for eval and checkpoints
 
     window: list[float] = []
     last_loss = None
     reached = start
+    clock = StepClock(data.local * data.seq_len)
     for step in range(start, recipe.steps):
+        clock.start()
         x = torch.from_numpy(data.local_batch(step)).to(device)
+        clock.data_ready()
         with _autocast(device, recipe.precision):
             loss = net(input_ids=x, labels=x).loss
         loss.backward()
@@ -478,7 +531,8 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
         window.append(last_loss)
         if lead:
             _append_jsonl(metrics_path, {"step": done_steps, "loss": last_loss, "lr": lr,
-                                         "n_syn": int(data.counts[step])})
+                                         "n_syn": int(data.counts[step]), "time": round(time.time(), 3)})
+        clock.stop()  # milestone work (eval, checkpoint) is not step time
         crash_point(out_dir, f"train-step-rank{rank}", done_steps)
         if done_steps not in milestones:
             continue
@@ -502,7 +556,7 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
         if stop_after is not None and done_steps >= stop_after:
             break
 
-    return _summary(job, data, done, last_loss, reached)
+    return dict(_summary(job, data, done, last_loss, reached), throughput=clock.summary())
 
 
 def _milestone(job, data, step, window, model, eval_blocks, device, lead) -> dict:
@@ -528,4 +582,4 @@ def _summary(job, data, done, last_loss, step) -> dict:
 
 __all__ = ["VERSION", "TrainJob", "synthetic_counts", "realised_q", "open_tokens", "BlockStream",
            "MixedBatches", "param_groups", "lr_factor", "make_optimizer", "latest_checkpoint",
-           "step_dir", "eval_loss", "train"]
+           "step_dir", "eval_loss", "StepClock", "train"]

@@ -127,6 +127,7 @@ def test_execution_only_fields_do_not_change_keys(micro_cfg_dict):
     base = {n.key for n in build_graph(C.from_dict(micro_cfg_dict)).nodes()}
     changed = _with(C.to_dict(C.from_dict(micro_cfg_dict)), "train.torch_threads", 2)
     changed = _with(changed, "generation.actors", 1)
+    changed = _with(changed, "train.compile", True)
     assert {n.key for n in build_graph(C.from_dict(changed)).nodes()} == base
 
 

@@ -90,6 +90,7 @@ def test_micro_sweep_killed_resumed_then_cached(micro_cfg_dict, ray_session, cap
         for p in ("arm", "q", "seed", "strategy", "k", "params_total", "realised_q"):
             assert p in child.data.params or p in ("k",), p
         assert {"final_ppl", "best_ppl", "eval_ppl", "train_loss"} <= set(child.data.metrics)
+        assert {"train_tokens_per_s", "train_data_wait_share"} <= set(child.data.metrics)
         history = client.get_metric_history(child.info.run_id, "eval_ppl")
         assert sorted(m.step for m in history) == [4, 8, 12]
         assert child.data.tags["cdray.train_key"]

@@ -1,6 +1,7 @@
 """Tests of cdray.training: mixing counts, step-addressed data, decay groups, bitwise resume."""
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -8,8 +9,8 @@ import torch
 
 from cdray.config import ModelConfig, TrainConfig
 from cdray.model import build_model
-from cdray.training import (MixedBatches, TrainJob, latest_checkpoint, lr_factor, make_optimizer,
-                            realised_q, synthetic_counts, train)
+from cdray.training import (MixedBatches, StepClock, TrainJob, latest_checkpoint, lr_factor,
+                            make_optimizer, realised_q, synthetic_counts, train)
 
 torch.set_num_threads(1)
 
@@ -132,6 +133,9 @@ def test_resume_is_bitwise_equal(job, tmp_path):
     res = train(job, full)
     assert res["steps"] == 12 and res["n_sequences"] == 48 and res["tokens"] == 48 * 16
     assert res["n_synthetic_sequences"] == round(0.3 * 48) and res["final_eval_loss"] > 0
+    th = res["throughput"]  # the first step is timed apart; milestones are not step time
+    assert th["timed_steps"] == 11 and th["first_step_s"] > 0 and th["tokens_per_s"] > 0
+    assert 0 <= th["data_wait_share"] < 1 and 0 < th["thread_cpu_seconds"] <= th["cpu_seconds"] + 1e-3
     assert [m["step"] for m in res["milestones"]] == [6, 12]
 
     part = tmp_path / "part"
@@ -144,7 +148,7 @@ def test_resume_is_bitwise_equal(job, tmp_path):
     with (part / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"step": 7, "loss": 0.0, "lr": 0.0, "n_syn": 0}) + "\n")
     resumed = train(job, part)
-    assert resumed["steps"] == 12
+    assert resumed["steps"] == 12 and resumed["throughput"]["timed_steps"] == 5
 
     a, b = _final_weights(full), _final_weights(part)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -156,6 +160,8 @@ def test_resume_is_bitwise_equal(job, tmp_path):
     rows = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 13))
     full_rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    times = [r.pop("time") for r in rows]  # wall-clock stamps are the only fields that may differ
+    assert times == sorted(times) and [r.pop("time") for r in full_rows]
     assert rows == full_rows
     ms = [json.loads(line) for line in (part / "milestones.jsonl").read_text().splitlines()]
     assert [m["step"] for m in ms] == [6, 12] and ms == res["milestones"]
@@ -169,6 +175,38 @@ def test_resume_is_bitwise_equal(job, tmp_path):
 
     again = train(job, part)  # already finished: nothing to do, same summary
     assert again["steps"] == 12 and again["final_eval_loss"] == res["final_eval_loss"]
+
+
+def test_step_clock_keeps_the_first_step_apart():
+    clock = StepClock(tokens_per_step=100)
+    for _ in range(3):
+        clock.start()
+        time.sleep(0.002)
+        clock.data_ready()
+        time.sleep(0.006)
+        clock.stop()
+    s = clock.summary()
+    assert s["timed_steps"] == 2 and s["first_step_s"] >= 0.008
+    assert s["tokens_per_s"] == pytest.approx(200 / s["step_seconds"])
+    assert 0 < s["data_wait_share"] < 1 and s["data_wait_share"] * s["step_seconds"] >= 0.004
+    assert StepClock(10).summary()["tokens_per_s"] is None  # nothing timed: no rate
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_the_eager_run(job, tmp_path):
+    short = dataclasses.replace(RECIPE, steps=4, warmup_steps=1, checkpoint_every=4)
+    runs = {}
+    for comp in (False, True):
+        j = dataclasses.replace(job, milestones=(4,), recipe=dataclasses.replace(short, compile=comp))
+        res = train(j, tmp_path / f"compile-{comp}")
+        rows = [json.loads(line) for line in (tmp_path / f"compile-{comp}" / "metrics.jsonl").read_text().splitlines()]
+        runs[comp] = (res, [r["loss"] for r in rows])
+    assert runs[True][1] == pytest.approx(runs[False][1], rel=1e-3)  # fused kernels round differently
+    assert runs[True][0]["final_eval_loss"] == pytest.approx(runs[False][0]["final_eval_loss"], rel=1e-3)
+    # checkpoints hold the plain module's names, not the compiled wrapper's (_orig_mod.)
+    from safetensors.torch import load_file
+    names = load_file(str(tmp_path / "compile-True" / "step_000004" / "model" / "model.safetensors")).keys()
+    assert not any("_orig_mod" in n for n in names)
 
 
 def test_resume_refuses_a_different_job(job, tmp_path):
