@@ -134,7 +134,9 @@ class Decoder:
 
         def admit(slots: list[int]) -> None:
             rows_ = [queue.popleft() for _ in slots]
-            width = max(len(prompts[r]) for r in rows_)
+            # a fixed prefill width (not the longest prompt of this group): a row's prefill
+            # arithmetic then never depends on which rows it is prefilled with
+            width = T - max_new_tokens
             ids = torch.full((len(slots), width), pad_id, dtype=torch.long)
             lens = torch.tensor([len(prompts[r]) for r in rows_])
             for i, r in enumerate(rows_):

@@ -22,6 +22,20 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
+# BLAS takes a different (matrix-vector) path for a handful of rows, which rounds differently;
+# padding every product to at least this many rows keeps a row's logits bit-identical whatever
+# the batch around it (checked on MKL/OpenBLAS CPUs by tests/test_decoding.py)
+MIN_ROWS = 8
+
+
+def _bmm(x: Tensor, w: Tensor) -> Tensor:
+    rows = x.shape[1]
+    if rows >= MIN_ROWS:
+        return torch.bmm(x, w)
+    pad = x.new_zeros((x.shape[0], MIN_ROWS - rows, x.shape[2]))
+    return torch.bmm(torch.cat([x, pad], dim=1), w)[:, :rows]
+
+
 def _shape(cfg) -> tuple:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     rope = getattr(cfg, "rope_parameters", None) or {}
@@ -183,7 +197,7 @@ class StackedLlama:
         scale = 1.0 / math.sqrt(hd)
         for li, blk in enumerate(self.blocks):
             hidden = self._rms(x, blk["ln1"])
-            qkv = torch.bmm(hidden, blk["qkv"]).reshape(G, b, Q, nh + 2 * nkv, hd).transpose(2, 3)
+            qkv = _bmm(hidden, blk["qkv"]).reshape(G, b, Q, nh + 2 * nkv, hd).transpose(2, 3)
             q = self._rope(qkv[:, :, :nh], cos, sin)  # [G, b, nh, Q, hd]
             k = self._rope(qkv[:, :, nh:nh + nkv], cos, sin)
             v = qkv[:, :, nh + nkv:]
@@ -203,14 +217,14 @@ class StackedLlama:
                         att[g] = att[g] * keep / (1.0 - p)
             out = torch.matmul(att.to(self.dtype), vc)  # [G, b, nkv, rep*Q, hd]
             out = out.reshape(G, b, nh, Q, hd).transpose(2, 3).reshape(G, b * Q, nh * hd)
-            x = x + torch.bmm(out, blk["o"])
+            x = x + _bmm(out, blk["o"])
             hidden = self._rms(x, blk["ln2"])
-            gate, up = torch.bmm(hidden, blk["gate_up"]).chunk(2, dim=-1)
-            x = x + torch.bmm(torch.nn.functional.silu(gate) * up, blk["down"])
+            gate, up = _bmm(hidden, blk["gate_up"]).chunk(2, dim=-1)
+            x = x + _bmm(torch.nn.functional.silu(gate) * up, blk["down"])
         x = x.reshape(G, b, Q, H)
         if last is None:
             x = x[:, :, -1]
         else:
             x = x[:, torch.arange(b, device=ids.device), last]
         x = self._rms(x, self.final_norm)
-        return torch.bmm(x, self.lm_head).float()
+        return _bmm(x, self.lm_head).float()
