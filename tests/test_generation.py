@@ -121,7 +121,8 @@ def test_shards_resume_finalize_and_determinism(world, tmp_path, monkeypatch):
 
     t = pq.read_table(out / "shards" / "shard_00000.parquet")
     assert t.column_names == ["prompt_id", "continuation", "tokens", "new_tokens", "text", "eos",
-                              "head_size_mean"]
+                              "head_size_mean", "expert_nll_mean", "amateur_nll_mean",
+                              "contaminated"]
     assert t.column("prompt_id").to_pylist() == [0, 0, 1, 1, 2, 2]
     assert t.column("continuation").to_pylist() == [0, 1] * 3
     prompts = pq.read_table(world["root"] / "prompts.parquet").column("prompt").to_pylist()
@@ -137,12 +138,12 @@ def test_shards_resume_finalize_and_determinism(world, tmp_path, monkeypatch):
     assert manifest["rows"] == 6 and len(manifest["sha256"]) == 64
 
     # resume: a committed shard is skipped without generating
-    import cdray.decoding
+    import cdray.decoding_engine
 
     def boom(*a, **k):
         raise AssertionError("committed shard regenerated")
 
-    monkeypatch.setattr(cdray.decoding, "generate", boom)
+    monkeypatch.setattr(cdray.decoding_engine.Decoder, "generate", boom)
     again = gen(batch(plan[0]))
     assert again["rows"].tolist() == [6] and again["new_tokens"].tolist() == res["new_tokens"].tolist()
     monkeypatch.undo()
@@ -197,9 +198,10 @@ def test_dropout_and_none_amateurs(world, tmp_path):
     plan = shard_plan(7, 3)
     g = make_gen(world, tmp_path / "drop", amateur={"kind": "dropout", "model_dir": None,
                                                     "dropout": 0.3})
-    assert g.amateur is not None and g.amateur.config.attention_dropout == pytest.approx(0.3)
+    # the DROP amateur is the expert's own weights, stacked with it, dropping only in its half
+    assert [grp.G for grp in g.decoder.groups] == [2]
+    assert g.decoder.groups[0].dropout == [0.0, pytest.approx(0.3)]
     assert g(batch(plan[2]))["rows"].tolist() == [2]
-    assert g.amateur.training and not g.expert.training
     with pytest.raises(ValueError, match="amateur"):
         make_gen(world, tmp_path / "x", amateur={"kind": "none"}, strategy="contrastive")
 
