@@ -14,10 +14,6 @@ NEEDS_AMATEUR = ("contrastive", "contrastive_tail")
 # ---------------------------------------------------------------- one decoding step
 
 
-def _expert_logprobs(expert_logits: Tensor, d: DecodingConfig) -> Tensor:
-    return torch.log_softmax(expert_logits.float() / d.temperature, dim=-1)
-
-
 def _head_mask(expert_logits: Tensor, d: DecodingConfig) -> Tensor:
     # strict pG(x) > alpha * max pG on softmax itself (not exp(log_softmax)), so the boundary
     # is exactly the paper's definition
@@ -45,21 +41,32 @@ def strategy_scores(expert_logits: Tensor, amateur_logits: Tensor | None, strate
                           with equality only at the threshold: the tail joins the head
                           continuously and keeps the expert's relative shape.
     """
+    return step_scores(expert_logits, amateur_logits, strategy, d)[0]
+
+
+def step_scores(expert_logits: Tensor, amateur_logits: Tensor | None, strategy: str,
+                d: DecodingConfig) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(scores, V_head mask, log pG, log pB or None) of one step, each computed once."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)})")
+    zg = expert_logits.float() / d.temperature
+    # strict pG(x) > alpha * max pG on softmax itself (not exp(log_softmax)), so the boundary
+    # is exactly the paper's definition
+    p = torch.softmax(zg, dim=-1)
+    head = p > d.alpha * p.max(dim=-1, keepdim=True).values
+    log_pg = torch.log_softmax(zg, dim=-1)
+    log_pb = None
     if strategy == "no_contrast":
-        return expert_logits.float() / d.temperature
-    log_pg = _expert_logprobs(expert_logits, d)
-    head = _head_mask(expert_logits, d)
-    penalty = torch.full_like(log_pg, float(d.penalty))
+        return zg, head, log_pg, None
+    penalty = torch.tensor(float(d.penalty), dtype=log_pg.dtype, device=log_pg.device)
     if strategy == "no_contrast_vhead":
-        return torch.where(head, log_pg, penalty)
+        return torch.where(head, log_pg, penalty), head, log_pg, None
     if amateur_logits is None:
         raise ValueError(f"strategy {strategy!r} needs amateur logits")
     log_pb = torch.log_softmax(amateur_logits.float() / d.temperature, dim=-1)
-    cd = log_pg - d.lam * log_pb
+    cd = log_pg - d.lam * log_pb if d.lam != 1.0 else log_pg - log_pb
     if strategy == "contrastive":
-        return torch.where(head, cd, penalty)
+        return torch.where(head, cd, penalty), head, log_pg, log_pb
     # contrastive_tail
     inf = torch.tensor(math.inf, dtype=cd.dtype, device=cd.device)
     min_head = torch.where(head, cd, inf).min(dim=-1, keepdim=True).values
@@ -68,7 +75,7 @@ def strategy_scores(expert_logits: Tensor, amateur_logits: Tensor | None, strate
     tail = log_pg + (min_head - log_thresh)
     # alpha=0 (or pG underflow) can give inf - inf; such tokens carry no mass anyway
     tail = torch.where(torch.isnan(tail), -inf, tail)
-    return torch.where(head, cd, tail)
+    return torch.where(head, cd, tail), head, log_pg, log_pb
 
 
 def truncate(scores: Tensor, top_k: int | None, top_p: float | None) -> Tensor:

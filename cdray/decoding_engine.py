@@ -11,8 +11,7 @@ import torch
 from torch import Tensor
 
 from cdray.config import STRATEGIES, DecodingConfig
-from cdray.decoding import (NEEDS_AMATEUR, NgramBlocker, head_size, sample_inverse_cdf,
-                            strategy_scores, truncate)
+from cdray.decoding import NEEDS_AMATEUR, NgramBlocker, sample_inverse_cdf, step_scores, truncate
 from cdray.stacked import StackedLlama, same_shape
 
 
@@ -52,6 +51,13 @@ def plan_batch_size(groups: list[StackedLlama], max_len: int, cap: int, memory_f
     per_row = sum(g.kv_bytes_per_row(max_len) for g in groups) + 8 * 4 * vocab
     budget = (available if available is not None else available_memory(device)) * memory_fraction
     return max(1, min(cap, int(budget // per_row)))
+
+
+def _nll(logits: Tensor, logp_t: Optional[Tensor], token: Tensor, temperature: float) -> Tensor:
+    """-log p(token) under the model itself (T=1), reusing log_softmax(z/T) when T is 1."""
+    if temperature == 1.0 and logp_t is not None:
+        return (-logp_t.gather(1, token[:, None]).squeeze(1)).double().cpu()
+    return (torch.logsumexp(logits, -1) - logits.gather(1, token[:, None]).squeeze(1)).double().cpu()
 
 
 class Decoder:
@@ -167,19 +173,16 @@ class Decoder:
                 break
             zg = logits[0]
             za = logits[1] if self.uses_amateur else None
-            scores = strategy_scores(zg, za, self.strategy, d)
+            scores, head, log_pg, log_pb = step_scores(zg, za, self.strategy, d)
             if blocker is not None:
                 scores = blocker.apply(scores)
             scores = truncate(scores, d.top_k, d.top_p)
             u = uniforms.gather(1, step.clamp(max=max_new_tokens - 1).to(dev)[:, None]).squeeze(1)
             token = sample_inverse_cdf(scores, u)
             tok_cpu = token.cpu()
-            hsz = head_size(zg, d).double().cpu()
-            nll_e = (torch.logsumexp(zg, -1) - zg.gather(1, token[:, None]).squeeze(1)).double().cpu()
-            if za is not None:
-                nll_a = (torch.logsumexp(za, -1) - za.gather(1, token[:, None]).squeeze(1)).double().cpu()
-            else:
-                nll_a = torch.zeros_like(nll_e)
+            hsz = head.sum(dim=-1).double().cpu()
+            nll_e = _nll(zg, log_pg, token, d.temperature)
+            nll_a = _nll(za, log_pb, token, d.temperature) if za is not None else torch.zeros_like(nll_e)
             live_idx = torch.nonzero(live).squeeze(1)
             buf[live_idx, step[live_idx]] = tok_cpu[live_idx]
             stats[live_idx] += torch.stack([hsz, nll_e, nll_a], dim=1)[live_idx]
