@@ -26,6 +26,7 @@ def _mix32(x: Tensor) -> Tensor:
 # padding every product to at least this many rows keeps a row's logits bit-identical whatever
 # the batch around it (checked on MKL/OpenBLAS CPUs by tests/test_decoding.py)
 MIN_ROWS = 8
+KEY_BLOCK = 64  # attention reads the cache prefix rounded up to this many keys
 
 
 def _bmm(x: Tensor, w: Tensor) -> Tensor:
@@ -162,6 +163,19 @@ class StackedLlama:
         b, _, q, t = h.shape
         return (u >= p).reshape(b, self.kv_heads, rep * q, t)
 
+    def _attend_dropout(self, q, kc, vc, bias, drop_base, layer, t_used) -> Tensor:
+        # eager attention as HF computes it in train mode: dropout on the softmaxed weights
+        G, b, nh, Q, hd = q.shape
+        rep = nh // self.kv_heads
+        qg = q.reshape(G, b, self.kv_heads, rep * Q, hd)
+        att = torch.matmul(qg, kc.transpose(-1, -2)).float() * (1.0 / math.sqrt(hd)) + bias
+        att = torch.softmax(att, dim=-1)
+        for g, p in enumerate(self.dropout):
+            if p > 0:
+                keep = self._dropout_keep(drop_base, layer, p)[..., :t_used]
+                att[g] = att[g] * keep / (1.0 - p)
+        return torch.matmul(att.to(self.dtype), vc)  # [G, b, kv, rep*Q, hd]
+
     @torch.inference_mode()
     def forward(self, ids: Tensor, positions: Tensor, slots: Tensor | None = None,
                 last: Tensor | None = None, seeds: Tensor | None = None) -> Tensor:
@@ -180,21 +194,28 @@ class StackedLlama:
         emb = torch.cat([freqs, freqs], dim=-1)
         cos = emb.cos().to(self.dtype)[None, :, None]  # [1, b, 1, Q, hd]
         sin = emb.sin().to(self.dtype)[None, :, None]
-        keys = torch.arange(self.T, device=ids.device)
-        allowed = keys[None, None, :] <= positions[:, :, None]  # [b, Q, T]
-        # grouped-query layout: query heads sharing a kv head sit along the query axis
-        allowed = allowed[:, None, None].expand(b, nkv, rep, Q, self.T).reshape(b, nkv, rep * Q, self.T)
-        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=ids.device)
-        bias.masked_fill_(~allowed, -math.inf)
+        # attend over a prefix of the cache long enough for every row, in steps of KEY_BLOCK:
+        # keys past a row's position are masked and add exact zeros, so its result does not
+        # depend on the prefix length (tests check rows are bit-identical across batches)
+        t_used = min(self.T, -(-(int(positions.max()) + 1) // KEY_BLOCK) * KEY_BLOCK)
+        keys = torch.arange(t_used, device=ids.device)
+        allowed = keys[None, None, :] <= positions[:, :, None]  # [b, Q, t]
+        use_dropout = any(p > 0 for p in self.dropout)
+        if use_dropout:
+            # grouped-query layout: query heads sharing a kv head sit along the query axis
+            allowed_g = allowed[:, None, None].expand(b, nkv, rep, Q, t_used).reshape(b, nkv, rep * Q, t_used)
+            bias = torch.zeros(allowed_g.shape, dtype=torch.float32, device=ids.device)
+            bias.masked_fill_(~allowed_g, -math.inf)
+        else:
+            sdpa_mask = allowed[:, None].repeat(G, 1, 1, 1)  # [G*b, 1, Q, t]
         rows = torch.arange(b, device=ids.device) if slots is None else slots
         row_idx = rows[:, None].expand(b, Q)
         drop_base = None
-        if any(p > 0 for p in self.dropout):
+        if use_dropout:
             if seeds is None:
                 raise ValueError("a stacked model with dropout needs row seeds")
             lo, hi = seeds & _M32, (seeds >> 32) & _M32
             drop_base = _mix32(_mix32(lo ^ _mix32(hi))[:, None] ^ (positions & _M32))
-        scale = 1.0 / math.sqrt(hd)
         for li, blk in enumerate(self.blocks):
             hidden = self._rms(x, blk["ln1"])
             qkv = _bmm(hidden, blk["qkv"]).reshape(G, b, Q, nh + 2 * nkv, hd).transpose(2, 3)
@@ -206,16 +227,15 @@ class StackedLlama:
             kc[:, row_idx, :, positions] = k.permute(1, 3, 0, 2, 4)
             vc[:, row_idx, :, positions] = v.permute(1, 3, 0, 2, 4)
             if slots is not None:
-                kc, vc = kc[:, slots], vc[:, slots]
-            qg = q.reshape(G, b, nkv, rep * Q, hd)
-            att = torch.matmul(qg, kc.transpose(-1, -2)).float() * scale + bias
-            att = torch.softmax(att, dim=-1)
-            if drop_base is not None:
-                for g, p in enumerate(self.dropout):
-                    if p > 0:
-                        keep = self._dropout_keep(drop_base, li, p)
-                        att[g] = att[g] * keep / (1.0 - p)
-            out = torch.matmul(att.to(self.dtype), vc)  # [G, b, nkv, rep*Q, hd]
+                kc, vc = kc[:, slots, :, :t_used], vc[:, slots, :, :t_used]
+            else:
+                kc, vc = kc[:, :, :, :t_used], vc[:, :, :, :t_used]
+            if use_dropout:
+                out = self._attend_dropout(q, kc, vc, bias, drop_base, li, t_used)
+            else:
+                out = torch.nn.functional.scaled_dot_product_attention(
+                    q.reshape(G * b, nh, Q, hd), kc.reshape(G * b, nkv, t_used, hd),
+                    vc.reshape(G * b, nkv, t_used, hd), attn_mask=sdpa_mask, enable_gqa=rep > 1)
             out = out.reshape(G, b, nh, Q, hd).transpose(2, 3).reshape(G, b * Q, nh * hd)
             x = x + _bmm(out, blk["o"])
             hidden = self._rms(x, blk["ln2"])
