@@ -337,11 +337,15 @@ def finalize_corpus(out_dir: Path, n_shards_planned: int, token_budget: int, *,
     out_dir = Path(out_dir)
     done = shards_done(out_dir)
     tables, total, used, considered, flagged = [], 0, 0, 0, 0
+    gen_seconds, gen_tokens = 0.0, 0
     for sid in range(n_shards_planned):
         if total >= token_budget or sid not in done:
             break
         table = _read_committed(out_dir, sid)
         used += 1
+        meta = json.loads(_shard_paths(out_dir, sid)[1].read_text())
+        gen_seconds += float(meta.get("seconds", 0.0))
+        gen_tokens += int(meta.get("new_tokens", 0))
         flags = np.asarray(table.column("contaminated").to_numpy(zero_copy_only=False), dtype=bool)
         counts = np.asarray(table.column("new_tokens").to_numpy(), dtype=np.int64)
         if drop_contaminated:
@@ -363,6 +367,9 @@ def finalize_corpus(out_dir: Path, n_shards_planned: int, token_budget: int, *,
         "budget_reached": summary["new_tokens"] >= token_budget,
         "contamination_rate": flagged / considered if considered else 0.0,
         "contaminated_dropped": flagged if drop_contaminated else 0,
+        # actor-seconds of the shards used (several actors run at once: wall time is less)
+        "generate_seconds": round(gen_seconds, 3),
+        "tokens_per_actor_s": gen_tokens / gen_seconds if gen_seconds > 0 else 0.0,
     })
     return _json_safe(summary)
 
