@@ -237,9 +237,12 @@ class DecodingConfig:
     penalty: float = -20.0  # score of tokens outside V_head; -inf allowed
     top_k: Optional[int] = None
     top_p: Optional[float] = None
+    no_repeat_ngram: int = 0  # n > 0: a token that would repeat an n-gram of its row gets -inf
 
     def validate(self, at: str) -> None:
         _in_range(self.alpha, 0, 1, f"{at}.alpha", hi_open=True)
+        _check(self.no_repeat_ngram >= 0, f"{at}.no_repeat_ngram",
+               f"{self.no_repeat_ngram!r} must be >= 0 (0: off)")
         _check(self.lam >= 0 and math.isfinite(self.lam), f"{at}.lam", f"{self.lam!r} must be >= 0")
         _check(self.temperature > 0 and math.isfinite(self.temperature), f"{at}.temperature",
                f"{self.temperature!r} must be > 0")
@@ -249,6 +252,12 @@ class DecodingConfig:
             _check(self.top_k >= 1, f"{at}.top_k", f"{self.top_k!r} must be >= 1")
         if self.top_p is not None:
             _in_range(self.top_p, 0, 1, f"{at}.top_p", lo_open=True)
+
+
+# what the paper's released code does; generation.paper_compat=true fills these in (and refuses
+# a conflicting explicit value): 400 new tokens, no EOS stop, penalty -20, 20-token prompts, 8 rows
+PAPER_COMPAT = {"max_new_tokens": 400, "stop_at_eos": False, "prompt_tokens": 20, "continuations": 8}
+PAPER_COMPAT_PENALTY = -20.0
 
 
 @dataclass(frozen=True)
@@ -269,9 +278,27 @@ class GenerationConfig:
     actor_gpus: float = 0.0
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
+    paper_compat: bool = False  # the released code's settings (see PAPER_COMPAT)
+    engine: Literal["auto", "stacked", "separate"] = "auto"  # auto: stack same-shaped models
+    refill: bool = True  # finished rows are replaced from the queue so the batch stays full
+    memory_fraction: float = 0.5  # of free RAM / GPU memory the two KV caches may take
+    decontaminate_n: int = 13  # n-gram length of the eval-overlap check (0: off)
+    drop_contaminated: bool = False  # drop rows sharing an n-gram with the eval split
+    progress: bool = True  # per-shard log lines (rows, tokens, tokens/s)
 
     def validate(self, at: str) -> None:
         self.decoding.validate(f"{at}.decoding")
+        if self.paper_compat:
+            for name, want in PAPER_COMPAT.items():
+                got = getattr(self, name)
+                _check(got == want, f"{at}.{name}", f"{got!r} conflicts with paper_compat=true "
+                       f"(which needs {want!r})")
+            _check(self.decoding.penalty == PAPER_COMPAT_PENALTY, f"{at}.decoding.penalty",
+                   f"{self.decoding.penalty!r} conflicts with paper_compat=true (which needs -20.0)")
+        _in_range(self.memory_fraction, 0, 1, f"{at}.memory_fraction", lo_open=True)
+        _check(self.decontaminate_n >= 0, f"{at}.decontaminate_n", "must be >= 0 (0: off)")
+        _check(not self.drop_contaminated or self.decontaminate_n > 0, f"{at}.drop_contaminated",
+               "needs decontaminate_n > 0")
         _check(self.prompt_tokens >= 1, f"{at}.prompt_tokens", "must be >= 1")
         _check(self.continuations >= 1, f"{at}.continuations", "must be >= 1")
         _check(self.max_new_tokens >= 1, f"{at}.max_new_tokens", "must be >= 1")
@@ -538,6 +565,12 @@ def _build(cls: type, data: Any, at: str) -> Any:
         where = f"{at}.preset" if at else "preset"
         _check(preset in MODEL_PRESETS, where, f"{preset!r} is not one of {sorted(MODEL_PRESETS)}")
         data = {**MODEL_PRESETS[preset], **data}
+    if cls is GenerationConfig and data.get("paper_compat") is True:
+        # the switch fills in the paper's values; explicit conflicting ones fail in validate()
+        data = {**PAPER_COMPAT, **data}
+        dec = dict(data.get("decoding") or {})
+        dec.setdefault("penalty", PAPER_COMPAT_PENALTY)
+        data["decoding"] = dec
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:

@@ -1,8 +1,7 @@
-"""Decoding math and the batched two-model KV-cache sampling loop (PAPER.md section 2)."""
+"""Contrastive decoding math (PAPER.md section 2): scores, truncation, sampler, n-gram blocking."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -13,10 +12,6 @@ NEEDS_AMATEUR = ("contrastive", "contrastive_tail")
 
 
 # ---------------------------------------------------------------- one decoding step
-
-
-def _expert_logprobs(expert_logits: Tensor, d: DecodingConfig) -> Tensor:
-    return torch.log_softmax(expert_logits.float() / d.temperature, dim=-1)
 
 
 def _head_mask(expert_logits: Tensor, d: DecodingConfig) -> Tensor:
@@ -46,21 +41,32 @@ def strategy_scores(expert_logits: Tensor, amateur_logits: Tensor | None, strate
                           with equality only at the threshold: the tail joins the head
                           continuously and keeps the expert's relative shape.
     """
+    return step_scores(expert_logits, amateur_logits, strategy, d)[0]
+
+
+def step_scores(expert_logits: Tensor, amateur_logits: Tensor | None, strategy: str,
+                d: DecodingConfig) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(scores, V_head mask, log pG, log pB or None) of one step, each computed once."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)})")
+    zg = expert_logits.float() / d.temperature
+    # strict pG(x) > alpha * max pG on softmax itself (not exp(log_softmax)), so the boundary
+    # is exactly the paper's definition
+    p = torch.softmax(zg, dim=-1)
+    head = p > d.alpha * p.max(dim=-1, keepdim=True).values
+    log_pg = torch.log_softmax(zg, dim=-1)
+    log_pb = None
     if strategy == "no_contrast":
-        return expert_logits.float() / d.temperature
-    log_pg = _expert_logprobs(expert_logits, d)
-    head = _head_mask(expert_logits, d)
-    penalty = torch.full_like(log_pg, float(d.penalty))
+        return zg, head, log_pg, None
+    penalty = torch.tensor(float(d.penalty), dtype=log_pg.dtype, device=log_pg.device)
     if strategy == "no_contrast_vhead":
-        return torch.where(head, log_pg, penalty)
+        return torch.where(head, log_pg, penalty), head, log_pg, None
     if amateur_logits is None:
         raise ValueError(f"strategy {strategy!r} needs amateur logits")
     log_pb = torch.log_softmax(amateur_logits.float() / d.temperature, dim=-1)
-    cd = log_pg - d.lam * log_pb
+    cd = log_pg - d.lam * log_pb if d.lam != 1.0 else log_pg - log_pb
     if strategy == "contrastive":
-        return torch.where(head, cd, penalty)
+        return torch.where(head, cd, penalty), head, log_pg, log_pb
     # contrastive_tail
     inf = torch.tensor(math.inf, dtype=cd.dtype, device=cd.device)
     min_head = torch.where(head, cd, inf).min(dim=-1, keepdim=True).values
@@ -69,7 +75,7 @@ def strategy_scores(expert_logits: Tensor, amateur_logits: Tensor | None, strate
     tail = log_pg + (min_head - log_thresh)
     # alpha=0 (or pG underflow) can give inf - inf; such tokens carry no mass anyway
     tail = torch.where(torch.isnan(tail), -inf, tail)
-    return torch.where(head, cd, tail)
+    return torch.where(head, cd, tail), head, log_pg, log_pb
 
 
 def truncate(scores: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
@@ -111,121 +117,86 @@ def sample_inverse_cdf(scores: Tensor, u: Tensor) -> Tensor:
     return torch.minimum(idx, last_valid)
 
 
-# ---------------------------------------------------------------- the batched loop
+# ---------------------------------------------------------------- no-repeat-n-gram
 
 
-@dataclass
-class RowResult:
-    tokens: list[int]  # new tokens only, EOS included if produced
-    stopped_at_eos: bool
-    head_size_mean: float  # mean |V_head| over the steps that produced this row's tokens
+class NgramBlocker:
+    """Per-slot n-gram memory: a token that would complete an n-gram already in the row is banned.
+
+    A row's context is its prompt plus its sampled tokens (as in HF's no_repeat_ngram_size).
+    If every token of a row would be banned the row is left unbanned rather than left with no
+    probability mass at all.
+    """
+
+    def __init__(self, n: int):
+        if n < 1:
+            raise ValueError(f"no_repeat_ngram={n} must be >= 1")
+        self.n = n
+        self.history: dict[int, list[int]] = {}
+        self.seen: dict[int, dict[tuple, set]] = {}
+
+    def reset(self, slot: int, prompt: list[int]) -> None:
+        self.history[slot], self.seen[slot] = [], {}
+        for t in prompt:
+            self._add(slot, t)
+
+    def _add(self, slot: int, token: int) -> None:
+        h = self.history[slot]
+        h.append(int(token))
+        if len(h) >= self.n:
+            self.seen[slot].setdefault(tuple(h[len(h) - self.n:-1]), set()).add(h[-1])
+
+    def push(self, slots: list[int], tokens: list[int]) -> None:
+        for s, t in zip(slots, tokens):
+            self._add(s, t)
+
+    def compact(self, keep: list[int]) -> None:
+        """Slots were renumbered: new slot i is old slot keep[i]."""
+        self.history = {i: self.history[k] for i, k in enumerate(keep) if k in self.history}
+        self.seen = {i: self.seen[k] for i, k in enumerate(keep) if k in self.seen}
+
+    def banned(self, slot: int) -> list[int]:
+        h = self.history.get(slot)
+        if h is None or len(h) < self.n - 1:
+            return []
+        prefix = tuple(h[len(h) - self.n + 1:]) if self.n > 1 else ()
+        return sorted(self.seen[slot].get(prefix, ()))
+
+    def apply(self, scores: Tensor) -> Tensor:
+        rows, cols = [], []
+        for s in range(scores.shape[0]):
+            ban = self.banned(s)
+            if ban and len(ban) < scores.shape[-1]:
+                rows += [s] * len(ban)
+                cols += ban
+        if not rows:
+            return scores
+        out = scores.clone()
+        out[torch.tensor(rows), torch.tensor(cols)] = -math.inf
+        # a row whose whole support got banned keeps its unbanned scores
+        dead = torch.isinf(out).all(dim=-1) & ~torch.isinf(scores).all(dim=-1)
+        return torch.where(dead[:, None], scores, out)
 
 
-def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty")
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
-    return ids.to(device), mask.to(device)
-
-
-class _Stream:
-    """One model's KV cache and the last-position logits for a left-padded batch."""
-
-    def __init__(self, model):
-        from transformers import DynamicCache
-
-        self.model = model
-        self.cache = DynamicCache(config=model.config)
-
-    def step(self, ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         cache=self.cache, use_cache=True, logits_to_keep=1)
-        # DynamicCache grows in place; take the returned one in case a model swaps it
-        self.cache = out.cache if out.cache is not None else self.cache
-        return out.logits[:, -1, :].float()
-
-
-def _generate_chunk(expert, amateur, prompts, seeds, strategy, d, max_new_tokens, stop_at_eos,
-                    eos_id, pad_id, device) -> list[RowResult]:
-    n = len(prompts)
-    # each row's uniforms come from its own generator so rows don't depend on batch composition
-    uniforms = torch.stack([torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s))
-                            for s in seeds]).to(device)
-    ids, mask = _left_pad(prompts, pad_id, device)
-    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-    streams = [_Stream(expert)] + ([_Stream(amateur)] if amateur is not None else [])
-
-    new_tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    lengths = torch.zeros(n, dtype=torch.long, device=device)
-    head_sum = torch.zeros(n, dtype=torch.float64, device=device)
-    finished = torch.zeros(n, dtype=torch.bool, device=device)
-    eos_hit = torch.zeros(n, dtype=torch.bool, device=device)
-
-    step_ids, step_pos = ids, positions
-    for t in range(max_new_tokens):
-        logits = [s.step(step_ids, mask, step_pos) for s in streams]
-        expert_logits = logits[0]
-        amateur_logits = logits[1] if len(logits) > 1 else None
-        scores = strategy_scores(expert_logits, amateur_logits, strategy, d)
-        scores = truncate(scores, d.top_k, d.top_p)
-        token = sample_inverse_cdf(scores, uniforms[:, t])
-
-        active = ~finished
-        new_tokens[:, t] = torch.where(active, token, new_tokens[:, t])
-        lengths += active.long()
-        head_sum += torch.where(active, head_size(expert_logits, d).double(), 0.0)
-        if stop_at_eos:
-            just_ended = active & (token == eos_id)
-            eos_hit |= just_ended
-            finished |= just_ended
-        if bool(finished.all()) or t == max_new_tokens - 1:
-            break
-        # finished rows keep feeding pad tokens; their outputs are ignored
-        step_ids = torch.where(finished, pad_id, token).unsqueeze(-1)
-        step_pos = step_pos[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=-1)
-
-    rows = []
-    for i in range(n):
-        k = int(lengths[i])
-        rows.append(RowResult(tokens=new_tokens[i, :k].tolist(), stopped_at_eos=bool(eos_hit[i]),
-                              head_size_mean=float(head_sum[i]) / k if k else 0.0))
-    return rows
+# ---------------------------------------------------------------- the public loop
 
 
 def generate(expert, amateur, prompts: list[list[int]], row_seeds: list[int], strategy: str,
              d: DecodingConfig, *, max_new_tokens: int, stop_at_eos: bool, eos_id: int = 2,
              pad_id: int = 3, batch_size: int = 64, device="cpu", dtype=torch.float32,
-             amateur_dropout: bool = False) -> list[RowResult]:
-    """Sample one continuation per prompt; row j uses uniforms from seed row_seeds[j].
+             amateur_dropout: float = 0.0, max_len: int | None = None, engine: str = "auto",
+             refill: bool = True):
+    """Sample one continuation per prompt (see cdray.decoding_engine.Decoder.generate).
 
-    Models must already be on `device` in `dtype` (the caller loads them so); logits are
-    upcast to fp32 before scoring. The expert runs in eval mode; the amateur too, unless
-    amateur_dropout is set (a DROP-p amateur), when it runs in train mode so that its attention
-    dropout is active. No gradients are tracked.
+    Row j uses uniforms from seed row_seeds[j]. The HF models are read, not modified: the engine
+    copies their weights (stacked when expert and amateur share a shape) into `dtype` on
+    `device`; logits are upcast to fp32 before scoring. amateur_dropout = p > 0 runs the
+    amateur with attention dropout p (a DROP-p amateur); the expert never drops.
     """
-    del dtype  # models arrive in their dtype; kept for a uniform call signature
-    if len(prompts) != len(row_seeds):
-        raise ValueError(f"{len(prompts)} prompts but {len(row_seeds)} row seeds")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)})")
-    if strategy in NEEDS_AMATEUR and amateur is None:
-        raise ValueError(f"strategy {strategy!r} needs an amateur model")
-    if strategy not in NEEDS_AMATEUR:
-        amateur = None  # its logits would be unused: don't pay for its forward
-    expert.eval()
-    if amateur is not None:
-        amateur.train(amateur_dropout)
-    results: list[RowResult] = []
-    with torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
-            end = start + batch_size
-            results.extend(_generate_chunk(expert, amateur, prompts[start:end],
-                                           row_seeds[start:end], strategy, d, max_new_tokens,
-                                           stop_at_eos, eos_id, pad_id, device))
-    return results
+    from cdray.decoding_engine import Decoder
+
+    dec = Decoder(expert, amateur, strategy, d, device=device, dtype=dtype,
+                  amateur_dropout=float(amateur_dropout), engine=engine)
+    return dec.generate(prompts, row_seeds, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
+                        eos_id=eos_id, pad_id=pad_id, batch_size=batch_size, max_len=max_len,
+                        refill=refill)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pyarrow.parquet as pq
 from cdray.faults import crash_point
 from cdray.store import file_sha256, writing
 
-VERSION = 1
+VERSION = 2
 BOS_ID = 1
 
 SHARD_SCHEMA = pa.schema([
@@ -26,9 +28,13 @@ SHARD_SCHEMA = pa.schema([
     ("text", pa.string()),
     ("eos", pa.bool_()),
     ("head_size_mean", pa.float32()),
+    ("expert_nll_mean", pa.float32()),
+    ("amateur_nll_mean", pa.float32()),  # NaN without an amateur
+    ("contaminated", pa.bool_()),  # shares a word n-gram with the eval split / eval items
 ])
 
 AMATEUR_KINDS = ("none", "early", "small", "dropout")
+STATS_TOKENS = 2_000_000  # repetition rate of a corpus reads its first 2M new tokens
 
 
 # ---------------------------------------------------------------- small helpers
@@ -149,10 +155,12 @@ class ShardGenerator:
 
     def __init__(self, *, expert_dir: str, amateur: dict, strategy: str, generation: dict,
                  prompts_path: str, out_dir: str, tokenizer_dir: str, device: str = "cpu",
-                 torch_threads: int = 1):
+                 torch_threads: int = 1, eval_parquet: str | None = None,
+                 eval_items_dir: str | None = None):
         import torch
 
         from cdray.decoding import NEEDS_AMATEUR
+        from cdray.decoding_engine import Decoder, plan_batch_size
         from cdray.model import load_model
         from cdray.tokenizer import load_tokenizer
 
@@ -187,6 +195,30 @@ class ShardGenerator:
                                  f"has {ev}")
         self.tokenizer = load_tokenizer(Path(tokenizer_dir))
         self.prompts = pq.read_table(prompts_path, columns=["prompt_id", "prompt"])
+        drop = float(amateur.get("dropout", 0.0)) if self.amateur_dropout else 0.0
+        self.decoder = Decoder(self.expert, self.amateur, strategy, self.g.decoding, device=device,
+                               dtype=self.dtype, amateur_dropout=drop, engine=self.g.engine)
+        # a fixed cache length: rows never depend on the prompts they share a batch with
+        self.max_len = self.g.prompt_tokens + self.g.max_new_tokens
+        self.batch_size = plan_batch_size(self.decoder.groups, self.max_len, self.g.batch_size,
+                                          self.g.memory_fraction, device)
+        self.contamination = None
+        if self.g.decontaminate_n > 0 and (eval_parquet or eval_items_dir):
+            from cdray.corpus_stats import NgramIndex, reference_texts
+
+            self.contamination = NgramIndex(self.g.decontaminate_n)
+            for text in reference_texts(Path(eval_parquet) if eval_parquet else None,
+                                        Path(eval_items_dir) if eval_items_dir else None):
+                self.contamination.add(text)
+        # the decoder holds its own (stacked) copy of the weights: free the HF modules
+        self.expert = self.amateur = None
+        self._log(f"actor ready: strategy={strategy} amateur={kind} engine="
+                  f"{'stacked' if len(self.decoder.groups) == 1 and self.decoder.groups[0].G == 2 else 'separate'}"
+                  f" batch={self.batch_size} (cap {self.g.batch_size}) device={device}")
+
+    def _log(self, msg: str) -> None:
+        if self.g.progress:
+            print(f"[cdray.generate] {msg}", file=sys.stderr, flush=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {"shard_id": [], "rows": [], "new_tokens": []}
@@ -199,7 +231,7 @@ class ShardGenerator:
 
     def run_shard(self, shard_id: int, start: int, end: int) -> dict:
         """Generate and commit one shard, or return its manifest when already committed."""
-        from cdray.decoding import generate
+        from cdray.corpus_stats import row_stats, text_stats
 
         parquet_path, manifest_path = _shard_paths(self.out_dir, shard_id)
         if manifest_path.exists():
@@ -212,13 +244,29 @@ class ShardGenerator:
         keys = [(pid, c) for pid in ids for c in range(g.continuations)]
         row_prompts = [p for p in prompts for _ in range(g.continuations)]
         seeds = [row_seed(g.seed, pid, c) for pid, c in keys]
-        results = generate(self.expert, self.amateur, row_prompts, seeds, self.strategy,
-                           g.decoding, max_new_tokens=g.max_new_tokens, stop_at_eos=g.stop_at_eos,
-                           batch_size=g.batch_size, device=self.device, dtype=self.dtype,
-                           amateur_dropout=self.amateur_dropout)
+        progress = {"rows": 0, "tokens": 0, "last": t0}
+
+        def on_row(_i, r) -> None:
+            progress["rows"] += 1
+            progress["tokens"] += len(r.tokens)
+            now = time.perf_counter()
+            if now - progress["last"] >= 30.0:
+                progress["last"] = now
+                self._log(f"shard {shard_id}: {progress['rows']}/{len(keys)} rows, "
+                          f"{progress['tokens']} tokens, {progress['tokens'] / (now - t0):.0f} tok/s")
+
+        results = self.decoder.generate(row_prompts, seeds, max_new_tokens=g.max_new_tokens,
+                                        stop_at_eos=g.stop_at_eos, batch_size=self.batch_size,
+                                        max_len=self.max_len, refill=g.refill, on_row=on_row)
         crash_point(self.out_dir, "shard", shard_id)  # mid-shard: generated, nothing written yet
         full = [p + r.tokens for p, r in zip(row_prompts, results)]
         texts = self.tokenizer.batch_decode(full, skip_special_tokens=True) if full else []
+        conts = [r.tokens for r in results]
+        cont_texts = self.tokenizer.batch_decode(conts, skip_special_tokens=True) if conts else []
+        if self.contamination is not None:
+            contaminated = [self.contamination.overlaps(t) for t in cont_texts]
+        else:
+            contaminated = [False] * len(results)
         table = pa.table({
             "prompt_id": pa.array([k[0] for k in keys], type=pa.int64()),
             "continuation": pa.array([k[1] for k in keys], type=pa.int32()),
@@ -227,19 +275,47 @@ class ShardGenerator:
             "text": pa.array(texts, type=pa.string()),
             "eos": pa.array([r.stopped_at_eos for r in results], type=pa.bool_()),
             "head_size_mean": pa.array([r.head_size_mean for r in results], type=pa.float32()),
+            "expert_nll_mean": pa.array([r.expert_nll_mean for r in results], type=pa.float32()),
+            "amateur_nll_mean": pa.array([r.amateur_nll_mean for r in results], type=pa.float32()),
+            "contaminated": pa.array(contaminated, type=pa.bool_()),
         }, schema=SHARD_SCHEMA)
         parquet_path.parent.mkdir(parents=True, exist_ok=True)
         _write_parquet_atomic(table, parquet_path)
+        new_tokens = int(sum(len(r.tokens) for r in results))
+        seconds = time.perf_counter() - t0
+        stats = row_stats(np.array([len(r.tokens) for r in results]),
+                          np.array([r.stopped_at_eos for r in results]),
+                          np.array([r.head_size_mean for r in results]),
+                          np.array([r.expert_nll_mean for r in results]),
+                          np.array([r.amateur_nll_mean for r in results]), conts, g.max_new_tokens)
+        stats.update(text_stats(cont_texts))
+        stats["contamination_rate"] = float(np.mean(contaminated)) if contaminated else 0.0
         manifest = {
             "shard_id": shard_id,
             "rows": table.num_rows,
-            "new_tokens": int(sum(len(r.tokens) for r in results)),
+            "new_tokens": new_tokens,
             "sha256": file_sha256(parquet_path),
-            "seconds": round(time.perf_counter() - t0, 3),
+            "seconds": round(seconds, 3),
+            "tokens_per_s": round(new_tokens / seconds, 1) if seconds > 0 else 0.0,
+            "batch_size": self.batch_size,
+            "stats": _json_safe(stats),
         }
         # the manifest is the commit: written only after the parquet is in place
         _write_json_atomic(manifest, manifest_path)
+        self._log(f"shard {shard_id} committed: {table.num_rows} rows, {new_tokens} tokens, "
+                  f"{manifest['tokens_per_s']:.0f} tok/s")
         return manifest
+
+
+def _json_safe(obj):
+    """NaN/inf become None so manifests stay strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 # ---------------------------------------------------------------- finalisation
@@ -256,44 +332,95 @@ def _read_committed(out_dir: Path, shard_id: int) -> pa.Table:
         [("prompt_id", "ascending"), ("continuation", "ascending")])
 
 
-def finalize_corpus(out_dir: Path, n_shards_planned: int, token_budget: int) -> dict:
+def finalize_corpus(out_dir: Path, n_shards_planned: int, token_budget: int, *,
+                    drop_contaminated: bool = False, tokenizer_dir: Path | None = None,
+                    max_new_tokens: int | None = None) -> dict:
     """Concatenate committed shards into corpus.parquet, cut at token_budget new tokens.
 
     Only the leading run of committed shards (0, 1, ... up to the first missing one) is used, so
-    the corpus does not depend on which shards happened to finish first. The row whose new
-    tokens cross the budget is kept; everything after it is dropped. head_size_mean is the
-    token-weighted mean over kept rows (i.e. the mean over all decoding steps).
+    the corpus does not depend on which shards happened to finish first. With drop_contaminated,
+    rows flagged `contaminated` are left out before counting. The row whose new tokens cross the
+    budget is kept; everything after it is dropped. Means of per-row telemetry are
+    token-weighted (i.e. means over all decoding steps); text statistics (distinct-n, diversity)
+    read the continuations of the first 100K words (decoded with tokenizer_dir when given).
     """
     out_dir = Path(out_dir)
     done = shards_done(out_dir)
-    tables, total, used = [], 0, 0
+    tables, total, used, considered, flagged = [], 0, 0, 0, 0
+    gen_seconds, gen_tokens = 0.0, 0
     for sid in range(n_shards_planned):
         if total >= token_budget or sid not in done:
             break
         table = _read_committed(out_dir, sid)
         used += 1
+        meta = json.loads(_shard_paths(out_dir, sid)[1].read_text())
+        gen_seconds += float(meta.get("seconds", 0.0))
+        gen_tokens += int(meta.get("new_tokens", 0))
+        flags = np.asarray(table.column("contaminated").to_numpy(zero_copy_only=False), dtype=bool)
         counts = np.asarray(table.column("new_tokens").to_numpy(), dtype=np.int64)
-        cum = total + np.cumsum(counts)
-        crossing = np.nonzero(cum >= token_budget)[0]
-        if len(crossing):
-            table = table.slice(0, int(crossing[0]) + 1)
-        total += int(np.asarray(table.column("new_tokens").to_numpy(), dtype=np.int64).sum())
+        if drop_contaminated:
+            counts = np.where(flags, 0, counts)  # dropped rows do not count toward the budget
+        crossing = np.nonzero(total + np.cumsum(counts) >= token_budget)[0]
+        cut = int(crossing[0]) + 1 if len(crossing) else table.num_rows
+        table, flags = table.slice(0, cut), flags[:cut]
+        considered += cut
+        flagged += int(flags.sum())
+        if drop_contaminated:
+            table = table.filter(pa.array(~flags))
+        total += int(counts[:cut].sum())
         tables.append(table)
     corpus = pa.concat_tables(tables) if tables else SHARD_SCHEMA.empty_table()
     _write_parquet_atomic(corpus, out_dir / "corpus.parquet")
+    summary = corpus_summary(corpus, tokenizer_dir, max_new_tokens)
+    summary.update({
+        "shards_used": used,
+        "budget_reached": summary["new_tokens"] >= token_budget,
+        "contamination_rate": flagged / considered if considered else 0.0,
+        "contaminated_dropped": flagged if drop_contaminated else 0,
+        # actor-seconds of the shards used (several actors run at once: wall time is less)
+        "generate_seconds": round(gen_seconds, 3),
+        "tokens_per_actor_s": gen_tokens / gen_seconds if gen_seconds > 0 else 0.0,
+    })
+    return _json_safe(summary)
+
+
+def corpus_summary(corpus: pa.Table, tokenizer_dir: Path | None = None,
+                   max_new_tokens: int | None = None) -> dict:
+    """Counts and telemetry of a generated corpus table (see cdray.corpus_stats)."""
+    from cdray.corpus_stats import DIVERSITY_WORDS, row_stats, text_stats
 
     rows = corpus.num_rows
     new_tokens = np.asarray(corpus.column("new_tokens").to_numpy(), dtype=np.int64)
     lengths = pc.list_value_length(corpus.column("tokens")).to_numpy(zero_copy_only=False)
-    heads = np.asarray(corpus.column("head_size_mean").to_numpy(), dtype=np.float64)
-    n_new = int(new_tokens.sum())
-    return {
+    # sequence-level statistics read a leading window, not the whole (possibly 100M-token) corpus
+    window = int(np.searchsorted(np.cumsum(new_tokens), STATS_TOKENS)) + 1 if rows else 0
+    tokens = corpus.column("tokens").slice(0, window).to_pylist()
+    conts = [t[len(t) - n:] if n else [] for t, n in zip(tokens, new_tokens[:window].tolist())]
+
+    def col(name):
+        return np.asarray(corpus.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+    out = {
         "rows": rows,
-        "new_tokens": n_new,
+        "new_tokens": int(new_tokens.sum()),
         "tokens_total": int(np.asarray(lengths, dtype=np.int64).sum()) if rows else 0,
-        "eos_rate": float(np.mean(corpus.column("eos").to_numpy(zero_copy_only=False))) if rows else 0.0,
-        "mean_new_tokens": n_new / rows if rows else 0.0,
-        "head_size_mean": float((heads * new_tokens).sum() / n_new) if n_new else 0.0,
-        "shards_used": used,
-        "budget_reached": n_new >= token_budget,
+        "mean_new_tokens": float(new_tokens.sum()) / rows if rows else 0.0,
     }
+    out.update(row_stats(new_tokens, col("eos") > 0, col("head_size_mean"), col("expert_nll_mean"),
+                         col("amateur_nll_mean"), conts,
+                         max_new_tokens or int(new_tokens.max(initial=1))))
+    if tokenizer_dir is not None:
+        from cdray.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(Path(tokenizer_dir))
+        # continuations are decoded only until the diversity window is full
+        texts, n_words = [], 0
+        for c in conts:
+            if n_words >= DIVERSITY_WORDS:
+                break
+            texts.append(tok.decode(c, skip_special_tokens=True))
+            n_words += len(texts[-1].split())
+    else:
+        texts = corpus.column("text").to_pylist()
+    out.update(text_stats(texts))
+    return out

@@ -15,7 +15,7 @@ STAGE_VERSIONS = {
     "tokens": 1,
     "prompts": 1,
     "train": 1,
-    "generate": 1,
+    "generate": 2,  # 2: own decoding engine, telemetry and contamination columns
     "evaluate": 1,
 }
 
@@ -23,7 +23,8 @@ STAGE_VERSIONS = {
 # so they are left out of the key (everything else in a slice is hashed).
 EXECUTION_ONLY = {
     "train": ("torch_threads", "compile"),
-    "generation": ("actors", "min_actors", "actor_cpus", "actor_gpus"),
+    "generation": ("actors", "min_actors", "actor_cpus", "actor_gpus", "engine", "refill",
+                   "memory_fraction", "progress"),
     "eval": ("batch_size",),
 }
 
@@ -204,6 +205,8 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
         if name in graph.synthetic:
             return graph.synthetic[name]
         inputs: list[tuple[str, Node]] = [("expert", good), ("prompts", prompts), ("tokenizer", tokenizer)]
+        if cfg.generation.decontaminate_n > 0:
+            inputs.append(("corpus", corpus))  # its eval split is the decontamination reference
         amateur_cfg: dict[str, Any] = {"kind": "none"}
         if amateur is not None:
             amateur_cfg = {"kind": amateur.kind}
@@ -221,6 +224,8 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
             "expert_step": cfg.expert_step,
             "amateur": amateur_cfg,
         }
+        if cfg.generation.decontaminate_n > 0 and cfg.eval.babylm_dir:
+            config["eval_items"] = cfg.eval.babylm_dir
         gen = Node("generate", config, tuple(inputs), f"generate {name}")
         graph.generations[name] = gen
         syn = Node("tokens", {"split": "synthetic"}, (("generate", gen),), f"tokens[{name}]")

@@ -112,6 +112,9 @@ def generator_kwargs(node: Node, cfg: SweepConfig, store: Store, out: Path) -> d
         "prompts_path": str(input_dir(store, node, "prompts") / "prompts.parquet"),
         "tokenizer_dir": str(input_dir(store, node, "tokenizer")),
         "out_dir": str(out),
+        "eval_parquet": (str(input_dir(store, node, "corpus") / "eval.parquet")
+                         if node.has_input("corpus") else None),
+        "eval_items_dir": c.get("eval_items"),
     }
 
 
@@ -140,8 +143,13 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
             break
         per_shard = (have / len(leading)) if leading else gen.shard_prompts * gen.continuations * gen.max_new_tokens
         wanted = max(gen.actors, math.ceil((gen.token_budget - have) / max(per_shard, 1.0)))
+        if gen.progress:
+            print(f"[cdray.generate] {node.label}: {len(done)}/{len(shards)} shards, "
+                  f"{have}/{gen.token_budget} tokens; running {min(wanted, len(todo))} more",
+                  flush=True)
         execute(kwargs, todo[:wanted])
-    return finalize_corpus(out, len(shards), gen.token_budget)
+    return finalize_corpus(out, len(shards), gen.token_budget, drop_contaminated=gen.drop_contaminated,
+                           tokenizer_dir=Path(kwargs["tokenizer_dir"]), max_new_tokens=gen.max_new_tokens)
 
 
 def _leading_tokens(out: Path, shards: list[dict], done: set[int]) -> list[int]:

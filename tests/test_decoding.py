@@ -6,8 +6,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdray.config import DecodingConfig
-from cdray.decoding import (generate, head_size, sample_inverse_cdf, strategy_scores,
-                            truncate)
+from cdray.decoding import (NgramBlocker, generate, head_size, sample_inverse_cdf,
+                            strategy_scores, truncate)
 
 torch.set_num_threads(1)
 
@@ -168,9 +168,9 @@ def test_inverse_cdf_matches_distribution():
 # ---------------------------------------------------------------- the loop with tiny models
 
 
-def tiny_llama(seed: int, *, sharpen: float = 1.0, attention_dropout: float = 0.0):
+def tiny_llama(seed: int, *, sharpen: float = 1.0, attention_dropout: float = 0.0, layers: int = 2):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
                       tie_word_embeddings=False, attention_dropout=attention_dropout)
     model = LlamaForCausalLM(cfg).eval()
@@ -232,22 +232,92 @@ def test_eos_stop():
             assert s.tokens == f.tokens
 
 
+def _hf_reference(expert, amateur, prompt, seed, strategy, d, max_new_tokens):
+    """The paper's way: HF models with their own dynamic caches, one row, no EOS, fp32."""
+    from transformers import DynamicCache
+
+    u = torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(seed))
+    models = [expert] + ([amateur] if amateur is not None else [])
+    caches = [DynamicCache(config=m.config) for m in models]
+    ids, out = torch.tensor([prompt]), []
+    with torch.no_grad():
+        for t in range(max_new_tokens):
+            logits = [m(input_ids=ids, cache=c, use_cache=True).logits[:, -1].float()
+                      for m, c in zip(models, caches)]
+            scores = truncate(strategy_scores(logits[0], logits[1] if amateur else None,
+                                              strategy, d), d.top_k, d.top_p)
+            tok = sample_inverse_cdf(scores, u[t:t + 1])
+            out.append(int(tok))
+            ids = tok[:, None]
+    return out
+
+
+@pytest.mark.parametrize("strategy,engine", [("contrastive", "auto"), ("contrastive", "separate"),
+                                             ("no_contrast", "auto"),
+                                             ("contrastive_tail", "auto")])
+def test_engine_matches_hf_reference_loop(pair, strategy, engine):
+    expert, amateur = pair
+    d = DecodingConfig(alpha=0.1, top_p=0.95)
+    prompts = [[1, 5, 6], [1, 9, 10, 11, 12, 13], [1, 7]]
+    got = generate(expert, amateur, prompts, [3, 4, 5], strategy, d, max_new_tokens=12,
+                   stop_at_eos=False, batch_size=2, engine=engine)
+    for p, s, r in zip(prompts, [3, 4, 5], got):
+        assert r.tokens == _hf_reference(expert, amateur, p, s, strategy, d, 12)
+
+
+def test_small_amateur_runs_separately(pair):
+    expert, _ = pair
+    small = tiny_llama(4, sharpen=40.0, layers=1)
+    d = DecodingConfig(alpha=0.1)
+    got = generate(expert, small, [[1, 5, 6]], [3], "contrastive", d, max_new_tokens=10,
+                   stop_at_eos=False)
+    assert got[0].tokens == _hf_reference(expert, small, [1, 5, 6], 3, "contrastive", d, 10)
+    with pytest.raises(ValueError, match="shape"):
+        generate(expert, small, [[1, 5]], [0], "contrastive", d, max_new_tokens=2,
+                 stop_at_eos=False, engine="stacked")
+
+
+def test_rows_independent_of_batch_refill_and_cache_length(pair):
+    expert, amateur = pair
+    d = DecodingConfig(alpha=0.1)
+    prompts = [[1, 4 + i, 30 - i] + [7] * (i % 4) for i in range(9)]
+    seeds = [100 + i for i in range(9)]
+    kw = dict(max_new_tokens=20, stop_at_eos=True, eos_id=19)  # a frequent EOS makes rows end early
+    base = generate(expert, amateur, prompts, seeds, "contrastive", d, batch_size=9, max_len=40, **kw)
+    assert any(r.stopped_at_eos for r in base) and not all(r.stopped_at_eos for r in base)
+    for bs, refill in [(1, True), (2, True), (4, False), (3, True)]:
+        other = generate(expert, amateur, prompts, seeds, "contrastive", d, batch_size=bs,
+                         refill=refill, max_len=40, **kw)
+        assert [r.tokens for r in other] == [r.tokens for r in base]
+        # bit-identical logits: even the float telemetry matches exactly
+        assert [r.head_size_mean for r in other] == [r.head_size_mean for r in base]
+        assert [r.expert_nll_mean for r in other] == [r.expert_nll_mean for r in base]
+        assert [r.amateur_nll_mean for r in other] == [r.amateur_nll_mean for r in base]
+    # reversed order: still the same row for the same (prompt, seed)
+    rev = generate(expert, amateur, prompts[::-1], seeds[::-1], "contrastive", d, batch_size=4,
+                   max_len=40, **kw)
+    assert [r.tokens for r in rev[::-1]] == [r.tokens for r in base]
+    for r in base:
+        assert r.expert_nll_mean > 0 and r.amateur_nll_mean > 0
+        assert (r.tokens[-1] == 19) == r.stopped_at_eos and 19 not in r.tokens[:-1]
+
+
 def test_amateur_not_run_without_contrast(pair):
     expert, _ = pair
 
-    class Exploding(torch.nn.Module):
-        def forward(self, *a, **k):
-            raise AssertionError("amateur must not run")
+    class NotLlama(torch.nn.Module):
+        pass
 
-    out = generate(expert, Exploding(), [[1, 5]], [0], "no_contrast_vhead", DecodingConfig(),
+    # the amateur is never touched (not even stacked) by a strategy that ignores it
+    out = generate(expert, NotLlama(), [[1, 5]], [0], "no_contrast_vhead", DecodingConfig(),
                    max_new_tokens=4, stop_at_eos=False)
-    assert len(out[0].tokens) == 4
+    assert len(out[0].tokens) == 4 and math.isnan(out[0].amateur_nll_mean)
     with pytest.raises(ValueError, match="amateur"):
         generate(expert, None, [[1, 5]], [0], "contrastive", DecodingConfig(), max_new_tokens=4,
                  stop_at_eos=False)
 
 
-def test_dropout_amateur_is_stochastic_expert_is_not(tmp_path):
+def test_hf_dropout_is_active_only_in_train_mode(tmp_path):
     from cdray.model import load_model
 
     tiny_llama(5).save_pretrained(tmp_path / "m")
@@ -256,34 +326,98 @@ def test_dropout_amateur_is_stochastic_expert_is_not(tmp_path):
     x = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
     with torch.no_grad():
         assert torch.equal(expert(x).logits, expert(x).logits)
-        amateur.train()
+        amateur.eval()
+        assert torch.equal(amateur(x).logits, expert(x).logits)
+        amateur.train()  # HF Llama attention (eager and sdpa) drops only when module.training
         assert not torch.allclose(amateur(x).logits, amateur(x).logits)
-    # generate keeps the DROP amateur in train mode and the expert in eval mode
-    generate(expert, amateur, [[1, 5]], [0], "contrastive", DecodingConfig(), max_new_tokens=3,
-             stop_at_eos=False, amateur_dropout=True)
-    assert amateur.training and not expert.training
-    generate(expert, amateur, [[1, 5]], [0], "contrastive", DecodingConfig(), max_new_tokens=3,
-             stop_at_eos=False)
-    assert not amateur.training
 
 
-def test_explicit_position_ids(pair):
-    # RoPE is shift-invariant, so wrong positions barely change outputs: check them directly
+def test_engine_dropout_only_in_amateur_and_deterministic(pair):
+    from cdray.stacked import StackedLlama
+
     expert, _ = pair
-    seen = []
+    ids, pos = torch.tensor([[1, 5, 6, 7, 8, 9]]), torch.arange(6)[None]
+    s = StackedLlama([expert, expert], dropout=[0.0, 0.5])
+    s.new_cache(1, 16)
+    out = s.forward(ids, pos, slots=torch.tensor([0]), seeds=torch.tensor([7]))
+    with torch.no_grad():
+        ref = expert(ids).logits[0, -1]
+    assert torch.allclose(out[0, 0], ref, atol=1e-5)  # the expert half is exact and dropout-free
+    assert not torch.allclose(out[1, 0], ref, atol=1e-3)  # the amateur half drops
+    again = s.forward(ids, pos, slots=torch.tensor([0]), seeds=torch.tensor([7]))
+    other = s.forward(ids, pos, slots=torch.tensor([0]), seeds=torch.tensor([8]))
+    assert torch.equal(again, out) and not torch.equal(other[1], out[1])
+    # a DROP amateur through generate: rows reproducible and independent of the batch
+    d = DecodingConfig(alpha=0.1)
+    prompts, seeds = [[1, 5], [1, 6, 7], [1, 8]], [1, 2, 3]
+    kw = dict(max_new_tokens=12, stop_at_eos=False, amateur_dropout=0.5, max_len=20)
+    a = generate(expert, expert, prompts, seeds, "contrastive", d, batch_size=3, **kw)
+    b = generate(expert, expert, prompts, seeds, "contrastive", d, batch_size=1, **kw)
+    c = generate(expert, expert, prompts, seeds, "contrastive", d, batch_size=3,
+                 **{**kw, "amateur_dropout": 0.0})
+    assert [r.tokens for r in a] == [r.tokens for r in b]
+    assert [r.tokens for r in a] != [r.tokens for r in c]
+    assert not expert.training
 
-    class Recorder(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model, self.config = model, model.config
 
-        def forward(self, **kw):
-            seen.append((kw["position_ids"].tolist(), kw["attention_mask"].tolist()))
-            return self.model(**kw)
+def test_true_position_ids(pair):
+    # RoPE is shift-invariant, so check positions directly: logits at a slot equal HF logits of
+    # the row alone, for prompts of different lengths prefilled and decoded together
+    from cdray.stacked import StackedLlama
 
-    generate(Recorder(expert), None, [[1, 9, 10, 11], [1, 5]], [0, 1], "no_contrast",
-             DecodingConfig(), max_new_tokens=3, stop_at_eos=False)
-    assert seen[0] == ([[0, 1, 2, 3], [0, 0, 0, 1]], [[1, 1, 1, 1], [0, 0, 1, 1]])
-    assert seen[1][0] == [[4], [2]] and seen[2][0] == [[5], [3]]
-    assert seen[2][1] == [[1] * 6, [0, 0, 1, 1, 1, 1]]
-    assert len(seen) == 3  # the last token needs no forward
+    expert, _ = pair
+    s = StackedLlama([expert])
+    s.new_cache(2, 12)
+    ids = torch.tensor([[1, 9, 10, 11], [1, 5, 3, 3]])
+    lens = torch.tensor([4, 2])
+    out = s.forward(ids, torch.arange(4).expand(2, 4), slots=torch.arange(2), last=lens - 1)
+    step = s.forward(torch.tensor([[20], [21]]), lens[:, None])
+    with torch.no_grad():
+        for r, row in enumerate([[1, 9, 10, 11], [1, 5]]):
+            assert torch.allclose(out[0, r], expert(torch.tensor([row])).logits[0, -1], atol=1e-5)
+            full = torch.tensor([row + [20 + r]])
+            assert torch.allclose(step[0, r], expert(full).logits[0, -1], atol=1e-5)
+
+
+def test_no_repeat_ngram():
+    b = NgramBlocker(2)
+    b.reset(0, [1, 5, 6, 5])
+    # context ...5: bigrams (5,6) seen, so 6 is banned after 5
+    assert b.banned(0) == [6]
+    scores = torch.zeros((1, 8))
+    out = b.apply(scores)
+    assert out[0, 6] == -math.inf and torch.isfinite(out[0, [0, 1, 2, 3, 4, 5, 7]]).all()
+    b.push([0], [7])
+    assert b.banned(0) == []
+    b3 = NgramBlocker(3)
+    b3.reset(0, [4, 4, 4])
+    assert b3.banned(0) == [4]
+    # a row where everything is banned is left alone
+    one = NgramBlocker(1)
+    one.reset(0, [0, 1])
+    assert torch.equal(one.apply(torch.zeros((1, 2))), torch.zeros((1, 2)))
+
+
+def test_no_repeat_ngram_in_generation(pair):
+    expert, amateur = pair
+    d = DecodingConfig(alpha=0.1, no_repeat_ngram=2)
+    rows = generate(expert, amateur, [[1, 5], [1, 6, 7]], [1, 2], "contrastive", d,
+                    max_new_tokens=30, stop_at_eos=False)
+    for p, r in zip([[1, 5], [1, 6, 7]], rows):
+        seq = p + r.tokens
+        grams = list(zip(seq, seq[1:]))
+        assert len(grams) == len(set(grams))
+
+
+def test_plan_batch_size():
+    from cdray.decoding_engine import plan_batch_size
+    from cdray.stacked import StackedLlama
+
+    m = tiny_llama(0)
+    g = StackedLlama([m, m])
+    per_row = g.kv_bytes_per_row(100) + 8 * 4 * 64
+    assert g.kv_bytes_per_row(100) == 2 * 2 * 2 * 2 * 16 * 100 * 4
+    assert plan_batch_size([g], 100, 64, 0.5, "cpu", available=per_row * 20) == 10
+    assert plan_batch_size([g], 100, 8, 0.5, "cpu", available=per_row * 20) == 8
+    assert plan_batch_size([g], 100, 64, 0.5, "cpu", available=1) == 1
+    assert 1 <= plan_batch_size([g], 100, 64, 0.5, "cpu") <= 64

@@ -57,6 +57,7 @@ def world(tmp_path_factory):
         "root": root, "tok": str(tok_dir), "texts": texts, "info": info,
         "expert": save_llama(root / "expert", 0),
         "amateur": save_llama(root / "amateur", 1, layers=1),
+        "amateur_same": save_llama(root / "amateur_same", 4),
         "bad_vocab": save_llama(root / "bad_vocab", 2, vocab_size=80),
     }
 
@@ -121,7 +122,8 @@ def test_shards_resume_finalize_and_determinism(world, tmp_path, monkeypatch):
 
     t = pq.read_table(out / "shards" / "shard_00000.parquet")
     assert t.column_names == ["prompt_id", "continuation", "tokens", "new_tokens", "text", "eos",
-                              "head_size_mean"]
+                              "head_size_mean", "expert_nll_mean", "amateur_nll_mean",
+                              "contaminated"]
     assert t.column("prompt_id").to_pylist() == [0, 0, 1, 1, 2, 2]
     assert t.column("continuation").to_pylist() == [0, 1] * 3
     prompts = pq.read_table(world["root"] / "prompts.parquet").column("prompt").to_pylist()
@@ -137,12 +139,12 @@ def test_shards_resume_finalize_and_determinism(world, tmp_path, monkeypatch):
     assert manifest["rows"] == 6 and len(manifest["sha256"]) == 64
 
     # resume: a committed shard is skipped without generating
-    import cdray.decoding
+    import cdray.decoding_engine
 
     def boom(*a, **k):
         raise AssertionError("committed shard regenerated")
 
-    monkeypatch.setattr(cdray.decoding, "generate", boom)
+    monkeypatch.setattr(cdray.decoding_engine.Decoder, "generate", boom)
     again = gen(batch(plan[0]))
     assert again["rows"].tolist() == [6] and again["new_tokens"].tolist() == res["new_tokens"].tolist()
     monkeypatch.undo()
@@ -197,9 +199,10 @@ def test_dropout_and_none_amateurs(world, tmp_path):
     plan = shard_plan(7, 3)
     g = make_gen(world, tmp_path / "drop", amateur={"kind": "dropout", "model_dir": None,
                                                     "dropout": 0.3})
-    assert g.amateur is not None and g.amateur.config.attention_dropout == pytest.approx(0.3)
+    # the DROP amateur is the expert's own weights, stacked with it, dropping only in its half
+    assert [grp.G for grp in g.decoder.groups] == [2]
+    assert g.decoder.groups[0].dropout == [0.0, pytest.approx(0.3)]
     assert g(batch(plan[2]))["rows"].tolist() == [2]
-    assert g.amateur.training and not g.expert.training
     with pytest.raises(ValueError, match="amateur"):
         make_gen(world, tmp_path / "x", amateur={"kind": "none"}, strategy="contrastive")
 
@@ -208,3 +211,95 @@ def test_vocab_mismatch_names_amateur_dir(world, tmp_path):
     with pytest.raises(ValueError, match="bad_vocab"):
         make_gen(world, tmp_path / "v", amateur={"kind": "early", "model_dir": world["bad_vocab"],
                                                  "dropout": 0.0})
+
+
+def test_paper_compat_switch():
+    g = config.parse_section(GenerationConfig, {"paper_compat": True}, "generation")
+    g.validate("generation")
+    assert (g.max_new_tokens, g.stop_at_eos, g.prompt_tokens, g.continuations) == (400, False, 20, 8)
+    assert g.decoding.penalty == -20.0
+    bad = config.parse_section(GenerationConfig, {"paper_compat": True, "max_new_tokens": 100},
+                               "generation")
+    with pytest.raises(config.ConfigError, match="generation.max_new_tokens"):
+        bad.validate("generation")
+    bad = config.parse_section(GenerationConfig, {"paper_compat": True,
+                                                  "decoding": {"penalty": "-inf"}}, "generation")
+    with pytest.raises(config.ConfigError, match="generation.decoding.penalty"):
+        bad.validate("generation")
+    # the default stops at EOS
+    assert GenerationConfig().stop_at_eos and not GenerationConfig().paper_compat
+    with pytest.raises(config.ConfigError, match="drop_contaminated"):
+        GenerationConfig(decontaminate_n=0, drop_contaminated=True).validate("generation")
+
+
+def test_shard_telemetry_and_decontamination(world, tmp_path):
+    plan = shard_plan(7, 3)
+    out = tmp_path / "clean"
+    make_gen(world, out, decontaminate_n=3)(batch(*plan))
+    manifest = json.loads((out / "shards" / "shard_00000.json").read_text())
+    stats = manifest["stats"]
+    for k in ("distinct_2", "distinct_3", "distinct_4", "diversity", "repetition_rate",
+              "head_size_mean", "expert_nll_mean", "amateur_nll_mean", "eos_rate", "length_hist"):
+        assert k in stats, k
+    assert stats["diversity"] == pytest.approx(stats["distinct_2"] * stats["distinct_3"]
+                                               * stats["distinct_4"])
+    assert sum(stats["length_hist"]["counts"]) == manifest["rows"]
+    assert stats["contamination_rate"] == 0.0 and manifest["tokens_per_s"] > 0
+    rows = pq.read_table(out / "shards" / "shard_00001.parquet").to_pylist()
+    long_rows = [r for r in rows if r["new_tokens"] >= 6]
+    assert long_rows
+    # an eval split holding one generated continuation flags exactly the rows sharing a 3-gram
+    tok = __import__("cdray.tokenizer", fromlist=["load_tokenizer"]).load_tokenizer(world["tok"])
+    prompt_len = len(long_rows[0]["tokens"]) - long_rows[0]["new_tokens"]
+    leaked = tok.decode(long_rows[0]["tokens"][prompt_len:], skip_special_tokens=True)
+    pq.write_table(pa.table({"text": [leaked]}), tmp_path / "eval.parquet")
+    dirty = tmp_path / "dirty"
+    g = ShardGenerator(expert_dir=world["expert"],
+                       amateur={"kind": "small", "model_dir": world["amateur"], "dropout": 0.0},
+                       strategy="contrastive", generation=gen_dict(decontaminate_n=3),
+                       prompts_path=str(world["root"] / "prompts.parquet"), out_dir=str(dirty),
+                       tokenizer_dir=world["tok"], eval_parquet=str(tmp_path / "eval.parquet"))
+    g(batch(*plan))
+    flagged = [r for i in range(3)
+               for r in pq.read_table(dirty / "shards" / f"shard_{i:05d}.parquet").to_pylist()
+               if r["contaminated"]]
+    assert any(r["tokens"] == long_rows[0]["tokens"] for r in flagged)
+    kept = finalize_corpus(dirty, 3, 10 ** 9, drop_contaminated=True, tokenizer_dir=world["tok"],
+                           max_new_tokens=10)
+    assert kept["contaminated_dropped"] == len(flagged) and kept["rows"] == 14 - len(flagged)
+    assert kept["contamination_rate"] == pytest.approx(len(flagged) / 14)
+    corpus = pq.read_table(dirty / "corpus.parquet")
+    assert not any(corpus.column("contaminated").to_pylist())
+    for k in ("distinct_2", "diversity", "repetition_rate", "expert_nll_mean", "amateur_nll_mean"):
+        assert kept[k] is not None and kept[k] >= 0, k
+
+
+def test_paper_compat_rows_run_full_length(world, tmp_path):
+    plan = shard_plan(7, 3)
+    out = tmp_path / "paper"
+    make_gen(world, out, stop_at_eos=False)(batch(plan[2]))
+    rows = pq.read_table(out / "shards" / "shard_00002.parquet").to_pylist()
+    assert all(r["new_tokens"] == 10 and not r["eos"] for r in rows)
+
+
+@pytest.mark.slow
+def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ray_session):
+    from cdray.config import SweepConfig
+    from cdray.ray_exec import generate_with_ray_data
+
+    plan = shard_plan(7, 2)
+    outs = {}
+    for name, actors, bs in (("one", 1, 3), ("two", 2, 5)):
+        g = config.parse_section(GenerationConfig, gen_dict(actors=actors, actor_cpus=0.5),
+                                 "generation")
+        g = config.parse_section(GenerationConfig, {**config.to_dict(g), "batch_size": bs},
+                                 "generation")
+        kwargs = dict(expert_dir=world["expert"], strategy="contrastive",
+                      amateur={"kind": "early", "model_dir": world["amateur_same"], "dropout": 0.0},
+                      generation=config.to_dict(g), prompts_path=str(world["root"] / "prompts.parquet"),
+                      out_dir=str(tmp_path / name), tokenizer_dir=world["tok"])
+        generate_with_ray_data(kwargs, plan, cfg=SweepConfig(generation=g))
+        outs[name] = tmp_path / name
+    for s in plan:
+        f = f"shard_{s['shard_id']:05d}.parquet"
+        assert (outs["one"] / "shards" / f).read_bytes() == (outs["two"] / "shards" / f).read_bytes()

@@ -1,0 +1,138 @@
+"""Decoding throughput: HF single-model sampling vs cdray's CD engine vs a paper-style CD loop.
+
+Run: PYTHONPATH=. .venv/bin/python bench/decoding.py   (a few minutes on 2 CPU cores)
+Same prompts, models and batch for every contender; each is timed `--repeats` times, interleaved,
+and its best run counts (the CPU is shared). Last line: cd_vs_single=X cd_vs_naive=Y
+(ratios of new tokens/s: cdray CD / HF generate of the expert alone, cdray CD / paper-style loop).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT)]
+
+
+def make_models(args):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                      num_key_value_heads=args.heads, max_position_embeddings=1024,
+                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    models = []
+    for seed in (0, 1):  # expert and a same-architecture amateur (an EARLY-k checkpoint's shape)
+        torch.manual_seed(seed)
+        m = LlamaForCausalLM(cfg).eval()
+        with torch.no_grad():
+            m.lm_head.weight.mul_(8.0)  # trained-like peaked distributions, so V_head is small
+        models.append(m)
+    return models
+
+
+def hf_generate(expert, prompts, n_new):
+    """(a) the expert alone: HF generate, ancestral sampling, KV cache, fixed length."""
+    import torch
+
+    with torch.inference_mode():
+        out = expert.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts),
+                              do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                              max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=3)
+    assert out.shape[1] == prompts.shape[1] + n_new
+
+
+def paper_loop(expert, amateur, prompts, n_new, alpha=0.1, penalty=-20.0):
+    """(c) the paper's way: two separate dynamic caches, fp32, one token per step, no EOS."""
+    import torch
+    from transformers import DynamicCache
+
+    caches = [DynamicCache(config=expert.config), DynamicCache(config=amateur.config)]
+    ids, out = prompts, []
+    with torch.inference_mode():
+        for _ in range(n_new):
+            zg = expert(input_ids=ids, cache=caches[0], use_cache=True).logits[:, -1].float()
+            zb = amateur(input_ids=ids, cache=caches[1], use_cache=True).logits[:, -1].float()
+            lpg, lpb = zg.log_softmax(-1), zb.log_softmax(-1)
+            head = lpg.exp() > alpha * lpg.exp().max(-1, keepdim=True).values
+            scores = torch.where(head, lpg - lpb, torch.full_like(lpg, penalty))
+            tok = torch.multinomial(scores.softmax(-1), 1)
+            out.append(tok)
+            ids = tok
+    assert len(out) == n_new
+
+
+def cdray_cd(decoder, prompts, n_new, batch):
+    """(b) cdray's engine: stacked models (same shape), per-slot static cache, inverse-CDF sampler."""
+    rows = decoder.generate(prompts, list(range(len(prompts))), max_new_tokens=n_new,
+                            stop_at_eos=False, batch_size=batch, max_len=len(prompts[0]) + n_new)
+    assert all(len(r.tokens) == n_new for r in rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--new", type=int, default=64, help="new tokens per row")
+    p.add_argument("--prompt", type=int, default=20)
+    p.add_argument("--vocab", type=int, default=8000)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--variants", action="store_true", help="also time separate/bf16 engine variants")
+    args = p.parse_args()
+
+    import torch
+
+    from cdray.config import DecodingConfig
+    from cdray.decoding_engine import Decoder
+    from cdray.model import param_counts
+
+    torch.set_num_threads(args.threads)
+    expert, amateur = make_models(args)
+    counts = param_counts(expert.config)
+    print(f"expert/amateur: {counts['total'] / 1e6:.1f}M params each ({counts['non_embedding'] / 1e6:.1f}M "
+          f"non-embedding), vocab {args.vocab}; batch {args.batch}, prompt {args.prompt}, "
+          f"{args.new} new tokens, {args.threads} threads")
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(4, args.vocab, (args.batch, args.prompt), generator=g)
+    prompts[:, 0] = 1
+    prompt_lists = prompts.tolist()
+    d = DecodingConfig()
+    decoders = {"cdray": Decoder(expert, amateur, "contrastive", d)}
+    if args.variants:
+        decoders["cdray[separate]"] = Decoder(expert, amateur, "contrastive", d, engine="separate")
+        decoders["cdray[bf16]"] = Decoder(expert, amateur, "contrastive", d, dtype=torch.bfloat16)
+    def contenders_for(n_new):
+        out = {
+            "single(HF generate)": lambda: hf_generate(expert, prompts, n_new),
+            "naive(paper loop)": lambda: paper_loop(expert, amateur, prompts, n_new),
+        }
+        for name, dec in decoders.items():
+            out[name] = lambda dec=dec: cdray_cd(dec, prompt_lists, n_new, args.batch)
+        return out
+
+    for fn in contenders_for(4).values():  # short warm-up (allocator, MKL, first-call costs)
+        fn()
+    contenders = contenders_for(args.new)
+    best = {name: float("inf") for name in contenders}
+    for _ in range(args.repeats):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    tokens = args.batch * args.new
+    rate = {name: tokens / s for name, s in best.items()}
+    for name, r in rate.items():
+        print(f"{name:22s} {r:9.0f} new tok/s  (best of {args.repeats}: {best[name]:.2f} s)")
+    single, naive, cd = rate["single(HF generate)"], rate["naive(paper loop)"], rate["cdray"]
+    print(f"naive_vs_single={naive / single:.2f}")
+    print(f"cd_vs_single={cd / single:.2f} cd_vs_naive={cd / naive:.2f}")
+
+
+if __name__ == "__main__":
+    main()

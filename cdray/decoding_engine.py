@@ -1,0 +1,243 @@
+"""The batched two-model sampling engine: per-slot KV caches, per-row seeds, EOS stop and refill."""
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from cdray.config import STRATEGIES, DecodingConfig
+from cdray.decoding import NEEDS_AMATEUR, NgramBlocker, sample_inverse_cdf, step_scores, truncate
+from cdray.stacked import StackedLlama, same_shape
+
+
+@dataclass
+class RowResult:
+    tokens: list[int]  # new tokens only, EOS included if produced
+    stopped_at_eos: bool
+    head_size_mean: float  # mean |V_head| over the steps that produced this row's tokens
+    expert_nll_mean: float = 0.0  # mean -log pG(token) (T=1) of the sampled tokens
+    amateur_nll_mean: float = math.nan  # the same under the amateur; nan without one
+
+
+def available_memory(device) -> int:
+    """Bytes this process may still use: free GPU memory, or available RAM on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil ships with ray
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def plan_batch_size(groups: list[StackedLlama], max_len: int, cap: int, memory_fraction: float,
+                    device, available: Optional[int] = None) -> int:
+    """Largest batch whose KV caches (every model) and fp32 step temporaries fit the memory share.
+
+    Per row: the cache of each stacked group plus ~8 vocabulary-sized fp32 buffers (logits of
+    both models, scores, softmax, cumsum...). Capped by `cap` and at least 1.
+    """
+    if cap < 1:
+        raise ValueError(f"batch cap {cap} must be >= 1")
+    vocab = groups[0].vocab
+    per_row = sum(g.kv_bytes_per_row(max_len) for g in groups) + 8 * 4 * vocab
+    budget = (available if available is not None else available_memory(device)) * memory_fraction
+    return max(1, min(cap, int(budget // per_row)))
+
+
+def _nll(logits: Tensor, logp_t: Optional[Tensor], token: Tensor, temperature: float) -> Tensor:
+    """-log p(token) under the model itself (T=1), reusing log_softmax(z/T) when T is 1."""
+    if temperature == 1.0 and logp_t is not None:
+        return (-logp_t.gather(1, token[:, None]).squeeze(1)).double().cpu()
+    return (torch.logsumexp(logits, -1) - logits.gather(1, token[:, None]).squeeze(1)).double().cpu()
+
+
+class Decoder:
+    """Holds the (stacked) models of one expert/amateur pair and samples rows with them."""
+
+    def __init__(self, expert, amateur, strategy: str, d: DecodingConfig, *, device="cpu",
+                 dtype=torch.float32, amateur_dropout: float = 0.0, engine: str = "auto"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)})")
+        if strategy in NEEDS_AMATEUR and amateur is None:
+            raise ValueError(f"strategy {strategy!r} needs an amateur model")
+        if engine not in ("auto", "stacked", "separate"):
+            raise ValueError(f"unknown engine {engine!r}")
+        self.strategy, self.d, self.device = strategy, d, torch.device(device)
+        self.uses_amateur = strategy in NEEDS_AMATEUR
+        drop = float(amateur_dropout)
+        if not self.uses_amateur:
+            # its logits would be unused: never pay for the amateur's forward
+            self.groups = [StackedLlama([expert], dtype=dtype, device=device)]
+            self.index = [(0, 0)]
+        elif engine != "separate" and same_shape(expert, amateur):
+            self.groups = [StackedLlama([expert, amateur], dtype=dtype, device=device,
+                                        dropout=[0.0, drop])]
+            self.index = [(0, 0), (0, 1)]
+        else:
+            if engine == "stacked":
+                raise ValueError("engine 'stacked' needs an amateur of the expert's shape")
+            self.groups = [StackedLlama([expert], dtype=dtype, device=device),
+                           StackedLlama([amateur], dtype=dtype, device=device, dropout=[drop])]
+            self.index = [(0, 0), (1, 0)]
+        if self.uses_amateur and self.groups[-1].vocab != self.groups[0].vocab:
+            raise ValueError("expert and amateur vocabularies differ")
+
+    def _forward(self, ids, positions, slots=None, last=None, seeds=None) -> list[Tensor]:
+        outs = [g.forward(ids, positions, slots=slots, last=last, seeds=seeds) for g in self.groups]
+        return [outs[gi][mi] for gi, mi in self.index]
+
+    def generate(self, prompts: list[list[int]], row_seeds: list[int], *, max_new_tokens: int,
+                 stop_at_eos: bool, eos_id: int = 2, pad_id: int = 3, batch_size: int = 64,
+                 max_len: Optional[int] = None, refill: bool = True,
+                 on_row: Optional[Callable[[int, RowResult], None]] = None) -> list[RowResult]:
+        """One continuation per prompt; row j's uniforms come from its own seed row_seeds[j].
+
+        The batch holds `batch_size` slots; a slot whose row ends (EOS or length) takes the next
+        queued row when `refill` is set (its prompt is prefilled in a batch of its own), else
+        the batch shrinks. max_len (cache length) defaults to the longest prompt +
+        max_new_tokens; pass a fixed value so a row's arithmetic never depends on its shard.
+        """
+        n = len(prompts)
+        if n != len(row_seeds):
+            raise ValueError(f"{n} prompts but {len(row_seeds)} row seeds")
+        if n == 0:
+            return []
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty")
+        longest = max(len(p) for p in prompts)
+        T = max_len if max_len is not None else longest + max_new_tokens
+        if longest + max_new_tokens > T:
+            raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new exceeds max_len={T}")
+        dev, d = self.device, self.d
+        B = max(1, min(batch_size, n))
+        for g in self.groups:
+            g.new_cache(B, T)
+        results: list[Optional[RowResult]] = [None] * n
+        queue = deque(range(n))
+        seeds_all = torch.tensor(row_seeds, dtype=torch.int64)
+
+        # per-slot state
+        row = torch.full((B,), -1, dtype=torch.long)  # -1: empty
+        step = torch.zeros(B, dtype=torch.long)  # tokens sampled so far
+        pos = torch.zeros(B, dtype=torch.long, device=dev)  # position of the next fed token
+        uniforms = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=dev)
+        slot_seeds = torch.zeros(B, dtype=torch.int64, device=dev)
+        buf = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
+        stats = torch.zeros((B, 3), dtype=torch.float64)  # head sum, expert nll sum, amateur nll sum
+        vocab = self.groups[0].vocab
+        logits = [torch.zeros((B, vocab), dtype=torch.float32, device=dev) for _ in self.index]
+        blocker = NgramBlocker(d.no_repeat_ngram) if d.no_repeat_ngram > 0 else None
+
+        def admit(slots: list[int]) -> None:
+            rows_ = [queue.popleft() for _ in slots]
+            # a fixed prefill width (not the longest prompt of this group): a row's prefill
+            # arithmetic then never depends on which rows it is prefilled with
+            width = T - max_new_tokens
+            ids = torch.full((len(slots), width), pad_id, dtype=torch.long)
+            lens = torch.tensor([len(prompts[r]) for r in rows_])
+            for i, r in enumerate(rows_):
+                ids[i, :len(prompts[r])] = torch.tensor(prompts[r], dtype=torch.long)
+                gen = torch.Generator().manual_seed(int(row_seeds[r]))
+                uniforms[slots[i]] = torch.rand(max_new_tokens, generator=gen).to(dev)
+                if blocker is not None:
+                    blocker.reset(slots[i], prompts[r])
+            s = torch.tensor(slots, dtype=torch.long)
+            row[s] = torch.tensor(rows_)
+            step[s] = 0
+            buf[s] = pad_id
+            stats[s] = 0.0
+            sd = s.to(dev)
+            slot_seeds[sd] = seeds_all[rows_].to(dev)
+            pos[sd] = lens.to(dev)
+            # right padding: a row's tokens sit at their true positions 0..len-1 in its slot
+            positions = torch.arange(width).expand(len(slots), width).to(dev)
+            out = self._forward(ids.to(dev), positions, slots=sd, last=(lens - 1).to(dev),
+                                seeds=slot_seeds[sd])
+            for buf_, o in zip(logits, out):
+                buf_[sd] = o
+
+        admit(list(range(B)))
+        while True:
+            live = row >= 0
+            if not bool(live.any()):
+                break
+            zg = logits[0]
+            za = logits[1] if self.uses_amateur else None
+            scores, head, log_pg, log_pb = step_scores(zg, za, self.strategy, d)
+            if blocker is not None:
+                scores = blocker.apply(scores)
+            scores = truncate(scores, d.top_k, d.top_p)
+            u = uniforms.gather(1, step.clamp(max=max_new_tokens - 1).to(dev)[:, None]).squeeze(1)
+            token = sample_inverse_cdf(scores, u)
+            tok_cpu = token.cpu()
+            hsz = head.sum(dim=-1).double().cpu()
+            nll_e = _nll(zg, log_pg, token, d.temperature)
+            nll_a = _nll(za, log_pb, token, d.temperature) if za is not None else torch.zeros_like(nll_e)
+            live_idx = torch.nonzero(live).squeeze(1)
+            buf[live_idx, step[live_idx]] = tok_cpu[live_idx]
+            stats[live_idx] += torch.stack([hsz, nll_e, nll_a], dim=1)[live_idx]
+            step[live_idx] += 1
+            if blocker is not None:
+                blocker.push(live_idx.tolist(), tok_cpu[live_idx].tolist())
+            eos = (tok_cpu == eos_id) & live if stop_at_eos else torch.zeros_like(live)
+            done = live & (eos | (step >= max_new_tokens))
+            free: list[int] = []
+            for s in torch.nonzero(done).squeeze(1).tolist():
+                k = int(step[s])
+                st = stats[s] / k
+                res = RowResult(tokens=buf[s, :k].tolist(), stopped_at_eos=bool(eos[s]),
+                                head_size_mean=float(st[0]), expert_nll_mean=float(st[1]),
+                                amateur_nll_mean=float(st[2]) if self.uses_amateur else math.nan)
+                r = int(row[s])
+                results[r] = res
+                if on_row is not None:
+                    on_row(r, res)
+                row[s] = -1
+                free.append(s)
+            live = row >= 0
+            if free and refill and queue:
+                # the batch stays full: refill every free slot from the queue
+                self._decode(tok_cpu, live, pos, pad_id, slot_seeds, logits)
+                admit(free[:len(queue)])
+                continue
+            if not bool(live.any()):
+                if queue:  # no refill: start the next batch
+                    admit(list(range(min(B, len(queue)))))
+                continue
+            if free and not queue and int(live.sum()) <= len(row) // 2:
+                # nothing left to refill with: drop finished slots so steps get cheaper
+                keep = torch.nonzero(live).squeeze(1)
+                kd = keep.to(dev)
+                for g in self.groups:
+                    g.keep_slots(kd)
+                row, step, buf, stats = row[keep], step[keep], buf[keep], stats[keep]
+                pos, uniforms, slot_seeds = pos[kd], uniforms[kd], slot_seeds[kd]
+                tok_cpu, live = tok_cpu[keep], live[keep]
+                logits = [x[kd] for x in logits]
+                if blocker is not None:
+                    blocker.compact(keep.tolist())
+            self._decode(tok_cpu, live, pos, pad_id, slot_seeds, logits)
+        return results  # type: ignore[return-value]
+
+    def _decode(self, tok_cpu: Tensor, live: Tensor, pos: Tensor, pad_id: int, slot_seeds: Tensor,
+                logits: list[Tensor]) -> None:
+        """Feed each live slot its sampled token at its next position (dead slots feed a pad)."""
+        dev = pos.device
+        live_d = live.to(dev)
+        ids = torch.where(live, tok_cpu, pad_id).to(dev)[:, None]
+        # dead slots write at position 0 of their own (unused) slot
+        p = torch.where(live_d, pos, 0)
+        out = self._forward(ids, p[:, None], seeds=slot_seeds)
+        pos += live_d.long()
+        for buf_, o in zip(logits, out):
+            buf_.copy_(o)

@@ -1,0 +1,250 @@
+"""Same-shaped Llama models as one batched computation over a preallocated per-slot KV cache."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash on int64 tensors holding values in [0, 2^32).
+
+    Multipliers stay below 2^31 so no product overflows int64; the result is a pure function of
+    the input, which is what lets dropout masks depend on a row's own seed only.
+    """
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x68E31DA5) & _M32
+    return x ^ (x >> 16)
+
+
+# BLAS takes a different (matrix-vector) path for a handful of rows, which rounds differently;
+# padding every product to at least this many rows keeps a row's logits bit-identical whatever
+# the batch around it (checked on MKL/OpenBLAS CPUs by tests/test_decoding.py)
+MIN_ROWS = 8
+KEY_BLOCK = 64  # attention reads the cache prefix rounded up to this many keys
+
+
+def _bmm(x: Tensor, w: Tensor) -> Tensor:
+    rows = x.shape[1]
+    if rows >= MIN_ROWS:
+        return torch.bmm(x, w)
+    pad = x.new_zeros((x.shape[0], MIN_ROWS - rows, x.shape[2]))
+    return torch.bmm(torch.cat([x, pad], dim=1), w)[:, :rows]
+
+
+def _shape(cfg) -> tuple:
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", "default")
+    return (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers,
+            cfg.num_attention_heads, cfg.num_key_value_heads, head_dim, float(cfg.rms_norm_eps),
+            float(theta), rope_type, cfg.hidden_act, bool(getattr(cfg, "attention_bias", False)),
+            bool(getattr(cfg, "mlp_bias", False)))
+
+
+def same_shape(a, b) -> bool:
+    """Whether two HF Llama models can be stacked (identical shapes and hyper-parameters)."""
+    return _shape(a.config) == _shape(b.config)
+
+
+def _check_supported(model) -> None:
+    cfg = model.config
+    if getattr(cfg, "model_type", None) != "llama":
+        raise ValueError(f"cdray's decoder runs Llama models only, got {getattr(cfg, 'model_type', None)!r}")
+    s = _shape(cfg)
+    if s[9] != "default" or s[10] != "silu" or s[11] or s[12]:
+        raise ValueError("cdray's decoder needs default RoPE, SiLU and no biases (cdray's Llama shape)")
+
+
+class StackedLlama:
+    """G Llama models with identical shapes, weights stacked on a leading dim and run with bmm.
+
+    The KV cache is per slot and preallocated ([G, B, kv_heads, T, head_dim] per layer): a row's
+    token at position p lives at cache index p, so there is no padding inside the cache and a
+    row's attention never looks at another row. Attention always spans all T cache entries
+    (masked), so a row's arithmetic does not depend on how long its neighbours are.
+    dropout[g] > 0 turns on attention dropout for member g (a DROP-p amateur) with masks drawn
+    from a counter-based hash of (row seed, layer, head, query position, key position).
+    """
+
+    def __init__(self, models, *, dtype=torch.float32, device="cpu", dropout=None):
+        models = list(models)
+        for m in models:
+            _check_supported(m)
+        for m in models[1:]:
+            if not same_shape(models[0], m):
+                raise ValueError("models of a stack must have identical shapes")
+        cfg = models[0].config
+        (self.vocab, self.hidden, self.ffn, self.layers, self.heads, self.kv_heads, self.head_dim,
+         self.eps, theta, *_rest) = _shape(cfg)
+        self.G = len(models)
+        self.dtype, self.device = dtype, torch.device(device)
+        self.dropout = [float(p) for p in (dropout or [0.0] * self.G)]
+        if len(self.dropout) != self.G:
+            raise ValueError("one dropout value per stacked model")
+
+        def stack(get, transpose=False):
+            ws = [get(m).detach() for m in models]
+            if transpose:
+                ws = [w.t() for w in ws]
+            return torch.stack(ws).to(device=self.device, dtype=dtype).contiguous()
+
+        self.embed = stack(lambda m: m.model.embed_tokens.weight)  # [G, V, H]
+        self.final_norm = stack(lambda m: m.model.norm.weight).unsqueeze(1)  # [G, 1, H]
+        self.lm_head = stack(lambda m: m.lm_head.weight, transpose=True)  # [G, H, V]
+        self.blocks = []
+        for i in range(self.layers):
+            def layer(m, i=i):
+                return m.model.layers[i]
+            qkv = stack(lambda m: torch.cat([layer(m).self_attn.q_proj.weight,
+                                             layer(m).self_attn.k_proj.weight,
+                                             layer(m).self_attn.v_proj.weight]), transpose=True)
+            gate_up = stack(lambda m: torch.cat([layer(m).mlp.gate_proj.weight,
+                                                 layer(m).mlp.up_proj.weight]), transpose=True)
+            self.blocks.append({
+                "ln1": stack(lambda m: layer(m).input_layernorm.weight).unsqueeze(1),
+                "ln2": stack(lambda m: layer(m).post_attention_layernorm.weight).unsqueeze(1),
+                "qkv": qkv,  # [G, H, (heads + 2 kv_heads) * head_dim]
+                "o": stack(lambda m: layer(m).self_attn.o_proj.weight, transpose=True),
+                "gate_up": gate_up,  # [G, H, 2F]
+                "down": stack(lambda m: layer(m).mlp.down_proj.weight, transpose=True),
+            })
+        self.inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32,
+                                                      device=self.device) / self.head_dim))
+        self.k_cache: list[Tensor] = []
+        self.v_cache: list[Tensor] = []
+        self.T = 0
+
+    # ------------------------------------------------------------ cache
+
+    def kv_bytes_per_row(self, max_len: int) -> int:
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * self.G * self.layers * self.kv_heads * self.head_dim * max_len * elem
+
+    def new_cache(self, batch: int, max_len: int) -> None:
+        shape = (self.G, batch, self.kv_heads, max_len, self.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                        for _ in range(self.layers)]
+        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                        for _ in range(self.layers)]
+        self.T = max_len
+
+    def keep_slots(self, slots: Tensor) -> None:
+        """Shrink the cache to the given slots (in that order), dropping finished rows."""
+        self.k_cache = [k.index_select(1, slots) for k in self.k_cache]
+        self.v_cache = [v.index_select(1, slots) for v in self.v_cache]
+
+    # ------------------------------------------------------------ forward
+
+    def _rms(self, x: Tensor, w: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return w * xf.to(self.dtype)
+
+    def _rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def _dropout_keep(self, base: Tensor, layer: int, p: float) -> Tensor:
+        # base [b, Q] hashes of (row seed, query position); result [b, kv, rep*Q, T]
+        rep = self.heads // self.kv_heads
+        heads = torch.arange(self.heads, device=base.device)
+        h = _mix32(base[:, None, :] ^ ((layer * 1_000_003 + heads[None, :, None] * 7919 + 1) & _M32))
+        keys = torch.arange(self.T, device=base.device)
+        h = _mix32(h[..., None] ^ ((keys * 0x9E3779B1) & _M32))  # [b, heads, Q, T]
+        u = h.to(torch.float32) * (1.0 / 4294967296.0)
+        b, _, q, t = h.shape
+        return (u >= p).reshape(b, self.kv_heads, rep * q, t)
+
+    def _attend_dropout(self, q, kc, vc, bias, drop_base, layer, t_used) -> Tensor:
+        # eager attention as HF computes it in train mode: dropout on the softmaxed weights
+        G, b, nh, Q, hd = q.shape
+        rep = nh // self.kv_heads
+        qg = q.reshape(G, b, self.kv_heads, rep * Q, hd)
+        att = torch.matmul(qg, kc.transpose(-1, -2)).float() * (1.0 / math.sqrt(hd)) + bias
+        att = torch.softmax(att, dim=-1)
+        for g, p in enumerate(self.dropout):
+            if p > 0:
+                keep = self._dropout_keep(drop_base, layer, p)[..., :t_used]
+                att[g] = att[g] * keep / (1.0 - p)
+        return torch.matmul(att.to(self.dtype), vc)  # [G, b, kv, rep*Q, hd]
+
+    @torch.inference_mode()
+    def forward(self, ids: Tensor, positions: Tensor, slots: Tensor | None = None,
+                last: Tensor | None = None, seeds: Tensor | None = None) -> Tensor:
+        """Logits [G, b, V] (fp32) at query index `last` (default: the final one) of each row.
+
+        ids, positions: [b, Q] tokens and their true positions; slots: [b] cache slots they
+        belong to (None: all slots in order, the decode step). Keys at cache index > the query's
+        position are masked, so stale entries of a reused slot are never seen.
+        seeds: [b] int64 row seeds, needed only when a member has dropout.
+        """
+        G, (b, Q) = self.G, ids.shape
+        H, nh, nkv, hd = self.hidden, self.heads, self.kv_heads, self.head_dim
+        rep = nh // nkv
+        x = torch.stack([self.embed[g][ids] for g in range(G)]).reshape(G, b * Q, H)
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq  # [b, Q, hd/2]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos = emb.cos().to(self.dtype)[None, :, None]  # [1, b, 1, Q, hd]
+        sin = emb.sin().to(self.dtype)[None, :, None]
+        # attend over a prefix of the cache long enough for every row, in steps of KEY_BLOCK:
+        # keys past a row's position are masked and add exact zeros, so its result does not
+        # depend on the prefix length (tests check rows are bit-identical across batches)
+        t_used = min(self.T, -(-(int(positions.max()) + 1) // KEY_BLOCK) * KEY_BLOCK)
+        keys = torch.arange(t_used, device=ids.device)
+        allowed = keys[None, None, :] <= positions[:, :, None]  # [b, Q, t]
+        use_dropout = any(p > 0 for p in self.dropout)
+        if use_dropout:
+            # grouped-query layout: query heads sharing a kv head sit along the query axis
+            allowed_g = allowed[:, None, None].expand(b, nkv, rep, Q, t_used).reshape(b, nkv, rep * Q, t_used)
+            bias = torch.zeros(allowed_g.shape, dtype=torch.float32, device=ids.device)
+            bias.masked_fill_(~allowed_g, -math.inf)
+        else:
+            sdpa_mask = allowed[:, None].repeat(G, 1, 1, 1)  # [G*b, 1, Q, t]
+        rows = torch.arange(b, device=ids.device) if slots is None else slots
+        row_idx = rows[:, None].expand(b, Q)
+        drop_base = None
+        if use_dropout:
+            if seeds is None:
+                raise ValueError("a stacked model with dropout needs row seeds")
+            lo, hi = seeds & _M32, (seeds >> 32) & _M32
+            drop_base = _mix32(_mix32(lo ^ _mix32(hi))[:, None] ^ (positions & _M32))
+        for li, blk in enumerate(self.blocks):
+            hidden = self._rms(x, blk["ln1"])
+            qkv = _bmm(hidden, blk["qkv"]).reshape(G, b, Q, nh + 2 * nkv, hd).transpose(2, 3)
+            q = self._rope(qkv[:, :, :nh], cos, sin)  # [G, b, nh, Q, hd]
+            k = self._rope(qkv[:, :, nh:nh + nkv], cos, sin)
+            v = qkv[:, :, nh + nkv:]
+            kc, vc = self.k_cache[li], self.v_cache[li]
+            # cache[g, slot, head, pos] <- value; advanced indices (slot, pos) move to the front
+            kc[:, row_idx, :, positions] = k.permute(1, 3, 0, 2, 4)
+            vc[:, row_idx, :, positions] = v.permute(1, 3, 0, 2, 4)
+            if slots is not None:
+                kc, vc = kc[:, slots, :, :t_used], vc[:, slots, :, :t_used]
+            else:
+                kc, vc = kc[:, :, :, :t_used], vc[:, :, :, :t_used]
+            if use_dropout:
+                out = self._attend_dropout(q, kc, vc, bias, drop_base, li, t_used)
+            else:
+                out = torch.nn.functional.scaled_dot_product_attention(
+                    q.reshape(G * b, nh, Q, hd), kc.reshape(G * b, nkv, t_used, hd),
+                    vc.reshape(G * b, nkv, t_used, hd), attn_mask=sdpa_mask, enable_gqa=rep > 1)
+            out = out.reshape(G, b, nh, Q, hd).transpose(2, 3).reshape(G, b * Q, nh * hd)
+            x = x + _bmm(out, blk["o"])
+            hidden = self._rms(x, blk["ln2"])
+            gate, up = _bmm(hidden, blk["gate_up"]).chunk(2, dim=-1)
+            x = x + _bmm(torch.nn.functional.silu(gate) * up, blk["down"])
+        x = x.reshape(G, b, Q, H)
+        if last is None:
+            x = x[:, :, -1]
+        else:
+            x = x[:, torch.arange(b, device=ids.device), last]
+        x = self._rms(x, self.final_norm)
+        return _bmm(x, self.lm_head).float()
