@@ -416,6 +416,9 @@ class SweepConfig:
                    f"{k} is not a milestone of the GOOD run {list(milestones)}")
             _check(k < self.expert_step, f"grid.k[{i}]",
                    f"{k} must be earlier than the expert step {self.expert_step}")
+        for i, s in enumerate(self.eval.steps or ()):
+            _check(s in self.train.default_milestones(), f"eval.steps[{i}]",
+                   f"{s} is not a milestone of the trained runs {list(self.train.default_milestones())}")
         vocab = self.tokenizer.vocab_size
         shaped = [("expert.model", self.expert.model), ("mixed_model", self.mixed_model)]
         shaped += [(f"small.candidates[{i}]", c) for i, c in enumerate(self.small.candidates)]

@@ -10,7 +10,7 @@ from ray import tune
 
 from cdray.config import SweepConfig, to_dict
 from cdray.pipeline import Cell, SweepGraph, build_graph, format_plan, plan
-from cdray.ray_exec import build_node, init_ray
+from cdray.ray_exec import build_node, build_nodes, init_ray
 from cdray.report import format_table
 from cdray.store import Store, stage_key
 from cdray.tracking import Tracker
@@ -24,9 +24,14 @@ def anchored(cfg: SweepConfig) -> SweepConfig:
 
     from cdray.tracking import resolve_uri
 
+    from pathlib import Path
+
     store = replace(cfg.store, root=str(Store.at(cfg.store.root).root))
     tracking = replace(cfg.tracking, uri=resolve_uri(cfg.tracking.uri))
-    return replace(cfg, store=store, tracking=tracking)
+    ev = cfg.eval
+    if ev.babylm_dir:
+        ev = replace(ev, babylm_dir=str(Path(ev.babylm_dir).expanduser().resolve()))
+    return replace(cfg, store=store, tracking=tracking, eval=ev)
 
 
 def sweep_key(cfg: SweepConfig) -> str:
@@ -34,6 +39,7 @@ def sweep_key(cfg: SweepConfig) -> str:
     d = to_dict(cfg)
     for plumbing in ("store", "tracking", "ray"):
         d.pop(plumbing)
+    d["eval"].pop("babylm_dir")  # where the data lies; the babylm nodes hash its contents
     return stage_key("sweep", 1, d, {})
 
 
@@ -80,6 +86,11 @@ def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConf
     ev = store.manifest(cell.evaluate.stage, cell.evaluate.key)["stats"]
     for m in ev["milestones"]:
         metrics.append(("eval_ppl", m["ppl"], m["step"]))
+    for node in cell.babylm:
+        if store.is_done(node.stage, node.key):
+            stats = store.manifest(node.stage, node.key)["stats"]
+            for name, value in stats["scores"].items():
+                metrics.append((f"babylm.{name}", value, stats["step"]))
     metrics += [("final_ppl", row["final_ppl"], 0), ("best_ppl", row["best_ppl"], 0),
                 ("realised_q", tr.get("realised_q"), 0)]
     tracker.log_metrics(run_id, metrics)
@@ -106,6 +117,7 @@ def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], paren
     try:
         build_node(cell.train, cfg, store, run_id=run_id, callbacks=(TuneReportCallback(),))
         build_node(cell.evaluate, cfg, store)
+        build_nodes(cell.babylm, cfg, store)
         row = log_cell(tracker, run_id, cell, cfg, store)
     except BaseException:
         tracker.finish(run_id, "FAILED")
@@ -168,8 +180,11 @@ def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) ->
     echo(f"[cdray] sweep {cfg.name!r} ({key}): {len(graph.cells)} cells, {len(rows)} stages, {todo} to build")
     for r, info in graph.small_info.items():
         tracker.log_params(parent_id, {f"small_r{r:g}": info})
+    if graph.babylm_note:
+        echo(f"[cdray] BabyLM evaluation skipped ({graph.babylm_note}): perplexity only")
     pending = [c for c in graph.cells
-               if not (store.is_done("evaluate", c.evaluate.key) and tracker.child_finished(parent_id, c.id))]
+               if not (all(store.is_done(n.stage, n.key) for n in (c.evaluate, *c.babylm))
+                       and tracker.child_finished(parent_id, c.id))]
     if todo or pending:
         init_ray(cfg.ray)
         build_upstream(graph, cfg, store, tracker, parent_id, echo)
@@ -182,6 +197,7 @@ def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) ->
                 run_id, _ = tracker.child_run(parent_id, cell.id, cell.id)
                 build_node(cell.train, cfg, store, run_id=run_id)
                 build_node(cell.evaluate, cfg, store)
+                build_nodes(cell.babylm, cfg, store)
                 log_cell(tracker, run_id, cell, cfg, store)
                 tracker.finish(run_id)
     results = [row for c in graph.cells if (row := cell_row(c, store)) is not None]
