@@ -299,6 +299,8 @@ class EvalConfig:
     max_items: Optional[int] = None  # first N items of every BabyLM file (None: all)
     steps: Optional[tuple[int, ...]] = None  # milestones scored on BabyLM (None: every one)
     scoring_batch_size: int = 64  # lm-eval batch size
+    fetch_url: Optional[str] = None  # `cdray data fetch-eval`: the BabyLM 2025 evaluation_data archive
+    fetch_sha256: Optional[str] = None  # optional checksum of that archive
 
     def validate(self, at: str) -> None:
         _check(self.batch_size >= 1, f"{at}.batch_size", "must be >= 1")

@@ -28,7 +28,8 @@ EXECUTION_ONLY = {
     "eval": ("batch_size", "scoring_batch_size"),
 }
 # BabyLM settings reach only the babylm nodes, never the perplexity evaluation
-BABYLM_FIELDS = ("babylm_dir", "tasks", "lm_eval_tasks", "max_items", "steps", "scoring_batch_size")
+BABYLM_FIELDS = ("babylm_dir", "tasks", "lm_eval_tasks", "max_items", "steps", "scoring_batch_size",
+                 "fetch_url", "fetch_sha256")
 
 
 def _slice(section: str, obj: Any) -> dict:

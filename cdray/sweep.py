@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 from ray import tune
@@ -39,7 +40,8 @@ def sweep_key(cfg: SweepConfig) -> str:
     d = to_dict(cfg)
     for plumbing in ("store", "tracking", "ray"):
         d.pop(plumbing)
-    d["eval"].pop("babylm_dir")  # where the data lies; the babylm nodes hash its contents
+    for where in ("babylm_dir", "fetch_url", "fetch_sha256"):  # the babylm nodes hash the data itself
+        d["eval"].pop(where)
     return stage_key("sweep", 1, d, {})
 
 
@@ -232,3 +234,42 @@ def report_from_mlflow(cfg: SweepConfig, echo: Echo = print) -> list[dict]:
     echo(format_table(rows))
     return rows
 
+
+
+def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> Path:
+    """The paper's table (best and final checkpoint), bootstrap details and figures of one or more
+    sweeps (several sweeps = the settings of a truncation sweep); logged to the first one's parent run."""
+    from cdray import paper_report as pr
+    from cdray.stats import summarize
+
+    cfgs = [anchored(c) for c in cfgs]
+    main = cfgs[0]
+    out = Path(main.store.root).parent / "reports" / main.name
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# cdray report: {', '.join(c.name for c in cfgs)}", "", pr.LEGEND, ""]
+    settings = []
+    for cfg in cfgs:
+        graph = build_graph(cfg)
+        if graph.babylm_note:
+            echo(f"[cdray] {cfg.name}: BabyLM scores not evaluated ({graph.babylm_note}): perplexity only")
+        cps = pr.collect(graph, Store.at(cfg.store.root))
+        best, final = summarize(cps, "best", B=B), summarize(cps, "final", B=B)
+        label = pr.truncation_label(cfg)
+        settings.append((label, best))
+        md += [pr.markdown_table(best, f"{cfg.name} (truncation: {label}): best checkpoint per (arm, task, seed)"),
+               "", pr.markdown_table(final, f"{cfg.name} (truncation: {label}): final checkpoint"), "",
+               f"#### {cfg.name}: paired bootstrap vs BASELINE (best checkpoints)", "", pr.bootstrap_table(best), ""]
+    figures = [pr.truncation_figure(settings, out / "truncation.png"), pr.mixing_figure(settings[0][1], out / "mixing.png")]
+    figures = [f for f in figures if f is not None]
+    md += [f"![{f.stem}]({f.name})" for f in figures]
+    report = out / "report.md"
+    report.write_text("\n".join(md) + "\n", encoding="utf-8")
+    echo(pr.markdown_table(settings[0][1], f"{main.name}: best checkpoint per (arm, task, seed)"))
+    echo(f"[cdray] report: {report}" + "".join(f", {f}" for f in figures))
+    tracker = Tracker(main.tracking)
+    parent_id = tracker.find_parent(sweep_key(main)) if tracker.enabled else None
+    if parent_id is not None:
+        for f in [report, *figures]:
+            tracker.log_file(parent_id, f, "report")
+        echo(f"[cdray] logged to MLflow run {parent_id}")
+    return report
