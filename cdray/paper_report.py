@@ -59,10 +59,11 @@ def markdown_table(rows: list[ArmSummary], title: str) -> str:
     return "\n".join(lines)
 
 
-LEGEND = ("Cells: mean±se over seeds (relative change vs BASELINE). * = the paired bootstrap's 95% CI of "
-          "(arm − BASELINE) excludes 0 (B=1000 index sets per item file, seed 42, shared by all models). "
-          "μΔREL = mean relative change over the seven BabyLM scores; PPL Δ = (baseline − arm)/baseline, "
-          "positive is better. Accuracies in %, Reading and Eye tracking are ΔR² × 100.")
+def legend(B: int = 1000, seed: int = 42) -> str:
+    return ("Cells: mean±se over seeds (relative change vs BASELINE). * = the paired bootstrap's 95% CI of "
+            f"(arm − BASELINE) excludes 0 (B={B} index sets per item file, seed {seed}, shared by all models). "
+            "μΔREL = mean relative change over the seven BabyLM scores; PPL Δ = (baseline − arm)/baseline, "
+            "positive is better. Accuracies in %, Reading and Eye tracking are ΔR² × 100.")
 
 
 def bootstrap_table(rows: list[ArmSummary]) -> str:
@@ -100,8 +101,8 @@ def truncation_figure(settings: list[tuple[str, list[ArmSummary]]], path: Path) 
     multi_q = len({q for _, q in arms}) > 1
     labels = [s for s, _ in settings]
     x = np.arange(len(labels))
-    width = 0.8 / len(arms)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(labels) + 6), 4.2))
+    width = min(0.8 / len(arms), 0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(max(9, 0.9 * len(labels) + 5), 4.2))
     for ax, what, ylabel in ((axes[0], "mu", "μΔREL vs BASELINE (%)"), (axes[1], "ppl", "PPL Δ vs BASELINE (%)")):
         for i, (arm, q) in enumerate(arms):
             vals, errs = [], []
@@ -117,7 +118,8 @@ def truncation_figure(settings: list[tuple[str, list[ArmSummary]]], path: Path) 
                     vals.append(c.rel if c else np.nan)
                     errs.append(_nz(100 * c.se / bm) if c and bm else 0)
             label = f"{arm} (q={q:g})" if multi_q else arm
-            ax.bar(x + (i - (len(arms) - 1) / 2) * width, vals, width, yerr=errs, capsize=3, label=label)
+            bars = ax.bar(x + (i - (len(arms) - 1) / 2) * width, vals, width, yerr=errs, capsize=3, label=label)
+            ax.bar_label(bars, fmt="%+.2f", fontsize=7, padding=2)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(x, labels)
         ax.set_xlabel("truncation setting")
@@ -125,9 +127,12 @@ def truncation_figure(settings: list[tuple[str, list[ArmSummary]]], path: Path) 
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_title("BabyLM tasks: μΔREL (higher is better)")
     axes[1].set_title("Perplexity change (higher is better)")
-    axes[1].legend(loc="best", fontsize=8)
+    for ax in axes:
+        ax.margins(y=0.15)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
     fig.suptitle("Truncation sweep: synthetic-data arms vs BASELINE (error bars: se over seeds)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

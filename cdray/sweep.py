@@ -246,7 +246,7 @@ def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> 
     main = cfgs[0]
     out = Path(main.store.root).parent / "reports" / main.name
     out.mkdir(parents=True, exist_ok=True)
-    md = [f"# cdray report: {', '.join(c.name for c in cfgs)}", "", pr.LEGEND, ""]
+    md = [f"# cdray report: {', '.join(c.name for c in cfgs)}", "", pr.legend(B), ""]
     settings = []
     for cfg in cfgs:
         graph = build_graph(cfg)
