@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -84,21 +85,45 @@ def mu_delta_rel(rel: dict[str, float]) -> float:
 # ---------------------------------------------------------------- paired bootstrap
 
 
-def index_sets(task: str, sizes: dict[str, int], B: int = 1000, seed: int = 42) -> dict[str, np.ndarray]:
-    """B resamples (with replacement) of each item file, drawn once from (seed, task, file name).
+def draw(task: str, name: str, n: int, B: int = 1000, seed: int = 42) -> np.ndarray:
+    """The B resamples (with replacement) of one item file: a function of (seed, task, file, n) only."""
+    rng = np.random.default_rng([seed, zlib.crc32(f"{task}/{name}".encode())])
+    return rng.integers(0, n, size=(B, n), dtype=np.int32)
 
-    The same sets serve every model and checkpoint, which is what makes the bootstrap paired.
+
+class IndexSets(Mapping):
+    """Every item file's index sets, drawn on demand (the full BLiMP would need ~0.5 GB at once).
+
+    Drawing is deterministic, so the sets are the same for every model and checkpoint: that is
+    what makes the bootstrap paired.
     """
-    out = {}
-    for name, n in sizes.items():
-        rng = np.random.default_rng([seed, zlib.crc32(f"{task}/{name}".encode())])
-        out[name] = rng.integers(0, n, size=(B, n))
-    return out
+
+    def __init__(self, task: str, sizes: dict[str, int], B: int = 1000, seed: int = 42):
+        self.task, self.sizes, self.B, self.seed = task, dict(sizes), B, seed
+        self._recent: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._recent:
+            if len(self._recent) >= 4:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[name] = draw(self.task, name, self.sizes[name], self.B, self.seed)
+        return self._recent[name]
+
+    def __iter__(self):
+        return iter(self.sizes)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+
+def index_sets(task: str, sizes: dict[str, int], B: int = 1000, seed: int = 42) -> IndexSets:
+    """B resamples of each item file, drawn once per (seed, task, file name)."""
+    return IndexSets(task, sizes, B, seed)
 
 
 def resampled(task: str, files: dict[str, dict[str, np.ndarray]], idx: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every score of `task` recomputed on each of the B resamples (shape (B,) per score)."""
-    B = next(iter(idx.values())).shape[0]
+    B = idx.B if isinstance(idx, IndexSets) else next(iter(idx.values())).shape[0]
     if task in ("blimp", "supplement", "ewok"):
         per_file = np.stack([files[n]["correct"][idx[n]].mean(axis=1) for n in sorted(files)])
         return {task: 100.0 * per_file.mean(axis=0)}
@@ -114,7 +139,8 @@ def resampled(task: str, files: dict[str, dict[str, np.ndarray]], idx: dict[str,
                     groups.append(np.where(cnt > 0, (c * hit).sum(axis=1) / np.maximum(cnt, 1), np.nan))
             per_file.append(np.nanmean(np.stack(groups), axis=0))
         return {task: 100.0 * np.mean(per_file, axis=0)}
-    rows = [task_scores(task, files, {n: idx[n][b] for n in files}) for b in range(B)]
+    sets = {n: idx[n] for n in files}  # wug and reading have one file each
+    rows = [task_scores(task, files, {n: sets[n][b] for n in files}) for b in range(B)]
     return {s: np.array([r[s] for r in rows]) for s in rows[0]}
 
 
