@@ -213,6 +213,8 @@ def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) ->
 def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
     graph = build_graph(cfg)
     echo(format_plan(plan(graph, Store.at(cfg.store.root))))
+    if graph.babylm_note:
+        echo(f"BabyLM evaluation skipped ({graph.babylm_note}): perplexity only")
     echo(f"cells: {len(graph.cells)} ({', '.join(c.id for c in graph.cells)})")
 
 

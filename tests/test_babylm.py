@@ -112,3 +112,12 @@ def test_micro_sweep_scores_seven_tasks_item_for_item(micro_cfg_dict, ray_sessio
     out = capsys.readouterr().out
     assert "| NO-CONTRAST |" in text and "BLiMP" in text and "Eye tracking" in text and "μΔREL" in out
     assert (report.parent / "mixing.png").is_file() and (report.parent / "truncation.png").is_file()
+
+
+def test_builtin_lm_eval_tasks_are_nodes_without_babylm_data(micro_cfg_dict):
+    from cdray.pipeline import build_graph
+
+    d = micro_cfg_dict | {"eval": {"lm_eval_tasks": ["blimp", "hellaswag"], "steps": [12]}}
+    nodes = build_graph(C.from_dict(d)).cells[0].babylm
+    assert [n.config["task"] for n in nodes] == ["lm_eval:blimp", "lm_eval:hellaswag"]
+    assert all(n.config["step"] == 12 and n.has_input("tokenizer") for n in nodes)
