@@ -22,7 +22,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 DATA = ROOT.parent / "shared" / "data" / "eval" / "babylm2025"
 
 
-def make_checkpoint(tmp: Path) -> tuple[Path, Path, int]:
+def make_checkpoint(tmp: Path, layers: int, hidden: int, vocab: int) -> tuple[Path, Path, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from conftest import synthetic_document
@@ -33,10 +33,10 @@ def make_checkpoint(tmp: Path) -> tuple[Path, Path, int]:
 
     rng = random.Random(0)
     pq.write_table(pa.table({"text": [synthetic_document(rng, 30) for _ in range(400)]}), tmp / "train.parquet")
-    train_tokenizer(TokenizerConfig(vocab_size=1000), tmp / "train.parquet", tmp / "tokenizer")
-    shape = ModelConfig(**MODEL_PRESETS["tiny"])
-    save_model(build_model(shape, 1000, 0), tmp / "model")
-    return tmp / "model", tmp / "tokenizer", param_counts(llama_config(shape, 1000))["total"]
+    train_tokenizer(TokenizerConfig(vocab_size=vocab), tmp / "train.parquet", tmp / "tokenizer")
+    shape = ModelConfig(**{**MODEL_PRESETS["tiny"], "layers": layers, "hidden": hidden, "ffn": 4 * hidden})
+    save_model(build_model(shape, vocab, 0), tmp / "model")
+    return tmp / "model", tmp / "tokenizer", param_counts(llama_config(shape, vocab))["total"]
 
 
 def score_task(model_dir: str, tok_dir: str, task: str, out: str, max_items, batch: int) -> dict:
@@ -56,6 +56,10 @@ def main() -> None:
     ap.add_argument("--max-items", type=int, default=None)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--serial", action="store_true")
+    # default: 2 x 128 with a 2,000-token vocabulary = 1.04M parameters in all
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--vocab", type=int, default=2000)
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"no BabyLM data at {DATA}")
@@ -66,8 +70,8 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model, tok, params = make_checkpoint(tmp)
-        print(f"model: {params / 1e6:.2f}M parameters (tiny preset, vocab 1000)")
+        model, tok, params = make_checkpoint(tmp, args.layers, args.hidden, args.vocab)
+        print(f"model: {params / 1e6:.2f}M parameters ({args.layers} x {args.hidden}, vocab {args.vocab})")
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}})
         remote = ray.remote(num_cpus=1)(score_task)
