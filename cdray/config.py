@@ -296,7 +296,7 @@ class EvalConfig:
     babylm_dir: Optional[str] = None  # a directory in the BabyLM 2025 evaluation layout
     tasks: tuple[str, ...] = BABYLM_TASKS  # BabyLM tasks scored when babylm_dir is set
     lm_eval_tasks: tuple[str, ...] = ()  # built-in lm-eval task names (need the HF hub)
-    max_items: Optional[int] = None  # first N items of every BabyLM file (None: all)
+    max_items: Optional[int] = None  # first N items of every BabyLM file but reading (None: all)
     steps: Optional[tuple[int, ...]] = None  # milestones scored on BabyLM (None: every one)
     scoring_batch_size: int = 64  # lm-eval batch size
     fetch_url: Optional[str] = None  # `cdray data fetch-eval`: the BabyLM 2025 evaluation_data archive
