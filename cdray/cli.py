@@ -17,12 +17,15 @@ def _parser() -> argparse.ArgumentParser:
         "sweep": "run a sweep: shared stages once, cells as a Ray Tune run, tracked in MLflow",
         "run": "build every stage of a config in order, without Ray Tune (debugging, single cells)",
         "plan": "list every stage of a config with its store key and whether it is cached",
-        "report": "re-print the arm table of a sweep from MLflow",
+        "report": "the arm table from MLflow, and the paper's table and figures (markdown, PNG) logged to MLflow",
         "verify": "check every artifact of the store against its manifest checksums",
     }
     for name, text in helps.items():
         sp = sub.add_parser(name, help=text, description=text)
         sp.add_argument("config", help="sweep / config YAML file")
+        if name == "report":
+            sp.add_argument("more", nargs="*", metavar="SWEEP.yaml",
+                            help="more sweeps (e.g. the settings of a truncation sweep) for one report")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=v",
                         help="override one config value (repeatable)")
         sp.add_argument("--profile", metavar="NAME",
@@ -33,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     ml.add_argument("--port", type=int, default=5000)
     ml.add_argument("--host", default="127.0.0.1", help="interface to bind (loopback: reach it by a tunnel)")
     ml.add_argument("--artifacts", default=None, help="artifact destination URI (default ROOT/artifacts)")
+    data = sub.add_parser("data", help="data sets: `fetch-eval` downloads the BabyLM 2025 evaluation data",
+                          description="data sets cdray reads but does not build")
+    data.add_argument("action", choices=["fetch-eval"],
+                      help="fetch-eval: download eval.fetch_url and install it at eval.babylm_dir")
+    data.add_argument("config", help="sweep / config YAML file")
+    data.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=v",
+                      help="override one config value (repeatable)")
+    data.add_argument("--profile", metavar="NAME",
+                      help="apply the sweep file's profiles.NAME (same as --set profile=NAME)")
     return p
 
 
@@ -84,11 +96,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             run_sweep(cfg, use_tune=False)
         elif args.command == "report":
-            from cdray.sweep import report_from_mlflow
+            from cdray.sweep import report_from_mlflow, write_report
 
             report_from_mlflow(cfg)
+            write_report([cfg, *(config_mod.load(p, args.overrides) for p in args.more)])
         elif args.command == "verify":
             return _verify(cfg)
+        elif args.command == "data":
+            return _fetch_eval(cfg)
     except KeyboardInterrupt:
         print("cdray: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
@@ -131,6 +146,24 @@ def _leave_job_working_dir(cfg):
         sys.path.insert(0, here)
     os.chdir(tempfile.gettempdir())
     return cfg
+
+
+def _fetch_eval(cfg) -> int:
+    from cdray.fetch_eval import DOCS_HINT, fetch_eval
+
+    if not cfg.eval.babylm_dir:
+        raise config_mod.ConfigError("eval.babylm_dir", "set it to where the evaluation data should go")
+    from cdray.babylm import FOLDERS, missing_reason
+
+    if missing_reason(cfg.eval.babylm_dir, FOLDERS) is None:
+        print(f"BabyLM evaluation data already complete at {cfg.eval.babylm_dir}")
+        return 0
+    if not cfg.eval.fetch_url:
+        raise config_mod.ConfigError("eval.fetch_url", f"set it to the URL of {DOCS_HINT}")
+    done = fetch_eval(cfg.eval.fetch_url, cfg.eval.babylm_dir, cfg.eval.fetch_sha256)
+    what = "installed" if done["downloaded"] else "already complete"
+    print(f"BabyLM evaluation data {what} at {done['dest']}")
+    return 0
 
 
 def _verify(cfg) -> int:

@@ -315,6 +315,10 @@ class GenerationConfig:
 # ---------------------------------------------------------------- evaluation, grid, plumbing
 
 
+# BabyLM 2025 zero-shot tasks (cdray.babylm scores them through lm-eval; PAPER.md section 3)
+BABYLM_TASKS = ("blimp", "supplement", "ewok", "entity_tracking", "wug", "reading")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """What is measured on each milestone of the mixed / baseline runs."""
@@ -322,12 +326,26 @@ class EvalConfig:
     perplexity: bool = True
     max_blocks: Optional[int] = None  # cap on eval-split blocks for perplexity (None: all)
     batch_size: int = 8
-    babylm_dir: Optional[str] = None
+    babylm_dir: Optional[str] = None  # a directory in the BabyLM 2025 evaluation layout
+    tasks: tuple[str, ...] = BABYLM_TASKS  # BabyLM tasks scored when babylm_dir is set
+    lm_eval_tasks: tuple[str, ...] = ()  # built-in lm-eval task names (need the HF hub)
+    max_items: Optional[int] = None  # first N items of every BabyLM file but reading (None: all)
+    steps: Optional[tuple[int, ...]] = None  # milestones scored on BabyLM (None: every one)
+    scoring_batch_size: int = 64  # lm-eval batch size
+    fetch_url: Optional[str] = None  # `cdray data fetch-eval`: the BabyLM 2025 evaluation_data archive
+    fetch_sha256: Optional[str] = None  # optional checksum of that archive
 
     def validate(self, at: str) -> None:
         _check(self.batch_size >= 1, f"{at}.batch_size", "must be >= 1")
+        _check(self.scoring_batch_size >= 1, f"{at}.scoring_batch_size", "must be >= 1")
         if self.max_blocks is not None:
             _check(self.max_blocks >= 1, f"{at}.max_blocks", "must be >= 1")
+        if self.max_items is not None:
+            _check(self.max_items >= 1, f"{at}.max_items", "must be >= 1")
+        for i, t in enumerate(self.tasks):
+            _check(t in BABYLM_TASKS, f"{at}.tasks[{i}]", f"{t!r} is not one of {list(BABYLM_TASKS)}")
+        for i, s in enumerate(self.steps or ()):
+            _check(s >= 1, f"{at}.steps[{i}]", f"{s!r} must be a positive step")
 
 
 @dataclass(frozen=True)
@@ -478,6 +496,9 @@ class SweepConfig:
                    f"{k} is not a milestone of the GOOD run {list(milestones)}")
             _check(k < self.expert_step, f"grid.k[{i}]",
                    f"{k} must be earlier than the expert step {self.expert_step}")
+        for i, s in enumerate(self.eval.steps or ()):
+            _check(s in self.train.default_milestones(), f"eval.steps[{i}]",
+                   f"{s} is not a milestone of the trained runs {list(self.train.default_milestones())}")
         vocab = self.tokenizer.vocab_size
         shaped = [("expert.model", self.expert.model), ("mixed_model", self.mixed_model)]
         shaped += [(f"small.candidates[{i}]", c) for i, c in enumerate(self.small.candidates)]
@@ -714,7 +735,8 @@ def field_reference(cls: type = SweepConfig, prefix: str = "") -> list[tuple[str
 __all__ = [
     "ConfigError", "SourceConfig", "CorpusConfig", "TokenizerConfig", "ModelConfig", "TrainConfig",
     "ExpertConfig", "SmallConfig", "DecodingConfig", "GenerationConfig", "EvalConfig", "GridConfig",
-    "StoreConfig", "TrackingConfig", "RayConfig", "SweepConfig", "ProfileConfig", "apply_profile", "MODEL_PRESETS", "STRATEGIES", "PACKAGED_TEXT_NAMES",
+    "StoreConfig", "TrackingConfig", "RayConfig", "SweepConfig", "ProfileConfig", "apply_profile", "MODEL_PRESETS",
+    "STRATEGIES", "PACKAGED_TEXT_NAMES", "BABYLM_TASKS",
     "load", "load_raw", "parse_section", "from_dict", "to_dict", "field_reference", "set_dotted", "parse_override",
 ]
 

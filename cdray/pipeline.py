@@ -17,6 +17,7 @@ STAGE_VERSIONS = {
     "train": 1,
     "generate": 2,  # 2: own decoding engine, telemetry and contamination columns
     "evaluate": 1,
+    "babylm": 1,
 }
 
 # Execution-only knobs: they change how fast an artifact is built, never what it contains,
@@ -25,8 +26,11 @@ EXECUTION_ONLY = {
     "train": ("torch_threads", "compile"),
     "generation": ("actors", "min_actors", "actor_cpus", "actor_gpus", "engine", "refill",
                    "memory_fraction", "progress"),
-    "eval": ("batch_size",),
+    "eval": ("batch_size", "scoring_batch_size"),
 }
+# BabyLM settings reach only the babylm nodes, never the perplexity evaluation
+BABYLM_FIELDS = ("babylm_dir", "tasks", "lm_eval_tasks", "max_items", "steps", "scoring_batch_size",
+                 "fetch_url", "fetch_sha256")
 
 
 def _slice(section: str, obj: Any) -> dict:
@@ -108,6 +112,7 @@ class Cell:
     amateur: Optional[Amateur]
     train: Node
     evaluate: Node
+    babylm: tuple[Node, ...] = ()  # one node per (milestone, BabyLM / lm-eval task)
 
     @property
     def id(self) -> str:
@@ -140,12 +145,13 @@ class SweepGraph:
     generations: dict[str, Node] = field(default_factory=dict)  # by corpus label
     synthetic: dict[str, Node] = field(default_factory=dict)
     cells: list[Cell] = field(default_factory=list)
+    babylm_note: Optional[str] = None  # why BabyLM tasks are not evaluated, when they are not
 
     def nodes(self) -> list[Node]:
         """All nodes, inputs before users, each key once."""
         seen: dict[tuple[str, str], Node] = {}
         roots = [self.good, self.prompts, *self.smalls.values(), *self.synthetic.values()]
-        roots += [n for c in self.cells for n in (c.train, c.evaluate)]
+        roots += [n for c in self.cells for n in (c.train, c.evaluate, *c.babylm)]
         for root in roots:
             for node in root.walk():
                 seen.setdefault((node.stage, node.key), node)
@@ -153,7 +159,7 @@ class SweepGraph:
 
     def upstream(self) -> list[Node]:
         """Nodes that cells depend on but that are not cells themselves."""
-        cell_keys = {(n.stage, n.key) for c in self.cells for n in (c.train, c.evaluate)}
+        cell_keys = {(n.stage, n.key) for c in self.cells for n in (c.train, c.evaluate, *c.babylm)}
         return [n for n in self.nodes() if (n.stage, n.key) not in cell_keys]
 
 
@@ -233,7 +239,9 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
         return syn
 
     mixed_model = to_dict(cfg.mixed_model or cfg.expert.model)
-    eval_cfg = _slice("eval", cfg.eval) | {"seq_len": cfg.train.seq_len}
+    eval_cfg = {k: v for k, v in _slice("eval", cfg.eval).items() if k not in BABYLM_FIELDS}
+    eval_cfg["seq_len"] = cfg.train.seq_len
+    babylm_tasks, graph.babylm_note = babylm_plan(cfg)
     seen: set[str] = set()
     for seed in cfg.grid.seed:
         for q in cfg.grid.q:
@@ -256,8 +264,34 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
                                         synthetic=syn)
                     ev = Node("evaluate", eval_cfg, (("run", train), ("eval", tokens_eval)),
                               f"evaluate {arm} q={q:g} seed={seed}")
-                    graph.cells.append(Cell(arm, q, seed, strategy_, amateur_, train, ev))
+                    scored = babylm_nodes(cfg, babylm_tasks, train, tokenizer,
+                                          f"{arm} q={q:g} seed={seed}")
+                    graph.cells.append(Cell(arm, q, seed, strategy_, amateur_, train, ev, scored))
     return graph
+
+
+def babylm_plan(cfg: SweepConfig) -> tuple[list[dict], Optional[str]]:
+    """(task configs to score on each milestone, one-line note when BabyLM data is missing)."""
+    from cdray import babylm
+
+    tasks: list[dict] = []
+    note = None
+    e = cfg.eval
+    if e.tasks:
+        note = babylm.missing_reason(e.babylm_dir, e.tasks)
+        if note is None:
+            # reading is one regression over all its rows: a prefix of them would only overfit
+            tasks += [{"task": t, "data": babylm.data_digest(e.babylm_dir, t),
+                       "max_items": None if t == "reading" else e.max_items} for t in e.tasks]
+    tasks += [{"task": f"lm_eval:{t}", "data": "hub", "max_items": None} for t in e.lm_eval_tasks]
+    return tasks, note
+
+
+def babylm_nodes(cfg: SweepConfig, tasks: list[dict], train: Node, tokenizer: Node, label: str) -> tuple[Node, ...]:
+    steps = cfg.eval.steps or train.config["milestones"]
+    return tuple(Node("babylm", {**t, "step": int(step)}, (("run", train), ("tokenizer", tokenizer)),
+                      f"babylm {t['task']} {label} step={step}")
+                 for step in steps for t in tasks)
 
 
 @dataclass(frozen=True)

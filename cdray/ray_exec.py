@@ -91,6 +91,19 @@ def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[s
     return ray.get(_build_task.options(scheduling_strategy=outside).remote(node, cfg))
 
 
+def build_nodes(nodes, cfg: SweepConfig, store: Store) -> list[dict]:
+    """Get-or-build independent nodes (e.g. every (checkpoint, task) pair) as parallel Ray tasks."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    outside = PlacementGroupSchedulingStrategy(placement_group=None)
+    refs = {}
+    for node in nodes:
+        if not store.is_done(node.stage, node.key):
+            refs[node.key] = _build_task.options(scheduling_strategy=outside).remote(node, cfg, str(store.root))
+    built = dict(zip(refs, ray.get(list(refs.values()))))
+    return [built.get(n.key) or store.manifest(n.stage, n.key) for n in nodes]
+
+
 def _train_loop(config: dict) -> dict:
     import ray.train
     import torch

@@ -182,6 +182,27 @@ def build_evaluate(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dic
                         seq_len=c["seq_len"], max_blocks=c["max_blocks"], batch_size=cfg.eval.batch_size)
 
 
+def build_babylm(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+    """One BabyLM (or built-in lm-eval) task on one milestone of a training run."""
+    from cdray import babylm
+    from cdray.lmeval_tasks import evaluate_builtin, evaluate_task
+
+    c = node.config
+    model_dir = step_dir(input_dir(store, node, "run"), c["step"])
+    tokenizer_dir = input_dir(store, node, "tokenizer")
+    batch = cfg.eval.scoring_batch_size
+    if c["task"].startswith("lm_eval:"):
+        summary = evaluate_builtin(model_dir, tokenizer_dir, c["task"].split(":", 1)[1], out, batch_size=batch)
+    else:
+        data_dir = cfg.eval.babylm_dir
+        if not data_dir or babylm.data_digest(data_dir, c["task"]) != c["data"]:
+            raise ValueError(f"eval.babylm_dir {data_dir!r}: its {c['task']} files changed since the sweep was planned")
+        summary = evaluate_task(model_dir, tokenizer_dir, data_dir, c["task"], out,
+                                max_items=c["max_items"], batch_size=batch)
+    return {"task": c["task"], "step": c["step"], "scores": summary["scores"],
+            "items": summary.get("items", {})}
+
+
 BUILDERS: dict[str, Callable[[Node, SweepConfig, Store, Path], dict]] = {
     "corpus": build_corpus,
     "tokenizer": build_tokenizer,
@@ -190,6 +211,7 @@ BUILDERS: dict[str, Callable[[Node, SweepConfig, Store, Path], dict]] = {
     "train": build_train_local,
     "generate": build_generate,
     "evaluate": build_evaluate,
+    "babylm": build_babylm,
 }
 
 

@@ -5,13 +5,14 @@ import calendar
 import json
 import re
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 from ray import tune
 
 from cdray.config import SweepConfig, to_dict
 from cdray.pipeline import Cell, SweepGraph, build_graph, format_plan, plan
-from cdray.ray_exec import CELL_DRIVER_CPU, build_node, init_ray, open_store, ray_storage
+from cdray.ray_exec import CELL_DRIVER_CPU, build_node, build_nodes, init_ray, open_store, ray_storage
 from cdray.report import format_table
 from cdray.store import Store, stage_key
 from cdray.tracking import Tracker, redact
@@ -25,10 +26,15 @@ def anchored(cfg: SweepConfig) -> SweepConfig:
 
     from cdray.tracking import resolve_uri
 
+    from pathlib import Path
+
     opened = Store.at(cfg.store.root, cfg.store.cache)
     store = replace(cfg.store, root=opened.location, cache=str(opened.root) if opened.remote else None)
     tracking = replace(cfg.tracking, uri=resolve_uri(cfg.tracking.uri))
-    return replace(cfg, store=store, tracking=tracking)
+    ev = cfg.eval
+    if ev.babylm_dir:
+        ev = replace(ev, babylm_dir=str(Path(ev.babylm_dir).expanduser().resolve()))
+    return replace(cfg, store=store, tracking=tracking, eval=ev)
 
 
 def sweep_key(cfg: SweepConfig) -> str:
@@ -36,6 +42,8 @@ def sweep_key(cfg: SweepConfig) -> str:
     d = to_dict(cfg)
     for plumbing in ("store", "tracking", "ray", "profile"):
         d.pop(plumbing)
+    for where in ("babylm_dir", "fetch_url", "fetch_sha256"):  # the babylm nodes hash the data itself
+        d["eval"].pop(where)
     return stage_key("sweep", 1, d, {})
 
 
@@ -82,6 +90,11 @@ def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConf
     ev = store.manifest(cell.evaluate.stage, cell.evaluate.key)["stats"]
     for m in ev["milestones"]:
         metrics.append(("eval_ppl", m["ppl"], m["step"]))
+    for node in cell.babylm:
+        if store.is_done(node.stage, node.key):
+            stats = store.manifest(node.stage, node.key)["stats"]
+            for name, value in stats["scores"].items():
+                metrics.append((f"babylm.{name}", value, stats["step"]))
     metrics += [("final_ppl", row["final_ppl"], 0), ("best_ppl", row["best_ppl"], 0),
                 ("realised_q", tr.get("realised_q"), 0)]
     speed = tr.get("throughput") or {}  # the loop's own step clock (steady-state steps only)
@@ -113,6 +126,7 @@ def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], paren
     try:
         build_node(cell.train, cfg, store, run_id=run_id, callbacks=(TuneReportCallback(),))
         build_node(cell.evaluate, cfg, store)
+        build_nodes(cell.babylm, cfg, store)
         row = log_cell(tracker, run_id, cell, cfg, store)
     except BaseException:
         tracker.finish(run_id, "FAILED")
@@ -175,8 +189,11 @@ def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) ->
     echo(f"[cdray] sweep {cfg.name!r} ({key}): {len(graph.cells)} cells, {len(rows)} stages, {todo} to build")
     for r, info in graph.small_info.items():
         tracker.log_params(parent_id, {f"small_r{r:g}": info})
+    if graph.babylm_note:
+        echo(f"[cdray] BabyLM evaluation skipped ({graph.babylm_note}): perplexity only")
     pending = [c for c in graph.cells
-               if not (store.is_done("evaluate", c.evaluate.key) and tracker.child_finished(parent_id, c.id))]
+               if not (all(store.is_done(n.stage, n.key) for n in (c.evaluate, *c.babylm))
+                       and tracker.child_finished(parent_id, c.id))]
     if todo or pending:
         init_ray(cfg.ray)
         build_upstream(graph, cfg, store, tracker, parent_id, echo)
@@ -189,6 +206,7 @@ def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) ->
                 run_id, _ = tracker.child_run(parent_id, cell.id, cell.id)
                 build_node(cell.train, cfg, store, run_id=run_id)
                 build_node(cell.evaluate, cfg, store)
+                build_nodes(cell.babylm, cfg, store)
                 log_cell(tracker, run_id, cell, cfg, store)
                 tracker.finish(run_id)
     results = [row for c in graph.cells if (row := cell_row(c, store)) is not None]
@@ -202,6 +220,8 @@ def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) ->
 def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
     graph = build_graph(cfg)
     echo(format_plan(plan(graph, open_store(cfg))))
+    if graph.babylm_note:
+        echo(f"BabyLM evaluation skipped ({graph.babylm_note}): perplexity only")
     echo(f"cells: {len(graph.cells)} ({', '.join(c.id for c in graph.cells)})")
 
 
@@ -223,3 +243,42 @@ def report_from_mlflow(cfg: SweepConfig, echo: Echo = print) -> list[dict]:
     echo(format_table(rows))
     return rows
 
+
+
+def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> Path:
+    """The paper's table (best and final checkpoint), bootstrap details and figures of one or more
+    sweeps (several sweeps = the settings of a truncation sweep); logged to the first one's parent run."""
+    from cdray import paper_report as pr
+    from cdray.stats import summarize
+
+    cfgs = [anchored(c) for c in cfgs]
+    main = cfgs[0]
+    out = Path(main.store.root).parent / "reports" / main.name
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# cdray report: {', '.join(c.name for c in cfgs)}", "", pr.legend(B), ""]
+    settings = []
+    for cfg in cfgs:
+        graph = build_graph(cfg)
+        if graph.babylm_note:
+            echo(f"[cdray] {cfg.name}: BabyLM scores not evaluated ({graph.babylm_note}): perplexity only")
+        cps = pr.collect(graph, Store.at(cfg.store.root))
+        best, final = summarize(cps, "best", B=B), summarize(cps, "final", B=B)
+        label = pr.truncation_label(cfg)
+        settings.append((label, best))
+        md += [pr.markdown_table(best, f"{cfg.name} (truncation: {label}): best checkpoint per (arm, task, seed)"),
+               "", pr.markdown_table(final, f"{cfg.name} (truncation: {label}): final checkpoint"), "",
+               f"#### {cfg.name}: paired bootstrap vs BASELINE (best checkpoints)", "", pr.bootstrap_table(best), ""]
+    figures = [pr.truncation_figure(settings, out / "truncation.png"), pr.mixing_figure(settings[0][1], out / "mixing.png")]
+    figures = [f for f in figures if f is not None]
+    md += [f"![{f.stem}]({f.name})" for f in figures]
+    report = out / "report.md"
+    report.write_text("\n".join(md) + "\n", encoding="utf-8")
+    echo(pr.markdown_table(settings[0][1], f"{main.name}: best checkpoint per (arm, task, seed)"))
+    echo(f"[cdray] report: {report}" + "".join(f", {f}" for f in figures))
+    tracker = Tracker(main.tracking)
+    parent_id = tracker.find_parent(sweep_key(main)) if tracker.enabled else None
+    if parent_id is not None:
+        for f in [report, *figures]:
+            tracker.log_file(parent_id, f, "report")
+        echo(f"[cdray] logged to MLflow run {parent_id}")
+    return report

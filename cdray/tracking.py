@@ -196,6 +196,10 @@ class Tracker:
         if self.enabled and run_id is not None:
             self.client.log_text(run_id, text, name)
 
+    def log_file(self, run_id: Optional[str], path: Path, artifact_path: Optional[str] = None) -> None:
+        if self.enabled and run_id is not None:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
     def finish(self, run_id: Optional[str], status: str = "FINISHED") -> None:
         if self.enabled and run_id is not None:
             self.client.set_terminated(run_id, status=status)

@@ -72,6 +72,8 @@ def _perturb(value, tp):
 SKIP = {  # containers covered by dedicated cases below; plumbing never reaches a stage
     "corpus.sources", "small.candidates", "expert.milestones", "mixed_model", "expert.model.vocab_size",
     "tokenizer.vocab_size", "eval.babylm_dir",
+    # BabyLM settings only reach babylm nodes, which need data: tests/test_babylm.py covers their keys
+    "eval.tasks", "eval.lm_eval_tasks", "eval.max_items", "eval.steps", "eval.fetch_url", "eval.fetch_sha256",
 }
 
 

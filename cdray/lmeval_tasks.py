@@ -1,0 +1,208 @@
+"""lm-eval for cdray checkpoints: local task YAMLs over BabyLM files, scoring, per-item records."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from cdray import babylm
+
+# How each BabyLM task is asked as an lm-eval request (PAPER.md section 3): the score of a
+# candidate is the sum of its token log-probs after the context (BOS when the context is empty).
+MC_SPECS = {
+    "blimp": {"doc_to_text": "", "doc_to_choice": "{{[sentence_good, sentence_bad]}}", "target_delimiter": ""},
+    "supplement": {"doc_to_text": "", "doc_to_choice": "{{[sentence_good, sentence_bad]}}",
+                   "target_delimiter": ""},
+    # " Target" given the context: lm-eval joins them with the delimiter
+    "ewok": {"doc_to_text": "{{Context1}}", "doc_to_choice": "{{[Target1, Target2]}}", "target_delimiter": " "},
+    # the prefix ends in a space, which lm-eval moves onto each option
+    "entity_tracking": {"doc_to_text": "{{input_prefix}}", "doc_to_choice": "{{options}}", "target_delimiter": ""},
+    # two whole sentences, tab-separated; sentence 0 ranked first counts as correct (the paper)
+    "wug": {"doc_to_text": "", "doc_to_choice": "{{sentences.split('\\t')}}", "target_delimiter": ""},
+}
+# extra per-item fields kept with the log-likelihoods
+EXTRA_FIELDS = {"entity_tracking": ("numops",), "wug": ("ratio",)}
+
+
+def task_name(task: str, stem: str) -> str:
+    return "cdray_" + re.sub(r"[^A-Za-z0-9_]+", "_", f"{task}__{stem}")
+
+
+def write_task_configs(babylm_dir: str | Path, task: str, out: Path,
+                       max_items: Optional[int] = None) -> dict[str, str]:
+    """One lm-eval task YAML per item file of `task` under `out`; returns {lm-eval task name: file stem}.
+
+    The YAMLs read the original files (`dataset_path: json`, `data_files`); with max_items the
+    first N items are copied next to them first. Reading is converted from CSV to JSONL with
+    explicit strings, so an empty context never becomes NaN.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for path in babylm.item_files(babylm_dir, task):
+        stem = babylm.file_stem(path)
+        if task == "reading":
+            docs = babylm.reading_docs(path, max_items)
+            babylm.write_items(out / f"{stem}.jsonl", docs)
+            # the previous word's log-prob (spillover predictor) exists only where there is one
+            prev = [{"row": i, "prev_item": d["prev_item"], "prev_word": d["prev_word"]}
+                    for i, d in enumerate(docs) if d["prev_word"].strip()]
+            babylm.write_items(out / f"{stem}__prev.jsonl", prev)
+            for which, (ctx, word) in {"word": ("item", "word"), "prev": ("prev_item", "prev_word")}.items():
+                name = task_name(task, f"{stem}__{which}")
+                data = out / (f"{stem}.jsonl" if which == "word" else f"{stem}__prev.jsonl")
+                _write_yaml(out / f"{name}.yaml", {
+                    "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+                    "test_split": "test", "output_type": "loglikelihood",
+                    "doc_to_text": "{{" + ctx + "}}", "doc_to_target": " {{" + word + "}}",
+                    "target_delimiter": "", "metric_list": [{"metric": "perplexity"}],
+                    "metadata": {"version": 1}})
+                names[name] = stem
+            continue
+        data = path
+        if max_items is not None:
+            data = out / f"{stem}.jsonl"
+            babylm.write_items(data, babylm.read_rows(path, max_items))
+        name = task_name(task, stem)
+        _write_yaml(out / f"{name}.yaml", {
+            "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+            "test_split": "test", "output_type": "multiple_choice", **MC_SPECS[task], "doc_to_target": 0,
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            "metadata": {"version": 1}})
+        names[name] = stem
+    return names
+
+
+def _write_yaml(path: Path, doc: dict) -> None:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def eval_tokenizer(tokenizer_dir: str | Path):
+    """The cdray tokenizer with `<s>` prepended on encode: lm-eval's contexts then start with BOS.
+
+    lm-eval puts BOS (prefix_token_id) before an empty context itself and encodes continuations
+    without special tokens, so every scored sequence is `<s> context continuation`.
+    """
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    bos = tok.bos_token
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.bos_token_id)])
+    return tok
+
+
+def hf_lm(model_dir: str | Path, tokenizer_dir: str | Path, batch_size: int, device: str = "cpu"):
+    """An lm-eval HFLM over a saved cdray checkpoint (safetensors) and its tokenizer."""
+    from lm_eval.models.huggingface import HFLM
+
+    from cdray.model import load_model
+
+    model = load_model(Path(model_dir), device=device).eval()
+    tok = eval_tokenizer(tokenizer_dir)
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, add_bos_token=True,
+                max_length=model.config.max_position_embeddings)
+
+
+def _quiet() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    for name in ("lm-eval", "lm_eval", "datasets", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_lm_eval(lm, tasks: list[str], include_path: Optional[Path]) -> dict:
+    """lm_eval.simple_evaluate with per-item samples; local YAMLs only when include_path is given."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    _quiet()
+    if include_path is not None:
+        manager = TaskManager(include_path=str(include_path), include_defaults=False)
+    else:
+        manager = TaskManager()
+    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, log_samples=True,
+                                      bootstrap_iters=0, num_fewshot=0)
+    if results is None:
+        raise RuntimeError("lm-eval returned no results")
+    return results
+
+
+def mc_records(samples: list[dict], extra: tuple[str, ...]) -> list[dict]:
+    """Per-item records of a multiple-choice task: log-likelihood per choice, lm-eval's acc."""
+    recs = []
+    for s in sorted(samples, key=lambda s: s["doc_id"]):
+        lls = [float(r[0]) for r in s["filtered_resps"]]
+        rec = {"doc_id": int(s["doc_id"]), "lls": lls, "correct": float(s["acc"])}
+        for f in extra:
+            rec[f] = s["doc"].get(f)
+        recs.append(rec)
+    return recs
+
+
+def evaluate_task(model_dir: str | Path, tokenizer_dir: str | Path, babylm_dir: str | Path, task: str,
+                  out: Path, *, max_items: Optional[int], batch_size: int, device: str = "cpu",
+                  lm=None) -> dict:
+    """Score one BabyLM task on one checkpoint; writes items/<file>.jsonl and scores.json."""
+    out = Path(out)
+    names = write_task_configs(babylm_dir, task, out / "lm_eval_tasks", max_items)
+    if not names:
+        raise ValueError(f"{babylm_dir}: no {babylm.FOLDERS[task]}/ files for task {task!r}")
+    lm = lm or hf_lm(model_dir, tokenizer_dir, batch_size, device)
+    results = run_lm_eval(lm, sorted(names), out / "lm_eval_tasks")
+    samples = results["samples"]
+    if task == "reading":
+        for stem in sorted(set(names.values())):
+            docs = babylm.read_items(out / "lm_eval_tasks" / f"{stem}.jsonl")
+            word = {s["doc_id"]: float(s["filtered_resps"][0][0]) for s in samples[task_name(task, f"{stem}__word")]}
+            # a first word has no previous word: its spillover predictor stays missing
+            prev = {int(s["doc"]["row"]): float(s["filtered_resps"][0][0])
+                    for s in samples[task_name(task, f"{stem}__prev")]}
+            recs = []
+            for i, d in enumerate(docs):
+                rec = {"doc_id": i, "pred": word[i], "prev_pred": prev.get(i)}
+                rec.update({c: d[c] for c in babylm.READING_COLUMNS})
+                recs.append(rec)
+            babylm.write_items(out / "items" / f"{stem}.jsonl", recs)
+    else:
+        for name, stem in names.items():
+            babylm.write_items(out / "items" / f"{stem}.jsonl",
+                               mc_records(samples[name], EXTRA_FIELDS.get(task, ())))
+    files = babylm.load_item_dir(out / "items")
+    scores = babylm.task_scores(task, files)
+    lm_eval_acc = {stem: results["results"][name].get("acc,none") for name, stem in names.items()
+                   if task != "reading"}
+    summary = {"task": task, "scores": scores, "items": {k: len(v["doc_id"]) for k, v in files.items()},
+               "lm_eval_acc": lm_eval_acc, "lm_eval_version": _lm_eval_version()}
+    (out / "scores.json").write_text(json.dumps(summary, indent=1, allow_nan=True))
+    return summary
+
+
+def evaluate_builtin(model_dir: str | Path, tokenizer_dir: str | Path, task: str, out: Path, *,
+                     batch_size: int, device: str = "cpu") -> dict:
+    """A built-in lm-eval task by name (needs the HF hub for its data); keeps its samples."""
+    lm = hf_lm(model_dir, tokenizer_dir, batch_size, device)
+    results = run_lm_eval(lm, [task], None)
+    numbers = {f"{t}/{m}": v for t, ms in results["results"].items() for m, v in ms.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    with open(Path(out) / "samples.jsonl", "w", encoding="utf-8") as f:
+        for t, ss in results["samples"].items():
+            for s in ss:
+                f.write(json.dumps({"task": t, "doc_id": s["doc_id"], "filtered_resps": s["filtered_resps"],
+                                    **{k: v for k, v in s.items() if k in ("acc", "acc_norm")}},
+                                   default=str) + "\n")
+    summary = {"task": task, "scores": numbers, "lm_eval_version": _lm_eval_version()}
+    (Path(out) / "scores.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")

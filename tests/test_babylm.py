@@ -1,0 +1,123 @@
+"""BabyLM evaluation through lm-eval on a trained micro checkpoint, checked against plain transformers."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cdray import babylm
+from cdray import config as C
+from conftest import SHARED_EVAL
+
+needs_data = pytest.mark.skipif(not SHARED_EVAL.is_dir(),
+                                reason=f"BabyLM 2025 sample data not found at {SHARED_EVAL}")
+
+
+def independent_score(model, ids_ctx: list[int], ids_cont: list[int]) -> float:
+    """Sum of log p(continuation tokens | <s> context) with plain transformers."""
+    ids = torch.tensor([[1, *ids_ctx, *ids_cont]])
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(input_ids=ids).logits.float()[0, :-1], dim=-1)
+    targets = ids[0, 1:]
+    token_lp = logp.gather(-1, targets[:, None])[:, 0]
+    return float(token_lp[len(ids_ctx):].sum())
+
+
+def test_babylm_plan_says_why_when_data_is_missing(micro_cfg_dict, tmp_path):
+    from cdray.pipeline import build_graph
+
+    graph = build_graph(C.from_dict(micro_cfg_dict))
+    assert graph.babylm_note == "eval.babylm_dir is not set" and not graph.cells[0].babylm
+    d = micro_cfg_dict | {"eval": {"babylm_dir": str(tmp_path / "nowhere")}}
+    graph = build_graph(C.from_dict(d))
+    assert "does not exist" in graph.babylm_note and "fetch-eval" in graph.babylm_note
+
+
+@needs_data
+def test_babylm_keys_follow_tasks_items_steps_and_data(micro_cfg_dict):
+    from cdray.pipeline import build_graph
+
+    base = micro_cfg_dict | {"eval": {"babylm_dir": str(SHARED_EVAL), "max_items": 5}}
+    g = build_graph(C.from_dict(base))
+    nodes = g.cells[0].babylm
+    assert len(nodes) == 6 * 3  # six tasks (reading gives two scores) x three milestones
+    keys = {n.key for n in nodes}
+    ppl_key = g.cells[0].evaluate.key
+    for change in ({"max_items": 6}, {"tasks": ["blimp"]}, {"steps": [4]}):
+        g2 = build_graph(C.from_dict(base | {"eval": base["eval"] | change}))
+        assert {n.key for n in g2.cells[0].babylm} - keys or len(g2.cells[0].babylm) < len(nodes)
+        assert g2.cells[0].evaluate.key == ppl_key  # BabyLM settings never touch perplexity
+    with pytest.raises(C.ConfigError, match="eval.steps"):
+        C.from_dict(base | {"eval": base["eval"] | {"steps": [5]}})
+    with pytest.raises(C.ConfigError, match="eval.tasks"):
+        C.from_dict(base | {"eval": base["eval"] | {"tasks": ["glue"]}})
+
+
+@pytest.mark.slow
+@needs_data
+def test_micro_sweep_scores_seven_tasks_item_for_item(micro_cfg_dict, ray_session, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from cdray.model import load_model
+    from cdray.pipeline import build_graph
+    from cdray.store import Store
+    from cdray.sweep import run_sweep, write_report
+
+    d = micro_cfg_dict | {"eval": {"max_blocks": 8, "babylm_dir": str(SHARED_EVAL), "max_items": 30,
+                                   "steps": [8, 12]},
+                          "grid": {"k": [4], "strategy": ["no_contrast"], "q": [0.0, 0.5], "seed": [42]}}
+    cfg = C.from_dict(d)
+    run_sweep(cfg, use_tune=False, echo=print)
+    store = Store.at(cfg.store.root)
+    graph = build_graph(cfg)
+    cell = next(c for c in graph.cells if c.arm == "BASELINE")
+    assert all(store.is_done(n.stage, n.key) for c in graph.cells for n in c.babylm)
+
+    scores = {}
+    for node in cell.babylm:
+        if node.config["step"] == 12:
+            scores.update(store.manifest(node.stage, node.key)["stats"]["scores"])
+    assert set(babylm.SCORES) <= set(scores)
+    assert all(math.isfinite(scores[s]) for s in babylm.SCORES), scores
+
+    # BLiMP and EWoK, item for item, against sums of token log-probs with plain transformers
+    train_dir = store.dir("train", cell.train.key)
+    model = load_model(train_dir / "step_000012" / "model").eval()
+    tok = AutoTokenizer.from_pretrained(str(store.dir("tokenizer", cell.train.input("real").input("tokenizer").key)))
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    for task in ("blimp", "ewok"):
+        node = next(n for n in cell.babylm if n.config["task"] == task and n.config["step"] == 12)
+        files = babylm.item_files(SHARED_EVAL, task)
+        checked = 0
+        for path in (files[:3] if task == "blimp" else files[:2]):
+            items = babylm.read_items(store.dir(node.stage, node.key) / "items" / f"{babylm.file_stem(path)}.jsonl")
+            for row, rec in zip(babylm.read_rows(path, 30), items):
+                if task == "blimp":
+                    s = [independent_score(model, [], enc(row["sentence_good"])),
+                         independent_score(model, [], enc(row["sentence_bad"]))]
+                else:
+                    ctx = enc(row["Context1"])
+                    s = [independent_score(model, ctx, enc(row["Context1"] + " " + t)[len(ctx):])
+                         for t in (row["Target1"], row["Target2"])]
+                assert rec["lls"] == pytest.approx(s, abs=1e-3)
+                assert rec["correct"] == float(int(np.argmax(s)) == 0)
+                checked += 1
+        assert checked >= 60
+
+    capsys.readouterr()
+    report = write_report([cfg], B=50)
+    text = report.read_text()
+    out = capsys.readouterr().out
+    assert "| NO-CONTRAST |" in text and "BLiMP" in text and "Eye tracking" in text and "μΔREL" in out
+    assert (report.parent / "mixing.png").is_file() and (report.parent / "truncation.png").is_file()
+
+
+def test_builtin_lm_eval_tasks_are_nodes_without_babylm_data(micro_cfg_dict):
+    from cdray.pipeline import build_graph
+
+    d = micro_cfg_dict | {"eval": {"lm_eval_tasks": ["blimp", "hellaswag"], "steps": [12]}}
+    nodes = build_graph(C.from_dict(d)).cells[0].babylm
+    assert [n.config["task"] for n in nodes] == ["lm_eval:blimp", "lm_eval:hellaswag"]
+    assert all(n.config["step"] == 12 and n.has_input("tokenizer") for n in nodes)
