@@ -99,7 +99,7 @@ def build_nodes(nodes, cfg: SweepConfig, store: Store) -> list[dict]:
     refs = {}
     for node in nodes:
         if not store.is_done(node.stage, node.key):
-            refs[node.key] = _build_task.options(scheduling_strategy=outside).remote(node, cfg, str(store.root))
+            refs[node.key] = _build_task.options(scheduling_strategy=outside).remote(node, cfg)
     built = dict(zip(refs, ray.get(list(refs.values()))))
     return [built.get(n.key) or store.manifest(n.stage, n.key) for n in nodes]
 
