@@ -76,6 +76,23 @@ def micro_sweep_dict(corpus_dir: Path, root: Path, **grid) -> dict:
     }
 
 
+def generation_world(root: Path, n_docs: int, words: int, prompt_tokens: int) -> dict:
+    """Seed chunks of toy words, their prompts, a word-level tokenizer, an expert and a smaller amateur."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_generation import save_llama, save_tokenizer
+
+    from cdray.generation import make_prompts
+
+    tok = save_tokenizer(root / "tok")
+    texts = [" ".join(f"w{4 + (7 * i + j) % 60}" for j in range(words)) for i in range(n_docs)]
+    pq.write_table(pa.table({"source": ["s"] * n_docs, "doc_id": [f"d{i}" for i in range(n_docs)],
+                             "text": texts, "words": [words] * n_docs}), root / "seed.parquet")
+    make_prompts(root / "seed.parquet", tok, prompt_tokens, root / "prompts.parquet")
+    return {"root": root, "tok": str(tok), "expert": save_llama(root / "expert", 0),
+            "amateur": save_llama(root / "amateur", 1, layers=1)}
+
+
 @pytest.fixture
 def micro_cfg_dict(text_corpus_dir, tmp_path) -> dict:
     return micro_sweep_dict(text_corpus_dir, tmp_path)

@@ -180,19 +180,11 @@ def test_truncated_token_file_is_named(tmp_path, store):
 
 @pytest.fixture(scope="module")
 def gen_world(tmp_path_factory):
-    from test_generation import save_llama, save_tokenizer
+    from conftest import generation_world
+    from test_generation import save_llama
 
-    from cdray.generation import make_prompts
-
-    root = tmp_path_factory.mktemp("badgen")
-    tok = save_tokenizer(root / "tok")
-    texts = [" ".join(f"w{4 + (5 * i + j) % 60}" for j in range(6)) for i in range(4)]
-    pq.write_table(pa.table({"source": ["s"] * 4, "doc_id": [f"d{i}" for i in range(4)], "text": texts,
-                             "words": [6] * 4}), root / "seed.parquet")
-    make_prompts(root / "seed.parquet", tok, 4, root / "prompts.parquet")
-    return {"root": root, "tok": str(tok), "expert": save_llama(root / "expert", 0),
-            "amateur": save_llama(root / "amateur", 1, layers=1),
-            "bad_vocab": save_llama(root / "bad_vocab", 2, vocab_size=80)}
+    world = generation_world(tmp_path_factory.mktemp("badgen"), n_docs=4, words=6, prompt_tokens=4)
+    return world | {"bad_vocab": save_llama(world["root"] / "bad_vocab", 2, vocab_size=80)}
 
 
 def _generator(world, out_dir, expert=None, amateur=None):

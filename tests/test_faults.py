@@ -197,20 +197,9 @@ def test_killed_training_driver_reruns_to_identical_weights(seed, train_world, r
 
 @pytest.fixture(scope="module")
 def gen_world(tmp_path_factory):
-    from test_generation import save_llama, save_tokenizer
+    from conftest import generation_world
 
-    import pyarrow as pa
-
-    from cdray.generation import make_prompts
-
-    root = tmp_path_factory.mktemp("faults-gen")
-    tok = save_tokenizer(root / "tok")
-    texts = [" ".join(f"w{4 + (7 * i + j) % 60}" for j in range(8)) for i in range(16)]
-    pq.write_table(pa.table({"source": ["s"] * 16, "doc_id": [f"d{i}" for i in range(16)], "text": texts,
-                             "words": [8] * 16}), root / "seed.parquet")
-    make_prompts(root / "seed.parquet", tok, 5, root / "prompts.parquet")
-    return {"root": root, "tok": str(tok), "expert": save_llama(root / "expert", 0),
-            "amateur": save_llama(root / "amateur", 1, layers=1)}
+    return generation_world(tmp_path_factory.mktemp("faults-gen"), n_docs=16, words=8, prompt_tokens=5)
 
 
 def _gen_setup(world, out_dir: Path, text_corpus_dir: Path, tmp_path: Path):
