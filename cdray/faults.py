@@ -12,11 +12,12 @@ def trigger_path(out_dir: str | os.PathLike, where: str, at: int) -> Path:
     return Path(out_dir) / f"{TRIGGER_PREFIX}-{where}-{at}"
 
 
-def arm(out_dir: str | os.PathLike, where: str, at: int) -> Path:
-    """Make the next process that reaches (where, at) in out_dir die with SIGKILL, once."""
+def arm(out_dir: str | os.PathLike, where: str, at: int, victim: int | None = None) -> Path:
+    """Make the next process that reaches (where, at) in out_dir SIGKILL itself, or the process
+    `victim` (e.g. the driver whose actor reached that point), once."""
     path = trigger_path(out_dir, where, at)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
+    path.write_text("" if victim is None else str(victim))
     return path
 
 
@@ -29,5 +30,6 @@ def crash_point(out_dir: str | os.PathLike, where: str, at: int) -> None:
     """
     path = trigger_path(out_dir, where, at)
     if path.exists():
+        victim = path.read_text().strip()
         path.unlink()
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(int(victim) if victim else os.getpid(), signal.SIGKILL)
