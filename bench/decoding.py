@@ -1,6 +1,9 @@
 """Decoding throughput: HF single-model sampling vs cdray's CD engine vs a paper-style CD loop.
 
 Run: PYTHONPATH=. .venv/bin/python bench/decoding.py   (a few minutes on 2 CPU cores)
+GPU: python3 bench/decoding.py --device cuda --preset good --dtype bf16 --new 400 --sweep-batches 512,1024
+     (the paper's GOOD shape, 162M, with a same-shaped EARLY-k amateur; --sweep-batches then times
+     cdray's engine alone at larger batches and prints the best tokens/s as `cd_best_tok_s=`)
 Same prompts, models and batch for every contender; each is timed `--repeats` times, interleaved,
 and its best run counts (the CPU is shared). Last line: cd_vs_single=X cd_vs_naive=Y
 (ratios of new tokens/s: cdray CD / HF generate of the expert alone, cdray CD / paper-style loop).
@@ -8,12 +11,23 @@ and its best run counts (the CPU is shared). Last line: cd_vs_single=X cd_vs_nai
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
+
+
+PRESETS = {"good": dict(layers=12, hidden=768, heads=12, vocab=32000)}  # the paper's GOOD (162M)
+
+
+def sync(device) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def make_models(args):
@@ -30,15 +44,16 @@ def make_models(args):
         m = LlamaForCausalLM(cfg).eval()
         with torch.no_grad():
             m.lm_head.weight.mul_(8.0)  # trained-like peaked distributions, so V_head is small
-        models.append(m)
+        models.append(m.to(args.device))
     return models
 
 
-def hf_generate(expert, prompts, n_new):
+def hf_generate(expert, prompts, n_new, dtype):
     """(a) the expert alone: HF generate, ancestral sampling, KV cache, fixed length."""
     import torch
 
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(prompts.device.type, dtype=dtype,
+                                                enabled=dtype != torch.float32):
         out = expert.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts),
                               do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
                               max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=3)
@@ -51,11 +66,13 @@ def paper_loop(expert, amateur, prompts, n_new, alpha=0.1, penalty=-20.0):
     from transformers import DynamicCache
 
     caches = [DynamicCache(config=expert.config), DynamicCache(config=amateur.config)]
+    # transformers 5 renamed the forward's `past_key_values` to `cache` (5.24 has `cache`)
+    key = "cache" if "cache" in inspect.signature(expert.forward).parameters else "past_key_values"
     ids, out = prompts, []
     with torch.inference_mode():
         for _ in range(n_new):
-            zg = expert(input_ids=ids, cache=caches[0], use_cache=True).logits[:, -1].float()
-            zb = amateur(input_ids=ids, cache=caches[1], use_cache=True).logits[:, -1].float()
+            zg = expert(input_ids=ids, use_cache=True, **{key: caches[0]}).logits[:, -1].float()
+            zb = amateur(input_ids=ids, use_cache=True, **{key: caches[1]}).logits[:, -1].float()
             lpg, lpb = zg.log_softmax(-1), zb.log_softmax(-1)
             head = lpg.exp() > alpha * lpg.exp().max(-1, keepdim=True).values
             scores = torch.where(head, lpg - lpb, torch.full_like(lpg, penalty))
@@ -63,6 +80,8 @@ def paper_loop(expert, amateur, prompts, n_new, alpha=0.1, penalty=-20.0):
             out.append(tok)
             ids = tok
     assert len(out) == n_new
+    # the caches really grew: a silently ignored cache argument would make this loop look fast
+    assert caches[0].get_seq_length() == prompts.shape[1] + n_new - 1, caches[0].get_seq_length()
 
 
 def cdray_cd(decoder, prompts, n_new, batch):
@@ -84,7 +103,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", action="store_true", help="also time separate/bf16 engine variants")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="cdray's engine and HF generate (the paper-style loop is always fp32)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="model shape preset")
+    p.add_argument("--sweep-batches", default="", help="comma list: also time cdray alone at these batches")
     args = p.parse_args()
+    if args.preset:
+        for key, value in PRESETS[args.preset].items():
+            setattr(args, key, value)
 
     import torch
 
@@ -93,23 +120,29 @@ def main() -> None:
     from cdray.model import param_counts
 
     torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     expert, amateur = make_models(args)
     counts = param_counts(expert.config)
     print(f"expert/amateur: {counts['total'] / 1e6:.1f}M params each ({counts['non_embedding'] / 1e6:.1f}M "
           f"non-embedding), vocab {args.vocab}; batch {args.batch}, prompt {args.prompt}, "
-          f"{args.new} new tokens, {args.threads} threads")
+          f"{args.new} new tokens, {args.threads} threads, device {args.device}, {args.dtype}")
+    if args.device.startswith("cuda"):
+        print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(4, args.vocab, (args.batch, args.prompt), generator=g)
     prompts[:, 0] = 1
     prompt_lists = prompts.tolist()
+    prompts = prompts.to(args.device)
     d = DecodingConfig()
-    decoders = {"cdray": Decoder(expert, amateur, "contrastive", d)}
+    decoders = {"cdray": Decoder(expert, amateur, "contrastive", d, device=args.device, dtype=dtype)}
     if args.variants:
-        decoders["cdray[separate]"] = Decoder(expert, amateur, "contrastive", d, engine="separate")
-        decoders["cdray[bf16]"] = Decoder(expert, amateur, "contrastive", d, dtype=torch.bfloat16)
+        decoders["cdray[separate]"] = Decoder(expert, amateur, "contrastive", d, engine="separate",
+                                              device=args.device, dtype=dtype)
+        decoders["cdray[bf16]"] = Decoder(expert, amateur, "contrastive", d, dtype=torch.bfloat16,
+                                          device=args.device)
     def contenders_for(n_new):
         out = {
-            "single(HF generate)": lambda: hf_generate(expert, prompts, n_new),
+            "single(HF generate)": lambda: hf_generate(expert, prompts, n_new, dtype),
             "naive(paper loop)": lambda: paper_loop(expert, amateur, prompts, n_new),
         }
         for name, dec in decoders.items():
@@ -122,8 +155,10 @@ def main() -> None:
     best = {name: float("inf") for name in contenders}
     for _ in range(args.repeats):
         for name, fn in contenders.items():
+            sync(args.device)
             t0 = time.perf_counter()
             fn()
+            sync(args.device)
             best[name] = min(best[name], time.perf_counter() - t0)
     tokens = args.batch * args.new
     rate = {name: tokens / s for name, s in best.items()}
@@ -131,7 +166,40 @@ def main() -> None:
         print(f"{name:22s} {r:9.0f} new tok/s  (best of {args.repeats}: {best[name]:.2f} s)")
     single, naive, cd = rate["single(HF generate)"], rate["naive(paper loop)"], rate["cdray"]
     print(f"naive_vs_single={naive / single:.2f}")
+    sweep = [int(b) for b in args.sweep_batches.split(",") if b]
+    if sweep:
+        sweep_batches(args, decoders["cdray"], sweep)
     print(f"cd_vs_single={cd / single:.2f} cd_vs_naive={cd / naive:.2f}")
+
+
+def sweep_batches(args, decoder, batches: list[int]) -> None:
+    """cdray's engine alone at larger batches (one warm-up, then the best of --repeats)."""
+    import torch
+
+    best_rate = 0.0
+    for batch in batches:
+        g = torch.Generator().manual_seed(batch)
+        rows = torch.randint(4, args.vocab, (batch, args.prompt), generator=g)
+        rows[:, 0] = 1
+        rows = rows.tolist()
+        try:
+            cdray_cd(decoder, rows, 4, batch)
+            secs = float("inf")
+            for _ in range(args.repeats):
+                sync(args.device)
+                t0 = time.perf_counter()
+                cdray_cd(decoder, rows, args.new, batch)
+                sync(args.device)
+                secs = min(secs, time.perf_counter() - t0)
+        except torch.OutOfMemoryError:
+            print(f"cdray batch {batch:5d}: out of memory")
+            break
+        rate = batch * args.new / secs
+        best_rate = max(best_rate, rate)
+        peak = (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+                if args.device.startswith("cuda") else "")
+        print(f"cdray batch {batch:5d}: {rate:9.0f} new tok/s ({secs:.2f} s){peak}", flush=True)
+    print(f"cd_best_tok_s={best_rate:.0f}")
 
 
 if __name__ == "__main__":

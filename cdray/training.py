@@ -221,8 +221,10 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 def make_optimizer(model: torch.nn.Module, recipe: TrainConfig):
     groups = param_groups(model, recipe.weight_decay, recipe.decay_norms)
+    # fused kernels on CUDA (one launch for all parameters); CPU keeps the default implementation
+    on_cuda = next(model.parameters()).is_cuda
     opt = torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.beta1, recipe.beta2),
-                            weight_decay=recipe.weight_decay)
+                            weight_decay=recipe.weight_decay, fused=True if on_cuda else None)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, recipe.warmup_steps, recipe.steps))
     return opt, sched
