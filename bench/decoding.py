@@ -108,6 +108,12 @@ def main() -> None:
                    help="cdray's engine and HF generate (the paper-style loop is always fp32)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="model shape preset")
     p.add_argument("--sweep-batches", default="", help="comma list: also time cdray alone at these batches")
+    p.add_argument("--skip-baselines", action="store_true",
+                   help="time cdray's engine only (no ratio line); with --sweep-batches")
+    p.add_argument("--attention", default="auto",
+                   help="comma list of cdray.stacked.ATTENTION kinds; the batch sweep times each")
+    p.add_argument("--profile", type=int, default=0, metavar="BATCH",
+                   help="print a torch.profiler kernel table of cdray at this batch (32 new tokens)")
     args = p.parse_args()
     if args.preset:
         for key, value in PRESETS[args.preset].items():
@@ -149,6 +155,17 @@ def main() -> None:
             out[name] = lambda dec=dec: cdray_cd(dec, prompt_lists, n_new, args.batch)
         return out
 
+    sweep = [int(b) for b in args.sweep_batches.split(",") if b]
+    if args.skip_baselines:
+        if sweep:
+            for kind in args.attention.split(","):
+                decoders["cdray"].groups[0].attention = kind
+                print(f"attention {kind}:")
+                sweep_batches(args, decoders["cdray"], sweep)
+            decoders["cdray"].groups[0].attention = "auto"
+        if args.profile:
+            profile(args, decoders["cdray"], args.profile)
+        return
     for fn in contenders_for(4).values():  # short warm-up (allocator, MKL, first-call costs)
         fn()
     contenders = contenders_for(args.new)
@@ -166,10 +183,31 @@ def main() -> None:
         print(f"{name:22s} {r:9.0f} new tok/s  (best of {args.repeats}: {best[name]:.2f} s)")
     single, naive, cd = rate["single(HF generate)"], rate["naive(paper loop)"], rate["cdray"]
     print(f"naive_vs_single={naive / single:.2f}")
-    sweep = [int(b) for b in args.sweep_batches.split(",") if b]
     if sweep:
         sweep_batches(args, decoders["cdray"], sweep)
     print(f"cd_vs_single={cd / single:.2f} cd_vs_naive={cd / naive:.2f}")
+
+
+def profile(args, decoder, batch: int) -> None:
+    """Where a decode step's time goes: the top kernels (or CPU ops) of 32 new tokens."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    rows = torch.randint(4, args.vocab, (batch, args.prompt), generator=torch.Generator().manual_seed(7))
+    rows[:, 0] = 1
+    rows = rows.tolist()
+    cdray_cd(decoder, rows, 4, batch)
+    cuda = args.device.startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(args.device)
+    t0 = time.perf_counter()
+    with torch_profile(activities=acts) as prof:
+        cdray_cd(decoder, rows, 32, batch)
+        sync(args.device)
+    print(f"profile: batch {batch}, 32 new tokens in {time.perf_counter() - t0:.2f} s (profiler on)")
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
 
 
 def sweep_batches(args, decoder, batches: list[int]) -> None:

@@ -1,6 +1,7 @@
 """Same-shaped Llama models as one batched computation over a preallocated per-slot KV cache."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -27,6 +28,22 @@ def _mix32(x: Tensor) -> Tensor:
 # the batch around it (checked on MKL/OpenBLAS CPUs by tests/test_decoding.py)
 MIN_ROWS = 8
 KEY_BLOCK = 64  # attention reads the cache prefix rounded up to this many keys
+# how a decode step attends (dropout members always use "eager"); bench/decoding.py times them:
+#   sdpa            torch's scaled_dot_product_attention, backend of torch's choosing
+#   sdpa_efficient  the same, restricted to the memory-efficient kernel (math as fallback)
+#   eager           matmul-softmax-matmul
+#   auto            sdpa on CPU; on CUDA eager, because torch picks cuDNN's flash kernel for
+#                   masked one-query attention there, which cost ~2.5 ms of host time per call
+#                   on an H100 (BENCHMARKS.md, decoding)
+ATTENTION = ("auto", "sdpa", "sdpa_efficient", "eager")
+
+
+def _sdpa_backends(kind: str):
+    if kind != "sdpa_efficient":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _bmm(x: Tensor, w: Tensor) -> Tensor:
@@ -73,7 +90,8 @@ class StackedLlama:
     from a counter-based hash of (row seed, layer, head, query position, key position).
     """
 
-    def __init__(self, models, *, dtype=torch.float32, device="cpu", dropout=None):
+    def __init__(self, models, *, dtype=torch.float32, device="cpu", dropout=None,
+                 attention: str = "auto"):
         models = list(models)
         for m in models:
             _check_supported(m)
@@ -86,6 +104,9 @@ class StackedLlama:
         self.G = len(models)
         self.dtype, self.device = dtype, torch.device(device)
         self.dropout = [float(p) for p in (dropout or [0.0] * self.G)]
+        if attention not in ATTENTION:
+            raise ValueError(f"unknown attention {attention!r} (one of {list(ATTENTION)})")
+        self.attention = attention
         if len(self.dropout) != self.G:
             raise ValueError("one dropout value per stacked model")
 
@@ -201,7 +222,11 @@ class StackedLlama:
         keys = torch.arange(t_used, device=ids.device)
         allowed = keys[None, None, :] <= positions[:, :, None]  # [b, Q, t]
         use_dropout = any(p > 0 for p in self.dropout)
-        if use_dropout:
+        kind = self.attention
+        if kind == "auto":
+            kind = "eager" if self.device.type == "cuda" else "sdpa"
+        eager = use_dropout or kind == "eager"
+        if eager:
             # grouped-query layout: query heads sharing a kv head sit along the query axis
             allowed_g = allowed[:, None, None].expand(b, nkv, rep, Q, t_used).reshape(b, nkv, rep * Q, t_used)
             bias = torch.zeros(allowed_g.shape, dtype=torch.float32, device=ids.device)
@@ -230,12 +255,13 @@ class StackedLlama:
                 kc, vc = kc[:, slots, :, :t_used], vc[:, slots, :, :t_used]
             else:
                 kc, vc = kc[:, :, :, :t_used], vc[:, :, :, :t_used]
-            if use_dropout:
+            if eager:
                 out = self._attend_dropout(q, kc, vc, bias, drop_base, li, t_used)
             else:
-                out = torch.nn.functional.scaled_dot_product_attention(
-                    q.reshape(G * b, nh, Q, hd), kc.reshape(G * b, nkv, t_used, hd),
-                    vc.reshape(G * b, nkv, t_used, hd), attn_mask=sdpa_mask, enable_gqa=rep > 1)
+                with _sdpa_backends(kind):
+                    out = torch.nn.functional.scaled_dot_product_attention(
+                        q.reshape(G * b, nh, Q, hd), kc.reshape(G * b, nkv, t_used, hd),
+                        vc.reshape(G * b, nkv, t_used, hd), attn_mask=sdpa_mask, enable_gqa=rep > 1)
             out = out.reshape(G, b, nh, Q, hd).transpose(2, 3).reshape(G, b * Q, nh * hd)
             x = x + _bmm(out, blk["o"])
             hidden = self._rms(x, blk["ln2"])
