@@ -40,7 +40,8 @@ from cdray import config as C  # noqa: E402
 from cdray.model import build_model, llama_config, param_counts  # noqa: E402
 from cdray.pipeline import Node  # noqa: E402
 from cdray.store import Store  # noqa: E402
-from cdray.training import StepClock, TrainJob, train  # noqa: E402
+from cdray.step_clock import StepClock  # noqa: E402
+from cdray.training import TrainJob, train  # noqa: E402
 
 MODEL_10M = C.ModelConfig(layers=6, hidden=256, heads=4, ffn=1024, context=256)
 VOCAB_10M = 8192

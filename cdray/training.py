@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import re
-import shutil
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -15,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
+from cdray.checkpoints import append_jsonl, resume, step_dir, truncate_jsonl, write_checkpoint
 from cdray.config import ModelConfig, TrainConfig
 from cdray.faults import crash_point
-from cdray.model import build_model, save_model
+from cdray.model import build_model
+from cdray.step_clock import StepClock
 
 VERSION = 1
 
 REAL, SYNTHETIC = 0, 1  # stream ids: part of the per-epoch permutation seed
-_STEP_DIR = re.compile(r"^step_(\d{6,})$")
 # recipe fields that change the trajectory; resuming under different values is refused
 _TRAJECTORY_FIELDS = ("steps", "batch_size", "seq_len", "lr", "beta1", "beta2", "weight_decay",
                       "decay_norms", "warmup_steps", "grad_clip", "precision", "mixing")
@@ -230,46 +227,7 @@ def make_optimizer(model: torch.nn.Module, recipe: TrainConfig):
     return opt, sched
 
 
-# ---------------------------------------------------------------- checkpoints (no pickle)
-
-
-def step_dir(out_dir: Path, step: int) -> Path:
-    return Path(out_dir) / f"step_{step:06d}"
-
-
-def latest_checkpoint(out_dir: Path, max_step: int | None = None) -> Path | None:
-    """The newest step_XXXXXX dir whose trainer_state.json exists (written last, so complete)."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return None
-    found = []
-    for d in out_dir.iterdir():
-        m = _STEP_DIR.match(d.name)
-        if m and (d / "trainer_state.json").is_file():
-            step = int(m.group(1))
-            if max_step is None or step <= max_step:
-                found.append((step, d))
-    return max(found)[1] if found else None
-
-
-def _json_scalar(v):
-    if isinstance(v, torch.Tensor):
-        return v.item()
-    if isinstance(v, tuple):
-        return list(v)
-    return v
-
-
-def _optimizer_tensors(opt) -> tuple[dict, dict]:
-    """Every AdamW state tensor as state.<param index>.<key>, plus per-param step values."""
-    tensors, steps = {}, {}
-    for idx, st in opt.state_dict()["state"].items():
-        for key, val in st.items():
-            if isinstance(val, torch.Tensor):
-                tensors[f"state.{idx}.{key}"] = val.detach().cpu().contiguous()
-            if key == "step":
-                steps[str(idx)] = _json_scalar(val)
-    return tensors, steps
+# ---------------------------------------------------------------- resume identity
 
 
 def _job_fingerprint(job: TrainJob) -> dict:
@@ -278,143 +236,7 @@ def _job_fingerprint(job: TrainJob) -> dict:
             "q": job.q, "recipe": recipe, "version": VERSION}
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_checkpoint(d: Path, model, opt, sched, state: dict, device: str) -> None:
-    """Model, optimizer, RNG, then trainer_state.json last: its presence marks the dir complete."""
-    if d.exists():
-        shutil.rmtree(d)  # a half-written dir from a crash
-    d.mkdir(parents=True)
-    save_model(model, d / "model")
-    tensors, steps = _optimizer_tensors(opt)
-    save_file(tensors, str(d / "optimizer.safetensors"))
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.device(device).type == "cuda":
-        rng["torch_cuda"] = torch.cuda.get_rng_state(torch.device(device))
-    save_file(rng, str(d / "rng.safetensors"))
-    groups = [{k: _json_scalar(v) for k, v in g.items() if k != "params"}
-              for g in opt.state_dict()["param_groups"]]
-    names = [n for n, _ in _unwrap_named(model)]
-    full = dict(state, param_groups=groups, param_steps=steps, scheduler=sched.state_dict(),
-                param_names=names)
-    _write_json_atomic(d / "trainer_state.json", full)
-
-
-def _unwrap_named(model):
-    inner = getattr(model, "module", model)
-    return list(inner.named_parameters())
-
-
-def read_checkpoint(d: Path, model, opt, sched, device: str) -> dict:
-    """Restore weights, optimizer, scheduler and RNG in place from a step dir; returns its state."""
-    state = json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
-    weights = load_file(str(d / "model" / "model.safetensors"))
-    inner = getattr(model, "module", model)
-    missing, unexpected = inner.load_state_dict(weights, strict=False)
-    # the HF saver may drop buffers (rotary inv_freq); any missing parameter is an error
-    param_names = {n for n, _ in inner.named_parameters()}
-    if unexpected or param_names & set(missing):
-        raise ValueError(f"{d}: checkpoint weights do not match the model "
-                         f"(missing {sorted(param_names & set(missing))[:3]}, unexpected {unexpected[:3]})")
-    flat = load_file(str(d / "optimizer.safetensors"))
-    opt_state: dict[int, dict] = {}
-    for key, val in flat.items():
-        _, idx, name = key.split(".", 2)
-        opt_state.setdefault(int(idx), {})[name] = val
-    current = opt.state_dict()
-    groups = current["param_groups"]
-    for g, saved in zip(groups, state["param_groups"]):
-        for k, v in saved.items():
-            g[k] = tuple(v) if isinstance(v, list) else v
-    opt.load_state_dict({"state": opt_state, "param_groups": groups})
-    sched.load_state_dict(state["scheduler"])
-    rng = load_file(str(d / "rng.safetensors"))
-    torch.set_rng_state(rng["torch_cpu"])
-    if "torch_cuda" in rng and torch.device(device).type == "cuda":
-        torch.cuda.set_rng_state(rng["torch_cuda"], torch.device(device))
-    return state
-
-
-# ---------------------------------------------------------------- metrics files
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line torn by a crash ends the usable log
-    return rows
-
-
-def _truncate_jsonl(path: Path, upto_step: int) -> list[dict]:
-    """Keep only rows with step <= upto_step (a resume replays everything after it)."""
-    rows = [r for r in _read_jsonl(path) if r.get("step", 0) <= upto_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return rows
-
-
-def _append_jsonl(path: Path, row: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 # ---------------------------------------------------------------- the loop
-
-
-class StepClock:
-    """Wall time of the step loop, split into waiting for data (read + host-to-device) and the rest.
-
-    The first step a process runs is kept apart: it carries one-off costs (allocator warm-up,
-    torch.compile), which would otherwise hide the steady-state throughput of short runs.
-    """
-
-    def __init__(self, tokens_per_step: int):
-        self.tokens_per_step = tokens_per_step
-        self.first_step_s = None
-        self.steps = 0
-        self.seconds = 0.0
-        self.data_seconds = 0.0
-        # CPU time is immune to other load on a shared host; the process's (all threads) vs the
-        # loop thread's own tells step work from background threads (e.g. Ray's) apart
-        self.cpu_seconds = self.thread_cpu_seconds = 0.0
-        self._t0 = self._t1 = self._c0 = self._th0 = 0.0
-
-    def start(self) -> None:
-        self._t0 = time.perf_counter()
-        self._c0 = time.process_time()
-        self._th0 = time.thread_time()
-
-    def data_ready(self) -> None:
-        self._t1 = time.perf_counter()
-
-    def stop(self) -> None:
-        total = time.perf_counter() - self._t0
-        if self.first_step_s is None:
-            self.first_step_s = total
-            return
-        self.steps += 1
-        self.seconds += total
-        self.data_seconds += self._t1 - self._t0
-        self.cpu_seconds += time.process_time() - self._c0
-        self.thread_cpu_seconds += time.thread_time() - self._th0
-
-    def summary(self) -> dict:
-        s = self.seconds
-        return {"timed_steps": self.steps, "step_seconds": s, "first_step_s": self.first_step_s,
-                "cpu_seconds": self.cpu_seconds, "thread_cpu_seconds": self.thread_cpu_seconds,
-                "tokens_per_s": self.steps * self.tokens_per_step / s if s > 0 else None,
-                "tokens_per_cpu_s": (self.steps * self.tokens_per_step / self.cpu_seconds
-                                     if self.cpu_seconds > 0 else None),
-                "data_wait_share": self.data_seconds / s if s > 0 else None}
 
 
 def validate_job(job: TrainJob) -> None:
@@ -487,19 +309,12 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
     model.train()
     opt, sched = make_optimizer(model, recipe)
 
-    start = 0
-    ckpt = latest_checkpoint(out_dir, recipe.steps)
-    if ckpt is not None:
-        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        if state.get("job") != _job_fingerprint(job):
-            raise ValueError(f"{ckpt}: checkpoint belongs to a different job; refusing to resume")
-        read_checkpoint(ckpt, model, opt, sched, device)
-        start = int(state["step"])
+    start = resume(out_dir, recipe.steps, _job_fingerprint(job), model, opt, sched, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path, milestones_path = out_dir / "metrics.jsonl", out_dir / "milestones.jsonl"
-    done = _truncate_jsonl(milestones_path, start) if lead else []
+    done = truncate_jsonl(milestones_path, start) if lead else []
     if lead:
-        _truncate_jsonl(metrics_path, start)
+        truncate_jsonl(metrics_path, start)
     if distributed:
         torch.distributed.barrier()  # nobody reads logs or checkpoints while rank 0 trims them
 
@@ -532,8 +347,8 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
         last_loss = _global_mean(loss, world_size)
         window.append(last_loss)
         if lead:
-            _append_jsonl(metrics_path, {"step": done_steps, "loss": last_loss, "lr": lr,
-                                         "n_syn": int(data.counts[step]), "time": round(time.time(), 3)})
+            append_jsonl(metrics_path, {"step": done_steps, "loss": last_loss, "lr": lr,
+                                        "n_syn": int(data.counts[step]), "time": round(time.time(), 3)})
         clock.stop()  # milestone work (eval, checkpoint) is not step time
         crash_point(out_dir, f"train-step-rank{rank}", done_steps)
         if done_steps not in milestones:
@@ -549,7 +364,7 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
                      "epochs_synthetic": (syn_n / data.syn.n_blocks) if data.syn else 0.0,
                      "job": _job_fingerprint(job)}
             write_checkpoint(d, model, opt, sched, state, device)
-            _append_jsonl(milestones_path, record)
+            append_jsonl(milestones_path, record)
             done.append(record)
         if distributed:
             torch.distributed.barrier()
@@ -583,5 +398,4 @@ def _summary(job, data, done, last_loss, step) -> dict:
 
 
 __all__ = ["VERSION", "TrainJob", "synthetic_counts", "realised_q", "open_tokens", "BlockStream",
-           "MixedBatches", "param_groups", "lr_factor", "make_optimizer", "latest_checkpoint",
-           "step_dir", "eval_loss", "StepClock", "train"]
+           "MixedBatches", "param_groups", "lr_factor", "make_optimizer", "eval_loss", "train"]

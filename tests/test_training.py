@@ -1,16 +1,16 @@
 """Tests of cdray.training: mixing counts, step-addressed data, decay groups, bitwise resume."""
 import dataclasses
 import json
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from cdray.config import ModelConfig, TrainConfig
+from cdray.checkpoints import latest_checkpoint
 from cdray.model import build_model
-from cdray.training import (MixedBatches, StepClock, TrainJob, latest_checkpoint, lr_factor,
-                            make_optimizer, realised_q, synthetic_counts, train)
+from cdray.training import (MixedBatches, TrainJob, lr_factor, make_optimizer, realised_q,
+                            synthetic_counts, train)
 
 torch.set_num_threads(1)
 
@@ -175,21 +175,6 @@ def test_resume_is_bitwise_equal(job, tmp_path):
 
     again = train(job, part)  # already finished: nothing to do, same summary
     assert again["steps"] == 12 and again["final_eval_loss"] == res["final_eval_loss"]
-
-
-def test_step_clock_keeps_the_first_step_apart():
-    clock = StepClock(tokens_per_step=100)
-    for _ in range(3):
-        clock.start()
-        time.sleep(0.002)
-        clock.data_ready()
-        time.sleep(0.006)
-        clock.stop()
-    s = clock.summary()
-    assert s["timed_steps"] == 2 and s["first_step_s"] >= 0.008
-    assert s["tokens_per_s"] == pytest.approx(200 / s["step_seconds"])
-    assert 0 < s["data_wait_share"] < 1 and s["data_wait_share"] * s["step_seconds"] >= 0.004
-    assert StepClock(10).summary()["tokens_per_s"] is None  # nothing timed: no rate
 
 
 @pytest.mark.slow

@@ -1,0 +1,103 @@
+"""Tests of cdray.checkpoints: pickle-free round trip, newest complete step dir, resume check, jsonl logs."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from cdray.checkpoints import (append_jsonl, latest_checkpoint, read_checkpoint, read_jsonl, resume,
+                               step_dir, truncate_jsonl, write_checkpoint)
+from cdray.config import ModelConfig, TrainConfig
+from cdray.model import build_model
+from cdray.training import make_optimizer
+
+torch.set_num_threads(1)
+
+TINY = ModelConfig(layers=2, hidden=32, heads=2, ffn=64, context=64)
+RECIPE = TrainConfig(steps=10, batch_size=2, seq_len=8, lr=3e-3, warmup_steps=2, precision="fp32")
+
+
+def _trained(steps=2):
+    torch.manual_seed(0)
+    model = build_model(TINY, 64, seed=0)
+    opt, sched = make_optimizer(model, RECIPE)
+    for _ in range(steps):
+        x = torch.randint(0, 64, (2, 8))
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return model, opt, sched
+
+
+def _fresh():
+    model = build_model(TINY, 64, seed=1)  # different init: everything must come from the checkpoint
+    return (model, *make_optimizer(model, RECIPE))
+
+
+def test_round_trip_restores_weights_optimizer_scheduler_and_rng(tmp_path):
+    model, opt, sched = _trained()
+    d = step_dir(tmp_path, 2)
+    assert d.name == "step_000002"
+    write_checkpoint(d, model, opt, sched, {"step": 2, "job": {"seed": 0}}, "cpu")
+    expected_draw = torch.rand(3)  # what the RNG gives right after the checkpoint
+
+    torch.manual_seed(123)
+    m2, o2, s2 = _fresh()
+    state = read_checkpoint(d, m2, o2, s2, "cpu")
+    assert state["step"] == 2 and state["job"] == {"seed": 0}
+    assert state["param_names"] == [n for n, _ in model.named_parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), m2.state_dict().values()))
+    sa, sb = opt.state_dict(), o2.state_dict()
+    assert sa["state"].keys() == sb["state"].keys()
+    assert all(torch.equal(sa["state"][i][k], sb["state"][i][k]) for i in sa["state"] for k in sa["state"][i])
+    assert [g["lr"] for g in sa["param_groups"]] == [g["lr"] for g in sb["param_groups"]]
+    assert s2.state_dict()["last_epoch"] == 2
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
+
+
+def test_read_refuses_weights_of_another_model(tmp_path):
+    model, opt, sched = _trained(steps=1)
+    write_checkpoint(tmp_path / "step_000001", model, opt, sched, {"step": 1}, "cpu")
+    other = build_model(dataclasses.replace(TINY, layers=1), 64, seed=0)
+    with pytest.raises(ValueError, match="do not match the model"):
+        read_checkpoint(tmp_path / "step_000001", other, *make_optimizer(other, RECIPE), "cpu")
+
+
+def test_latest_checkpoint_only_counts_complete_step_dirs(tmp_path):
+    assert latest_checkpoint(tmp_path / "absent") is None
+    for step in (3, 6, 9):
+        step_dir(tmp_path, step).mkdir()
+        (step_dir(tmp_path, step) / "trainer_state.json").write_text("{}")
+    step_dir(tmp_path, 12).mkdir()  # no trainer_state.json: a crash mid-write
+    (tmp_path / "step_15").mkdir()  # not a step dir name
+    (tmp_path / "step_15" / "trainer_state.json").write_text("{}")
+    assert latest_checkpoint(tmp_path).name == "step_000009"
+    assert latest_checkpoint(tmp_path, max_step=8).name == "step_000006"
+    assert latest_checkpoint(tmp_path, max_step=2) is None
+
+
+def test_resume_restores_the_matching_job_and_refuses_another(tmp_path):
+    m, o, s = _fresh()
+    assert resume(tmp_path, 10, {"seed": 0}, m, o, s, "cpu") == 0  # nothing there: start at 0
+    model, opt, sched = _trained(steps=4)
+    write_checkpoint(step_dir(tmp_path, 4), model, opt, sched, {"step": 4, "job": {"seed": 0}}, "cpu")
+    assert resume(tmp_path, 10, {"seed": 0}, m, o, s, "cpu") == 4
+    assert s.state_dict()["last_epoch"] == 4
+    with pytest.raises(ValueError, match="different job"):
+        resume(tmp_path, 10, {"seed": 1}, *_fresh(), "cpu")
+    assert resume(tmp_path, 3, {"seed": 1}, *_fresh(), "cpu") == 0  # beyond max_step: ignored
+
+
+def test_jsonl_logs_are_trimmed_to_the_resumed_step(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    assert read_jsonl(log) == []
+    for step in range(1, 6):
+        append_jsonl(log, {"step": step, "loss": 1.0 / step})
+    assert [r["step"] for r in truncate_jsonl(log, 3)] == [1, 2, 3]
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
+    with log.open("a") as f:
+        f.write('{"step": 4, "lo')  # torn by a crash: the log ends before it
+    append_jsonl(log, {"step": 5})
+    assert [r["step"] for r in read_jsonl(log)] == [1, 2, 3]
