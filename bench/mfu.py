@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the card's bf16 peak")
     ap.add_argument("--smoke", action="store_true", help="tiny shape on CPU: exercise the code path")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: profile 3 steps of the same model/optimizer/autocast step and print "
+                         "where GPU time goes (kernel table and matmul / attention / other shares)")
     args = ap.parse_args()
 
     import numpy as np
@@ -85,6 +88,9 @@ def main() -> None:
                            warmup_steps=min(150, steps), checkpoint_every=steps, eval_blocks=1,
                            compile=not args.no_compile, use_gpu=device == "cuda")
     dense, with_attn, n_total = flops_per_token(model_cfg, vocab, seq)
+    if args.profile:
+        profile_step(model_cfg, vocab, recipe, device)
+        return
     with tempfile.TemporaryDirectory(prefix="cdray-bench-mfu-") as tmp:
         tmp = Path(tmp)
         rng = np.random.default_rng(0)
@@ -105,6 +111,52 @@ def main() -> None:
     print(f"model TFLOP/s: {dense * tok_s / 1e12:.1f} (6N), {with_attn * tok_s / 1e12:.1f} (6N + attention)")
     print(f"MFU: {100 * mfu:.1f}% (6N), {100 * mfu_attn:.1f}% (6N + attention); target >= 40%")
     print(f"mfu={mfu:.3f}")
+
+
+def profile_step(model_cfg, vocab: int, recipe, device: str) -> None:
+    """The training step of cdray.training.train (model, AdamW, autocast, compile) under torch.profiler."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from cdray.model import build_model
+    from cdray.training import _autocast, make_optimizer
+
+    model = build_model(model_cfg, vocab, 0).to(device).train()
+    opt, sched = make_optimizer(model, recipe)
+    net = torch.compile(model) if recipe.compile else model
+    x = torch.randint(4, vocab, (recipe.batch_size, recipe.seq_len), device=device)
+
+    def step():
+        with _autocast(device, recipe.precision):
+            loss = net(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    for _ in range(4):
+        step()
+    cuda = device == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(3):
+            step()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    events = prof.key_averages()
+    print(events.table(sort_by=key, row_limit=20, max_name_column_width=70))
+    if cuda:
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        total = sum(e.self_device_time_total for e in kernels) or 1.0
+        shares = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+        for e in kernels:
+            name = e.key.lower()
+            kind = ("attention" if any(k in name for k in ("flash", "fmha", "attention", "sdpa"))
+                    else "matmul" if any(k in name for k in ("gemm", "nvjet", "cutlass", "sm90_xmma"))
+                    else "other")
+            shares[kind] += e.self_device_time_total
+        print("GPU time per step: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in shares.items())
+              + f" of {total / 3 / 1000:.1f} ms")
 
 
 if __name__ == "__main__":
