@@ -99,14 +99,16 @@ def eval_tokenizer(tokenizer_dir: str | Path):
 
 
 def hf_lm(model_dir: str | Path, tokenizer_dir: str | Path, batch_size: int, device: str = "cpu"):
-    """An lm-eval HFLM over a saved cdray checkpoint (safetensors) and its tokenizer."""
-    from lm_eval.models.huggingface import HFLM
+    """An lm-eval HFLM over a saved cdray checkpoint (safetensors) and its tokenizer.
 
+    It is cdray's PrefixSharingHFLM: options sharing a context score from one pass over it.
+    """
     from cdray.model import load_model
+    from cdray.prefix_lm import PrefixSharingHFLM
 
     model = load_model(Path(model_dir), device=device).eval()
     tok = eval_tokenizer(tokenizer_dir)
-    return HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, add_bos_token=True,
+    return PrefixSharingHFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, add_bos_token=True,
                 max_length=model.config.max_position_embeddings)
 
 
