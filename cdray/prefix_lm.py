@@ -68,9 +68,10 @@ class PrefixSharingHFLM(HFLM):
             plen = max(len(p) for p in prefixes)
             pmask = torch.tensor([[1] * len(p) + [0] * (plen - len(p)) for p in prefixes], dtype=torch.long, device=dev)
             pids = torch.tensor([list(p) + [0] * (plen - len(p)) for p in prefixes], dtype=torch.long, device=dev)
-            # right padding: a padded prefix slot is masked out of every later query, and no query
-            # row is ever fully masked (that would give NaN keys with SDPA)
-            past = self._forward(pids, attention_mask=pmask, use_cache=True, logits_to_keep=1)
+            # right padding needs no mask here (causal attention keeps real tokens off the pads, as in
+            # the stock HFLM); the padded slots are masked out of the queries below, and no row is
+            # ever fully masked (that would give NaN keys with SDPA)
+            past = self._forward(pids, use_cache=True, logits_to_keep=1)
             cache = past.cache if hasattr(past, "cache") else past.past_key_values
             which = {p: k for k, p in enumerate(prefixes)}
             index = torch.tensor([which[r[1]] for r in chunk], dtype=torch.long, device=dev)
