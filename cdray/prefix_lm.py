@@ -37,27 +37,42 @@ class PrefixSharingHFLM(HFLM):
         if self.backend != "causal" or (self.batch_size == "auto" and not override_bs):
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         batch_size = int(override_bs or self.batch_size)
-        rows = []  # (original index, prefix, query, continuation)
+        copies: dict = {}  # (prefix, query, continuation) -> indices of the requests asking it
         for i, (_, ctx, cont) in enumerate(requests):
             if not ctx or not cont or len(cont) > self.max_length:
                 raise ValueError(f"bad loglikelihood request {i}: context {len(ctx)} tokens, "
                                  f"continuation {len(cont)} tokens, max_length {self.max_length}")
             prefix, query = split_request(ctx, cont, self.max_length)
-            rows.append((i, prefix, query, cont))
-        shared = {}
-        for _, prefix, _, _ in rows:
-            shared[prefix] = shared.get(prefix, 0) + 1
-        # a prefix used once is not worth a cache: that request runs whole
-        rows = [(i, p, q, c) if shared[p] > 1 else (i, (), list(p) + q, c) for i, p, q, c in rows]
+            # the same request is scored once (the reading task asks most of its requests twice)
+            copies.setdefault((prefix, tuple(query), tuple(cont)), []).append(i)
+        groups: dict = {}  # prefix -> (distinct requests, longest query)
+        for prefix, query, _ in copies:
+            n, longest = groups.get(prefix, (0, 0))
+            groups[prefix] = (n + 1, max(longest, len(query)))
+        share = {p: self.worth_sharing(len(p), n, longest) for p, (n, longest) in groups.items()}
+        # rows: (key, prefix, query, continuation); a prefix not shared is run whole, as its query
+        rows = [(k, k[0], list(k[1]), list(k[2])) if share[k[0]] else (k, (), list(k[0] + k[1]), list(k[2]))
+                for k in copies]
         # longest prefixes first, one prefix's requests together, longest queries first (less padding)
         rows.sort(key=lambda r: (-len(r[1]), r[1], -len(r[2]), r[2]))
         res: list = [None] * len(requests)
         for chunk in _chunks(rows, batch_size):
-            for (i, _, _, cont), answer in zip(chunk, self._score_chunk(chunk), strict=True):
-                res[i] = answer
-                if requests[i][0] is not None:
-                    self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+            for row, answer in zip(chunk, self._score_chunk(chunk), strict=True):
+                for i in copies[row[0]]:
+                    res[i] = answer
+                    if requests[i][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
         return res
+
+    @staticmethod
+    def worth_sharing(prefix_len: int, requests: int, longest_query: int) -> bool:
+        """Whether requests with one prefix run it once into a cache rather than each run whole.
+
+        Only when the prefix is at least twice the longest option: the cached pass pads every
+        option to the batch's longest, so a short shared prefix (EWoK's context beside its target
+        sentences) saves nothing measurable, while entity tracking's long one saves most of the work.
+        """
+        return requests > 1 and prefix_len >= 2 * longest_query
 
     def _score_chunk(self, chunk: list[tuple]) -> list[tuple[float, bool]]:
         """(sum of log-probs, is greedy) per row: one pass over the distinct prefixes, one over the queries."""

@@ -43,7 +43,7 @@ def greedy_continuation(model, ctx: list[int], n: int) -> list[int]:
     return ids[len(ctx):]
 
 
-def test_prefix_sharing_equals_stock_hflm_request_by_request(tiny):
+def test_prefix_sharing_equals_stock_hflm_request_by_request(tiny, monkeypatch):
     from cdray.prefix_lm import split_request
 
     rng = random.Random(1)
@@ -61,17 +61,20 @@ def test_prefix_sharing_equals_stock_hflm_request_by_request(tiny):
     reqs += [(ctx_a, greedy_continuation(tiny["ours"].model, ctx_a, 3)),
              (ctx_long[:12], greedy_continuation(tiny["ours"].model, ctx_long[:12], 1))]
     requests = [((None, None), c, k) for c, k in reqs]
-    for bs in (4, 64):
-        tiny["ours"].batch_size_per_gpu = bs
-        ours = tiny["ours"]._loglikelihood_tokens(requests, disable_tqdm=True)
-        stock = tiny["stock"]._loglikelihood_tokens(requests, disable_tqdm=True)
-        assert len(ours) == len(stock) == len(reqs)
-        for (ll, greedy), (ll0, greedy0) in zip(ours, stock):
-            assert ll == pytest.approx(ll0, abs=1e-4) and greedy == greedy0
+    stock = tiny["stock"]._loglikelihood_tokens(requests, disable_tqdm=True)
     assert [g for _, g in stock[-2:]] == [True, True]
+    lm = tiny["ours"]
+    # the default rule, and every shared prefix through the cache, in small and large batches
+    for rule in (lm.worth_sharing, lambda prefix_len, n, longest: n > 1):
+        for bs in (4, 64):
+            monkeypatch.setattr(lm, "batch_size_per_gpu", bs)
+            monkeypatch.setattr(lm, "worth_sharing", rule)
+            ours = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+            assert len(ours) == len(stock) == len(reqs)
+            for (ll, greedy), (ll0, greedy0) in zip(ours, stock):
+                assert ll == pytest.approx(ll0, abs=1e-4) and greedy == greedy0
     # the truncated requests really were cut, and differently per continuation length
     assert len(split_request(ctx_long, [5, 6], 64)[0]) != len(split_request(ctx_long, [5] * 5, 64)[0])
-    tiny["ours"].batch_size_per_gpu = 4
 
 
 def test_split_request_is_the_stock_input():
