@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import random
 import sys
@@ -127,8 +128,9 @@ def main() -> None:
             line = f"  {r['task']:<16} {r['items']:>6} items  {r['seconds']:7.1f} s wall  {r['cpu']:7.1f} s CPU"
             if r["task"] in stock:
                 s = stock[r["task"]]
-                same = all(abs(s["scores"][k] - v) < 1e-6 or s["scores"][k] == v
-                           for k, v in r["scores"].items())
+                # a NaN (a regression over too few rows) matches a NaN
+                same = all(math.isclose(s["scores"][k], v, abs_tol=1e-6)
+                           or (math.isnan(v) and math.isnan(s["scores"][k])) for k, v in r["scores"].items())
                 line += (f"  (before {s['cpu']:.1f} s: {s['cpu'] / r['cpu']:.2f}x; "
                          f"scores {'equal' if same else 'DIFFER'})")
             print(line)
