@@ -1,15 +1,19 @@
 """BabyLM evaluation speed: the full sample set (~18k items) with a ~1M-parameter model on 2 CPU cores.
 
-Run: PYTHONPATH=. .venv/bin/python bench/evaluation.py [--max-items N] [--serial]
+Run: PYTHONPATH=. .venv/bin/python bench/evaluation.py [--max-items N] [--serial] [--compare-stock]
 It scores every task of ../shared/data/eval/babylm2025 through cdray's babylm stage, one Ray task
 per task on a local 2-CPU Ray cluster (1 torch thread each, as a sweep does), and prints the
 wall time, items, requests and throughput. With --serial it also scores everything in this one
-process and prints the speed-up of the fan-out over it. The model is freshly initialised (scoring
-cost does not depend on the weights).
+process and prints the speed-up of the fan-out over it. With --compare-stock it first runs the same
+fan-out as cdray ran it before (lm-eval's stock HFLM, Jinja templates compiled per document) and
+prints each task's CPU seconds against the current code (PrefixSharingHFLM, templates compiled
+once). The model is freshly initialised (scoring cost does not depend on the weights).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import random
 import sys
@@ -39,16 +43,38 @@ def make_checkpoint(tmp: Path, layers: int, hidden: int, vocab: int) -> tuple[Pa
     return tmp / "model", tmp / "tokenizer", param_counts(llama_config(shape, vocab))["total"]
 
 
-def score_task(model_dir: str, tok_dir: str, task: str, out: str, max_items, batch: int) -> dict:
+def stock_lm(model_dir: str, tok_dir: str, batch: int):
+    """lm-eval's own HFLM over the same checkpoint (what cdray used before PrefixSharingHFLM)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from cdray.lmeval_tasks import eval_tokenizer
+    from cdray.model import load_model
+
+    model = load_model(Path(model_dir)).eval()
+    return HFLM(pretrained=model, tokenizer=eval_tokenizer(tok_dir), batch_size=batch, add_bos_token=True,
+                max_length=model.config.max_position_embeddings)
+
+
+def score_task(model_dir: str, tok_dir: str, task: str, out: str, max_items, batch: int,
+               stock: bool = False) -> dict:
     import torch
 
-    from cdray.lmeval_tasks import evaluate_task
+    from cdray import lmeval_tasks
 
     torch.set_num_threads(1)
     started, cpu = time.time(), time.process_time()
-    s = evaluate_task(model_dir, tok_dir, DATA, task, Path(out), max_items=max_items, batch_size=batch)
+    lm, cached = None, lmeval_tasks.compiled_templates_cached
+    if stock:
+        lm = stock_lm(model_dir, tok_dir, batch)
+        # and lm-eval's own per-document template compilation
+        lmeval_tasks.compiled_templates_cached = contextlib.nullcontext
+    try:
+        s = lmeval_tasks.evaluate_task(model_dir, tok_dir, DATA, task, Path(out), max_items=max_items,
+                                       batch_size=batch, lm=lm)
+    finally:
+        lmeval_tasks.compiled_templates_cached = cached
     return {"task": task, "items": sum(s["items"].values()), "seconds": time.time() - started,
-            "cpu": time.process_time() - cpu}
+            "cpu": time.process_time() - cpu, "scores": s["scores"]}
 
 
 def main() -> None:
@@ -56,6 +82,8 @@ def main() -> None:
     ap.add_argument("--max-items", type=int, default=None)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--serial", action="store_true")
+    # also run the fan-out as before (stock HFLM, per-document templates) first: CPU s side by side
+    ap.add_argument("--compare-stock", action="store_true")
     # default: 2 x 128 with a 2,000-token vocabulary = 1.04M parameters in all
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=128)
@@ -77,16 +105,35 @@ def main() -> None:
         remote = ray.remote(num_cpus=1)(score_task)
         # warm both workers (imports of torch / lm-eval / datasets), as a sweep's workers are
         ray.get([remote.remote(str(model), str(tok), "wug", str(tmp / f"warm{i}"), 5, args.batch) for i in range(2)])
-        started = time.time()
         # longest first, so the two workers finish together
         order = ["blimp", "entity_tracking", "reading", "ewok", "supplement", "wug"]
+        order = [t for t in order if t in BABYLM_TASKS]
+        stock = {}
+        if args.compare_stock:
+            print(f"before: stock HFLM, templates compiled per document (load {os.getloadavg()[0]:.1f}):")
+            stock = {r["task"]: r for r in ray.get([
+                remote.remote(str(model), str(tok), t, str(tmp / f"stock_{t}"), args.max_items, args.batch, True)
+                for t in order])}
+            for r in stock.values():
+                print(f"  {r['task']:<16} {r['items']:>6} items  {r['seconds']:7.1f} s wall  {r['cpu']:7.1f} s CPU")
+            print(f"  all: {sum(r['cpu'] for r in stock.values()):.1f} CPU s")
+        print(f"now: PrefixSharingHFLM, templates compiled once (load {os.getloadavg()[0]:.1f}):")
+        started = time.time()
         rows = ray.get([remote.remote(str(model), str(tok), t, str(tmp / f"ray_{t}"), args.max_items, args.batch)
-                        for t in order if t in BABYLM_TASKS])
+                        for t in order])
         fan_out = time.time() - started
         ray.shutdown()
         items = sum(r["items"] for r in rows)
         for r in rows:
-            print(f"  {r['task']:<16} {r['items']:>6} items  {r['seconds']:7.1f} s wall  {r['cpu']:7.1f} s CPU")
+            line = f"  {r['task']:<16} {r['items']:>6} items  {r['seconds']:7.1f} s wall  {r['cpu']:7.1f} s CPU"
+            if r["task"] in stock:
+                s = stock[r["task"]]
+                # a NaN (a regression over too few rows) matches a NaN
+                same = all(math.isclose(s["scores"][k], v, abs_tol=1e-6)
+                           or (math.isnan(v) and math.isnan(s["scores"][k])) for k, v in r["scores"].items())
+                line += (f"  (before {s['cpu']:.1f} s: {s['cpu'] / r['cpu']:.2f}x; "
+                         f"scores {'equal' if same else 'DIFFER'})")
+            print(line)
         cpu = sum(r["cpu"] for r in rows)
         # on a shared machine wall time measures the neighbours too; CPU seconds / 2 cores is what
         # the same work costs on 2 idle cores (a lower bound on wall time: the two workers' loads differ)
