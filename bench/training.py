@@ -205,6 +205,12 @@ def fmt(t: dict) -> str:
             f"data wait {100 * t['data_wait_share']:.3f}%")
 
 
+def demo_steps() -> int:
+    from cdray import config as C
+
+    return C.load(ROOT / "sweeps" / "tiny.yaml").train.steps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="steps per cdray run (the first is not timed)")
@@ -294,7 +300,7 @@ def main() -> None:
             saved = per_step[False] - per_step[True]
             if saved > 0:
                 print(f"  compile costs {extra:.1f} s (wall) once and saves {1000 * saved:.1f} CPU-ms/step: "
-                      f"pays off after ~{extra / saved:.0f} steps; the demo trains 200 steps per run")
+                      f"pays off after ~{extra / saved:.0f} steps; the demo trains {demo_steps()} steps per run")
             else:
                 print(f"  compile costs {extra:.1f} s once and saves nothing per step "
                       f"({1000 * per_step[False]:.1f} vs {1000 * per_step[True]:.1f} CPU-ms): never pays off")

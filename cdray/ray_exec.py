@@ -192,9 +192,9 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict], *, cfg: SweepConfig
         callable_cls = _StoreShardGenerator
         kwargs = {**kwargs, "store": (store.location, cfg.store.cache), "push": (node.stage, node.key),
                   "fetch": [(n.stage, n.key) for _, n in node.inputs]}
-    ds = ray.data.from_items(shards)
-    # one block per shard, so the pool can hand shards to several actors
-    ds = ds.repartition(len(shards))
+    # one block per shard, so the pool can hand shards to several actors (set at creation: a
+    # repartition would add an all-to-all stage before the first shard starts)
+    ds = ray.data.from_items(shards, override_num_blocks=len(shards))
     actors = max(1, min(gen.actors, len(shards)))
     resources = {"num_cpus": gen.actor_cpus}
     if gen.actor_gpus:
