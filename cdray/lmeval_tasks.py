@@ -110,7 +110,7 @@ def hf_lm(model_dir: str | Path, tokenizer_dir: str | Path, batch_size: int, dev
     model = load_model(Path(model_dir), device=device).eval()
     tok = eval_tokenizer(tokenizer_dir)
     return PrefixSharingHFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, add_bos_token=True,
-                max_length=model.config.max_position_embeddings)
+                             max_length=model.config.max_position_embeddings)
 
 
 def _quiet() -> None:
