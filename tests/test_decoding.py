@@ -379,6 +379,33 @@ def test_true_position_ids(pair):
             assert torch.allclose(step[0, r], expert(full).logits[0, -1], atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "sdpa_efficient", "eager"])
+def test_attention_kinds_agree(pair, attention):
+    # every way of attending (eager is CUDA's default) gives the same logits as HF, prefill and decode
+    from cdray.stacked import StackedLlama
+
+    expert, amateur = pair
+    s = StackedLlama([expert, amateur], attention=attention)
+    s.new_cache(2, 12)
+    ids = torch.tensor([[1, 9, 10, 11], [1, 5, 3, 3]])
+    lens = torch.tensor([4, 2])
+    out = s.forward(ids, torch.arange(4).expand(2, 4), slots=torch.arange(2), last=lens - 1)
+    step = s.forward(torch.tensor([[20], [21]]), lens[:, None])
+    with torch.no_grad():
+        for g, model in enumerate((expert, amateur)):
+            for r, row in enumerate([[1, 9, 10, 11], [1, 5]]):
+                assert torch.allclose(out[g, r], model(torch.tensor([row])).logits[0, -1], atol=1e-5)
+                full = torch.tensor([row + [20 + r]])
+                assert torch.allclose(step[g, r], model(full).logits[0, -1], atol=1e-5)
+
+
+def test_unknown_attention_kind_is_refused(pair):
+    from cdray.stacked import StackedLlama
+
+    with pytest.raises(ValueError, match="unknown attention 'flash'"):
+        StackedLlama([pair[0]], attention="flash")
+
+
 def test_no_repeat_ngram():
     b = NgramBlocker(2)
     b.reset(0, [1, 5, 6, 5])
