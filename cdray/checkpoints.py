@@ -22,11 +22,12 @@ def step_dir(out_dir: Path, step: int) -> Path:
     return Path(out_dir) / f"step_{step:06d}"
 
 
-def latest_checkpoint(out_dir: Path, max_step: int | None = None) -> Path | None:
-    """The newest step_XXXXXX dir whose trainer_state.json exists (written last, so complete)."""
+def complete_checkpoints(out_dir: Path, max_step: int | None = None) -> list[tuple[int, Path]]:
+    """(step, dir) of every step_XXXXXX dir whose trainer_state.json exists (written last, so
+    complete), in step order."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        return None
+        return []
     found = []
     for d in out_dir.iterdir():
         m = _STEP_DIR.match(d.name)
@@ -34,7 +35,13 @@ def latest_checkpoint(out_dir: Path, max_step: int | None = None) -> Path | None
             step = int(m.group(1))
             if max_step is None or step <= max_step:
                 found.append((step, d))
-    return max(found)[1] if found else None
+    return sorted(found)
+
+
+def latest_checkpoint(out_dir: Path, max_step: int | None = None) -> Path | None:
+    """The newest complete step dir (up to max_step), or None."""
+    found = complete_checkpoints(out_dir, max_step)
+    return found[-1][1] if found else None
 
 
 # ---------------------------------------------------------------- checkpoints (no pickle)
@@ -164,5 +171,5 @@ def append_jsonl(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-__all__ = ["step_dir", "latest_checkpoint", "write_checkpoint", "read_checkpoint", "resume",
+__all__ = ["step_dir", "complete_checkpoints", "latest_checkpoint", "write_checkpoint", "read_checkpoint", "resume",
            "read_jsonl", "truncate_jsonl", "append_jsonl"]

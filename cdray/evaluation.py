@@ -3,24 +3,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-STEP_DIR = re.compile(r"^step_(\d{6})$")
-
-
 def milestone_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, model dir) of every complete milestone of a training run, in step order."""
-    found = []
-    for d in sorted(Path(run_dir).iterdir()):
-        m = STEP_DIR.match(d.name)
-        if m and (d / "trainer_state.json").is_file() and (d / "model").is_dir():
-            found.append((int(m.group(1)), d / "model"))
-    return found
+    from cdray.checkpoints import complete_checkpoints
+
+    return [(step, d / "model") for step, d in complete_checkpoints(run_dir) if (d / "model").is_dir()]
 
 
 def eval_blocks(tokens: np.ndarray, seq_len: int, max_blocks: Optional[int]) -> list[np.ndarray]:

@@ -88,7 +88,10 @@ def build_train_local(node: Node, cfg: SweepConfig, store: Store, out: Path) -> 
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / f"step_{step:06d}" / "model"
+    """The saved model of a training run's milestone `step`."""
+    from cdray import checkpoints
+
+    return checkpoints.step_dir(run_dir, step) / "model"
 
 
 def generator_kwargs(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
