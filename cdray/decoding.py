@@ -17,8 +17,14 @@ NEEDS_AMATEUR = ("contrastive", "contrastive_tail")
 def _head_mask(expert_logits: Tensor, d: DecodingConfig) -> Tensor:
     # strict pG(x) > alpha * max pG on softmax itself (not exp(log_softmax)), so the boundary
     # is exactly the paper's definition
-    p = torch.softmax(expert_logits.float() / d.temperature, dim=-1)
-    return p > d.alpha * p.max(dim=-1, keepdim=True).values
+    p = torch.softmax(_scaled(expert_logits, d.temperature), dim=-1)
+    return p > d.alpha * p.amax(dim=-1, keepdim=True)
+
+
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    # z / 1 is z exactly: skip a vocabulary-sized pass at the paper's T = 1
+    z = logits.float()
+    return z if temperature == 1.0 else z / temperature
 
 
 def head_size(expert_logits: Tensor, d: DecodingConfig) -> Tensor:
@@ -49,11 +55,11 @@ def step_scores(expert_logits: Tensor, amateur_logits: Tensor | None, strategy: 
     """(scores, V_head mask, log pG, log pB or None) of one step, each computed once."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)})")
-    zg = expert_logits.float() / d.temperature
+    zg = _scaled(expert_logits, d.temperature)
     # strict pG(x) > alpha * max pG on softmax itself (not exp(log_softmax)), so the boundary
-    # is exactly the paper's definition
+    # is exactly the paper's definition (amax, not max: max also builds an index tensor)
     p = torch.softmax(zg, dim=-1)
-    head = p > d.alpha * p.max(dim=-1, keepdim=True).values
+    head = p > d.alpha * p.amax(dim=-1, keepdim=True)
     log_pg = torch.log_softmax(zg, dim=-1)
     log_pb = None
     if strategy == "no_contrast":
@@ -63,15 +69,15 @@ def step_scores(expert_logits: Tensor, amateur_logits: Tensor | None, strategy: 
         return torch.where(head, log_pg, penalty), head, log_pg, None
     if amateur_logits is None:
         raise ValueError(f"strategy {strategy!r} needs amateur logits")
-    log_pb = torch.log_softmax(amateur_logits.float() / d.temperature, dim=-1)
+    log_pb = torch.log_softmax(_scaled(amateur_logits, d.temperature), dim=-1)
     cd = log_pg - d.lam * log_pb if d.lam != 1.0 else log_pg - log_pb
     if strategy == "contrastive":
         return torch.where(head, cd, penalty), head, log_pg, log_pb
     # contrastive_tail
     inf = torch.tensor(math.inf, dtype=cd.dtype, device=cd.device)
-    min_head = torch.where(head, cd, inf).min(dim=-1, keepdim=True).values
+    min_head = torch.where(head, cd, inf).amin(dim=-1, keepdim=True)
     log_thresh = math.log(d.alpha) if d.alpha > 0 else -math.inf
-    log_thresh = log_thresh + log_pg.max(dim=-1, keepdim=True).values
+    log_thresh = log_thresh + log_pg.amax(dim=-1, keepdim=True)
     tail = log_pg + (min_head - log_thresh)
     # alpha=0 (or pG underflow) can give inf - inf; such tokens carry no mass anyway
     tail = torch.where(torch.isnan(tail), -inf, tail)
@@ -112,9 +118,16 @@ def sample_inverse_cdf(scores: Tensor, u: Tensor) -> Tensor:
     cdf = torch.cumsum(probs, dim=-1)
     target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
     idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-    positions = torch.arange(probs.shape[-1], device=probs.device)
-    last_valid = torch.where(probs > 0, positions, -1).max(dim=-1).values.clamp(min=0)
-    return torch.minimum(idx, last_valid)
+    # the cdf rises at every positive-probability token and is flat elsewhere, so the first
+    # index past the target is such a token, unless round-off put the target at or past the
+    # total (idx == V): only then is the last positive-probability token looked up
+    past_end = idx >= probs.shape[-1]
+    if bool(past_end.any()):
+        rows = torch.nonzero(past_end).squeeze(1)
+        positions = torch.arange(probs.shape[-1], device=probs.device)
+        last_valid = torch.where(probs[rows] > 0, positions, -1).amax(dim=-1).clamp(min=0)
+        idx = idx.index_put((rows,), last_valid)
+    return idx
 
 
 # ---------------------------------------------------------------- no-repeat-n-gram

@@ -95,6 +95,7 @@ class Decoder:
         outs = [g.forward(ids, positions, slots=slots, last=last, seeds=seeds) for g in self.groups]
         return [outs[gi][mi] for gi, mi in self.index]
 
+    @torch.inference_mode()
     def generate(self, prompts: list[list[int]], row_seeds: list[int], *, max_new_tokens: int,
                  stop_at_eos: bool, eos_id: int = 2, pad_id: int = 3, batch_size: int = 64,
                  max_len: Optional[int] = None, refill: bool = True,
@@ -239,5 +240,4 @@ class Decoder:
         p = torch.where(live_d, pos, 0)
         out = self._forward(ids, p[:, None], seeds=slot_seeds)
         pos += live_d.long()
-        for buf_, o in zip(logits, out):
-            buf_.copy_(o)
+        logits[:] = out  # every slot's logits are new: take the fresh tensors, no copy

@@ -27,14 +27,23 @@ def _mix32(x: Tensor) -> Tensor:
 # padding every product to at least this many rows keeps a row's logits bit-identical whatever
 # the batch around it (checked on MKL/OpenBLAS CPUs by tests/test_decoding.py)
 MIN_ROWS = 8
-KEY_BLOCK = 64  # attention reads the cache prefix rounded up to this many keys
+# attention reads the cache prefix rounded up to a whole number of key blocks. Keys past a row's
+# position are masked to exact zeros, but kernels still sum in an order that can depend on the
+# key count, so a row keeps its bits only across counts the kernels treat alike: measured on
+# CPU, SDPA's kernel for counts that agree mod 4 past a warm-up region, eager attention for
+# counts of 32 and up in steps of 8 (tests/test_decoding.py checks both); a shorter block reads
+# less of the cache per step
+KEY_BLOCK = 64
+KEY_BLOCK_CPU_EAGER = 32
+CACHE_LEN_STEP = 8  # cache lengths are rounded up to a multiple of this
 # how a decode step attends (dropout members always use "eager"); bench/decoding.py times them:
 #   sdpa            torch's scaled_dot_product_attention, backend of torch's choosing
 #   sdpa_efficient  the same, restricted to the memory-efficient kernel (math as fallback)
 #   eager           matmul-softmax-matmul
-#   auto            sdpa on CPU; on CUDA eager, because torch picks cuDNN's flash kernel for
-#                   masked one-query attention there, which cost ~2.5 ms of host time per call
-#                   on an H100 (BENCHMARKS.md, decoding)
+#   auto            eager: on CPU it was 7% faster per decode step than SDPA (and takes the
+#                   short key block); on CUDA torch picks cuDNN's flash kernel for masked
+#                   one-query attention, which cost ~2.5 ms of host time per call on an H100
+#                   (BENCHMARKS.md, decoding)
 ATTENTION = ("auto", "sdpa", "sdpa_efficient", "eager")
 
 
@@ -52,6 +61,12 @@ def _bmm(x: Tensor, w: Tensor) -> Tensor:
         return torch.bmm(x, w)
     pad = x.new_zeros((x.shape[0], MIN_ROWS - rows, x.shape[2]))
     return torch.bmm(torch.cat([x, pad], dim=1), w)[:, :rows]
+
+
+def _cache_len(max_len: int) -> int:
+    # the cache's full length is what a step reads once its longest row nears the end: a
+    # multiple of 8 is a key count the kernels treat like the block multiples (see KEY_BLOCK)
+    return -(-max_len // CACHE_LEN_STEP) * CACHE_LEN_STEP
 
 
 def _shape(cfg) -> tuple:
@@ -146,9 +161,10 @@ class StackedLlama:
 
     def kv_bytes_per_row(self, max_len: int) -> int:
         elem = torch.tensor([], dtype=self.dtype).element_size()
-        return 2 * self.G * self.layers * self.kv_heads * self.head_dim * max_len * elem
+        return 2 * self.G * self.layers * self.kv_heads * self.head_dim * _cache_len(max_len) * elem
 
     def new_cache(self, batch: int, max_len: int) -> None:
+        max_len = _cache_len(max_len)
         shape = (self.G, batch, self.kv_heads, max_len, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                         for _ in range(self.layers)]
@@ -215,17 +231,15 @@ class StackedLlama:
         emb = torch.cat([freqs, freqs], dim=-1)
         cos = emb.cos().to(self.dtype)[None, :, None]  # [1, b, 1, Q, hd]
         sin = emb.sin().to(self.dtype)[None, :, None]
-        # attend over a prefix of the cache long enough for every row, in steps of KEY_BLOCK:
-        # keys past a row's position are masked and add exact zeros, so its result does not
-        # depend on the prefix length (tests check rows are bit-identical across batches)
-        t_used = min(self.T, -(-(int(positions.max()) + 1) // KEY_BLOCK) * KEY_BLOCK)
+        use_dropout = any(p > 0 for p in self.dropout)
+        kind = "eager" if self.attention == "auto" else self.attention
+        eager = use_dropout or kind == "eager"
+        # attend over a prefix of the cache long enough for every row, in whole key blocks, so a
+        # row's result does not depend on its neighbours' lengths (see KEY_BLOCK)
+        block = KEY_BLOCK_CPU_EAGER if eager and self.device.type == "cpu" else KEY_BLOCK
+        t_used = min(self.T, -(-(int(positions.max()) + 1) // block) * block)
         keys = torch.arange(t_used, device=ids.device)
         allowed = keys[None, None, :] <= positions[:, :, None]  # [b, Q, t]
-        use_dropout = any(p > 0 for p in self.dropout)
-        kind = self.attention
-        if kind == "auto":
-            kind = "eager" if self.device.type == "cuda" else "sdpa"
-        eager = use_dropout or kind == "eager"
         if eager:
             # grouped-query layout: query heads sharing a kv head sit along the query axis
             allowed_g = allowed[:, None, None].expand(b, nkv, rep, Q, t_used).reshape(b, nkv, rep * Q, t_used)
