@@ -27,21 +27,22 @@ def _mix32(x: Tensor) -> Tensor:
 # padding every product to at least this many rows keeps a row's logits bit-identical whatever
 # the batch around it (checked on MKL/OpenBLAS CPUs by tests/test_decoding.py)
 MIN_ROWS = 8
-# attention reads the cache prefix rounded up to a whole number of key blocks. Keys past a row's
-# position are masked to exact zeros, but kernels still sum in an order that can depend on the
-# key count, so a row keeps its bits only across counts the kernels treat alike: measured on
-# CPU, SDPA's kernel for counts that agree mod 4 past a warm-up region, eager attention for
-# counts of 32 and up in steps of 8 (tests/test_decoding.py checks both); a shorter block reads
-# less of the cache per step
-KEY_BLOCK = 64
-KEY_BLOCK_CPU_EAGER = 32
+# attention reads a prefix of the cache: enough keys for the longest row, rounded up to a key
+# step, and at least a floor. Keys past a row's position are masked to exact zeros, but kernels
+# still sum in an order that can depend on the key count, so a row keeps its bits only across
+# counts the kernels treat alike. Measured on CPU: SDPA's kernel for counts that agree mod 4
+# past a warm-up region (multiples of 64 are safe), eager attention for every multiple of 4
+# from 32 up (tests/test_decoding.py checks both, on two model shapes). Reading fewer keys is
+# what makes a decode step cheaper: the cache is streamed from memory every step.
+KEY_STEP, KEY_FLOOR = 64, 64
+KEY_STEP_CPU_EAGER, KEY_FLOOR_CPU_EAGER = 8, 32
 CACHE_LEN_STEP = 8  # cache lengths are rounded up to a multiple of this
 # how a decode step attends (dropout members always use "eager"); bench/decoding.py times them:
 #   sdpa            torch's scaled_dot_product_attention, backend of torch's choosing
 #   sdpa_efficient  the same, restricted to the memory-efficient kernel (math as fallback)
 #   eager           matmul-softmax-matmul
 #   auto            eager: on CPU it was 7% faster per decode step than SDPA (and takes the
-#                   short key block); on CUDA torch picks cuDNN's flash kernel for masked
+#                   short key step); on CUDA torch picks cuDNN's flash kernel for masked
 #                   one-query attention, which cost ~2.5 ms of host time per call on an H100
 #                   (BENCHMARKS.md, decoding)
 ATTENTION = ("auto", "sdpa", "sdpa_efficient", "eager")
@@ -65,7 +66,7 @@ def _bmm(x: Tensor, w: Tensor) -> Tensor:
 
 def _cache_len(max_len: int) -> int:
     # the cache's full length is what a step reads once its longest row nears the end: a
-    # multiple of 8 is a key count the kernels treat like the block multiples (see KEY_BLOCK)
+    # multiple of 8 is a key count the kernels treat like the stepped ones (see KEY_STEP)
     return -(-max_len // CACHE_LEN_STEP) * CACHE_LEN_STEP
 
 
@@ -234,10 +235,11 @@ class StackedLlama:
         use_dropout = any(p > 0 for p in self.dropout)
         kind = "eager" if self.attention == "auto" else self.attention
         eager = use_dropout or kind == "eager"
-        # attend over a prefix of the cache long enough for every row, in whole key blocks, so a
-        # row's result does not depend on its neighbours' lengths (see KEY_BLOCK)
-        block = KEY_BLOCK_CPU_EAGER if eager and self.device.type == "cpu" else KEY_BLOCK
-        t_used = min(self.T, -(-(int(positions.max()) + 1) // block) * block)
+        # attend over a prefix of the cache long enough for every row, in key steps, so a row's
+        # result does not depend on its neighbours' lengths (see KEY_STEP)
+        step, floor = ((KEY_STEP_CPU_EAGER, KEY_FLOOR_CPU_EAGER) if eager and self.device.type == "cpu"
+                       else (KEY_STEP, KEY_FLOOR))
+        t_used = min(self.T, max(floor, -(-(int(positions.max()) + 1) // step) * step))
         keys = torch.arange(t_used, device=ids.device)
         allowed = keys[None, None, :] <= positions[:, :, None]  # [b, Q, t]
         if eager:
