@@ -56,12 +56,15 @@ def _sdpa_backends(kind: str):
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def _bmm(x: Tensor, w: Tensor) -> Tensor:
+def _bmm(x: Tensor, w: Tensor, residual: Tensor | None = None) -> Tensor:
+    """x @ w, batched over the stack, plus `residual` when given (one fused call)."""
     rows = x.shape[1]
-    if rows >= MIN_ROWS:
-        return torch.bmm(x, w)
-    pad = x.new_zeros((x.shape[0], MIN_ROWS - rows, x.shape[2]))
-    return torch.bmm(torch.cat([x, pad], dim=1), w)[:, :rows]
+    if rows < MIN_ROWS:
+        def pad(t: Tensor) -> Tensor:
+            return torch.cat([t, t.new_zeros((t.shape[0], MIN_ROWS - rows, t.shape[2]))], dim=1)
+
+        return _bmm(pad(x), w, None if residual is None else pad(residual))[:, :rows]
+    return torch.bmm(x, w) if residual is None else torch.baddbmm(residual, x, w)
 
 
 def _cache_len(max_len: int) -> int:
@@ -260,8 +263,8 @@ class StackedLlama:
         for li, blk in enumerate(self.blocks):
             hidden = self._rms(x, blk["ln1"])
             qkv = _bmm(hidden, blk["qkv"]).reshape(G, b, Q, nh + 2 * nkv, hd).transpose(2, 3)
-            q = self._rope(qkv[:, :, :nh], cos, sin)  # [G, b, nh, Q, hd]
-            k = self._rope(qkv[:, :, nh:nh + nkv], cos, sin)
+            qk = self._rope(qkv[:, :, :nh + nkv], cos, sin)  # queries and keys in one pass
+            q, k = qk[:, :, :nh], qk[:, :, nh:]  # [G, b, nh, Q, hd], [G, b, nkv, Q, hd]
             v = qkv[:, :, nh + nkv:]
             kc, vc = self.k_cache[li], self.v_cache[li]
             # cache[g, slot, head, pos] <- value; advanced indices (slot, pos) move to the front
@@ -279,10 +282,10 @@ class StackedLlama:
                         q.reshape(G * b, nh, Q, hd), kc.reshape(G * b, nkv, t_used, hd),
                         vc.reshape(G * b, nkv, t_used, hd), attn_mask=sdpa_mask, enable_gqa=rep > 1)
             out = out.reshape(G, b, nh, Q, hd).transpose(2, 3).reshape(G, b * Q, nh * hd)
-            x = x + _bmm(out, blk["o"])
+            x = _bmm(out, blk["o"], residual=x)
             hidden = self._rms(x, blk["ln2"])
             gate, up = _bmm(hidden, blk["gate_up"]).chunk(2, dim=-1)
-            x = x + _bmm(torch.nn.functional.silu(gate) * up, blk["down"])
+            x = _bmm(torch.nn.functional.silu(gate) * up, blk["down"], residual=x)
         x = x.reshape(G, b, Q, H)
         if last is None:
             x = x[:, :, -1]
