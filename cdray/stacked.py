@@ -103,8 +103,8 @@ class StackedLlama:
 
     The KV cache is per slot and preallocated ([G, B, kv_heads, T, head_dim] per layer): a row's
     token at position p lives at cache index p, so there is no padding inside the cache and a
-    row's attention never looks at another row. Attention always spans all T cache entries
-    (masked), so a row's arithmetic does not depend on how long its neighbours are.
+    row's attention never looks at another row. A step attends over a masked cache prefix whose
+    length is chosen so that a row's bits do not depend on how long its neighbours are (KEY_STEP).
     dropout[g] > 0 turns on attention dropout for member g (a DROP-p amateur) with masks drawn
     from a counter-based hash of (row seed, layer, head, query position, key position).
     """
