@@ -1,0 +1,77 @@
+"""Are sampled rows bit-identical whatever the batch around them, on this device? (a check, for GPUs)
+
+Run: python3 bench/row_determinism.py --device cuda   (seconds; bench/gpu_checks.sh runs it)
+tests/test_decoding.py proves this on the CPU; GPU kernels (cuBLAS, attention) may pick other
+algorithms for other row or key counts, so this repeats the test's idea on any device, where
+pytest may be missing: one expert/amateur pair, rows ending early at a frequent EOS, generated at
+several batch sizes, with and without refill, and in reverse order. Last line:
+`rows_identical=True|False` (tokens and float telemetry equal, bit for bit).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    args = p.parse_args()
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cdray.config import DecodingConfig
+    from cdray.decoding import generate
+
+    def model(seed: int):
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                          tie_word_embeddings=False)
+        m = LlamaForCausalLM(cfg).eval()
+        with torch.no_grad():
+            m.lm_head.weight.mul_(40.0)  # peaked distributions: a non-trivial V_head
+        return m
+
+    expert, amateur = model(0), model(1)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    prompts = [[1, 4 + i, 30 - i] + [7] * (i % 5) for i in range(24)]
+    seeds = [100 + i for i in range(24)]
+    common = dict(device=args.device, dtype=dtype, max_len=160)
+    # the pair's most frequent sampled token serves as EOS, so rows end early and slots refill
+    probe = generate(expert, amateur, prompts, seeds, "contrastive", DecodingConfig(alpha=0.1),
+                     max_new_tokens=20, stop_at_eos=False, **common)
+    eos = Counter(t for r in probe for t in r.tokens).most_common(1)[0][0]
+    kw = dict(max_new_tokens=150, stop_at_eos=True, eos_id=eos, **common)
+
+    def rows(order, **extra):
+        out = generate(expert, amateur, [prompts[i] for i in order], [seeds[i] for i in order],
+                       "contrastive", DecodingConfig(alpha=0.1), **kw, **extra)
+        by_row = dict(zip(order, out))
+        return [(r.tokens, r.head_size_mean, r.expert_nll_mean, r.amateur_nll_mean)
+                for r in (by_row[i] for i in range(len(prompts)))]
+
+    base = rows(range(24), batch_size=24)
+    lengths = sorted(len(r[0]) for r in base)
+    print(f"{args.device} {args.dtype}: 24 rows, EOS {eos}, new tokens min {lengths[0]} "
+          f"median {lengths[12]} max {lengths[-1]}")
+    same = True
+    for name, order, extra in [("batch 1", range(24), dict(batch_size=1)),
+                               ("batch 5, refill", range(24), dict(batch_size=5)),
+                               ("batch 8, no refill", range(24), dict(batch_size=8, refill=False)),
+                               ("batch 16, reversed", range(23, -1, -1), dict(batch_size=16))]:
+        other = rows(list(order), **extra)
+        diff = [i for i, (a, b) in enumerate(zip(base, other)) if a != b]
+        print(f"{name:20s} rows differing from batch 24: {len(diff)} {diff[:8]}")
+        same = same and not diff
+    print(f"rows_identical={same}")
+
+
+if __name__ == "__main__":
+    main()
