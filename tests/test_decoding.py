@@ -153,6 +153,15 @@ def test_inverse_cdf_never_picks_zero_mass():
     assert sample_inverse_cdf(scores, u).tolist() == [1, 3, 3]
 
 
+def test_inverse_cdf_target_at_the_total_takes_the_last_token_with_mass():
+    # u = 1 puts the target exactly at the total, as round-off can: the search runs off the end
+    # (index V) and only that row falls back to its last positive-probability token
+    scores = torch.tensor([[-math.inf, 0.0, -math.inf, 0.0, -math.inf],
+                           [0.0, 0.0, 0.0, -math.inf, -math.inf],
+                           [0.0, 0.0, 0.0, 0.0, 0.0]])
+    assert sample_inverse_cdf(scores, torch.tensor([1.0, 0.1, 1.0])).tolist() == [3, 0, 4]
+
+
 def test_inverse_cdf_matches_distribution():
     probs = [0.4, 0.3, 0.2, 0.05, 0.05]
     n = 40000
