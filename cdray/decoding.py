@@ -14,11 +14,12 @@ NEEDS_AMATEUR = ("contrastive", "contrastive_tail")
 # ---------------------------------------------------------------- one decoding step
 
 
-def _head_mask(expert_logits: Tensor, d: DecodingConfig) -> Tensor:
+def _head_mask(zg: Tensor, alpha: float) -> Tensor:
+    """V_head of temperature-scaled expert logits zg [B, V]."""
     # strict pG(x) > alpha * max pG on softmax itself (not exp(log_softmax)), so the boundary
-    # is exactly the paper's definition
-    p = torch.softmax(_scaled(expert_logits, d.temperature), dim=-1)
-    return p > d.alpha * p.amax(dim=-1, keepdim=True)
+    # is exactly the paper's definition (amax, not max: max also builds an index tensor)
+    p = torch.softmax(zg, dim=-1)
+    return p > alpha * p.amax(dim=-1, keepdim=True)
 
 
 def _scaled(logits: Tensor, temperature: float) -> Tensor:
@@ -29,7 +30,7 @@ def _scaled(logits: Tensor, temperature: float) -> Tensor:
 
 def head_size(expert_logits: Tensor, d: DecodingConfig) -> Tensor:
     """|V_head| per row, as int64 [B]."""
-    return _head_mask(expert_logits, d).sum(dim=-1)
+    return _head_mask(_scaled(expert_logits, d.temperature), d.alpha).sum(dim=-1)
 
 
 def strategy_scores(expert_logits: Tensor, amateur_logits: Tensor | None, strategy: str,
@@ -56,10 +57,7 @@ def step_scores(expert_logits: Tensor, amateur_logits: Tensor | None, strategy: 
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)})")
     zg = _scaled(expert_logits, d.temperature)
-    # strict pG(x) > alpha * max pG on softmax itself (not exp(log_softmax)), so the boundary
-    # is exactly the paper's definition (amax, not max: max also builds an index tensor)
-    p = torch.softmax(zg, dim=-1)
-    head = p > d.alpha * p.amax(dim=-1, keepdim=True)
+    head = _head_mask(zg, d.alpha)
     log_pg = torch.log_softmax(zg, dim=-1)
     log_pb = None
     if strategy == "no_contrast":

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+
 def milestone_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, model dir) of every complete milestone of a training run, in step order."""
     from cdray.checkpoints import complete_checkpoints
