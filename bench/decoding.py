@@ -84,10 +84,13 @@ def paper_loop(expert, amateur, prompts, n_new, alpha=0.1, penalty=-20.0):
     assert caches[0].get_seq_length() == prompts.shape[1] + n_new - 1, caches[0].get_seq_length()
 
 
-def cdray_cd(decoder, prompts, n_new, batch):
-    """(b) cdray's engine: stacked models (same shape), per-slot static cache, inverse-CDF sampler."""
+def cdray_cd(decoder, prompts, n_new, batch, max_len=None):
+    """(b) cdray's engine: stacked models (same shape), per-slot static cache, inverse-CDF sampler.
+
+    A warm-up passes the timed run's max_len: the flex step is compiled per cache length."""
     rows = decoder.generate(prompts, list(range(len(prompts))), max_new_tokens=n_new,
-                            stop_at_eos=False, batch_size=batch, max_len=len(prompts[0]) + n_new)
+                            stop_at_eos=False, batch_size=batch,
+                            max_len=max_len or len(prompts[0]) + n_new)
     assert all(len(r.tokens) == n_new for r in rows)
 
 
@@ -111,7 +114,10 @@ def main() -> None:
     p.add_argument("--skip-baselines", action="store_true",
                    help="time cdray's engine only (no ratio line); with --sweep-batches")
     p.add_argument("--attention", default="auto",
-                   help="comma list of cdray.stacked.ATTENTION kinds; the batch sweep times each")
+                   help="comma list of cdray.stacked.ATTENTION kinds; the batch sweep times each, "
+                        "the ratio line uses the first. flex takes options after colons: "
+                        "flex:nographs, flex:nocompile, flex:kv128 (cdray.stacked_fast.FastDecode)")
+    p.add_argument("--profile-attention", default="auto", help="attention kind of --profile")
     p.add_argument("--profile", type=int, default=0, metavar="BATCH",
                    help="print a torch.profiler kernel table of cdray at this batch (32 new tokens)")
     args = p.parse_args()
@@ -156,18 +162,21 @@ def main() -> None:
         return out
 
     sweep = [int(b) for b in args.sweep_batches.split(",") if b]
+    kinds = args.attention.split(",")
     if args.skip_baselines:
         if sweep:
-            for kind in args.attention.split(","):
-                decoders["cdray"].groups[0].attention = kind
+            for kind in kinds:
+                set_attention(decoders["cdray"], kind)
                 print(f"attention {kind}:")
                 sweep_batches(args, decoders["cdray"], sweep)
-            decoders["cdray"].groups[0].attention = "auto"
         if args.profile:
+            set_attention(decoders["cdray"], args.profile_attention)
             profile(args, decoders["cdray"], args.profile)
         return
+    set_attention(decoders["cdray"], kinds[0])
     for fn in contenders_for(4).values():  # short warm-up (allocator, MKL, first-call costs)
         fn()
+    cdray_cd(decoders["cdray"], prompt_lists, 4, args.batch, max_len=args.prompt + args.new)
     contenders = contenders_for(args.new)
     best = {name: float("inf") for name in contenders}
     for _ in range(args.repeats):
@@ -188,6 +197,25 @@ def main() -> None:
     print(f"cd_vs_single={cd / single:.2f} cd_vs_naive={cd / naive:.2f}")
 
 
+def set_attention(decoder, spec: str) -> None:
+    """Point every stacked group of the decoder at one attention kind (with flex options)."""
+    kind, *opts = spec.split(":")
+    options = {}
+    for opt in opts:
+        if opt == "nographs":
+            options["graphs"] = False
+        elif opt == "nocompile":
+            options["compiled"] = False
+        elif opt.startswith("kv"):
+            options["kv_block"] = int(opt[2:])
+        else:
+            raise SystemExit(f"--attention: unknown flex option {opt!r} in {spec!r}")
+    for group in decoder.groups:
+        group.attention = kind
+        group.fast_options = options
+        group._fast = None
+
+
 def profile(args, decoder, batch: int) -> None:
     """Where a decode step's time goes: the top kernels (or CPU ops) of 32 new tokens."""
     import torch
@@ -197,7 +225,7 @@ def profile(args, decoder, batch: int) -> None:
     rows = torch.randint(4, args.vocab, (batch, args.prompt), generator=torch.Generator().manual_seed(7))
     rows[:, 0] = 1
     rows = rows.tolist()
-    cdray_cd(decoder, rows, 4, batch)
+    cdray_cd(decoder, rows, 4, batch, max_len=args.prompt + 32)
     cuda = args.device.startswith("cuda")
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sync(args.device)
@@ -221,7 +249,7 @@ def sweep_batches(args, decoder, batches: list[int]) -> None:
         rows[:, 0] = 1
         rows = rows.tolist()
         try:
-            cdray_cd(decoder, rows, 4, batch)
+            cdray_cd(decoder, rows, 4, batch, max_len=args.prompt + args.new)
             secs = float("inf")
             for _ in range(args.repeats):
                 sync(args.device)

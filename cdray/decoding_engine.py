@@ -56,15 +56,16 @@ def plan_batch_size(groups: list[StackedLlama], max_len: int, cap: int, memory_f
 def _nll(logits: Tensor, logp_t: Optional[Tensor], token: Tensor, temperature: float) -> Tensor:
     """-log p(token) under the model itself (T=1), reusing log_softmax(z/T) when T is 1."""
     if temperature == 1.0 and logp_t is not None:
-        return (-logp_t.gather(1, token[:, None]).squeeze(1)).double().cpu()
-    return (torch.logsumexp(logits, -1) - logits.gather(1, token[:, None]).squeeze(1)).double().cpu()
+        return -logp_t.gather(1, token[:, None]).squeeze(1)
+    return torch.logsumexp(logits, -1) - logits.gather(1, token[:, None]).squeeze(1)
 
 
 class Decoder:
     """Holds the (stacked) models of one expert/amateur pair and samples rows with them."""
 
     def __init__(self, expert, amateur, strategy: str, d: DecodingConfig, *, device="cpu",
-                 dtype=torch.float32, amateur_dropout: float = 0.0, engine: str = "auto"):
+                 dtype=torch.float32, amateur_dropout: float = 0.0, engine: str = "auto",
+                 attention: str = "auto"):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)})")
         if strategy in NEEDS_AMATEUR and amateur is None:
@@ -76,17 +77,18 @@ class Decoder:
         drop = float(amateur_dropout)
         if not self.uses_amateur:
             # its logits would be unused: never pay for the amateur's forward
-            self.groups = [StackedLlama([expert], dtype=dtype, device=device)]
+            self.groups = [StackedLlama([expert], dtype=dtype, device=device, attention=attention)]
             self.index = [(0, 0)]
         elif engine != "separate" and same_shape(expert, amateur):
             self.groups = [StackedLlama([expert, amateur], dtype=dtype, device=device,
-                                        dropout=[0.0, drop])]
+                                        dropout=[0.0, drop], attention=attention)]
             self.index = [(0, 0), (0, 1)]
         else:
             if engine == "stacked":
                 raise ValueError("engine 'stacked' needs an amateur of the expert's shape")
-            self.groups = [StackedLlama([expert], dtype=dtype, device=device),
-                           StackedLlama([amateur], dtype=dtype, device=device, dropout=[drop])]
+            self.groups = [StackedLlama([expert], dtype=dtype, device=device, attention=attention),
+                           StackedLlama([amateur], dtype=dtype, device=device, dropout=[drop],
+                                        attention=attention)]
             self.index = [(0, 0), (1, 0)]
         if self.uses_amateur and self.groups[-1].vocab != self.groups[0].vocab:
             raise ValueError("expert and amateur vocabularies differ")
@@ -180,10 +182,13 @@ class Decoder:
             scores = truncate(scores, d.top_k, d.top_p)
             u = uniforms.gather(1, step.clamp(max=max_new_tokens - 1).to(dev)[:, None]).squeeze(1)
             token = sample_inverse_cdf(scores, u)
-            tok_cpu = token.cpu()
-            hsz = head.sum(dim=-1).double().cpu()
             nll_e = _nll(zg, log_pg, token, d.temperature)
             nll_a = _nll(za, log_pb, token, d.temperature) if za is not None else torch.zeros_like(nll_e)
+            # one device-to-host copy per step (each copy waits for the device); token ids
+            # are exact in float64
+            host = torch.stack([token.double(), head.sum(dim=-1).double(), nll_e.double(),
+                                nll_a.double()]).cpu()
+            tok_cpu, hsz, nll_e, nll_a = host[0].long(), host[1], host[2], host[3]
             live_idx = torch.nonzero(live).squeeze(1)
             buf[live_idx, step[live_idx]] = tok_cpu[live_idx]
             stats[live_idx] += torch.stack([hsz, nll_e, nll_a], dim=1)[live_idx]
@@ -215,7 +220,8 @@ class Decoder:
                 if queue:  # no refill: start the next batch
                     admit(list(range(min(B, len(queue)))))
                 continue
-            if free and not queue and int(live.sum()) <= len(row) // 2:
+            if (free and not queue and int(live.sum()) <= len(row) // 2
+                    and not any(g.fixed_batch for g in self.groups)):
                 # nothing left to refill with: drop finished slots so steps get cheaper
                 keep = torch.nonzero(live).squeeze(1)
                 kd = keep.to(dev)

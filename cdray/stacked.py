@@ -45,7 +45,9 @@ CACHE_LEN_STEP = 8  # cache lengths are rounded up to a multiple of this
 #                   short key step); on CUDA torch picks cuDNN's flash kernel for masked
 #                   one-query attention, which cost ~2.5 ms of host time per call on an H100
 #                   (BENCHMARKS.md, decoding)
-ATTENTION = ("auto", "sdpa", "sdpa_efficient", "eager")
+#   flex            decode steps through cdray.stacked_fast (compiled layers, FlexAttention over
+#                   each row's own cache blocks, a CUDA graph per batch on CUDA); prefill eager
+ATTENTION = ("auto", "sdpa", "sdpa_efficient", "eager", "flex")
 
 
 def _sdpa_backends(kind: str):
@@ -67,10 +69,10 @@ def _bmm(x: Tensor, w: Tensor, residual: Tensor | None = None) -> Tensor:
     return torch.bmm(x, w) if residual is None else torch.baddbmm(residual, x, w)
 
 
-def _cache_len(max_len: int) -> int:
+def _cache_len(max_len: int, step: int = CACHE_LEN_STEP) -> int:
     # the cache's full length is what a step reads once its longest row nears the end: a
     # multiple of 8 is a key count the kernels treat like the stepped ones (see KEY_STEP)
-    return -(-max_len // CACHE_LEN_STEP) * CACHE_LEN_STEP
+    return -(-max_len // step) * step
 
 
 def _shape(cfg) -> tuple:
@@ -160,15 +162,34 @@ class StackedLlama:
         self.k_cache: list[Tensor] = []
         self.v_cache: list[Tensor] = []
         self.T = 0
+        self.fast_options: dict = {}  # keyword arguments of cdray.stacked_fast.FastDecode
+        self._fast = None
+
+    @property
+    def fixed_batch(self) -> bool:
+        """Whether decode steps must keep every slot: the fast step is compiled for one batch
+        size, and on CUDA a captured graph holds the cache's addresses."""
+        return self.attention == "flex" and not any(self.dropout)
 
     # ------------------------------------------------------------ cache
 
+    def _cache_step(self) -> int:
+        if self.attention != "flex":
+            return CACHE_LEN_STEP
+        from cdray.stacked_fast import FLEX_KV_BLOCK
+
+        block = self.fast_options.get("kv_block", FLEX_KV_BLOCK)
+        return math.lcm(CACHE_LEN_STEP, block)  # whole attention blocks
+
     def kv_bytes_per_row(self, max_len: int) -> int:
         elem = torch.tensor([], dtype=self.dtype).element_size()
-        return 2 * self.G * self.layers * self.kv_heads * self.head_dim * _cache_len(max_len) * elem
+        T = _cache_len(max_len, self._cache_step())
+        return 2 * self.G * self.layers * self.kv_heads * self.head_dim * T * elem
 
     def new_cache(self, batch: int, max_len: int) -> None:
-        max_len = _cache_len(max_len)
+        max_len = _cache_len(max_len, self._cache_step())
+        if self._fast is not None:
+            self._fast.reset()
         shape = (self.G, batch, self.kv_heads, max_len, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                         for _ in range(self.layers)]
@@ -180,6 +201,8 @@ class StackedLlama:
         """Shrink the cache to the given slots (in that order), dropping finished rows."""
         self.k_cache = [k.index_select(1, slots) for k in self.k_cache]
         self.v_cache = [v.index_select(1, slots) for v in self.v_cache]
+        if self._fast is not None:
+            self._fast.reset()
 
     # ------------------------------------------------------------ forward
 
@@ -228,6 +251,13 @@ class StackedLlama:
         seeds: [b] int64 row seeds, needed only when a member has dropout.
         """
         G, (b, Q) = self.G, ids.shape
+        use_dropout = any(p > 0 for p in self.dropout)
+        if self.attention == "flex" and slots is None and Q == 1 and last is None and not use_dropout:
+            if self._fast is None:
+                from cdray.stacked_fast import FastDecode
+
+                self._fast = FastDecode(self, **self.fast_options)
+            return self._fast(ids, positions)
         H, nh, nkv, hd = self.hidden, self.heads, self.kv_heads, self.head_dim
         rep = nh // nkv
         x = torch.stack([self.embed[g][ids] for g in range(G)]).reshape(G, b * Q, H)
@@ -235,8 +265,7 @@ class StackedLlama:
         emb = torch.cat([freqs, freqs], dim=-1)
         cos = emb.cos().to(self.dtype)[None, :, None]  # [1, b, 1, Q, hd]
         sin = emb.sin().to(self.dtype)[None, :, None]
-        use_dropout = any(p > 0 for p in self.dropout)
-        kind = "eager" if self.attention == "auto" else self.attention
+        kind = "eager" if self.attention in ("auto", "flex") else self.attention
         eager = use_dropout or kind == "eager"
         # attend over a prefix of the cache long enough for every row, in key steps, so a row's
         # result does not depend on its neighbours' lengths (see KEY_STEP)
