@@ -84,13 +84,10 @@ def paper_loop(expert, amateur, prompts, n_new, alpha=0.1, penalty=-20.0):
     assert caches[0].get_seq_length() == prompts.shape[1] + n_new - 1, caches[0].get_seq_length()
 
 
-def cdray_cd(decoder, prompts, n_new, batch, max_len=None):
-    """(b) cdray's engine: stacked models (same shape), per-slot static cache, inverse-CDF sampler.
-
-    A warm-up passes the timed run's max_len: the flex step is compiled per cache length."""
+def cdray_cd(decoder, prompts, n_new, batch):
+    """(b) cdray's engine: stacked models (same shape), per-slot static cache, inverse-CDF sampler."""
     rows = decoder.generate(prompts, list(range(len(prompts))), max_new_tokens=n_new,
-                            stop_at_eos=False, batch_size=batch,
-                            max_len=max_len or len(prompts[0]) + n_new)
+                            stop_at_eos=False, batch_size=batch, max_len=len(prompts[0]) + n_new)
     assert all(len(r.tokens) == n_new for r in rows)
 
 
@@ -176,7 +173,7 @@ def main() -> None:
     set_attention(decoders["cdray"], kinds[0])
     for fn in contenders_for(4).values():  # short warm-up (allocator, MKL, first-call costs)
         fn()
-    cdray_cd(decoders["cdray"], prompt_lists, 4, args.batch, max_len=args.prompt + args.new)
+    cdray_cd(decoders["cdray"], prompt_lists, args.new, args.batch)  # compiles the flex step
     contenders = contenders_for(args.new)
     best = {name: float("inf") for name in contenders}
     for _ in range(args.repeats):
@@ -225,7 +222,7 @@ def profile(args, decoder, batch: int) -> None:
     rows = torch.randint(4, args.vocab, (batch, args.prompt), generator=torch.Generator().manual_seed(7))
     rows[:, 0] = 1
     rows = rows.tolist()
-    cdray_cd(decoder, rows, 4, batch, max_len=args.prompt + 32)
+    cdray_cd(decoder, rows, 32, batch)
     cuda = args.device.startswith("cuda")
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sync(args.device)
@@ -249,7 +246,9 @@ def sweep_batches(args, decoder, batches: list[int]) -> None:
         rows[:, 0] = 1
         rows = rows.tolist()
         try:
-            cdray_cd(decoder, rows, 4, batch, max_len=args.prompt + args.new)
+            # warm-up: the whole run (the flex step compiles per batch and cache length, and a
+            # shorter run at the same cache length would prefill far wider rows)
+            cdray_cd(decoder, rows, args.new, batch)
             secs = float("inf")
             for _ in range(args.repeats):
                 sync(args.device)

@@ -9,10 +9,14 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from cdray.stacked import _bmm
+
 # keys per attention block: a row reads the ceil((position + 1) / FLEX_KV_BLOCK) blocks of its own
 # cache and nothing of its neighbours', so its bits never depend on their lengths
 FLEX_KV_BLOCK = 64
 Q_BLOCK = 128  # flex decoding needs the query block size to be a multiple of 16
+# the flex decoding kernel's grid has one program per (batch, kv head) on CUDA's y axis
+MAX_GRID_Y = 65535
 
 
 def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
@@ -31,21 +35,24 @@ def _pre(x: Tensor, ln1: Tensor, wqkv: Tensor, cos: Tensor, sin: Tensor, eps: fl
     """RMSNorm, the q/k/v projection and RoPE of one token per row: x [G, b, H] -> q, k, v."""
     G, b, _ = x.shape
     hd = cos.shape[-1]
-    qkv = torch.bmm(_rms(x, ln1, eps), wqkv).reshape(G, b, nh + 2 * nkv, hd)
+    qkv = _bmm(_rms(x, ln1, eps), wqkv).reshape(G, b, nh + 2 * nkv, hd)
     qk = _rope(qkv[:, :, :nh + nkv], cos, sin)
     return qk[:, :, :nh], qk[:, :, nh:], qkv[:, :, nh + nkv:]
 
 
 def _post(att: Tensor, x: Tensor, wo: Tensor, ln2: Tensor, wgu: Tensor, wdown: Tensor,
           eps: float) -> Tensor:
-    """Output projection, residual, RMSNorm and the SwiGLU MLP with its residual."""
-    x = torch.baddbmm(x, att, wo)
-    gate, up = torch.bmm(_rms(x, ln2, eps), wgu).chunk(2, dim=-1)
-    return torch.baddbmm(x, torch.nn.functional.silu(gate) * up, wdown)
+    """Output projection, residual, RMSNorm and the SwiGLU MLP with its residual.
+
+    Products go through stacked._bmm, which pads to MIN_ROWS rows: BLAS libraries (cuBLAS too,
+    measured by bench/row_determinism.py) round a handful of rows differently."""
+    x = _bmm(att, wo, residual=x)
+    gate, up = _bmm(_rms(x, ln2, eps), wgu).chunk(2, dim=-1)
+    return _bmm(torch.nn.functional.silu(gate) * up, wdown, residual=x)
 
 
 def _final(x: Tensor, norm: Tensor, lm_head: Tensor, eps: float) -> Tensor:
-    return torch.bmm(_rms(x, norm, eps), lm_head).float()
+    return _bmm(_rms(x, norm, eps), lm_head).float()
 
 
 @functools.cache
@@ -83,9 +90,10 @@ class _State:
     ids: Tensor  # [b] token fed to each slot
     pos: Tensor  # [b] its position
     rows: Tensor  # [b] arange
-    kv_blocks: Tensor  # [G*b, 1, 1] int32 blocks each row reads
-    pos_flat: Tensor  # [G*b] position per (member, row), read by the mask
+    kv_blocks: Tensor  # [n, 1, 1] int32 blocks each row reads
+    pos_flat: Tensor  # [n] position per row, read by the mask
     mask: Any
+    per_member: bool  # one attention call per stacked model (n = b), else one for all (n = G*b)
     graph: Optional[Any] = None
     out: Optional[Tensor] = None
 
@@ -120,7 +128,11 @@ class FastDecode:
         s, dev = self.s, self.s.device
         if s.T % self.kv_block:
             raise ValueError(f"cache length {s.T} is not a multiple of kv_block={self.kv_block}")
-        n = s.G * b
+        per_member = s.G * b * s.kv_heads > MAX_GRID_Y
+        if b * s.kv_heads > MAX_GRID_Y:
+            raise ValueError(f"batch {b} x {s.kv_heads} kv heads exceeds the attention kernel's "
+                             f"grid ({MAX_GRID_Y}); use a batch of at most {MAX_GRID_Y // s.kv_heads}")
+        n = b if per_member else s.G * b
         kv_blocks = torch.ones((n, 1, 1), dtype=torch.int32, device=dev)
         kv_indices = torch.arange(s.T // self.kv_block, dtype=torch.int32, device=dev)
         kv_indices = kv_indices.expand(n, 1, 1, -1).contiguous()
@@ -128,7 +140,8 @@ class FastDecode:
         return _State(batch=b, ids=torch.zeros(b, dtype=torch.long, device=dev),
                       pos=torch.zeros(b, dtype=torch.long, device=dev),
                       rows=torch.arange(b, device=dev), kv_blocks=kv_blocks, pos_flat=pos_flat,
-                      mask=_block_mask(kv_blocks, kv_indices, pos_flat, s.T, self.kv_block))
+                      mask=_block_mask(kv_blocks, kv_indices, pos_flat, s.T, self.kv_block),
+                      per_member=per_member)
 
     def __call__(self, ids: Tensor, positions: Tensor) -> Tensor:
         """Logits [G, b, V] (fp32) for ids, positions [b, 1], slot i being row i of the cache."""
@@ -167,8 +180,9 @@ class FastDecode:
         nh, nkv, hd = s.heads, s.kv_heads, s.head_dim
         pos = st.pos
         # block-mask inputs are updated in place: a replayed graph reads this step's positions
-        st.kv_blocks.copy_((pos // self.kv_block + 1).to(torch.int32).repeat(G).view(G * b, 1, 1))
-        st.pos_flat.copy_(pos.repeat(G))
+        reps = 1 if st.per_member else G  # both members share the rows' positions
+        st.kv_blocks.copy_((pos // self.kv_block + 1).to(torch.int32).repeat(reps)[:, None, None])
+        st.pos_flat.copy_(pos.repeat(reps))
         x = torch.stack([s.embed[g][st.ids] for g in range(G)])  # [G, b, H]
         freqs = pos.to(torch.float32)[:, None] * s.inv_freq
         emb = torch.cat([freqs, freqs], dim=-1)
@@ -181,9 +195,14 @@ class FastDecode:
             # cache[g, slot, head, pos] <- value; the advanced indices (slot, pos) come first
             kc[:, st.rows, :, pos] = k.transpose(0, 1)
             vc[:, st.rows, :, pos] = v.transpose(0, 1)
-            att = k_["flex"](q.reshape(G * b, nh, 1, hd), kc.view(G * b, nkv, T, hd),
-                             vc.view(G * b, nkv, T, hd), block_mask=st.mask,
-                             enable_gqa=nh != nkv, **options)
+            if st.per_member:
+                att = torch.stack([k_["flex"](q[g].reshape(b, nh, 1, hd), kc[g], vc[g],
+                                              block_mask=st.mask, enable_gqa=nh != nkv, **options)
+                                   for g in range(G)])
+            else:
+                att = k_["flex"](q.reshape(G * b, nh, 1, hd), kc.view(G * b, nkv, T, hd),
+                                 vc.view(G * b, nkv, T, hd), block_mask=st.mask,
+                                 enable_gqa=nh != nkv, **options)
             x = k_["post"](att.reshape(G, b, nh * hd), x, blk["o"], blk["ln2"], blk["gate_up"],
                            blk["down"], s.eps)
         return k_["final"](x, s.final_norm, s.lm_head, s.eps)
