@@ -61,11 +61,20 @@ def _kernels(compiled: bool) -> dict[str, Any]:
     twelve calls of a step share one compiled graph per piece)."""
     from torch.nn.attention.flex_attention import flex_attention
 
+    import torch._inductor.config as inductor_config
+
+    # Inductor otherwise times several block sizes of a reduction on the device at first run and
+    # keeps the fastest, and block sizes change the summation order: a re-run could then sample
+    # other tokens, and a batch of 5 rows rounded a row differently from a batch of 24 (H200).
+    # `deterministic` forbids that tuning; `batch_invariant` (newer torch) also fixes the kernel
+    # per row across batch sizes.
+    options = {key: True for key in ("deterministic", "batch_invariant")
+               if hasattr(inductor_config, key)}
     fns = {"pre": _pre, "post": _post, "final": _final}
     if compiled:
-        fns = {name: torch.compile(fn, dynamic=False) for name, fn in fns.items()}
+        fns = {name: torch.compile(fn, dynamic=False, options=options) for name, fn in fns.items()}
     # flex_attention runs a slow reference implementation unless compiled
-    fns["flex"] = torch.compile(flex_attention, dynamic=False)
+    fns["flex"] = torch.compile(flex_attention, dynamic=False, options=options)
     return fns
 
 
