@@ -12,7 +12,6 @@ PY=${PY:-python3}
 D="$PY bench/decoding.py --device cuda --preset good --dtype bf16 --repeats 1 --threads 8"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"; } 2>&1 | tee "$OUT/env.txt"
-timeout 100 $PY bench/row_determinism.py --device cuda --dtype bf16 --attention flex --quick 2>&1 | tee "$OUT/row_determinism_flex.txt"
-timeout 110 $D --skip-baselines --new 400 --sweep-batches 1536 --attention flex,auto 2>&1 | tee "$OUT/decoding_400.txt"
-timeout 60 $D --skip-baselines --new 128 --sweep-batches 4608 --attention flex 2>&1 | tee "$OUT/decoding_128.txt"
+timeout 100 $PY bench/row_determinism.py --device cuda --dtype bf16 --attention flex --quick --no-compile-layers 2>&1 | tee "$OUT/row_determinism_flex_nocompile.txt"
+timeout 70 $D --skip-baselines --new 400 --sweep-batches 1536 --attention flex:nocompile 2>&1 | tee "$OUT/decoding_400_nocompile.txt"
 grep -h "cd_best_tok_s\|rows_identical\|rows differing\|attention \|cdray batch\|Error" "$OUT"/*.txt

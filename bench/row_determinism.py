@@ -24,7 +24,13 @@ def main() -> None:
     p.add_argument("--attention", default="auto", help="one of cdray.stacked.ATTENTION")
     p.add_argument("--quick", action="store_true",
                    help="two other batch sizes, not four (each batch size compiles the flex step)")
+    p.add_argument("--no-compile-layers", action="store_true",
+                   help="flex: compile only the attention (cdray.stacked_fast.COMPILE_LAYERS)")
     args = p.parse_args()
+    if args.no_compile_layers:
+        import cdray.stacked_fast
+
+        cdray.stacked_fast.COMPILE_LAYERS = False
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

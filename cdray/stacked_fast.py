@@ -14,6 +14,8 @@ from cdray.stacked import _bmm
 # keys per attention block: a row reads the ceil((position + 1) / FLEX_KV_BLOCK) blocks of its own
 # cache and nothing of its neighbours', so its bits never depend on their lengths
 FLEX_KV_BLOCK = 64
+# compile RMSNorm/projections/RoPE/MLP into fused kernels (False: only the attention is compiled)
+COMPILE_LAYERS = True
 Q_BLOCK = 128  # flex decoding needs the query block size to be a multiple of 16
 # the flex decoding kernel's grid has one program per (batch, kv head) on CUDA's y axis
 MAX_GRID_Y = 65535
@@ -116,14 +118,14 @@ class FastDecode:
     launches one graph per step. The batch must then stay fixed (`StackedLlama.fixed_batch`).
     """
 
-    def __init__(self, stack, *, compiled: bool = True, graphs: Optional[bool] = None,
+    def __init__(self, stack, *, compiled: Optional[bool] = None, graphs: Optional[bool] = None,
                  kv_block: int = FLEX_KV_BLOCK):
         if any(p > 0 for p in stack.dropout):
             raise ValueError("the fast decode step has no attention dropout")
         if kv_block % 16 or kv_block < 16:
             raise ValueError(f"kv_block={kv_block} must be a positive multiple of 16")
         self.s, self.kv_block = stack, kv_block
-        self.compiled = compiled
+        self.compiled = COMPILE_LAYERS if compiled is None else bool(compiled)
         self.graphs = stack.device.type == "cuda" if graphs is None else bool(graphs)
         if self.graphs and stack.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
