@@ -113,7 +113,7 @@ def main() -> None:
     p.add_argument("--attention", default="auto",
                    help="comma list of cdray.stacked.ATTENTION kinds; the batch sweep times each, "
                         "the ratio line uses the first. flex takes options after colons: "
-                        "flex:nographs, flex:nocompile, flex:kv128 (cdray.stacked_fast.FastDecode)")
+                        "flex:compiled, flex:nographs, flex:kv128 (cdray.stacked_fast.FastDecode)")
     p.add_argument("--profile-attention", default="auto", help="attention kind of --profile")
     p.add_argument("--profile", type=int, default=0, metavar="BATCH",
                    help="print a torch.profiler kernel table of cdray at this batch (32 new tokens)")
@@ -201,8 +201,8 @@ def set_attention(decoder, spec: str) -> None:
     for opt in opts:
         if opt == "nographs":
             options["graphs"] = False
-        elif opt == "nocompile":
-            options["compiled"] = False
+        elif opt == "compiled":
+            options["compiled"] = True
         elif opt.startswith("kv"):
             options["kv_block"] = int(opt[2:])
         else:

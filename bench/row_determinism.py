@@ -24,13 +24,9 @@ def main() -> None:
     p.add_argument("--attention", default="auto", help="one of cdray.stacked.ATTENTION")
     p.add_argument("--quick", action="store_true",
                    help="two other batch sizes, not four (each batch size compiles the flex step)")
-    p.add_argument("--no-compile-layers", action="store_true",
-                   help="flex: compile only the attention (cdray.stacked_fast.COMPILE_LAYERS)")
+    p.add_argument("--compile-layers", action="store_true",
+                   help="flex: also compile the layers (generation.compile_layers)")
     args = p.parse_args()
-    if args.no_compile_layers:
-        import cdray.stacked_fast
-
-        cdray.stacked_fast.COMPILE_LAYERS = False
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -52,7 +48,8 @@ def main() -> None:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     prompts = [[1, 4 + i, 30 - i] + [7] * (i % 5) for i in range(24)]
     seeds = [100 + i for i in range(24)]
-    common = dict(device=args.device, dtype=dtype, max_len=160, attention=args.attention)
+    common = dict(device=args.device, dtype=dtype, max_len=160, attention=args.attention,
+                  compile_layers=args.compile_layers)
     # the pair's most frequent sampled token serves as EOS, so rows end early and slots refill
     probe = generate(expert, amateur, prompts, seeds, "contrastive", DecodingConfig(alpha=0.1),
                      max_new_tokens=20, stop_at_eos=False, **common)

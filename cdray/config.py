@@ -280,6 +280,12 @@ class GenerationConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     paper_compat: bool = False  # the released code's settings (see PAPER_COMPAT)
     engine: Literal["auto", "stacked", "separate"] = "auto"  # auto: stack same-shaped models
+    # how a decode step attends (cdray.stacked.ATTENTION); auto: the flex step on CUDA (FlexAttention
+    # + a CUDA graph per batch), eager matmul-softmax-matmul on CPU and for DROP-p amateurs
+    attention: Literal["auto", "eager", "sdpa", "sdpa_efficient", "flex"] = "auto"
+    # flex step only: also compile the layers into fused kernels (+17% on an H200), but rows may
+    # then depend on the batch size's kernel choice (BENCHMARKS.md, decoding)
+    compile_layers: bool = False
     refill: bool = True  # finished rows are replaced from the queue so the batch stays full
     memory_fraction: float = 0.5  # of free RAM / GPU memory the two KV caches may take
     decontaminate_n: int = 13  # n-gram length of the eval-overlap check (0: off)
@@ -296,6 +302,8 @@ class GenerationConfig:
             _check(self.decoding.penalty == PAPER_COMPAT_PENALTY, f"{at}.decoding.penalty",
                    f"{self.decoding.penalty!r} conflicts with paper_compat=true (which needs -20.0)")
         _in_range(self.memory_fraction, 0, 1, f"{at}.memory_fraction", lo_open=True)
+        _check(not self.compile_layers or self.attention in ("auto", "flex"), f"{at}.compile_layers",
+               f"needs attention auto or flex, got {self.attention!r}")
         _check(self.decontaminate_n >= 0, f"{at}.decontaminate_n", "must be >= 0 (0: off)")
         _check(not self.drop_contaminated or self.decontaminate_n > 0, f"{at}.drop_contaminated",
                "needs decontaminate_n > 0")

@@ -65,7 +65,7 @@ class Decoder:
 
     def __init__(self, expert, amateur, strategy: str, d: DecodingConfig, *, device="cpu",
                  dtype=torch.float32, amateur_dropout: float = 0.0, engine: str = "auto",
-                 attention: str = "auto"):
+                 attention: str = "auto", compile_layers: bool = False):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)})")
         if strategy in NEEDS_AMATEUR and amateur is None:
@@ -90,6 +90,8 @@ class Decoder:
                            StackedLlama([amateur], dtype=dtype, device=device, dropout=[drop],
                                         attention=attention)]
             self.index = [(0, 0), (1, 0)]
+        for g in self.groups:
+            g.fast_options = {"compiled": bool(compile_layers)}
         if self.uses_amateur and self.groups[-1].vocab != self.groups[0].vocab:
             raise ValueError("expert and amateur vocabularies differ")
 
@@ -122,7 +124,7 @@ class Decoder:
         if longest + max_new_tokens > T:
             raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new exceeds max_len={T}")
         dev, d = self.device, self.d
-        B = max(1, min(batch_size, n))
+        B = max(1, min(batch_size, n, *(g.max_batch() for g in self.groups)))
         for g in self.groups:
             g.new_cache(B, T)
         results: list[Optional[RowResult]] = [None] * n

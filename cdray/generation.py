@@ -197,7 +197,8 @@ class ShardGenerator:
         self.prompts = pq.read_table(prompts_path, columns=["prompt_id", "prompt"])
         drop = float(amateur.get("dropout", 0.0)) if self.amateur_dropout else 0.0
         self.decoder = Decoder(self.expert, self.amateur, strategy, self.g.decoding, device=device,
-                               dtype=self.dtype, amateur_dropout=drop, engine=self.g.engine)
+                               dtype=self.dtype, amateur_dropout=drop, engine=self.g.engine,
+                               attention=self.g.attention, compile_layers=self.g.compile_layers)
         # a fixed cache length: rows never depend on the prompts they share a batch with
         self.max_len = self.g.prompt_tokens + self.g.max_new_tokens
         self.batch_size = plan_batch_size(self.decoder.groups, self.max_len, self.g.batch_size,

@@ -44,9 +44,9 @@ CACHE_LEN_STEP = 8  # cache lengths are rounded up to a multiple of this
 #   auto            eager: on CPU it was 7% faster per decode step than SDPA (and takes the
 #                   short key step); on CUDA torch picks cuDNN's flash kernel for masked
 #                   one-query attention, which cost ~2.5 ms of host time per call on an H100
-#                   (BENCHMARKS.md, decoding)
-#   flex            decode steps through cdray.stacked_fast (compiled layers, FlexAttention over
-#                   each row's own cache blocks, a CUDA graph per batch on CUDA); prefill eager
+#                   (BENCHMARKS.md, decoding); "flex" on CUDA for members without dropout
+#   flex            decode steps through cdray.stacked_fast (FlexAttention over each row's own
+#                   cache blocks, a CUDA graph per batch on CUDA); prefill and dropout eager
 ATTENTION = ("auto", "sdpa", "sdpa_efficient", "eager", "flex")
 
 
@@ -166,15 +166,30 @@ class StackedLlama:
         self._fast = None
 
     @property
+    def flex_step(self) -> bool:
+        """Whether decode steps run through cdray.stacked_fast (see ATTENTION)."""
+        if any(p > 0 for p in self.dropout):
+            return False
+        return self.attention == "flex" or (self.attention == "auto" and self.device.type == "cuda")
+
+    @property
     def fixed_batch(self) -> bool:
-        """Whether decode steps must keep every slot: the fast step is compiled for one batch
+        """Whether decode steps must keep every slot: the flex step is compiled for one batch
         size, and on CUDA a captured graph holds the cache's addresses."""
-        return self.attention == "flex" and not any(self.dropout)
+        return self.flex_step
+
+    def max_batch(self) -> int:
+        """The most slots a decode step takes (the flex attention kernel's grid is bounded)."""
+        if not self.flex_step:
+            return 2**62
+        from cdray.stacked_fast import max_batch
+
+        return max_batch(self.kv_heads)
 
     # ------------------------------------------------------------ cache
 
     def _cache_step(self) -> int:
-        if self.attention != "flex":
+        if not self.flex_step:
             return CACHE_LEN_STEP
         from cdray.stacked_fast import FLEX_KV_BLOCK
 
@@ -190,6 +205,10 @@ class StackedLlama:
         max_len = _cache_len(max_len, self._cache_step())
         if self._fast is not None:
             self._fast.reset()
+        # drop the previous call's cache first: it would otherwise still be alive while the new
+        # one is allocated (bench/decoding.py peaked at 72.8 GiB on an H200 where one cache of
+        # batch 1536 x 448 positions is 47 GiB)
+        self.k_cache, self.v_cache = [], []
         shape = (self.G, batch, self.kv_heads, max_len, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                         for _ in range(self.layers)]
@@ -252,7 +271,7 @@ class StackedLlama:
         """
         G, (b, Q) = self.G, ids.shape
         use_dropout = any(p > 0 for p in self.dropout)
-        if self.attention == "flex" and slots is None and Q == 1 and last is None and not use_dropout:
+        if self.flex_step and slots is None and Q == 1 and last is None:
             if self._fast is None:
                 from cdray.stacked_fast import FastDecode
 
@@ -265,7 +284,7 @@ class StackedLlama:
         emb = torch.cat([freqs, freqs], dim=-1)
         cos = emb.cos().to(self.dtype)[None, :, None]  # [1, b, 1, Q, hd]
         sin = emb.sin().to(self.dtype)[None, :, None]
-        kind = "eager" if self.attention in ("auto", "flex") else self.attention
+        kind = "eager" if self.attention in ("auto", "flex") else self.attention  # prefill
         eager = use_dropout or kind == "eager"
         # attend over a prefix of the cache long enough for every row, in key steps, so a row's
         # result does not depend on its neighbours' lengths (see KEY_STEP)

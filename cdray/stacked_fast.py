@@ -1,4 +1,4 @@
-"""A StackedLlama's decode step for GPUs: compiled layers, FlexAttention by row length, one CUDA graph."""
+"""A StackedLlama's decode step for GPUs: FlexAttention by row length, one CUDA graph per batch."""
 from __future__ import annotations
 
 import functools
@@ -14,11 +14,14 @@ from cdray.stacked import _bmm
 # keys per attention block: a row reads the ceil((position + 1) / FLEX_KV_BLOCK) blocks of its own
 # cache and nothing of its neighbours', so its bits never depend on their lengths
 FLEX_KV_BLOCK = 64
-# compile RMSNorm/projections/RoPE/MLP into fused kernels (False: only the attention is compiled)
-COMPILE_LAYERS = True
 Q_BLOCK = 128  # flex decoding needs the query block size to be a multiple of 16
 # the flex decoding kernel's grid has one program per (batch, kv head) on CUDA's y axis
 MAX_GRID_Y = 65535
+
+
+def max_batch(kv_heads: int) -> int:
+    """Most slots of one step: a model's (slot, kv head) pairs must fit the kernel's grid."""
+    return MAX_GRID_Y // kv_heads
 
 
 def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
@@ -112,20 +115,24 @@ class _State:
 class FastDecode:
     """The decode step (one token for every slot) of a StackedLlama without dropout.
 
-    Per layer: a compiled RMSNorm+projection+RoPE, the cache write, FlexAttention over each row's
-    own cache blocks, and a compiled output-projection+MLP: about 10 kernels instead of ~40. On CUDA
-    the whole step is captured once per batch size as a CUDA graph and replayed, so the host
-    launches one graph per step. The batch must then stay fixed (`StackedLlama.fixed_batch`).
+    Per layer: RMSNorm, projection and RoPE, the cache write, FlexAttention over each row's own
+    cache blocks (a compiled Triton kernel; it reads only the blocks a row has filled), and the
+    output projection with the MLP. On CUDA the whole step is captured once per batch size as a
+    CUDA graph and replayed, so the host launches one graph per step; the batch must then stay
+    fixed (`StackedLlama.fixed_batch`). compiled=True also compiles the layers into fused
+    kernels: +17% on an H200, but there (torch 2.11) 3 of 24 rows were rounded differently at
+    batch 5 than at batch 24, while the uncompiled step kept every row's bits
+    (bench/row_determinism.py; BENCHMARKS.md, decoding).
     """
 
-    def __init__(self, stack, *, compiled: Optional[bool] = None, graphs: Optional[bool] = None,
+    def __init__(self, stack, *, compiled: bool = False, graphs: Optional[bool] = None,
                  kv_block: int = FLEX_KV_BLOCK):
         if any(p > 0 for p in stack.dropout):
             raise ValueError("the fast decode step has no attention dropout")
         if kv_block % 16 or kv_block < 16:
             raise ValueError(f"kv_block={kv_block} must be a positive multiple of 16")
         self.s, self.kv_block = stack, kv_block
-        self.compiled = COMPILE_LAYERS if compiled is None else bool(compiled)
+        self.compiled = bool(compiled)
         self.graphs = stack.device.type == "cuda" if graphs is None else bool(graphs)
         if self.graphs and stack.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
@@ -140,9 +147,8 @@ class FastDecode:
         if s.T % self.kv_block:
             raise ValueError(f"cache length {s.T} is not a multiple of kv_block={self.kv_block}")
         per_member = s.G * b * s.kv_heads > MAX_GRID_Y
-        if b * s.kv_heads > MAX_GRID_Y:
-            raise ValueError(f"batch {b} x {s.kv_heads} kv heads exceeds the attention kernel's "
-                             f"grid ({MAX_GRID_Y}); use a batch of at most {MAX_GRID_Y // s.kv_heads}")
+        if b > max_batch(s.kv_heads):
+            raise ValueError(f"batch {b} exceeds the flex step's {max_batch(s.kv_heads)} slots")
         n = b if per_member else s.G * b
         kv_blocks = torch.ones((n, 1, 1), dtype=torch.int32, device=dev)
         kv_indices = torch.arange(s.T // self.kv_block, dtype=torch.int32, device=dev)

@@ -475,3 +475,25 @@ def test_plan_batch_size():
     assert plan_batch_size([g], 100, 8, 0.5, "cpu", available=per_row * 20) == 8
     assert plan_batch_size([g], 100, 64, 0.5, "cpu", available=1) == 1
     assert 1 <= plan_batch_size([g], 100, 64, 0.5, "cpu") <= 64
+
+
+def test_new_cache_frees_the_old_cache_before_allocating(pair, monkeypatch):
+    # a generation actor calls generate once per shard: two caches alive at once would double
+    # the memory the batch planner budgeted for one
+    import weakref
+
+    from cdray.stacked import StackedLlama
+
+    s = StackedLlama(list(pair))
+    s.new_cache(2, 16)
+    old = weakref.ref(s.k_cache[0])
+    freed_when_allocating = []
+    zeros = torch.zeros
+
+    def watching_zeros(*args, **kwargs):
+        freed_when_allocating.append(old() is None)
+        return zeros(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "zeros", watching_zeros)
+    s.new_cache(2, 16)
+    assert freed_when_allocating and all(freed_when_allocating)
