@@ -49,8 +49,8 @@ def _post(att: Tensor, x: Tensor, wo: Tensor, ln2: Tensor, wgu: Tensor, wdown: T
           eps: float) -> Tensor:
     """Output projection, residual, RMSNorm and the SwiGLU MLP with its residual.
 
-    Products go through stacked._bmm, which pads to MIN_ROWS rows: BLAS libraries (cuBLAS too,
-    measured by bench/row_determinism.py) round a handful of rows differently."""
+    Products go through stacked._bmm, which pads to MIN_ROWS rows as the eager step does (BLAS
+    takes another path for a handful of rows, which rounds differently)."""
     x = _bmm(att, wo, residual=x)
     gate, up = _bmm(_rms(x, ln2, eps), wgu).chunk(2, dim=-1)
     return _bmm(torch.nn.functional.silu(gate) * up, wdown, residual=x)
@@ -69,10 +69,10 @@ def _kernels(compiled: bool) -> dict[str, Any]:
     import torch._inductor.config as inductor_config
 
     # Inductor otherwise times several block sizes of a reduction on the device at first run and
-    # keeps the fastest, and block sizes change the summation order: a re-run could then sample
-    # other tokens, and a batch of 5 rows rounded a row differently from a batch of 24 (H200).
-    # `deterministic` forbids that tuning; `batch_invariant` (newer torch) also fixes the kernel
-    # per row across batch sizes.
+    # keeps the fastest, and block sizes change the summation order, so a re-run could sample
+    # other tokens: `deterministic` forbids that tuning. `batch_invariant` (newer torch) also
+    # aims to keep a row's kernel across batch sizes; torch 2.11 lacks it, and there the compiled
+    # layers rounded rows differently at batch 5 than at 24 (H200), hence compiled=False by default.
     options = {key: True for key in ("deterministic", "batch_invariant")
                if hasattr(inductor_config, key)}
     fns = {"pre": _pre, "post": _post, "final": _final}
