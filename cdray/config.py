@@ -280,12 +280,15 @@ class GenerationConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     paper_compat: bool = False  # the released code's settings (see PAPER_COMPAT)
     engine: Literal["auto", "stacked", "separate"] = "auto"  # auto: stack same-shaped models
-    # how a decode step attends (cdray.stacked.ATTENTION); auto: the flex step on CUDA (FlexAttention
-    # + a CUDA graph per batch), eager matmul-softmax-matmul on CPU and for DROP-p amateurs
-    attention: Literal["auto", "eager", "sdpa", "sdpa_efficient", "flex"] = "auto"
-    # flex step only: also compile the layers into fused kernels (+17% on an H200), but rows may
-    # then depend on the batch size's kernel choice (BENCHMARKS.md, decoding)
+    # how a decode step attends (cdray.stacked.ATTENTION); auto: on CUDA the fast step (cdray's
+    # Triton kernel over each row's own keys + a CUDA graph per batch), eager matmul-softmax-matmul
+    # on CPU and for DROP-p amateurs
+    attention: Literal["auto", "eager", "sdpa", "sdpa_efficient", "flex", "triton"] = "auto"
+    # fast step only: also compile the layers into fused kernels (BENCHMARKS.md, decoding)
     compile_layers: bool = False
+    # KV cache storage (cdray.stacked.KV_CACHE): "model" dtype, or "fp8" (e4m3 + a scale per
+    # vector): half the bytes a bf16 decode step streams, at the cost of rounding keys and values
+    kv_cache: Literal["model", "fp8"] = "model"
     refill: bool = True  # finished rows are replaced from the queue so the batch stays full
     memory_fraction: float = 0.5  # of free RAM / GPU memory the two KV caches may take
     decontaminate_n: int = 13  # n-gram length of the eval-overlap check (0: off)
@@ -302,8 +305,10 @@ class GenerationConfig:
             _check(self.decoding.penalty == PAPER_COMPAT_PENALTY, f"{at}.decoding.penalty",
                    f"{self.decoding.penalty!r} conflicts with paper_compat=true (which needs -20.0)")
         _in_range(self.memory_fraction, 0, 1, f"{at}.memory_fraction", lo_open=True)
-        _check(not self.compile_layers or self.attention in ("auto", "flex"), f"{at}.compile_layers",
-               f"needs attention auto or flex, got {self.attention!r}")
+        _check(not self.compile_layers or self.attention in ("auto", "flex", "triton"),
+               f"{at}.compile_layers", f"needs attention auto, flex or triton, got {self.attention!r}")
+        _check(self.kv_cache != "fp8" or self.attention != "flex", f"{at}.kv_cache",
+               "'fp8' cannot be read by attention 'flex' (use triton or auto)")
         _check(self.decontaminate_n >= 0, f"{at}.decontaminate_n", "must be >= 0 (0: off)")
         _check(not self.drop_contaminated or self.decontaminate_n > 0, f"{at}.drop_contaminated",
                "needs decontaminate_n > 0")

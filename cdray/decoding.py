@@ -196,20 +196,22 @@ def generate(expert, amateur, prompts: list[list[int]], row_seeds: list[int], st
              d: DecodingConfig, *, max_new_tokens: int, stop_at_eos: bool, eos_id: int = 2,
              pad_id: int = 3, batch_size: int = 64, device="cpu", dtype=torch.float32,
              amateur_dropout: float = 0.0, max_len: int | None = None, engine: str = "auto",
-             refill: bool = True, attention: str = "auto", compile_layers: bool = False):
+             refill: bool = True, attention: str = "auto", compile_layers: bool = False,
+             kv_cache: str = "model"):
     """Sample one continuation per prompt (see cdray.decoding_engine.Decoder.generate).
 
     Row j uses uniforms from seed row_seeds[j]. The HF models are read, not modified: the engine
     copies their weights (stacked when expert and amateur share a shape) into `dtype` on
     `device`; logits are upcast to fp32 before scoring. amateur_dropout = p > 0 runs the
     amateur with attention dropout p (a DROP-p amateur); the expert never drops. attention is
-    one of cdray.stacked.ATTENTION; compile_layers applies to its flex step.
+    one of cdray.stacked.ATTENTION; compile_layers applies to its fast step; kv_cache is one of
+    cdray.stacked.KV_CACHE.
     """
     from cdray.decoding_engine import Decoder
 
     dec = Decoder(expert, amateur, strategy, d, device=device, dtype=dtype,
                   amateur_dropout=float(amateur_dropout), engine=engine, attention=attention,
-                  compile_layers=compile_layers)
+                  compile_layers=compile_layers, kv_cache=kv_cache)
     return dec.generate(prompts, row_seeds, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
                         eos_id=eos_id, pad_id=pad_id, batch_size=batch_size, max_len=max_len,
                         refill=refill)

@@ -65,7 +65,7 @@ class Decoder:
 
     def __init__(self, expert, amateur, strategy: str, d: DecodingConfig, *, device="cpu",
                  dtype=torch.float32, amateur_dropout: float = 0.0, engine: str = "auto",
-                 attention: str = "auto", compile_layers: bool = False):
+                 attention: str = "auto", compile_layers: bool = False, kv_cache: str = "model"):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)})")
         if strategy in NEEDS_AMATEUR and amateur is None:
@@ -77,18 +77,20 @@ class Decoder:
         drop = float(amateur_dropout)
         if not self.uses_amateur:
             # its logits would be unused: never pay for the amateur's forward
-            self.groups = [StackedLlama([expert], dtype=dtype, device=device, attention=attention)]
+            self.groups = [StackedLlama([expert], dtype=dtype, device=device, attention=attention, kv_cache=kv_cache)]
             self.index = [(0, 0)]
         elif engine != "separate" and same_shape(expert, amateur):
             self.groups = [StackedLlama([expert, amateur], dtype=dtype, device=device,
-                                        dropout=[0.0, drop], attention=attention)]
+                                        dropout=[0.0, drop], attention=attention,
+                                        kv_cache=kv_cache)]
             self.index = [(0, 0), (0, 1)]
         else:
             if engine == "stacked":
                 raise ValueError("engine 'stacked' needs an amateur of the expert's shape")
-            self.groups = [StackedLlama([expert], dtype=dtype, device=device, attention=attention),
+            self.groups = [StackedLlama([expert], dtype=dtype, device=device, attention=attention,
+                                        kv_cache=kv_cache),
                            StackedLlama([amateur], dtype=dtype, device=device, dropout=[drop],
-                                        attention=attention)]
+                                        attention=attention, kv_cache=kv_cache)]
             self.index = [(0, 0), (1, 0)]
         for g in self.groups:
             g.fast_options = {"compiled": bool(compile_layers)}

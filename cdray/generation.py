@@ -198,7 +198,8 @@ class ShardGenerator:
         drop = float(amateur.get("dropout", 0.0)) if self.amateur_dropout else 0.0
         self.decoder = Decoder(self.expert, self.amateur, strategy, self.g.decoding, device=device,
                                dtype=self.dtype, amateur_dropout=drop, engine=self.g.engine,
-                               attention=self.g.attention, compile_layers=self.g.compile_layers)
+                               attention=self.g.attention, compile_layers=self.g.compile_layers,
+                               kv_cache=self.g.kv_cache)
         # a fixed cache length: rows never depend on the prompts they share a batch with
         self.max_len = self.g.prompt_tokens + self.g.max_new_tokens
         self.batch_size = plan_batch_size(self.decoder.groups, self.max_len, self.g.batch_size,

@@ -47,7 +47,15 @@ CACHE_LEN_STEP = 8  # cache lengths are rounded up to a multiple of this
 #                   (BENCHMARKS.md, decoding); "flex" on CUDA for members without dropout
 #   flex            decode steps through cdray.stacked_fast (FlexAttention over each row's own
 #                   cache blocks, a CUDA graph per batch on CUDA); prefill and dropout eager
-ATTENTION = ("auto", "sdpa", "sdpa_efficient", "eager", "flex")
+#   triton          the same, attending with cdray.decode_attention's kernel (each row reads
+#                   exactly its own keys; the only kernel that reads an fp8 cache)
+ATTENTION = ("auto", "sdpa", "sdpa_efficient", "eager", "flex", "triton")
+# how the KV cache is stored: "model" in the model's dtype; "fp8" as e4m3 values with a bf16
+# scale per (row, kv head, position), half the bytes a decode step streams (bf16 models), read by
+# the triton kernel directly and dequantized by every other path
+KV_CACHE = ("model", "fp8")
+# the decode kernel "auto" takes on CUDA (BENCHMARKS.md, decoding: GPU)
+AUTO_CUDA_KERNEL = "triton"
 
 
 def _sdpa_backends(kind: str):
@@ -112,7 +120,7 @@ class StackedLlama:
     """
 
     def __init__(self, models, *, dtype=torch.float32, device="cpu", dropout=None,
-                 attention: str = "auto"):
+                 attention: str = "auto", kv_cache: str = "model"):
         models = list(models)
         for m in models:
             _check_supported(m)
@@ -128,6 +136,11 @@ class StackedLlama:
         if attention not in ATTENTION:
             raise ValueError(f"unknown attention {attention!r} (one of {list(ATTENTION)})")
         self.attention = attention
+        if kv_cache not in KV_CACHE:
+            raise ValueError(f"unknown kv_cache {kv_cache!r} (one of {list(KV_CACHE)})")
+        self.kv_fp8 = kv_cache == "fp8"
+        if self.kv_fp8 and attention == "flex":
+            raise ValueError("kv_cache 'fp8' needs attention 'triton' or 'auto', not 'flex'")
         if len(self.dropout) != self.G:
             raise ValueError("one dropout value per stacked model")
 
@@ -161,26 +174,33 @@ class StackedLlama:
                                                       device=self.device) / self.head_dim))
         self.k_cache: list[Tensor] = []
         self.v_cache: list[Tensor] = []
+        self.k_scale: list[Tensor] = []  # [G, B, kv_heads, T] per layer when kv_fp8
+        self.v_scale: list[Tensor] = []
         self.T = 0
         self.fast_options: dict = {}  # keyword arguments of cdray.stacked_fast.FastDecode
         self._fast = None
 
     @property
-    def flex_step(self) -> bool:
-        """Whether decode steps run through cdray.stacked_fast (see ATTENTION)."""
+    def fast_kernel(self) -> str | None:
+        """The attention kernel of decode steps through cdray.stacked_fast ("flex" or "triton"),
+        None when they run the eager step (see ATTENTION)."""
         if any(p > 0 for p in self.dropout):
-            return False
-        return self.attention == "flex" or (self.attention == "auto" and self.device.type == "cuda")
+            return None
+        if self.attention in ("flex", "triton"):
+            return self.attention
+        if self.attention == "auto" and self.device.type == "cuda":
+            return "triton" if self.kv_fp8 else AUTO_CUDA_KERNEL
+        return None
 
     @property
     def fixed_batch(self) -> bool:
-        """Whether decode steps must keep every slot: the flex step is compiled for one batch
+        """Whether decode steps must keep every slot: the fast step is compiled for one batch
         size, and on CUDA a captured graph holds the cache's addresses."""
-        return self.flex_step
+        return self.fast_kernel is not None
 
     def max_batch(self) -> int:
         """The most slots a decode step takes (the flex attention kernel's grid is bounded)."""
-        if not self.flex_step:
+        if self.fast_kernel != "flex":
             return 2**62
         from cdray.stacked_fast import max_batch
 
@@ -189,7 +209,7 @@ class StackedLlama:
     # ------------------------------------------------------------ cache
 
     def _cache_step(self) -> int:
-        if not self.flex_step:
+        if self.fast_kernel != "flex":
             return CACHE_LEN_STEP
         from cdray.stacked_fast import FLEX_KV_BLOCK
 
@@ -197,9 +217,14 @@ class StackedLlama:
         return math.lcm(CACHE_LEN_STEP, block)  # whole attention blocks
 
     def kv_bytes_per_row(self, max_len: int) -> int:
-        elem = torch.tensor([], dtype=self.dtype).element_size()
         T = _cache_len(max_len, self._cache_step())
-        return 2 * self.G * self.layers * self.kv_heads * self.head_dim * T * elem
+        if self.kv_fp8:
+            from cdray.decode_attention import SCALE_DTYPE
+
+            per_head = self.head_dim + torch.tensor([], dtype=SCALE_DTYPE).element_size()
+        else:
+            per_head = self.head_dim * torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * self.G * self.layers * self.kv_heads * T * per_head
 
     def new_cache(self, batch: int, max_len: int) -> None:
         max_len = _cache_len(max_len, self._cache_step())
@@ -208,18 +233,36 @@ class StackedLlama:
         # drop the previous call's cache first: it would otherwise still be alive while the new
         # one is allocated (bench/decoding.py peaked at 72.8 GiB on an H200 where one cache of
         # batch 1536 x 448 positions is 47 GiB)
-        self.k_cache, self.v_cache = [], []
+        self.k_cache, self.v_cache, self.k_scale, self.v_scale = [], [], [], []
         shape = (self.G, batch, self.kv_heads, max_len, self.head_dim)
-        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
-                        for _ in range(self.layers)]
-        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
-                        for _ in range(self.layers)]
+        if self.kv_fp8:
+            from cdray.decode_attention import FP8, SCALE_DTYPE
+
+            def values():  # fp8 zeros through bytes: fill kernels may lack fp8
+                return torch.zeros(shape, dtype=torch.uint8, device=self.device).view(FP8)
+
+            self.k_cache = [values() for _ in range(self.layers)]
+            self.v_cache = [values() for _ in range(self.layers)]
+            self.k_scale = [torch.zeros(shape[:-1], dtype=SCALE_DTYPE, device=self.device)
+                            for _ in range(self.layers)]
+            self.v_scale = [torch.zeros(shape[:-1], dtype=SCALE_DTYPE, device=self.device)
+                            for _ in range(self.layers)]
+        else:
+            self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                            for _ in range(self.layers)]
+            self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                            for _ in range(self.layers)]
         self.T = max_len
 
     def keep_slots(self, slots: Tensor) -> None:
         """Shrink the cache to the given slots (in that order), dropping finished rows."""
-        self.k_cache = [k.index_select(1, slots) for k in self.k_cache]
-        self.v_cache = [v.index_select(1, slots) for v in self.v_cache]
+        def select(ts: list[Tensor]) -> list[Tensor]:
+            # through bytes: index kernels may lack fp8
+            return [t.view(torch.uint8).index_select(1, slots).view(t.dtype) if t.element_size() == 1
+                    else t.index_select(1, slots) for t in ts]
+
+        self.k_cache, self.v_cache = select(self.k_cache), select(self.v_cache)
+        self.k_scale, self.v_scale = select(self.k_scale), select(self.v_scale)
         if self._fast is not None:
             self._fast.reset()
 
@@ -259,6 +302,35 @@ class StackedLlama:
                 att[g] = att[g] * keep / (1.0 - p)
         return torch.matmul(att.to(self.dtype), vc)  # [G, b, kv, rep*Q, hd]
 
+    def write_kv(self, layer: int, row_idx: Tensor, positions: Tensor, k: Tensor, v: Tensor,
+                 slots: Tensor | None = None, t_used: int | None = None):
+        """Store keys and values [b, Q, G, kv_heads, hd] at cache[g, row_idx, head, positions];
+        return the caches' first t_used positions of `slots` (all slots when None) in the
+        model's dtype (an fp8 cache dequantized), or None when t_used is None."""
+        kc, vc = self.k_cache[layer], self.v_cache[layer]
+        # cache[g, slot, head, pos] <- value; advanced indices (slot, pos) move to the front
+        if not self.kv_fp8:
+            kc[:, row_idx, :, positions] = k
+            vc[:, row_idx, :, positions] = v
+        else:
+            from cdray.decode_attention import dequantize, quantize
+
+            for cache, scales, x in ((kc, self.k_scale[layer], k), (vc, self.v_scale[layer], v)):
+                xq, xs = quantize(x)
+                cache.view(torch.uint8)[:, row_idx, :, positions] = xq.view(torch.uint8)
+                scales[:, row_idx, :, positions] = xs
+        if t_used is None:
+            return None
+        pick = slice(None) if slots is None else slots
+        if not self.kv_fp8:
+            return kc[:, pick, :, :t_used], vc[:, pick, :, :t_used]
+
+        def read(cache: Tensor, scales: Tensor) -> Tensor:
+            values = cache.view(torch.uint8)[:, pick, :, :t_used].view(cache.dtype)
+            return dequantize(values, scales[:, pick, :, :t_used], self.dtype)
+
+        return read(kc, self.k_scale[layer]), read(vc, self.v_scale[layer])
+
     @torch.inference_mode()
     def forward(self, ids: Tensor, positions: Tensor, slots: Tensor | None = None,
                 last: Tensor | None = None, seeds: Tensor | None = None) -> Tensor:
@@ -271,7 +343,7 @@ class StackedLlama:
         """
         G, (b, Q) = self.G, ids.shape
         use_dropout = any(p > 0 for p in self.dropout)
-        if self.flex_step and slots is None and Q == 1 and last is None:
+        if self.fast_kernel and slots is None and Q == 1 and last is None:
             if self._fast is None:
                 from cdray.stacked_fast import FastDecode
 
@@ -314,14 +386,8 @@ class StackedLlama:
             qk = self._rope(qkv[:, :, :nh + nkv], cos, sin)  # queries and keys in one pass
             q, k = qk[:, :, :nh], qk[:, :, nh:]  # [G, b, nh, Q, hd], [G, b, nkv, Q, hd]
             v = qkv[:, :, nh + nkv:]
-            kc, vc = self.k_cache[li], self.v_cache[li]
-            # cache[g, slot, head, pos] <- value; advanced indices (slot, pos) move to the front
-            kc[:, row_idx, :, positions] = k.permute(1, 3, 0, 2, 4)
-            vc[:, row_idx, :, positions] = v.permute(1, 3, 0, 2, 4)
-            if slots is not None:
-                kc, vc = kc[:, slots, :, :t_used], vc[:, slots, :, :t_used]
-            else:
-                kc, vc = kc[:, :, :, :t_used], vc[:, :, :, :t_used]
+            kc, vc = self.write_kv(li, row_idx, positions, k.permute(1, 3, 0, 2, 4),
+                                   v.permute(1, 3, 0, 2, 4), slots, t_used)
             if eager:
                 out = self._attend_dropout(q, kc, vc, bias, drop_base, li, t_used)
             else:

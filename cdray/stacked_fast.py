@@ -1,4 +1,5 @@
-"""A StackedLlama's decode step for GPUs: FlexAttention by row length, one CUDA graph per batch."""
+"""A StackedLlama's decode step for GPUs: attention by row length (FlexAttention or cdray's Triton
+kernel), one CUDA graph per batch."""
 from __future__ import annotations
 
 import functools
@@ -9,6 +10,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from cdray.decode_attention import KernelConfig, decode_attention
 from cdray.stacked import _bmm
 
 # keys per attention block: a row reads the ceil((position + 1) / FLEX_KV_BLOCK) blocks of its own
@@ -75,6 +77,9 @@ def _kernels(compiled: bool) -> dict[str, Any]:
     # layers rounded rows differently at batch 5 than at 24 (H200), hence compiled=False by default.
     options = {key: True for key in ("deterministic", "batch_invariant")
                if hasattr(inductor_config, key)}
+    # a reduction over few rows is otherwise split across several programs (more parallelism),
+    # which sums a row in another order than at a large batch
+    options["split_reductions"] = False
     fns = {"pre": _pre, "post": _post, "final": _final}
     if compiled:
         fns = {name: torch.compile(fn, dynamic=False, options=options) for name, fn in fns.items()}
@@ -104,9 +109,10 @@ class _State:
     ids: Tensor  # [b] token fed to each slot
     pos: Tensor  # [b] its position
     rows: Tensor  # [b] arange
-    kv_blocks: Tensor  # [n, 1, 1] int32 blocks each row reads
-    pos_flat: Tensor  # [n] position per row, read by the mask
-    mask: Any
+    kv_blocks: Optional[Tensor]  # flex: [n, 1, 1] int32 blocks each row reads
+    pos_flat: Optional[Tensor]  # flex: [n] position per row, read by the mask
+    mask: Any  # flex: the block mask
+    lengths: Optional[Tensor]  # triton: [G*b] int32 keys each row reads
     per_member: bool  # one attention call per stacked model (n = b), else one for all (n = G*b)
     graph: Optional[Any] = None
     out: Optional[Tensor] = None
@@ -126,12 +132,20 @@ class FastDecode:
     """
 
     def __init__(self, stack, *, compiled: bool = False, graphs: Optional[bool] = None,
-                 kv_block: int = FLEX_KV_BLOCK):
-        if any(p > 0 for p in stack.dropout):
-            raise ValueError("the fast decode step has no attention dropout")
+                 kv_block: int = FLEX_KV_BLOCK, kernel_config: Optional[KernelConfig] = None):
+        if stack.fast_kernel is None:
+            raise ValueError("this stack decodes with the eager step (dropout, or attention)")
         if kv_block % 16 or kv_block < 16:
             raise ValueError(f"kv_block={kv_block} must be a positive multiple of 16")
         self.s, self.kv_block = stack, kv_block
+        self.kernel = stack.fast_kernel
+        self.kernel_config = kernel_config or KernelConfig()
+        if self.kernel == "triton":
+            from cdray.decode_attention import unavailable_reason
+
+            reason = unavailable_reason(stack.device)
+            if reason:
+                raise RuntimeError(reason)
         self.compiled = bool(compiled)
         self.graphs = stack.device.type == "cuda" if graphs is None else bool(graphs)
         if self.graphs and stack.device.type != "cuda":
@@ -144,6 +158,12 @@ class FastDecode:
 
     def _prepare(self, b: int) -> _State:
         s, dev = self.s, self.s.device
+        ids = torch.zeros(b, dtype=torch.long, device=dev)
+        pos = torch.zeros(b, dtype=torch.long, device=dev)
+        if self.kernel == "triton":
+            return _State(batch=b, ids=ids, pos=pos, rows=torch.arange(b, device=dev),
+                          kv_blocks=None, pos_flat=None, mask=None, per_member=False,
+                          lengths=torch.ones(s.G * b, dtype=torch.int32, device=dev))
         if s.T % self.kv_block:
             raise ValueError(f"cache length {s.T} is not a multiple of kv_block={self.kv_block}")
         per_member = s.G * b * s.kv_heads > MAX_GRID_Y
@@ -154,11 +174,10 @@ class FastDecode:
         kv_indices = torch.arange(s.T // self.kv_block, dtype=torch.int32, device=dev)
         kv_indices = kv_indices.expand(n, 1, 1, -1).contiguous()
         pos_flat = torch.zeros(n, dtype=torch.long, device=dev)
-        return _State(batch=b, ids=torch.zeros(b, dtype=torch.long, device=dev),
-                      pos=torch.zeros(b, dtype=torch.long, device=dev),
-                      rows=torch.arange(b, device=dev), kv_blocks=kv_blocks, pos_flat=pos_flat,
+        return _State(batch=b, ids=ids, pos=pos, rows=torch.arange(b, device=dev),
+                      kv_blocks=kv_blocks, pos_flat=pos_flat,
                       mask=_block_mask(kv_blocks, kv_indices, pos_flat, s.T, self.kv_block),
-                      per_member=per_member)
+                      lengths=None, per_member=per_member)
 
     def __call__(self, ids: Tensor, positions: Tensor) -> Tensor:
         """Logits [G, b, V] (fp32) for ids, positions [b, 1], slot i being row i of the cache."""
@@ -196,10 +215,13 @@ class FastDecode:
         G, b, T = s.G, st.batch, s.T
         nh, nkv, hd = s.heads, s.kv_heads, s.head_dim
         pos = st.pos
-        # block-mask inputs are updated in place: a replayed graph reads this step's positions
-        reps = 1 if st.per_member else G  # both members share the rows' positions
-        st.kv_blocks.copy_((pos // self.kv_block + 1).to(torch.int32).repeat(reps)[:, None, None])
-        st.pos_flat.copy_(pos.repeat(reps))
+        # attention inputs are updated in place: a replayed graph reads this step's positions
+        if st.lengths is not None:
+            st.lengths.copy_((pos + 1).to(torch.int32).repeat(G))  # both members: same rows
+        else:
+            reps = 1 if st.per_member else G
+            st.kv_blocks.copy_((pos // self.kv_block + 1).to(torch.int32).repeat(reps)[:, None, None])
+            st.pos_flat.copy_(pos.repeat(reps))
         x = torch.stack([s.embed[g][st.ids] for g in range(G)])  # [G, b, H]
         freqs = pos.to(torch.float32)[:, None] * s.inv_freq
         emb = torch.cat([freqs, freqs], dim=-1)
@@ -208,11 +230,15 @@ class FastDecode:
         options = {"kernel_options": {"SPLIT_KV": 1}} if s.device.type == "cuda" else {}
         for li, blk in enumerate(s.blocks):
             q, k, v = k_["pre"](x, blk["ln1"], blk["qkv"], cos, sin, s.eps, nh, nkv)
+            s.write_kv(li, st.rows, pos, k.transpose(0, 1), v.transpose(0, 1))
             kc, vc = s.k_cache[li], s.v_cache[li]
-            # cache[g, slot, head, pos] <- value; the advanced indices (slot, pos) come first
-            kc[:, st.rows, :, pos] = k.transpose(0, 1)
-            vc[:, st.rows, :, pos] = v.transpose(0, 1)
-            if st.per_member:
+            if st.lengths is not None:
+                scales = ((s.k_scale[li].view(G * b, nkv, T), s.v_scale[li].view(G * b, nkv, T))
+                          if s.kv_fp8 else (None, None))
+                att = decode_attention(q.reshape(G * b, nh, hd), kc.view(G * b, nkv, T, hd),
+                                       vc.view(G * b, nkv, T, hd), st.lengths, *scales,
+                                       config=self.kernel_config)
+            elif st.per_member:
                 att = torch.stack([k_["flex"](q[g].reshape(b, nh, 1, hd), kc[g], vc[g],
                                               block_mask=st.mask, enable_gqa=nh != nkv, **options)
                                    for g in range(G)])

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# cdray's Triton decode kernel runs on CPU tensors through Triton's interpreter, which must be
+# chosen before anything imports triton (tests/test_decode_attention.py)
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_EVAL = ROOT.parent / "shared" / "data" / "eval" / "babylm2025"
 

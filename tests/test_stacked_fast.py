@@ -82,11 +82,11 @@ def test_flex_rows_do_not_depend_on_batch_or_refill(gqa_pair):
 def test_flex_step_is_the_cuda_default_and_never_drops():
     m = _gqa_llama(0)
     cpu = StackedLlama([m, m])
-    assert not cpu.flex_step and not cpu.fixed_batch  # CPU: eager (faster there)
+    assert not cpu.fast_kernel is None and not cpu.fixed_batch  # CPU: eager (faster there)
     cpu.attention = "flex"
-    assert cpu.flex_step and cpu.fixed_batch and cpu.max_batch() == 65535 // 2
+    assert cpu.fast_kernel == "flex" and cpu.fixed_batch and cpu.max_batch() == 65535 // 2
     dropped = StackedLlama([m, m], dropout=[0.0, 0.1], attention="flex")
-    assert not dropped.flex_step  # DROP-p amateurs: eager, with their dropout masks
+    assert dropped.fast_kernel is None  # DROP-p amateurs: eager, with their dropout masks
     with pytest.raises(ValueError, match="dropout"):
         stacked_fast.FastDecode(dropped)
     with pytest.raises(ValueError, match="CUDA"):

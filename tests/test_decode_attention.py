@@ -1,0 +1,138 @@
+"""cdray.decode_attention's Triton kernel, run by Triton's CPU interpreter: exact attention over each
+row's own keys (model-dtype and fp8 caches), the decode step built on it, and its rows batch-free.
+
+The compiled kernel and its CUDA graph need a GPU: bench/row_determinism.py and bench/decoding.py
+check them on the device machine (BENCHMARKS.md, decoding).
+"""
+import math
+
+import pytest
+import torch
+
+import cdray.decode_attention as da
+from cdray.config import DecodingConfig, GenerationConfig
+from cdray.decoding import generate
+from cdray.stacked import StackedLlama
+from tests.test_stacked_fast import _decode_step, _gqa_llama
+
+pytest.importorskip("triton")  # installed by `make setup` (the interpreter needs no GPU)
+
+
+def _reference(q, k, v, lengths):
+    N, nh, hd = q.shape
+    rep = nh // k.shape[1]
+    out = torch.empty(q.shape, dtype=torch.float64)
+    for n in range(N):
+        L = int(lengths[n])
+        keys = k[n, :, :L].double().repeat_interleave(rep, 0)
+        values = v[n, :, :L].double().repeat_interleave(rep, 0)
+        w = torch.softmax((q[n].double()[:, None, :] * keys).sum(-1) / math.sqrt(hd), -1)
+        out[n] = (w[..., None] * values).sum(1)
+    return out
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2)])
+def test_kernel_attends_over_exactly_each_rows_keys(heads, kv_heads):
+    g = torch.Generator().manual_seed(heads)
+    N, T, hd = 5, 80, 16
+    q = torch.randn(N, heads, hd, generator=g)
+    k = torch.randn(N, kv_heads, T, hd, generator=g)
+    v = torch.randn(N, kv_heads, T, hd, generator=g)
+    lengths = torch.tensor([1, 16, 17, 63, 80], dtype=torch.int32)
+    want = _reference(q, k, v, lengths)
+    got = da.decode_attention(q, k, v, lengths, config=da.KernelConfig(block_n=16))
+    assert torch.allclose(got.double(), want, atol=1e-5)
+    # keys at or past a row's length are never read: poisoning them changes nothing
+    poisoned = [t.clone() for t in (k, v)]
+    for n, L in enumerate(lengths.tolist()):
+        for t in poisoned:
+            t[n, :, L:] = float("nan")
+    again = da.decode_attention(q, *poisoned, lengths, config=da.KernelConfig(block_n=16))
+    assert torch.equal(again, got)
+
+
+def test_fp8_cache_is_attention_over_its_dequantized_values():
+    g = torch.Generator().manual_seed(1)
+    N, nkv, T, hd = 3, 2, 40, 32
+    q = torch.randn(N, 2 * nkv, hd, generator=g).bfloat16()
+    k = (torch.randn(N, nkv, T, hd, generator=g) * 3).bfloat16()
+    v = torch.randn(N, nkv, T, hd, generator=g).bfloat16()
+    k[0, 0, 5] = 0  # an all-zero vector keeps a finite scale
+    kq, ks = da.quantize(k)
+    vq, vs = da.quantize(v)
+    assert kq.dtype == da.FP8 and ks.shape == (N, nkv, T) and ks.dtype == da.SCALE_DTYPE
+    back = da.dequantize(kq, ks, torch.float32)
+    assert torch.equal(back[0, 0, 5], torch.zeros(hd))
+    # e4m3 keeps 3 mantissa bits: within 1/16 of each vector's largest magnitude
+    assert ((back - k.float()).abs() <= k.float().abs().amax(-1, keepdim=True) / 16).all()
+    lengths = torch.tensor([40, 9, 33], dtype=torch.int32)
+    got = da.decode_attention(q, kq, vq, lengths, ks, vs, config=da.KernelConfig(block_n=16))
+    want = _reference(q, back, da.dequantize(vq, vs, torch.float32), lengths)
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.double(), want, atol=2e-2)  # bf16 output rounding
+    with pytest.raises(ValueError, match="k_scale"):
+        da.decode_attention(q, kq, vq, lengths)
+
+
+@pytest.fixture(scope="module")
+def gqa_pair():
+    return _gqa_llama(0), _gqa_llama(1)
+
+
+@pytest.mark.parametrize("kv_cache", ["model", "fp8"])
+def test_triton_step_computes_the_eager_step(gqa_pair, kv_cache):
+    s = StackedLlama(list(gqa_pair), attention="triton", kv_cache=kv_cache)
+    s.new_cache(6, 100)
+    assert s.fast_kernel == "triton" and s.fixed_batch and s.T == 104
+    g = torch.Generator().manual_seed(0)
+    # stale entries past each row's position must stay invisible
+    caches = [torch.randn(c.shape, generator=g) for c in s.k_cache + s.v_cache]
+    if kv_cache == "fp8":
+        quantized = [da.quantize(c) for c in caches]
+        caches = [q for q, _ in quantized]
+        for dst, (_, scale) in zip(s.k_scale + s.v_scale, quantized):
+            dst.copy_(scale)
+    ids = torch.randint(4, 64, (6, 1), generator=g)
+    positions = torch.tensor([[0], [5], [63], [64], [99], [31]])
+    fast = _decode_step(s, caches, ids, positions)
+    written = [c.float() for c in s.k_cache + s.v_cache + s.k_scale + s.v_scale]
+    s.attention = "eager"  # it dequantizes an fp8 cache
+    eager = _decode_step(s, caches, ids, positions)
+    assert torch.allclose(fast, eager, rtol=1e-4, atol=1e-4), (fast - eager).abs().max()
+    for a, b in zip(written, s.k_cache + s.v_cache + s.k_scale + s.v_scale):
+        assert torch.equal(a, b.float())  # the same keys, values and scales written
+
+
+def test_triton_fp8_rows_do_not_depend_on_batch_or_refill(gqa_pair):
+    # (the interpreter runs each (row, kv head) program in turn: rows are few and short here)
+    expert, amateur = gqa_pair
+    d = DecodingConfig(alpha=0.1)
+    prompts = [[1, 4 + i, 30 - i] + [7] * (i % 4) for i in range(8)]
+    seeds = [100 + i for i in range(8)]
+    kw = dict(max_new_tokens=24, stop_at_eos=True, eos_id=10, max_len=32, attention="triton",
+              kv_cache="fp8")
+    base = generate(expert, amateur, prompts, seeds, "contrastive", d, batch_size=8, **kw)
+    assert any(r.stopped_at_eos for r in base) and not all(r.stopped_at_eos for r in base)
+    other = generate(expert, amateur, prompts[::-1], seeds[::-1], "contrastive", d, batch_size=3,
+                     **kw)[::-1]
+    assert [r.tokens for r in other] == [r.tokens for r in base]
+    assert [r.expert_nll_mean for r in other] == [r.expert_nll_mean for r in base]
+
+
+def test_kv_cache_and_kernel_config_errors_name_their_field(monkeypatch):
+    GenerationConfig(kv_cache="fp8").validate("generation")
+    with pytest.raises(ValueError, match="generation.kv_cache"):
+        GenerationConfig(attention="flex", kv_cache="fp8").validate("generation")
+    with pytest.raises(ValueError, match="block_n"):
+        da.KernelConfig.parse("48,4,2")
+    with pytest.raises(ValueError, match="block_n,num_warps"):
+        da.KernelConfig.parse("64,4")
+    m = _gqa_llama(0)
+    with pytest.raises(ValueError, match="kv_cache"):
+        StackedLlama([m], attention="flex", kv_cache="fp8")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert "CUDA" in da.unavailable_reason(torch.device("cpu"))
+    s = StackedLlama([m], attention="triton")
+    s.new_cache(2, 8)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        s.forward(torch.tensor([[5], [6]]), torch.tensor([[0], [0]]))
