@@ -112,8 +112,9 @@ def main() -> None:
                    help="time cdray's engine only (no ratio line); with --sweep-batches")
     p.add_argument("--attention", default="auto",
                    help="comma list of cdray.stacked.ATTENTION kinds; the batch sweep times each, "
-                        "the ratio line uses the first. flex takes options after colons: "
-                        "flex:compiled, flex:nographs, flex:kv128 (cdray.stacked_fast.FastDecode)")
+                        "the ratio line uses the first. Fast-step options after colons, e.g. "
+                        "triton:fp8:compiled, triton:cfg=64.4.2, flex:nographs, flex:kv128 "
+                        "(see set_attention)")
     p.add_argument("--profile-attention", default="auto", help="attention kind of --profile")
     p.add_argument("--profile", type=int, default=0, metavar="BATCH",
                    help="print a torch.profiler kernel table of cdray at this batch (32 new tokens)")
@@ -195,20 +196,30 @@ def main() -> None:
 
 
 def set_attention(decoder, spec: str) -> None:
-    """Point every stacked group of the decoder at one attention kind (with flex options)."""
+    """Point every stacked group of the decoder at one attention kind, with fast-step options after
+    colons: compiled, nographs, kvN (flex blocks), fp8 (the KV cache), cfg=BLOCK_N.WARPS.STAGES
+    (the triton kernel's launch shape)."""
+    from cdray.decode_attention import KernelConfig
+
     kind, *opts = spec.split(":")
-    options = {}
+    options, fp8 = {}, False
     for opt in opts:
         if opt == "nographs":
             options["graphs"] = False
         elif opt == "compiled":
             options["compiled"] = True
+        elif opt == "fp8":
+            fp8 = True
         elif opt.startswith("kv"):
             options["kv_block"] = int(opt[2:])
+        elif opt.startswith("cfg="):
+            options["kernel_config"] = KernelConfig.parse(opt[4:].replace(".", ","))
         else:
-            raise SystemExit(f"--attention: unknown flex option {opt!r} in {spec!r}")
+            raise SystemExit(f"--attention: unknown option {opt!r} in {spec!r}")
+    if fp8 and kind == "flex":
+        raise SystemExit(f"--attention {spec!r}: flex cannot read an fp8 cache")
     for group in decoder.groups:
-        group.attention = kind
+        group.attention, group.kv_fp8 = kind, fp8
         group.fast_options = options
         group._fast = None
 

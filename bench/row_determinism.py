@@ -25,7 +25,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true",
                    help="two other batch sizes, not four (each batch size compiles the flex step)")
     p.add_argument("--compile-layers", action="store_true",
-                   help="flex: also compile the layers (generation.compile_layers)")
+                   help="fast step: also compile the layers (generation.compile_layers)")
+    p.add_argument("--kv-cache", default="model", help="one of cdray.stacked.KV_CACHE")
     args = p.parse_args()
 
     import torch
@@ -49,7 +50,7 @@ def main() -> None:
     prompts = [[1, 4 + i, 30 - i] + [7] * (i % 5) for i in range(24)]
     seeds = [100 + i for i in range(24)]
     common = dict(device=args.device, dtype=dtype, max_len=160, attention=args.attention,
-                  compile_layers=args.compile_layers)
+                  compile_layers=args.compile_layers, kv_cache=args.kv_cache)
     # the pair's most frequent sampled token serves as EOS, so rows end early and slots refill
     probe = generate(expert, amateur, prompts, seeds, "contrastive", DecodingConfig(alpha=0.1),
                      max_new_tokens=20, stop_at_eos=False, **common)
@@ -65,7 +66,7 @@ def main() -> None:
 
     base = rows(range(24), batch_size=24)
     lengths = sorted(len(r[0]) for r in base)
-    print(f"{args.device} {args.dtype} {args.attention}: 24 rows, EOS {eos}, new tokens min {lengths[0]} "
+    print(f"{args.device} {args.dtype} {args.attention} kv {args.kv_cache}: 24 rows, EOS {eos}, new tokens min {lengths[0]} "
           f"median {lengths[12]} max {lengths[-1]}")
     same = True
     for name, order, extra in [("batch 1", range(24), dict(batch_size=1)),

@@ -1,0 +1,119 @@
+"""Decode attention alone, at the paper's GOOD decoding shape: cdray's Triton kernel (launch shapes,
+bf16 and fp8 caches) vs FlexAttention, as a fraction of this GPU's copy bandwidth (one run).
+
+Run: python3 bench/decode_attention.py   (a CUDA machine; ~1 minute; bench/gpu_checks.sh runs it)
+Rows of GOOD + its EARLY amateur (2 x batch rows, 12 kv heads of 64) with key counts drawn
+uniformly from [prompt, prompt + new]: what a decode step of a 400-token run reads on average.
+Each line: kernel, cache, launch shape, microseconds per call, GB/s of cache bytes it must read,
+and that rate over a device-to-device copy's (read + write bytes) measured in the same run.
+Last line: `best_config=BLOCK_N,WARPS,STAGES` (the fastest fp8 shape; bf16's is printed too).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
+
+GRID = [(bn, w, st) for bn in (32, 64, 128) for w in (4, 8) for st in (2, 3)]
+
+
+def timed(fn, iters: int) -> float:
+    """Seconds per call (CUDA events, after warm-up calls)."""
+    import torch
+
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / iters
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=1536, help="rows per model")
+    p.add_argument("--members", type=int, default=2, help="stacked models (expert + amateur)")
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--kv-heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--prompt", type=int, default=20)
+    p.add_argument("--new", type=int, default=400)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--configs", default="", help="';'-separated BLOCK_N,WARPS,STAGES (default: a grid)")
+    args = p.parse_args()
+
+    import torch
+
+    from cdray.decode_attention import KernelConfig, decode_attention, quantize
+
+    dev = torch.device("cuda")
+    print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    N, nh, nkv, hd = args.members * args.batch, args.heads, args.kv_heads, args.head_dim
+    T = -(-(args.prompt + args.new) // 64) * 64
+    g = torch.Generator(device=dev).manual_seed(0)
+    lengths = torch.randint(args.prompt, args.prompt + args.new + 1, (N,), generator=g, device=dev,
+                            dtype=torch.int32)
+    q = torch.randn(N, nh, hd, generator=g, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(N, nkv, T, hd, generator=g, device=dev, dtype=torch.bfloat16)
+    v = torch.randn(N, nkv, T, hd, generator=g, device=dev, dtype=torch.bfloat16)
+    kq, ks = quantize(k)
+    vq, vs = quantize(v)
+    keys = int(lengths.sum()) * nkv
+    need = {"bf16": 2 * keys * hd * 2, "fp8": 2 * keys * (hd + 2)}
+    big = torch.empty(2**30, dtype=torch.uint8, device=dev)
+    copy_s = timed(lambda: big.clone(), args.iters)
+    copy_bw = 2 * big.numel() / copy_s
+    print(f"rows {N} x {nkv} kv heads x {hd}, mean keys {lengths.float().mean():.0f} of {T}; "
+          f"copy {copy_bw / 1e9:.0f} GB/s (read + write)")
+    del big
+
+    def report(name: str, cache: str, secs: float) -> float:
+        bw = need[cache] / secs
+        print(f"{name:26s} {cache:4s} {secs * 1e6:8.1f} us  {bw / 1e9:6.0f} GB/s  "
+              f"vs_copy={bw / copy_bw:.2f}", flush=True)
+        return secs
+
+    ref = decode_attention(q, k, v, lengths)
+    out8 = decode_attention(q, kq, vq, lengths, ks, vs)
+    print(f"fp8 vs bf16 cache, max |out diff| {(out8.float() - ref.float()).abs().max():.4f} "
+          f"(unit-normal keys and values)")
+    configs = ([KernelConfig.parse(c) for c in args.configs.split(";")] if args.configs
+               else [KernelConfig(*c) for c in GRID])
+    best = {}
+    for cfg in configs:
+        shape = f"{cfg.block_n},{cfg.num_warps},{cfg.num_stages}"
+        for cache, a in (("bf16", (k, v, lengths)), ("fp8", (kq, vq, lengths, ks, vs))):
+            try:
+                secs = report(f"triton {shape}", cache,
+                              timed(lambda: decode_attention(q, *a, config=cfg), args.iters))
+            except Exception as exc:  # a launch shape this GPU cannot run (shared memory)
+                print(f"triton {shape} {cache}: {type(exc).__name__}: {str(exc)[:100]}")
+                continue
+            if secs < best.get(cache, (float("inf"),))[0]:
+                best[cache] = (secs, shape)
+    try:
+        from cdray.stacked_fast import FLEX_KV_BLOCK, _block_mask, _kernels
+
+        kv_blocks = ((lengths - 1) // FLEX_KV_BLOCK + 1)[:, None, None].contiguous()
+        kv_indices = torch.arange(T // FLEX_KV_BLOCK, dtype=torch.int32, device=dev)
+        kv_indices = kv_indices.expand(N, 1, 1, -1).contiguous()
+        mask = _block_mask(kv_blocks, kv_indices, (lengths - 1).long(), T, FLEX_KV_BLOCK)
+        flex = _kernels(False)["flex"]
+        q4 = q.reshape(N, nh, 1, hd)
+        report("flex (64-key blocks)", "bf16",
+               timed(lambda: flex(q4, k, v, block_mask=mask, enable_gqa=nh != nkv,
+                                  kernel_options={"SPLIT_KV": 1}), args.iters))
+    except Exception as exc:
+        print(f"flex: {type(exc).__name__}: {str(exc)[:200]}")
+    for cache, (secs, shape) in best.items():
+        print(f"best {cache}: {shape} ({secs * 1e6:.1f} us)")
+    print(f"best_config={best.get('fp8', (0, '64,4,2'))[1]}")
+
+
+if __name__ == "__main__":
+    main()
