@@ -2,7 +2,6 @@
 with the cache in the model's dtype or in fp8 with a scale per (row, kv head, position)."""
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -71,59 +70,16 @@ def dequantize(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     return (q.float() * scale.float()[..., None]).to(dtype)
 
 
-@functools.cache
-def _kernel():
-    # defined on first use: importing triton is slow, absent on CPU installs, and its
-    # interpreter (tests) is chosen from TRITON_INTERPRET when a kernel is defined
-    import triton
-    import triton.language as tl
+def _interpreted() -> bool:
+    # Triton's CPU interpreter multiplies bf16 matrices wrongly (3.9: raw bits): there the
+    # kernel upcasts the (already rounded) operands and multiplies in fp32, which is exact
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
-    @triton.jit
-    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
-                                stride_qn, stride_qh, stride_kn, stride_kh, stride_kt,
-                                stride_sn, stride_sh, stride_on, stride_oh, qk_scale,
-                                NKV: tl.constexpr, REP: tl.constexpr, REP_P: tl.constexpr,
-                                HD: tl.constexpr, BLOCK_N: tl.constexpr, SCALED: tl.constexpr):
-        # one program per (row, kv head): the REP query heads sharing that kv head, online
-        # softmax over the row's keys [0, length) in blocks of BLOCK_N, in a fixed order
-        pid = tl.program_id(0)
-        n = pid // NKV
-        h = pid % NKV
-        length = tl.load(len_ptr + n)
-        r = tl.arange(0, REP_P)
-        d = tl.arange(0, HD)
-        heads = h * REP + r
-        q = tl.load(q_ptr + n * stride_qn + heads[:, None] * stride_qh + d[None, :],
-                    mask=(r < REP)[:, None], other=0.0).to(tl.float32) * qk_scale
-        k_row = k_ptr + n * stride_kn + h * stride_kh
-        v_row = v_ptr + n * stride_kn + h * stride_kh
-        m = tl.full([REP_P], float("-inf"), tl.float32)
-        l_sum = tl.zeros([REP_P], tl.float32)
-        acc = tl.zeros([REP_P, HD], tl.float32)
-        for start in range(0, length, BLOCK_N):
-            t = start + tl.arange(0, BLOCK_N)
-            valid = t < length
-            k = tl.load(k_row + t[:, None] * stride_kt + d[None, :], mask=valid[:, None],
-                        other=0.0).to(tl.float32)
-            if SCALED:
-                ks = tl.load(ks_ptr + n * stride_sn + h * stride_sh + t, mask=valid, other=0.0)
-                k = k * ks.to(tl.float32)[:, None]
-            s = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # [REP_P, BLOCK_N], log2 units
-            s = tl.where(valid[None, :], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1))
-            alpha = tl.exp2(m - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_sum = l_sum * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_row + t[:, None] * stride_kt + d[None, :], mask=valid[:, None],
-                        other=0.0).to(tl.float32)
-            if SCALED:
-                vs = tl.load(vs_ptr + n * stride_sn + h * stride_sh + t, mask=valid, other=0.0)
-                v = v * vs.to(tl.float32)[:, None]
-            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
-            m = m_new
-        out = acc / l_sum[:, None]
-        tl.store(o_ptr + n * stride_on + heads[:, None] * stride_oh + d[None, :],
-                 out.to(o_ptr.dtype.element_ty), mask=(r < REP)[:, None])
+
+def _kernel():
+    # imported on first use: importing triton is slow, absent on CPU installs, and its
+    # interpreter (tests) is chosen from TRITON_INTERPRET when triton is imported
+    from cdray.triton_kernels import decode_attention_kernel
 
     return decode_attention_kernel
 
@@ -141,8 +97,8 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor,
     nkv = k.shape[1]
     if nh % nkv:
         raise ValueError(f"{nh} query heads do not group over {nkv} kv heads")
-    if hd & (hd - 1):
-        raise ValueError(f"head_dim={hd} must be a power of two for the triton decode kernel")
+    if hd & (hd - 1) or hd < 16:
+        raise ValueError(f"head_dim={hd} must be a power of two >= 16 for the triton decode kernel")
     scaled = k.dtype == FP8
     if scaled and (k_scale is None or v_scale is None):
         raise ValueError("an fp8 cache needs k_scale and v_scale")
@@ -158,7 +114,8 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor,
         q, k, v, ks, vs, lengths, out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), s_n, s_h,
         out.stride(0), out.stride(1), (1.0 / math.sqrt(hd)) * math.log2(math.e),
-        NKV=nkv, REP=rep, REP_P=max(1, 1 << (rep - 1).bit_length()), HD=hd,
-        BLOCK_N=config.block_n, SCALED=scaled, num_warps=config.num_warps,
+        NKV=nkv, REP=rep, REP_P=max(16, 1 << (rep - 1).bit_length()), HD=hd,
+        BLOCK_N=config.block_n, SCALED=scaled, F32_DOT=q.dtype == torch.float32 or _interpreted(),
+        num_warps=config.num_warps,
         num_stages=config.num_stages)
     return out

@@ -222,6 +222,8 @@ class FastDecode:
             reps = 1 if st.per_member else G
             st.kv_blocks.copy_((pos // self.kv_block + 1).to(torch.int32).repeat(reps)[:, None, None])
             st.pos_flat.copy_(pos.repeat(reps))
+        if st.lengths is not None and not self.compiled:
+            return self._fused_step(st)
         x = torch.stack([s.embed[g][st.ids] for g in range(G)])  # [G, b, H]
         freqs = pos.to(torch.float32)[:, None] * s.inv_freq
         emb = torch.cat([freqs, freqs], dim=-1)
@@ -249,3 +251,26 @@ class FastDecode:
             x = k_["post"](att.reshape(G, b, nh * hd), x, blk["o"], blk["ln2"], blk["gate_up"],
                            blk["down"], s.eps)
         return k_["final"](x, s.final_norm, s.lm_head, s.eps)
+
+    def _fused_step(self, st: _State) -> Tensor:
+        """The triton step: Triton kernels for RMSNorm, RoPE with the cache write, and attention;
+        the products stay in BLAS (stacked._bmm)."""
+        from cdray.decode_fused import rms_norm, rope_and_write
+
+        s = self.s
+        G, b, T = s.G, st.batch, s.T
+        nh, nkv, hd = s.heads, s.kv_heads, s.head_dim
+        x = torch.stack([s.embed[g][st.ids] for g in range(G)])  # [G, b, H]
+        for li, blk in enumerate(s.blocks):
+            kc, vc = s.k_cache[li], s.v_cache[li]
+            ks, vs = (s.k_scale[li], s.v_scale[li]) if s.kv_fp8 else (None, None)
+            qkv = _bmm(rms_norm(x, blk["ln1"], s.eps), blk["qkv"])
+            q = rope_and_write(qkv, st.pos, s.inv_freq, nh, nkv, kc, vc, ks, vs)
+            att = decode_attention(q.view(G * b, nh, hd), kc.view(G * b, nkv, T, hd),
+                                   vc.view(G * b, nkv, T, hd), st.lengths,
+                                   *((ks.view(G * b, nkv, T), vs.view(G * b, nkv, T))
+                                     if s.kv_fp8 else ()), config=self.kernel_config)
+            x = _bmm(att.view(G, b, nh * hd), blk["o"], residual=x)
+            gate, up = _bmm(rms_norm(x, blk["ln2"], s.eps), blk["gate_up"]).chunk(2, dim=-1)
+            x = _bmm(torch.nn.functional.silu(gate) * up, blk["down"], residual=x)
+        return _bmm(rms_norm(x, s.final_norm, s.eps), s.lm_head).float()

@@ -1,0 +1,133 @@
+"""cdray's Triton kernels (imported on first use by cdray.decode_attention and cdray.decode_fused,
+which own their launch; importing this module imports triton)."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
+                            stride_qn, stride_qh, stride_kn, stride_kh, stride_kt,
+                            stride_sn, stride_sh, stride_on, stride_oh, qk_scale,
+                            NKV: tl.constexpr, REP: tl.constexpr, REP_P: tl.constexpr,
+                            HD: tl.constexpr, BLOCK_N: tl.constexpr, SCALED: tl.constexpr,
+                            F32_DOT: tl.constexpr):
+    # one program per (row, kv head): its REP query heads (padded to REP_P >= 16 rows, the
+    # smallest matrix-unit tile) against the row's keys [0, length) in blocks of BLOCK_N,
+    # online softmax, in a fixed order. An fp8 cache's per-key scales multiply the scores
+    # and the probabilities, so the products themselves run on the raw e4m3 values
+    # (exact in bf16)
+    pid = tl.program_id(0).to(tl.int64)  # int64 offsets: a large cache passes 2^31 elements
+    n = pid // NKV
+    h = pid % NKV
+    length = tl.load(len_ptr + n)
+    r = tl.arange(0, REP_P)
+    d = tl.arange(0, HD)
+    heads = h * REP + r
+    q = tl.load(q_ptr + n * stride_qn + heads[:, None] * stride_qh + d[None, :],
+                mask=(r < REP)[:, None], other=0.0)
+    k_row = k_ptr + n * stride_kn + h * stride_kh
+    v_row = v_ptr + n * stride_kn + h * stride_kh
+    m = tl.full([REP_P], float("-inf"), tl.float32)
+    l_sum = tl.zeros([REP_P], tl.float32)
+    acc = tl.zeros([REP_P, HD], tl.float32)
+    for start in range(0, length, BLOCK_N):
+        t = start + tl.arange(0, BLOCK_N)
+        valid = t < length
+        k = tl.load(k_row + t[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
+        k = k.to(q.dtype)
+        if F32_DOT:
+            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        if SCALED:
+            ks = tl.load(ks_ptr + n * stride_sn + h * stride_sh + t, mask=valid, other=0.0)
+            s = s * ks.to(tl.float32)[None, :]
+        s = tl.where(valid[None, :], s * qk_scale, float("-inf"))  # log2 units
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_sum = l_sum * alpha + tl.sum(p, axis=1)
+        if SCALED:
+            vs = tl.load(vs_ptr + n * stride_sn + h * stride_sh + t, mask=valid, other=0.0)
+            p = p * vs.to(tl.float32)[None, :]
+        v = tl.load(v_row + t[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
+        p = p.to(q.dtype)
+        v = v.to(q.dtype)
+        if F32_DOT:
+            pv = tl.dot(p.to(tl.float32), v.to(tl.float32), input_precision="ieee")
+        else:
+            pv = tl.dot(p, v)
+        acc = acc * alpha[:, None] + pv
+        m = m_new
+    out = acc / l_sum[:, None]
+    tl.store(o_ptr + n * stride_on + heads[:, None] * stride_oh + d[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=(r < REP)[:, None])
+
+
+@triton.jit
+def rms_norm_kernel(x_ptr, w_ptr, o_ptr, rows_per_member, H, eps,
+                    BLOCK: tl.constexpr):
+    # o = w * bf16(x * rsqrt(mean(x^2) + eps)) for one row; w is the row's member's weight
+    n = tl.program_id(0).to(tl.int64)
+    g = n // rows_per_member
+    c = tl.arange(0, BLOCK)
+    ok = c < H
+    x = tl.load(x_ptr + n * H + c, mask=ok, other=0.0).to(tl.float32)
+    r = tl.rsqrt(tl.sum(x * x, axis=0) / H + eps)
+    y = (x * r).to(o_ptr.dtype.element_ty).to(tl.float32)
+    w = tl.load(w_ptr + g * H + c, mask=ok, other=0.0).to(tl.float32)
+    tl.store(o_ptr + n * H + c, (w * y).to(o_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def round_bits(x, SPLIT: tl.constexpr):
+    # x rounded to nearest even at (24 - log2(SPLIT - 1)) significant bits, in plain fp32
+    # arithmetic (Veltkamp's split; exact without fused multiply-adds, as in the interpreter)
+    c = x * SPLIT
+    return c - (c - x)
+
+
+@triton.jit
+def rope_write_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr,
+                      rows_per_member, T, stride_qkv, NH: tl.constexpr, NKV: tl.constexpr,
+                      HD: tl.constexpr, HEADS_P: tl.constexpr, FP8: tl.constexpr,
+                      PREROUND: tl.constexpr):
+    # one program per row of the fused projection output [NH query | NKV key | NKV value heads]:
+    # queries and keys rotated, queries to q, keys and values to the cache at the row's position
+    # (as e4m3 values with a bf16 scale per head when FP8, decode_attention.quantize)
+    n = tl.program_id(0).to(tl.int64)
+    pos = tl.load(pos_ptr + n % rows_per_member)
+    j = tl.arange(0, HEADS_P)[:, None]
+    d = tl.arange(0, HD)[None, :]
+    half: tl.constexpr = HD // 2
+    ok = (j < NH + 2 * NKV) & (d < HD)
+    row = qkv_ptr + n * stride_qkv + j * HD
+    x = tl.load(row + d, mask=ok, other=0.0).to(tl.float32)
+    partner = tl.load(row + (d + half) % HD, mask=ok, other=0.0).to(tl.float32)
+    rotated = tl.where(d < half, -partner, partner)
+    freq = pos.to(tl.float32) * tl.load(inv_freq_ptr + d % half)
+    # cos and sin rounded to the model's dtype, as the eager step's tables are
+    cos = tl.cos(freq).to(q_ptr.dtype.element_ty).to(tl.float32)
+    sin = tl.sin(freq).to(q_ptr.dtype.element_ty).to(tl.float32)
+    y = tl.where(j < NH + NKV, x * cos + rotated * sin, x).to(q_ptr.dtype.element_ty)
+    tl.store(q_ptr + (n * NH + j) * HD + d, y, mask=(j < NH) & ok)
+    is_k = (j >= NH) & (j < NH + NKV) & ok
+    is_v = (j >= NH + NKV) & ok
+    slot = (n * NKV + tl.where(j < NH + NKV, j - NH, j - NH - NKV)) * T + pos  # [HEADS_P, 1]
+    if FP8:
+        yf = y.to(tl.float32)
+        scale = tl.maximum(tl.max(tl.abs(yf), axis=1) / 448.0, 7.888609052210118e-31)[:, None]
+        if PREROUND:  # the interpreter's own casts round wrongly (see decode_fused)
+            scale = round_bits(scale, 65537.0)
+        scale = scale.to(tl.bfloat16).to(tl.float32)
+        yq = tl.minimum(tl.maximum(yf / scale, -448.0), 448.0)
+        if PREROUND:
+            yq = round_bits(yq, 1048577.0)
+        tl.store(k_ptr + slot * HD + d, yq.to(k_ptr.dtype.element_ty), mask=is_k)
+        tl.store(v_ptr + slot * HD + d, yq.to(v_ptr.dtype.element_ty), mask=is_v)
+        first = d == 0  # one lane per head stores its scale
+        tl.store(ks_ptr + slot + d * 0, scale.to(ks_ptr.dtype.element_ty), mask=is_k & first)
+        tl.store(vs_ptr + slot + d * 0, scale.to(vs_ptr.dtype.element_ty), mask=is_v & first)
+    else:
+        tl.store(k_ptr + slot * HD + d, y, mask=is_k)
+        tl.store(v_ptr + slot * HD + d, y, mask=is_v)
