@@ -34,6 +34,49 @@ def timed(fn, iters: int) -> float:
     return start.elapsed_time(end) / 1e3 / iters
 
 
+def check_step(dev) -> None:
+    """The triton decode step against the eager step on this GPU (fp32 weights, GQA): logits,
+    and the keys, values (and fp8 scales) each writes into the cache."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cdray.decode_attention import quantize
+    from cdray.stacked import StackedLlama
+
+    cfg = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=False)
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(LlamaForCausalLM(cfg).eval())
+    g = torch.Generator(device=dev).manual_seed(0)
+    b = 48
+    ids = torch.randint(4, 1000, (b, 1), generator=g, device=dev)
+    positions = torch.randint(0, 300, (b, 1), generator=g, device=dev)
+    for kv in ("model", "fp8"):
+        s = StackedLlama(models, device=dev, attention="triton", kv_cache=kv)
+        s.new_cache(b, 300)
+        start = [torch.randn(c.shape, generator=g, device=dev) for c in s.k_cache + s.v_cache]
+        if kv == "fp8":
+            pairs = [quantize(c) for c in start]
+            start = [q for q, _ in pairs]
+            for dst, (_, sc) in zip(s.k_scale + s.v_scale, pairs):
+                dst.copy_(sc)
+        out = {}
+        for kind in ("triton", "eager"):
+            s.attention = kind
+            for dst, src in zip(s.k_cache + s.v_cache, start):
+                dst.view(torch.uint8).copy_(src.view(torch.uint8)) if kv == "fp8" else dst.copy_(src)
+            logits = s.forward(ids, positions)
+            out[kind] = (logits.clone(), [c.float().clone() for c in s.k_cache + s.v_cache + s.k_scale + s.v_scale])
+        diff = (out["triton"][0] - out["eager"][0]).abs().max().item()
+        same = sum(int(torch.equal(a, c)) for a, c in zip(out["triton"][1], out["eager"][1]))
+        frac = min((a == c).float().mean().item() for a, c in zip(out["triton"][1], out["eager"][1]))
+        print(f"step_check {kv}: logits max |triton - eager| {diff:.2e}; cache tensors bit-equal "
+              f"{same}/{len(out['triton'][1])} (worst {frac:.6f} of elements)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=1536, help="rows per model")
@@ -110,6 +153,7 @@ def main() -> None:
                                   kernel_options={"SPLIT_KV": 1}), args.iters))
     except Exception as exc:
         print(f"flex: {type(exc).__name__}: {str(exc)[:200]}")
+    check_step(dev)
     for cache, (secs, shape) in best.items():
         print(f"best {cache}: {shape} ({secs * 1e6:.1f} us)")
     print(f"best_config={best.get('fp8', (0, '64,4,2'))[1]}")
