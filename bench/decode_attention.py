@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
 
-GRID = [(bn, w, st) for bn in (32, 64, 128) for w in (4, 8) for st in (2, 3)]
+GRID = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 4, 3), (128, 8, 2),
+        (128, 8, 3)]
 
 
 def timed(fn, iters: int) -> float:

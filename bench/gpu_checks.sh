@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 7 in one device call (~6 minutes; see BENCHMARKS.md, decoding):
 # the decode-attention kernel alone (launch shapes, bf16 vs fp8 cache, vs FlexAttention, as a
-# fraction of copy bandwidth); contrastive-decoding throughput of GOOD + a same-shaped EARLY-k
-# amateur at the paper's 400 new tokens (triton kernel with an fp8 cache, with compiled layers,
-# with a bf16 cache, and the flex step); rows bit-identical across batch sizes for the triton
-# step (fp8 cache, with and without compiled layers); a larger batch; a kernel profile.
+# fraction of copy bandwidth) and the triton step against the eager step; contrastive-decoding
+# throughput of GOOD + a same-shaped EARLY-k amateur at the paper's 400 new tokens (the triton
+# step with an fp8 cache and with a bf16 one, and the flex step); rows bit-identical across batch
+# sizes for the triton step; a larger batch; a kernel profile.
 # Run from the repo root on a CUDA machine whose python3 has torch + transformers; logs go to $OUT.
 set -u
 OUT=${OUT:-/tmp/cdray-gpu}
@@ -15,14 +15,12 @@ D="$PY bench/decoding.py --device cuda --preset good --dtype bf16 --repeats 1 --
 R="$PY bench/row_determinism.py --device cuda --dtype bf16 --quick --attention triton"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"; } 2>&1 | tee "$OUT/env.txt"
-timeout 150 $PY bench/decode_attention.py 2>&1 | tee "$OUT/decode_attention.txt"
+timeout 120 $PY bench/decode_attention.py 2>&1 | tee "$OUT/decode_attention.txt"
 CFG=$(grep -o 'best_config=[0-9,]*' "$OUT/decode_attention.txt" | cut -d= -f2 | tr , .)
-CFG=${CFG:-64.4.2}
-T="triton:cfg=$CFG"
-timeout 240 $D --skip-baselines --new 400 --sweep-batches 1536 \
-  --attention "$T:fp8,$T:fp8:compiled,$T,flex" 2>&1 | tee "$OUT/decoding_400.txt"
-timeout 90 $R --kv-cache fp8 2>&1 | tee "$OUT/row_determinism_fp8.txt"
-timeout 90 $R --kv-cache fp8 --compile-layers 2>&1 | tee "$OUT/row_determinism_fp8_compiled.txt"
-timeout 70 $D --skip-baselines --new 400 --sweep-batches 3072 --attention "$T:fp8:compiled,$T:fp8" 2>&1 | tee "$OUT/decoding_400_3072.txt"
+T="triton:cfg=${CFG:-64.4.2}"
+timeout 150 $D --skip-baselines --new 400 --sweep-batches 1536 --attention "$T:fp8,$T,flex" 2>&1 | tee "$OUT/decoding_400.txt"
+timeout 70 $R --kv-cache fp8 2>&1 | tee "$OUT/row_determinism_fp8.txt"
+timeout 70 $R 2>&1 | tee "$OUT/row_determinism_bf16.txt"
+timeout 60 $D --skip-baselines --new 400 --sweep-batches 3072 --attention "$T:fp8" 2>&1 | tee "$OUT/decoding_400_3072.txt"
 timeout 40 $D --skip-baselines --profile 1536 --profile-attention "$T:fp8" 2>&1 | tee "$OUT/profile_fp8.txt"
-grep -h "best \|best_config\|cd_best_tok_s\|rows_identical\|attention \|cdray batch\|vs_copy=" "$OUT"/*.txt | sort | uniq | head -80
+grep -h "best \|best_config\|step_check\|cd_best_tok_s\|rows_identical\|attention \|cdray batch\|vs_copy=" "$OUT"/*.txt | head -60

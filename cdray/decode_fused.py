@@ -1,6 +1,6 @@
-"""Triton kernels for the decode step's small per-row pieces: RMSNorm, and RoPE with the KV-cache
-write (and fp8 quantization). Each replaces a chain of elementwise launches with one, and each
-program owns one row, so a row's bits never depend on the batch around it."""
+"""Triton kernels for the decode step's per-row pieces: RMSNorm, RoPE with the KV-cache write (and
+fp8 quantization), and the contrastive sampler. Each replaces a chain of launches with one, and
+each program owns one row, so a row's bits never depend on the batch around it."""
 from __future__ import annotations
 
 import torch
@@ -10,9 +10,9 @@ from cdray.decode_attention import _interpreted
 
 
 def _kernels():
-    from cdray.triton_kernels import rms_norm_kernel, rope_write_kernel
+    from cdray.triton_kernels import cd_sample_kernel, rms_norm_kernel, rope_write_kernel
 
-    return rms_norm_kernel, rope_write_kernel
+    return rms_norm_kernel, rope_write_kernel, cd_sample_kernel
     return rms_norm_kernel, rope_write_kernel
 
 
@@ -48,3 +48,36 @@ def rope_and_write(qkv: Tensor, pos: Tensor, inv_freq: Tensor, nh: int, nkv: int
         NH=nh, NKV=nkv, HD=hd, HEADS_P=heads_p, FP8=fp8, PREROUND=_interpreted(), num_warps=4)
     return q
 
+
+
+# strategies the fused sampler computes (contrastive_tail, truncation and n-gram blocking take
+# cdray.decoding's path)
+FUSED_MODES = {"no_contrast": 0, "no_contrast_vhead": 1, "contrastive": 2}
+SAMPLE_BLOCK = 1024  # vocabulary entries per loop iteration of the fused sampler
+
+
+def fused_sampler_fits(strategy: str, d) -> bool:
+    """Whether fused_sample computes this strategy and DecodingConfig."""
+    return (strategy in FUSED_MODES and d.top_k is None and d.top_p is None
+            and not d.no_repeat_ngram)
+
+
+def fused_sample(zg: Tensor, za: Tensor | None, u: Tensor, strategy: str, d):
+    """One step's token, |V_head| and the sampled token's expert and amateur NLLs per row, from
+    fp32 logits [B, V] and uniforms u [B]: cdray.decoding's step_scores and sample_inverse_cdf
+    (and the engine's NLLs) in one launch of one program per row."""
+    B, V = zg.shape
+    amateur = za is not None
+    if zg.stride(-1) != 1 or (amateur and za.stride(-1) != 1):
+        raise ValueError("the fused sampler needs logits contiguous along the vocabulary")
+    token = torch.empty(B, dtype=torch.int64, device=zg.device)
+    head = torch.empty(B, dtype=torch.int64, device=zg.device)
+    nll_e = torch.empty(B, dtype=torch.float32, device=zg.device)
+    nll_a = torch.zeros(B, dtype=torch.float32, device=zg.device)
+    za_ = za if amateur else zg
+    _kernels()[2][(B,)](zg, za_, u.float().contiguous(), token, head, nll_e, nll_a, V,
+                        zg.stride(0), za_.stride(0), 1.0 / d.temperature, float(d.alpha),
+                        float(d.lam), float(d.penalty), MODE=FUSED_MODES[strategy],
+                        AMATEUR=amateur, BLOCK=min(SAMPLE_BLOCK, 1 << (V - 1).bit_length()),
+                        num_warps=4)
+    return token, head, nll_e, nll_a

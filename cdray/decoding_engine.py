@@ -94,8 +94,18 @@ class Decoder:
             self.index = [(0, 0), (1, 0)]
         for g in self.groups:
             g.fast_options = {"compiled": bool(compile_layers)}
+
         if self.uses_amateur and self.groups[-1].vocab != self.groups[0].vocab:
             raise ValueError("expert and amateur vocabularies differ")
+
+    @property
+    def fused_sampler(self) -> bool:
+        """With the triton step, the sampler is one Triton launch too, where it computes the
+        strategy (cdray.decode_fused): its rounding is its own, so it goes with that step only."""
+        from cdray.decode_fused import fused_sampler_fits
+
+        return (all(g.fast_kernel == "triton" for g in self.groups)
+                and fused_sampler_fits(self.strategy, self.d))
 
     def _forward(self, ids, positions, slots=None, last=None, seeds=None) -> list[Tensor]:
         outs = [g.forward(ids, positions, slots=slots, last=last, seeds=seeds) for g in self.groups]
@@ -180,17 +190,24 @@ class Decoder:
                 break
             zg = logits[0]
             za = logits[1] if self.uses_amateur else None
-            scores, head, log_pg, log_pb = step_scores(zg, za, self.strategy, d)
-            if blocker is not None:
-                scores = blocker.apply(scores)
-            scores = truncate(scores, d.top_k, d.top_p)
             u = uniforms.gather(1, step.clamp(max=max_new_tokens - 1).to(dev)[:, None]).squeeze(1)
-            token = sample_inverse_cdf(scores, u)
-            nll_e = _nll(zg, log_pg, token, d.temperature)
-            nll_a = _nll(za, log_pb, token, d.temperature) if za is not None else torch.zeros_like(nll_e)
+            if self.fused_sampler:
+                from cdray.decode_fused import fused_sample
+
+                token, head_size, nll_e, nll_a = fused_sample(zg, za, u, self.strategy, d)
+            else:
+                scores, head, log_pg, log_pb = step_scores(zg, za, self.strategy, d)
+                if blocker is not None:
+                    scores = blocker.apply(scores)
+                scores = truncate(scores, d.top_k, d.top_p)
+                token = sample_inverse_cdf(scores, u)
+                head_size = head.sum(dim=-1)
+                nll_e = _nll(zg, log_pg, token, d.temperature)
+                nll_a = (_nll(za, log_pb, token, d.temperature) if za is not None
+                         else torch.zeros_like(nll_e))
             # one device-to-host copy per step (each copy waits for the device); token ids
             # are exact in float64
-            host = torch.stack([token.double(), head.sum(dim=-1).double(), nll_e.double(),
+            host = torch.stack([token.double(), head_size.double(), nll_e.double(),
                                 nll_a.double()]).cpu()
             tok_cpu, hsz, nll_e, nll_a = host[0].long(), host[1], host[2], host[3]
             live_idx = torch.nonzero(live).squeeze(1)

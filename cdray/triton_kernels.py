@@ -131,3 +131,100 @@ def rope_write_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, q_ptr, k_ptr, v_ptr, ks_pt
     else:
         tl.store(k_ptr + slot * HD + d, y, mask=is_k)
         tl.store(v_ptr + slot * HD + d, y, mask=is_v)
+
+
+@triton.jit
+def cd_score(zg, za, log_zg, log_za, inv_t, alpha, lam, penalty, mg, MODE: tl.constexpr):
+    # (score, head) of logits blocks: MODE 0 no_contrast, 1 no_contrast_vhead, 2 contrastive
+    head = tl.exp(zg * inv_t - mg) > alpha  # pG(x) > alpha * max pG
+    log_pg = zg * inv_t - log_zg
+    if MODE == 0:
+        score = zg * inv_t
+    elif MODE == 1:
+        score = tl.where(head, log_pg, penalty)
+    else:
+        score = tl.where(head, log_pg - lam * (za * inv_t - log_za), penalty)
+    return score, head
+
+
+@triton.jit
+def cd_sample_kernel(zg_ptr, za_ptr, u_ptr, tok_ptr, head_ptr, nll_e_ptr, nll_a_ptr, V,
+                     stride_g, stride_a, inv_t, alpha, lam, penalty, MODE: tl.constexpr,
+                     AMATEUR: tl.constexpr, BLOCK: tl.constexpr):
+    # one program per row: the step's scores, sampler and telemetry in four passes over the
+    # vocabulary (cdray.decoding: step_scores, sample_inverse_cdf, _nll), in a fixed order
+    row = tl.program_id(0).to(tl.int64)
+    g_row = zg_ptr + row * stride_g
+    a_row = za_ptr + row * stride_a
+    offs = tl.arange(0, BLOCK)
+    low = -3.0e38  # a finite start: exp(low - m) is 0, never nan
+    mg, sg, ma, sa = low, 0.0, low, 0.0  # max and sum of exp, of z / T
+    rg, srg, ra, sra = low, 0.0, low, 0.0  # the same at T = 1 (the NLLs)
+    for start in range(0, V, BLOCK):
+        idx = start + offs
+        ok = idx < V
+        z = tl.load(g_row + idx, mask=ok, other=float("-inf"))
+        m_new = tl.maximum(mg, tl.max(z * inv_t, axis=0))
+        sg = sg * tl.exp(mg - m_new) + tl.sum(tl.exp(z * inv_t - m_new), axis=0)
+        mg = m_new
+        r_new = tl.maximum(rg, tl.max(z, axis=0))
+        srg = srg * tl.exp(rg - r_new) + tl.sum(tl.exp(z - r_new), axis=0)
+        rg = r_new
+        if AMATEUR:
+            z = tl.load(a_row + idx, mask=ok, other=float("-inf"))
+            m_new = tl.maximum(ma, tl.max(z * inv_t, axis=0))
+            sa = sa * tl.exp(ma - m_new) + tl.sum(tl.exp(z * inv_t - m_new), axis=0)
+            ma = m_new
+            r_new = tl.maximum(ra, tl.max(z, axis=0))
+            sra = sra * tl.exp(ra - r_new) + tl.sum(tl.exp(z - r_new), axis=0)
+            ra = r_new
+    log_zg = mg + tl.log(sg)
+    log_za = 0.0
+    if AMATEUR:
+        log_za = ma + tl.log(sa)
+    top = low  # pass 2: the largest score, and |V_head|
+    n_head = 0
+    for start in range(0, V, BLOCK):
+        idx = start + offs
+        ok = idx < V
+        zg = tl.load(g_row + idx, mask=ok, other=0.0)
+        za = zg
+        if AMATEUR:
+            za = tl.load(a_row + idx, mask=ok, other=0.0)
+        score, head = cd_score(zg, za, log_zg, log_za, inv_t, alpha, lam, penalty, mg, MODE)
+        top = tl.maximum(top, tl.max(tl.where(ok, score, float("-inf")), axis=0))
+        n_head += tl.sum((head & ok).to(tl.int32), axis=0)
+    total = 0.0  # pass 3: the unnormalized cdf's end, as pass 4 accumulates it
+    for start in range(0, V, BLOCK):
+        idx = start + offs
+        ok = idx < V
+        zg = tl.load(g_row + idx, mask=ok, other=0.0)
+        za = zg
+        if AMATEUR:
+            za = tl.load(a_row + idx, mask=ok, other=0.0)
+        score, head = cd_score(zg, za, log_zg, log_za, inv_t, alpha, lam, penalty, mg, MODE)
+        e = tl.where(ok, tl.exp(score - top), 0.0)
+        total = tl.max(total + tl.cumsum(e, axis=0), axis=0)
+    target = tl.load(u_ptr + row) * total
+    tok = V  # pass 4: the first index whose cdf passes target (strictly), else the last with mass
+    last = -1
+    carry = 0.0
+    for start in range(0, V, BLOCK):
+        idx = start + offs
+        ok = idx < V
+        zg = tl.load(g_row + idx, mask=ok, other=0.0)
+        za = zg
+        if AMATEUR:
+            za = tl.load(a_row + idx, mask=ok, other=0.0)
+        score, head = cd_score(zg, za, log_zg, log_za, inv_t, alpha, lam, penalty, mg, MODE)
+        e = tl.where(ok, tl.exp(score - top), 0.0)
+        cdf = carry + tl.cumsum(e, axis=0)
+        tok = tl.minimum(tok, tl.min(tl.where(ok & (cdf > target), idx, V), axis=0))
+        last = tl.maximum(last, tl.max(tl.where(ok & (e > 0), idx, -1), axis=0))
+        carry = tl.max(cdf, axis=0)
+    tok = tl.where(tok >= V, tl.maximum(last, 0), tok)
+    tl.store(tok_ptr + row, tok.to(tl.int64))
+    tl.store(head_ptr + row, n_head.to(tl.int64))
+    tl.store(nll_e_ptr + row, rg + tl.log(srg) - tl.load(g_row + tok))
+    if AMATEUR:
+        tl.store(nll_a_ptr + row, ra + tl.log(sra) - tl.load(a_row + tok))

@@ -11,7 +11,9 @@ import torch
 
 import cdray.decode_attention as da
 from cdray.config import DecodingConfig, GenerationConfig
-from cdray.decoding import generate
+from cdray.decode_fused import fused_sample
+from cdray.decoding import generate, sample_inverse_cdf, step_scores
+from cdray.decoding_engine import Decoder, _nll
 from cdray.stacked import StackedLlama
 from tests.test_stacked_fast import _decode_step, _gqa_llama
 
@@ -72,6 +74,43 @@ def test_fp8_cache_is_attention_over_its_dequantized_values():
     assert torch.allclose(got.double(), want, atol=2e-2)  # bf16 output rounding
     with pytest.raises(ValueError, match="k_scale"):
         da.decode_attention(q, kq, vq, lengths)
+
+
+@pytest.mark.parametrize("strategy,d", [
+    ("contrastive", DecodingConfig()),
+    ("contrastive", DecodingConfig(penalty=-math.inf, lam=0.5, temperature=0.7)),
+    ("no_contrast", DecodingConfig(temperature=1.3)),
+    ("no_contrast_vhead", DecodingConfig(alpha=0.01)),
+])
+def test_fused_sampler_is_the_step_scores_and_inverse_cdf(strategy, d):
+    g = torch.Generator().manual_seed(len(strategy))
+    B, V = 24, 3000  # several loop blocks, the last one partial
+    zg, za = torch.randn(B, V, generator=g) * 4, torch.randn(B, V, generator=g) * 4
+    u = torch.rand(B, generator=g)
+    u[0] = 0.0  # the first token with mass, never one without
+    amateur = za if strategy == "contrastive" else None
+    scores, head, log_pg, log_pb = step_scores(zg, amateur, strategy, d)
+    want = sample_inverse_cdf(scores, u)
+    token, head_size, nll_e, nll_a = fused_sample(zg, amateur, u, strategy, d)
+    assert torch.equal(token, want)
+    assert torch.equal(head_size, head.sum(-1))
+    assert torch.allclose(nll_e, _nll(zg, log_pg, want, d.temperature), atol=1e-5)
+    if amateur is not None:
+        assert torch.allclose(nll_a, _nll(za, log_pb, want, d.temperature), atol=1e-5)
+    else:
+        assert not nll_a.any()
+
+
+def test_fused_sampler_goes_with_the_triton_step_only():
+    m = _gqa_llama(0)
+    assert Decoder(m, m, "contrastive", DecodingConfig(), attention="triton").fused_sampler
+    # strategies and options it does not compute take cdray.decoding's path
+    for strategy, d in [("contrastive_tail", DecodingConfig()), ("contrastive", DecodingConfig(top_k=50)),
+                        ("contrastive", DecodingConfig(top_p=0.9)),
+                        ("contrastive", DecodingConfig(no_repeat_ngram=3))]:
+        assert not Decoder(m, m, strategy, d, attention="triton").fused_sampler
+    assert not Decoder(m, m, "contrastive", DecodingConfig(), attention="flex").fused_sampler
+    assert not Decoder(m, m, "contrastive", DecodingConfig()).fused_sampler  # CPU: eager
 
 
 @pytest.fixture(scope="module")
