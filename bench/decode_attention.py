@@ -93,7 +93,7 @@ def main() -> None:
 
     import torch
 
-    from cdray.decode_attention import KernelConfig, decode_attention, quantize
+    from cdray.decode_attention import KernelConfig, decode_attention, dequantize, quantize
 
     dev = torch.device("cuda")
     print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
@@ -126,6 +126,18 @@ def main() -> None:
     out8 = decode_attention(q, kq, vq, lengths, ks, vs)
     print(f"fp8 vs bf16 cache, max |out diff| {(out8.float() - ref.float()).abs().max():.4f} "
           f"(unit-normal keys and values)")
+    # both kernels against float64 attention over the values they read (the first 64 rows)
+    for name, out, keys, values in (("bf16", ref, k, v),
+                                    ("fp8", out8, dequantize(kq[:64], ks[:64], torch.float64),
+                                     dequantize(vq[:64], vs[:64], torch.float64))):
+        err = 0.0
+        for i in range(64):
+            L = int(lengths[i])
+            kk = keys[i, :, :L].double().repeat_interleave(nh // nkv, 0)
+            w = torch.softmax((q[i].double()[:, None] * kk).sum(-1) / hd ** 0.5, -1)
+            want = (w[..., None] * values[i, :, :L].double().repeat_interleave(nh // nkv, 0)).sum(1)
+            err = max(err, ((out[i].double() - want).norm() / want.norm()).item())
+        print(f"{name} cache: kernel vs float64 attention, worst relative error {err:.1e}")
     configs = ([KernelConfig.parse(c) for c in args.configs.split(";")] if args.configs
                else [KernelConfig(*c) for c in GRID])
     best = {}

@@ -116,6 +116,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor,
         out.stride(0), out.stride(1), (1.0 / math.sqrt(hd)) * math.log2(math.e),
         NKV=nkv, REP=rep, REP_P=max(16, 1 << (rep - 1).bit_length()), HD=hd,
         BLOCK_N=config.block_n, SCALED=scaled, F32_DOT=q.dtype == torch.float32 or _interpreted(),
+        FP16_DOT=scaled and q.dtype == torch.bfloat16,
         num_warps=config.num_warps,
         num_stages=config.num_stages)
     return out

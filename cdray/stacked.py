@@ -356,7 +356,8 @@ class StackedLlama:
         emb = torch.cat([freqs, freqs], dim=-1)
         cos = emb.cos().to(self.dtype)[None, :, None]  # [1, b, 1, Q, hd]
         sin = emb.sin().to(self.dtype)[None, :, None]
-        kind = "eager" if self.attention in ("auto", "flex") else self.attention  # prefill
+        # prefill: the fast steps' is eager (so "auto" and its kernel's name prefill alike)
+        kind = "eager" if self.attention in ("auto", "flex", "triton") else self.attention
         eager = use_dropout or kind == "eager"
         # attend over a prefix of the cache long enough for every row, in key steps, so a row's
         # result does not depend on its neighbours' lengths (see KEY_STEP)

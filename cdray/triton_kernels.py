@@ -10,7 +10,7 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
                             stride_sn, stride_sh, stride_on, stride_oh, qk_scale,
                             NKV: tl.constexpr, REP: tl.constexpr, REP_P: tl.constexpr,
                             HD: tl.constexpr, BLOCK_N: tl.constexpr, SCALED: tl.constexpr,
-                            F32_DOT: tl.constexpr):
+                            F32_DOT: tl.constexpr, FP16_DOT: tl.constexpr):
     # one program per (row, kv head): its REP query heads (padded to REP_P >= 16 rows, the
     # smallest matrix-unit tile) against the row's keys [0, length) in blocks of BLOCK_N,
     # online softmax, in a fixed order. An fp8 cache's per-key scales multiply the scores
@@ -25,6 +25,13 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
     heads = h * REP + r
     q = tl.load(q_ptr + n * stride_qn + heads[:, None] * stride_qh + d[None, :],
                 mask=(r < REP)[:, None], other=0.0)
+    # the products' operand type: the model's, or fp16 for an fp8 cache of a bf16 model (e4m3
+    # widens to fp16 in one instruction, to bf16 in several; queries and probabilities lose
+    # nothing in fp16's range, and keep more bits)
+    if FP16_DOT:
+        qd = q.to(tl.float16)
+    else:
+        qd = q
     k_row = k_ptr + n * stride_kn + h * stride_kh
     v_row = v_ptr + n * stride_kn + h * stride_kh
     m = tl.full([REP_P], float("-inf"), tl.float32)
@@ -34,11 +41,11 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
         t = start + tl.arange(0, BLOCK_N)
         valid = t < length
         k = tl.load(k_row + t[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
-        k = k.to(q.dtype)
+        k = k.to(qd.dtype)
         if F32_DOT:
-            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+            s = tl.dot(qd.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
-            s = tl.dot(q, tl.trans(k))
+            s = tl.dot(qd, tl.trans(k))
         if SCALED:
             ks = tl.load(ks_ptr + n * stride_sn + h * stride_sh + t, mask=valid, other=0.0)
             s = s * ks.to(tl.float32)[None, :]
@@ -51,8 +58,8 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
             vs = tl.load(vs_ptr + n * stride_sn + h * stride_sh + t, mask=valid, other=0.0)
             p = p * vs.to(tl.float32)[None, :]
         v = tl.load(v_row + t[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
-        p = p.to(q.dtype)
-        v = v.to(q.dtype)
+        p = p.to(qd.dtype)
+        v = v.to(qd.dtype)
         if F32_DOT:
             pv = tl.dot(p.to(tl.float32), v.to(tl.float32), input_precision="ieee")
         else:
