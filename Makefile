@@ -11,11 +11,14 @@ SWEEP  ?= sweeps/tiny.yaml
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# triton: cdray's GPU kernels, which the tests run through triton's CPU interpreter. A CUDA torch
+# brings its own triton, which is kept; 3.5's interpreter fails with numpy 2.4, 3.9's works.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/pip install -q triton==3.9.0
 	touch $(STAMP)
 
 demo: setup

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 7 in one device call (~6 minutes; see BENCHMARKS.md, decoding):
+# The GPU checks of issues 6 and 7 in one device call (~8 minutes; see BENCHMARKS.md):
 # the decode-attention kernel alone (launch shapes, bf16 vs fp8 cache, vs FlexAttention, as a
 # fraction of copy bandwidth) and the triton step against the eager step; contrastive-decoding
 # throughput of GOOD + a same-shaped EARLY-k amateur at the paper's 400 new tokens (the triton
 # step with an fp8 cache and with a bf16 one, and the flex step); rows bit-identical across batch
-# sizes for the triton step; a larger batch; a kernel profile.
+# sizes for the triton step; a larger batch; a kernel profile; the ratio line against HF generate
+# and the paper-style loop; training MFU of GOOD.
 # Run from the repo root on a CUDA machine whose python3 has torch + transformers; logs go to $OUT.
 set -u
 OUT=${OUT:-/tmp/cdray-gpu}
@@ -17,10 +18,12 @@ R="$PY bench/row_determinism.py --device cuda --dtype bf16 --quick --attention t
   $PY -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"; } 2>&1 | tee "$OUT/env.txt"
 timeout 120 $PY bench/decode_attention.py 2>&1 | tee "$OUT/decode_attention.txt"
 CFG=$(grep -o 'best_config=[0-9,]*' "$OUT/decode_attention.txt" | cut -d= -f2 | tr , .)
-T="triton:cfg=${CFG:-64.4.2}"
+T="triton:cfg=${CFG:-64.4.3}"
 timeout 150 $D --skip-baselines --new 400 --sweep-batches 1536 --attention "$T:fp8,$T,flex" 2>&1 | tee "$OUT/decoding_400.txt"
 timeout 70 $R --kv-cache fp8 2>&1 | tee "$OUT/row_determinism_fp8.txt"
 timeout 70 $R 2>&1 | tee "$OUT/row_determinism_bf16.txt"
 timeout 60 $D --skip-baselines --new 400 --sweep-batches 3072 --attention "$T:fp8" 2>&1 | tee "$OUT/decoding_400_3072.txt"
 timeout 40 $D --skip-baselines --profile 1536 --profile-attention "$T:fp8" 2>&1 | tee "$OUT/profile_fp8.txt"
-grep -h "best \|best_config\|step_check\|cd_best_tok_s\|rows_identical\|attention \|cdray batch\|vs_copy=" "$OUT"/*.txt | head -60
+timeout 120 $D --batch 768 --new 256 2>&1 | tee "$OUT/decoding_ratio.txt"
+timeout 100 $PY bench/mfu.py --steps 20 --batch 64 2>&1 | grep -v "Writing model" | tee "$OUT/mfu_b64.txt"
+grep -h "cd_vs_single\|mfu=\|best \|best_config\|step_check\|cd_best_tok_s\|rows_identical\|attention \|cdray batch\|vs_copy=" "$OUT"/*.txt | head -60

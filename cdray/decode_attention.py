@@ -23,7 +23,7 @@ class KernelConfig:
 
     block_n: int = 64  # keys per loop iteration
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
 
     def __post_init__(self):
         if self.block_n < 16 or self.block_n & (self.block_n - 1):

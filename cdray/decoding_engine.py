@@ -77,7 +77,8 @@ class Decoder:
         drop = float(amateur_dropout)
         if not self.uses_amateur:
             # its logits would be unused: never pay for the amateur's forward
-            self.groups = [StackedLlama([expert], dtype=dtype, device=device, attention=attention, kv_cache=kv_cache)]
+            self.groups = [StackedLlama([expert], dtype=dtype, device=device, attention=attention,
+                                        kv_cache=kv_cache)]
             self.index = [(0, 0)]
         elif engine != "separate" and same_shape(expert, amateur):
             self.groups = [StackedLlama([expert, amateur], dtype=dtype, device=device,
@@ -94,7 +95,6 @@ class Decoder:
             self.index = [(0, 0), (1, 0)]
         for g in self.groups:
             g.fast_options = {"compiled": bool(compile_layers)}
-
         if self.uses_amateur and self.groups[-1].vocab != self.groups[0].vocab:
             raise ValueError("expert and amateur vocabularies differ")
 
@@ -184,6 +184,7 @@ class Decoder:
                 buf_[sd] = o
 
         admit(list(range(B)))
+        fused = self.fused_sampler
         while True:
             live = row >= 0
             if not bool(live.any()):
@@ -191,7 +192,7 @@ class Decoder:
             zg = logits[0]
             za = logits[1] if self.uses_amateur else None
             u = uniforms.gather(1, step.clamp(max=max_new_tokens - 1).to(dev)[:, None]).squeeze(1)
-            if self.fused_sampler:
+            if fused:
                 from cdray.decode_fused import fused_sample
 
                 token, head_size, nll_e, nll_a = fused_sample(zg, za, u, self.strategy, d)

@@ -44,11 +44,13 @@ CACHE_LEN_STEP = 8  # cache lengths are rounded up to a multiple of this
 #   auto            eager: on CPU it was 7% faster per decode step than SDPA (and takes the
 #                   short key step); on CUDA torch picks cuDNN's flash kernel for masked
 #                   one-query attention, which cost ~2.5 ms of host time per call on an H100
-#                   (BENCHMARKS.md, decoding); "flex" on CUDA for members without dropout
+#                   (BENCHMARKS.md, decoding); AUTO_CUDA_KERNEL's fast step on CUDA for
+#                   members without dropout
 #   flex            decode steps through cdray.stacked_fast (FlexAttention over each row's own
 #                   cache blocks, a CUDA graph per batch on CUDA); prefill and dropout eager
-#   triton          the same, attending with cdray.decode_attention's kernel (each row reads
-#                   exactly its own keys; the only kernel that reads an fp8 cache)
+#   triton          the same with cdray's Triton kernels (cdray.triton_kernels: attention that
+#                   reads exactly each row's keys, and fused per-row pieces); on an H100 1.42x
+#                   the flex step, and the only kernel that reads an fp8 cache
 ATTENTION = ("auto", "sdpa", "sdpa_efficient", "eager", "flex", "triton")
 # how the KV cache is stored: "model" in the model's dtype; "fp8" as e4m3 values with a bf16
 # scale per (row, kv head, position), half the bytes a decode step streams (bf16 models), read by

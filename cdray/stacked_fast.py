@@ -121,14 +121,16 @@ class _State:
 class FastDecode:
     """The decode step (one token for every slot) of a StackedLlama without dropout.
 
-    Per layer: RMSNorm, projection and RoPE, the cache write, FlexAttention over each row's own
-    cache blocks (a compiled Triton kernel; it reads only the blocks a row has filled), and the
-    output projection with the MLP. On CUDA the whole step is captured once per batch size as a
-    CUDA graph and replayed, so the host launches one graph per step; the batch must then stay
-    fixed (`StackedLlama.fixed_batch`). compiled=True also compiles the layers into fused
-    kernels: +17% on an H200, but there (torch 2.11) 3 of 24 rows were rounded differently at
-    batch 5 than at batch 24, while the uncompiled step kept every row's bits
-    (bench/row_determinism.py; BENCHMARKS.md, decoding).
+    Per layer: RMSNorm, projection and RoPE, the cache write, attention over each row's own keys,
+    and the output projection with the MLP. The stack's fast_kernel picks the attention:
+    "triton" runs cdray's Triton kernels for attention (exactly each row's keys, bf16 or fp8
+    cache), RMSNorm and RoPE with the cache write (_fused_step); "flex" runs FlexAttention over
+    each row's filled 64-key blocks with torch ops around it. On CUDA the whole step is captured
+    once per batch size as a CUDA graph and replayed, so the host launches one graph per step;
+    the batch must then stay fixed (`StackedLlama.fixed_batch`). compiled=True instead compiles
+    the layers with Inductor: faster on an H200, but there and on an H100 (torch 2.11) some rows
+    were rounded differently at batch 5 than at batch 24, while the uncompiled steps kept every
+    row's bits (bench/row_determinism.py; BENCHMARKS.md, decoding).
     """
 
     def __init__(self, stack, *, compiled: bool = False, graphs: Optional[bool] = None,

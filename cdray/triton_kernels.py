@@ -141,8 +141,14 @@ def rope_write_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, q_ptr, k_ptr, v_ptr, ks_pt
 
 
 @triton.jit
-def cd_score(zg, za, log_zg, log_za, inv_t, alpha, lam, penalty, mg, MODE: tl.constexpr):
-    # (score, head) of logits blocks: MODE 0 no_contrast, 1 no_contrast_vhead, 2 contrastive
+def cd_score(g_row, a_row, idx, ok, log_zg, log_za, inv_t, alpha, lam, penalty, mg,
+             MODE: tl.constexpr, AMATEUR: tl.constexpr):
+    # (score, head) of one block of a row's logits: MODE 0 no_contrast, 1 no_contrast_vhead,
+    # 2 contrastive
+    zg = tl.load(g_row + idx, mask=ok, other=0.0)
+    za = zg
+    if AMATEUR:
+        za = tl.load(a_row + idx, mask=ok, other=0.0)
     head = tl.exp(zg * inv_t - mg) > alpha  # pG(x) > alpha * max pG
     log_pg = zg * inv_t - log_zg
     if MODE == 0:
@@ -152,6 +158,27 @@ def cd_score(zg, za, log_zg, log_za, inv_t, alpha, lam, penalty, mg, MODE: tl.co
     else:
         score = tl.where(head, log_pg - lam * (za * inv_t - log_za), penalty)
     return score, head
+
+
+@triton.jit
+def block_mass(g_row, a_row, idx, V, log_zg, log_za, inv_t, alpha, lam, penalty, mg, top,
+               MODE: tl.constexpr, AMATEUR: tl.constexpr):
+    # exp(score - top) of one block of a row: its unnormalized sampling probabilities
+    ok = idx < V
+    score, _ = cd_score(g_row, a_row, idx, ok, log_zg, log_za, inv_t, alpha, lam, penalty, mg,
+                        MODE, AMATEUR)
+    return tl.where(ok, tl.exp(score - top), 0.0)
+
+
+@triton.jit
+def exp_sums(row_ptr, idx, ok, inv_t, m, s, r, sr):
+    # running max and sum of exp (online softmax) of a block of z / T (m, s) and of z (r, sr)
+    z = tl.load(row_ptr + idx, mask=ok, other=float("-inf"))
+    m_new = tl.maximum(m, tl.max(z * inv_t, axis=0))
+    s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z * inv_t - m_new), axis=0)
+    r_new = tl.maximum(r, tl.max(z, axis=0))
+    sr = sr * tl.exp(r - r_new) + tl.sum(tl.exp(z - r_new), axis=0)
+    return m_new, s, r_new, sr
 
 
 @triton.jit
@@ -170,21 +197,9 @@ def cd_sample_kernel(zg_ptr, za_ptr, u_ptr, tok_ptr, head_ptr, nll_e_ptr, nll_a_
     for start in range(0, V, BLOCK):
         idx = start + offs
         ok = idx < V
-        z = tl.load(g_row + idx, mask=ok, other=float("-inf"))
-        m_new = tl.maximum(mg, tl.max(z * inv_t, axis=0))
-        sg = sg * tl.exp(mg - m_new) + tl.sum(tl.exp(z * inv_t - m_new), axis=0)
-        mg = m_new
-        r_new = tl.maximum(rg, tl.max(z, axis=0))
-        srg = srg * tl.exp(rg - r_new) + tl.sum(tl.exp(z - r_new), axis=0)
-        rg = r_new
+        mg, sg, rg, srg = exp_sums(g_row, idx, ok, inv_t, mg, sg, rg, srg)
         if AMATEUR:
-            z = tl.load(a_row + idx, mask=ok, other=float("-inf"))
-            m_new = tl.maximum(ma, tl.max(z * inv_t, axis=0))
-            sa = sa * tl.exp(ma - m_new) + tl.sum(tl.exp(z * inv_t - m_new), axis=0)
-            ma = m_new
-            r_new = tl.maximum(ra, tl.max(z, axis=0))
-            sra = sra * tl.exp(ra - r_new) + tl.sum(tl.exp(z - r_new), axis=0)
-            ra = r_new
+            ma, sa, ra, sra = exp_sums(a_row, idx, ok, inv_t, ma, sa, ra, sra)
     log_zg = mg + tl.log(sg)
     log_za = 0.0
     if AMATEUR:
@@ -194,23 +209,14 @@ def cd_sample_kernel(zg_ptr, za_ptr, u_ptr, tok_ptr, head_ptr, nll_e_ptr, nll_a_
     for start in range(0, V, BLOCK):
         idx = start + offs
         ok = idx < V
-        zg = tl.load(g_row + idx, mask=ok, other=0.0)
-        za = zg
-        if AMATEUR:
-            za = tl.load(a_row + idx, mask=ok, other=0.0)
-        score, head = cd_score(zg, za, log_zg, log_za, inv_t, alpha, lam, penalty, mg, MODE)
+        score, head = cd_score(g_row, a_row, idx, ok, log_zg, log_za, inv_t, alpha, lam, penalty,
+                               mg, MODE, AMATEUR)
         top = tl.maximum(top, tl.max(tl.where(ok, score, float("-inf")), axis=0))
         n_head += tl.sum((head & ok).to(tl.int32), axis=0)
     total = 0.0  # pass 3: the unnormalized cdf's end, as pass 4 accumulates it
     for start in range(0, V, BLOCK):
-        idx = start + offs
-        ok = idx < V
-        zg = tl.load(g_row + idx, mask=ok, other=0.0)
-        za = zg
-        if AMATEUR:
-            za = tl.load(a_row + idx, mask=ok, other=0.0)
-        score, head = cd_score(zg, za, log_zg, log_za, inv_t, alpha, lam, penalty, mg, MODE)
-        e = tl.where(ok, tl.exp(score - top), 0.0)
+        e = block_mass(g_row, a_row, start + offs, V, log_zg, log_za, inv_t, alpha, lam, penalty,
+                       mg, top, MODE, AMATEUR)
         total = tl.max(total + tl.cumsum(e, axis=0), axis=0)
     target = tl.load(u_ptr + row) * total
     tok = V  # pass 4: the first index whose cdf passes target (strictly), else the last with mass
@@ -219,12 +225,8 @@ def cd_sample_kernel(zg_ptr, za_ptr, u_ptr, tok_ptr, head_ptr, nll_e_ptr, nll_a_
     for start in range(0, V, BLOCK):
         idx = start + offs
         ok = idx < V
-        zg = tl.load(g_row + idx, mask=ok, other=0.0)
-        za = zg
-        if AMATEUR:
-            za = tl.load(a_row + idx, mask=ok, other=0.0)
-        score, head = cd_score(zg, za, log_zg, log_za, inv_t, alpha, lam, penalty, mg, MODE)
-        e = tl.where(ok, tl.exp(score - top), 0.0)
+        e = block_mass(g_row, a_row, idx, V, log_zg, log_za, inv_t, alpha, lam, penalty,
+                       mg, top, MODE, AMATEUR)
         cdf = carry + tl.cumsum(e, axis=0)
         tok = tl.minimum(tok, tl.min(tl.where(ok & (cdf > target), idx, V), axis=0))
         last = tl.maximum(last, tl.max(tl.where(ok & (e > 0), idx, -1), axis=0))
