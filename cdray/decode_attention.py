@@ -71,8 +71,9 @@ def dequantize(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _interpreted() -> bool:
-    # Triton's CPU interpreter multiplies bf16 matrices wrongly (3.9: raw bits): there the
-    # kernel upcasts the (already rounded) operands and multiplies in fp32, which is exact
+    # Triton's CPU interpreter (the tests) multiplies bf16 matrices wrongly and casts fp32 to fp8
+    # and bf16 with its own rounding (3.9): there the kernels take exact fp32 routes instead
+    # (operands upcast after rounding; values pre-rounded before a cast)
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 

@@ -13,7 +13,6 @@ def _kernels():
     from cdray.triton_kernels import cd_sample_kernel, rms_norm_kernel, rope_write_kernel
 
     return rms_norm_kernel, rope_write_kernel, cd_sample_kernel
-    return rms_norm_kernel, rope_write_kernel
 
 
 def rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
@@ -47,7 +46,6 @@ def rope_and_write(qkv: Tensor, pos: Tensor, inv_freq: Tensor, nh: int, nkv: int
         qkv, pos, inv_freq, q, k_cache, v_cache, ks, vs, b, T, qkv.stride(1),
         NH=nh, NKV=nkv, HD=hd, HEADS_P=heads_p, FP8=fp8, PREROUND=_interpreted(), num_warps=4)
     return q
-
 
 
 # strategies the fused sampler computes (contrastive_tail, truncation and n-gram blocking take

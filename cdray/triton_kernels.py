@@ -28,8 +28,11 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
     # the products' operand type: the model's, or fp16 for an fp8 cache of a bf16 model (e4m3
     # widens to fp16 in one instruction, to bf16 in several; queries and probabilities lose
     # nothing in fp16's range, and keep more bits)
+    # (normalized by their largest magnitude: fp16 has no room past 65504)
     if FP16_DOT:
-        qd = q.to(tl.float16)
+        q_scale = tl.maximum(tl.max(tl.max(tl.abs(q.to(tl.float32)), axis=1), axis=0), 1e-30)
+        qd = (q.to(tl.float32) / q_scale).to(tl.float16)
+        qk_scale = qk_scale * q_scale
     else:
         qd = q
     k_row = k_ptr + n * stride_kn + h * stride_kh
@@ -54,9 +57,15 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_sum = l_sum * alpha + tl.sum(p, axis=1)
+        block_scale = 1.0
         if SCALED:
+            # the values' scales go into the probabilities, relative to the block's largest so
+            # that p * scale stays in [0, 1] whatever the values' magnitude (fp16 would lose
+            # small products to its subnormals); that largest scale multiplies the tile after
             vs = tl.load(vs_ptr + n * stride_sn + h * stride_sh + t, mask=valid, other=0.0)
-            p = p * vs.to(tl.float32)[None, :]
+            vs = vs.to(tl.float32)
+            block_scale = tl.maximum(tl.max(vs, axis=0), 1e-30)
+            p = p * (vs / block_scale)[None, :]
         v = tl.load(v_row + t[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
         p = p.to(qd.dtype)
         v = v.to(qd.dtype)
@@ -64,7 +73,7 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
             pv = tl.dot(p.to(tl.float32), v.to(tl.float32), input_precision="ieee")
         else:
             pv = tl.dot(p, v)
-        acc = acc * alpha[:, None] + pv
+        acc = acc * alpha[:, None] + pv * block_scale
         m = m_new
     out = acc / l_sum[:, None]
     tl.store(o_ptr + n * stride_on + heads[:, None] * stride_oh + d[None, :],
