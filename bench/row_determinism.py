@@ -66,8 +66,8 @@ def main() -> None:
 
     base = rows(range(24), batch_size=24)
     lengths = sorted(len(r[0]) for r in base)
-    print(f"{args.device} {args.dtype} {args.attention} kv {args.kv_cache}: 24 rows, EOS {eos}, new tokens min {lengths[0]} "
-          f"median {lengths[12]} max {lengths[-1]}")
+    print(f"{args.device} {args.dtype} {args.attention} kv {args.kv_cache}: 24 rows, EOS {eos}, "
+          f"new tokens min {lengths[0]} median {lengths[12]} max {lengths[-1]}")
     same = True
     for name, order, extra in [("batch 1", range(24), dict(batch_size=1)),
                                ("batch 5, refill", range(24), dict(batch_size=5)),
