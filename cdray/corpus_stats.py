@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -165,9 +166,33 @@ def _item_strings(obj) -> Iterable[str]:
             yield from _item_strings(v)
 
 
+def reference_files(items_dir: Path) -> list[Path]:
+    """The evaluation item files under items_dir (*.jsonl, *.json, *.txt, *.tsv, optionally .gz),
+    sorted."""
+    out = []
+    for path in sorted(Path(items_dir).rglob("*")):
+        name = path.name[:-3] if path.name.endswith(".gz") else path.name
+        if path.is_file() and name.endswith((".jsonl", ".json", ".txt", ".tsv")):
+            out.append(path)
+    return out
+
+
+def reference_digest(items_dir: Path) -> str:
+    """sha256 over the relative names and contents of items_dir's reference files: what a
+    decontaminated corpus depends on, wherever the folder lives ("missing" if it is absent)."""
+    items_dir = Path(items_dir)
+    if not items_dir.is_dir():
+        return "missing"
+    h = hashlib.sha256()
+    for path in reference_files(items_dir):
+        h.update(path.relative_to(items_dir).as_posix().encode() + b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def reference_texts(eval_parquet: Optional[Path], items_dir: Optional[Path]) -> Iterable[str]:
-    """Texts of the eval split (parquet `text` column) and every string of evaluation item files
-    (*.jsonl, *.json, *.txt, *.tsv, optionally .gz) under items_dir."""
+    """Texts of the eval split (parquet `text` column) and every string of the evaluation item
+    files under items_dir (reference_files)."""
     if eval_parquet is not None and Path(eval_parquet).is_file():
         import pyarrow.parquet as pq
 
@@ -177,10 +202,8 @@ def reference_texts(eval_parquet: Optional[Path], items_dir: Optional[Path]) -> 
     items_dir = Path(items_dir)
     if not items_dir.is_dir():
         raise ValueError(f"{items_dir}: evaluation items directory not found")
-    for path in sorted(items_dir.rglob("*")):
+    for path in reference_files(items_dir):
         name = path.name[:-3] if path.name.endswith(".gz") else path.name
-        if not path.is_file() or not name.endswith((".jsonl", ".json", ".txt", ".tsv")):
-            continue
         opener = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8", errors="replace") as f:
             if name.endswith(".jsonl"):

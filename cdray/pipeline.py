@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from cdray.config import SweepConfig, to_dict
@@ -231,7 +232,11 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
             "amateur": amateur_cfg,
         }
         if cfg.generation.decontaminate_n > 0 and cfg.eval.babylm_dir:
-            config["eval_items"] = cfg.eval.babylm_dir
+            # the items' contents, not their folder's path: the same data elsewhere (another
+            # checkout, a symlink) keeps the key
+            from cdray.corpus_stats import reference_digest
+
+            config["eval_items"] = reference_digest(Path(cfg.eval.babylm_dir).expanduser())
         gen = Node("generate", config, tuple(inputs), f"generate {name}")
         graph.generations[name] = gen
         syn = Node("tokens", {"split": "synthetic"}, (("generate", gen),), f"tokens[{name}]")

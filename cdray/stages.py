@@ -117,8 +117,22 @@ def generator_kwargs(node: Node, cfg: SweepConfig, store: Store, out: Path) -> d
         "out_dir": str(out),
         "eval_parquet": (str(input_dir(store, node, "corpus") / "eval.parquet")
                          if node.has_input("corpus") else None),
-        "eval_items_dir": c.get("eval_items"),
+        "eval_items_dir": eval_items_dir(c, cfg),
     }
+
+
+def eval_items_dir(c: dict, cfg: SweepConfig) -> Optional[str]:
+    """The folder of the evaluation items a generate node decontaminates against (its key holds
+    their digest; the run's config says where they are)."""
+    if "eval_items" not in c:
+        return None
+    from cdray.corpus_stats import reference_digest
+
+    folder = str(Path(cfg.eval.babylm_dir).expanduser())
+    if c["eval_items"] != "missing" and reference_digest(Path(folder)) != c["eval_items"]:
+        raise ValueError(f"eval.babylm_dir {folder!r}: its evaluation items changed since the "
+                         f"sweep was planned")
+    return folder
 
 
 def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,

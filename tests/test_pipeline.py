@@ -137,3 +137,25 @@ def test_keys_are_stable_across_loads(micro_cfg_dict):
     a = [n.key for n in build_graph(C.from_dict(micro_cfg_dict)).nodes()]
     b = [n.key for n in build_graph(C.from_dict(micro_cfg_dict)).nodes()]
     assert a == b
+
+
+def test_decontamination_items_are_keyed_by_content_not_path(micro_cfg_dict, tmp_path):
+    from cdray.stages import eval_items_dir
+
+    items = tmp_path / "items"
+    (items / "blimp").mkdir(parents=True)
+    (items / "blimp" / "a.jsonl").write_text('{"sentence_good": "The cat sat."}\n')
+    (tmp_path / "link").symlink_to(items)
+
+    def generate_keys(folder):
+        cfg = C.from_dict(micro_cfg_dict | {"eval": {"babylm_dir": str(folder)}})
+        return cfg, {n.key for n in build_graph(cfg).generations.values()}
+
+    cfg, keys = generate_keys(items)
+    assert generate_keys(tmp_path / "link")[1] == keys  # the same items through a symlink
+    node = next(iter(build_graph(cfg).generations.values()))
+    assert eval_items_dir(node.config, cfg) == str(items)
+    (items / "blimp" / "a.jsonl").write_text('{"sentence_good": "The dog sat."}\n')
+    assert generate_keys(items)[1].isdisjoint(keys)  # other items, other corpora
+    with pytest.raises(ValueError, match="eval.babylm_dir .* changed since the sweep was planned"):
+        eval_items_dir(node.config, cfg)
