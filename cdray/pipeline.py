@@ -207,6 +207,14 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
     amateurs += [Amateur("small", r) for r in cfg.grid.r]
     amateurs += [Amateur("dropout", p) for p in cfg.grid.p]
 
+    eval_items = None
+    if cfg.generation.decontaminate_n > 0 and cfg.eval.babylm_dir:
+        # the items' contents, not their folder's path: the same data elsewhere (another
+        # checkout, a symlink) keeps the key
+        from cdray.corpus_stats import reference_digest
+
+        eval_items = reference_digest(Path(cfg.eval.babylm_dir).expanduser())
+
     def corpus_for(strategy: str, amateur: Optional[Amateur]) -> Node:
         name = arm_name(strategy, amateur, 1.0)
         if name in graph.synthetic:
@@ -231,12 +239,8 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
             "expert_step": cfg.expert_step,
             "amateur": amateur_cfg,
         }
-        if cfg.generation.decontaminate_n > 0 and cfg.eval.babylm_dir:
-            # the items' contents, not their folder's path: the same data elsewhere (another
-            # checkout, a symlink) keeps the key
-            from cdray.corpus_stats import reference_digest
-
-            config["eval_items"] = reference_digest(Path(cfg.eval.babylm_dir).expanduser())
+        if eval_items is not None:
+            config["eval_items"] = eval_items
         gen = Node("generate", config, tuple(inputs), f"generate {name}")
         graph.generations[name] = gen
         syn = Node("tokens", {"split": "synthetic"}, (("generate", gen),), f"tokens[{name}]")
