@@ -6,7 +6,8 @@ Rows of GOOD + its EARLY amateur (2 x batch rows, 12 kv heads of 64) with key co
 uniformly from [prompt, prompt + new]: what a decode step of a 400-token run reads on average.
 Each line: kernel, cache, launch shape, microseconds per call, GB/s of cache bytes it must read,
 and that rate over a device-to-device copy's (read + write bytes) measured in the same run.
-Last line: `best_config=BLOCK_N,WARPS,STAGES` (the fastest fp8 shape; bf16's is printed too).
+Last line: `best_config=BLOCK_N,WARPS,STAGES[,PRODUCTS]` (the fastest fp8 shape; bf16's is printed
+too).
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
 
-GRID = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 4, 3), (128, 8, 2),
-        (128, 8, 3)]
+# launch shapes; on the H100 (BENCHMARKS.md) 64,4,3 was fastest for both caches. The "vector"
+# ones (fp32 products on the vector units, no 16-row padding) are untried on a GPU so far.
+GRID = ["64,4,3", "64,4,2", "128,4,3", "32,4,3", "64,8,2", "128,8,3", "32,4,2,vector",
+        "64,4,2,vector", "64,8,2,vector", "128,8,2,vector", "64,4,3,vector"]
 
 
 def timed(fn, iters: int) -> float:
@@ -88,7 +91,8 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=20)
     p.add_argument("--new", type=int, default=400)
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--configs", default="", help="';'-separated BLOCK_N,WARPS,STAGES (default: a grid)")
+    p.add_argument("--configs", default="",
+                   help="';'-separated BLOCK_N,WARPS,STAGES[,PRODUCTS] (default: GRID)")
     args = p.parse_args()
 
     import torch
@@ -118,7 +122,7 @@ def main() -> None:
 
     def report(name: str, cache: str, secs: float) -> float:
         bw = need[cache] / secs
-        print(f"{name:26s} {cache:4s} {secs * 1e6:8.1f} us  {bw / 1e9:6.0f} GB/s  "
+        print(f"{name:30s} {cache:4s} {secs * 1e6:8.1f} us  {bw / 1e9:6.0f} GB/s  "
               f"vs_copy={bw / copy_bw:.2f}", flush=True)
         return secs
 
@@ -138,11 +142,10 @@ def main() -> None:
             want = (w[..., None] * values[i, :, :L].double().repeat_interleave(nh // nkv, 0)).sum(1)
             err = max(err, ((out[i].double() - want).norm() / want.norm()).item())
         print(f"{name} cache: kernel vs float64 attention, worst relative error {err:.1e}")
-    configs = ([KernelConfig.parse(c) for c in args.configs.split(";")] if args.configs
-               else [KernelConfig(*c) for c in GRID])
+    configs = [KernelConfig.parse(c) for c in (args.configs.split(";") if args.configs else GRID)]
     best = {}
     for cfg in configs:
-        shape = f"{cfg.block_n},{cfg.num_warps},{cfg.num_stages}"
+        shape = cfg.label()
         for cache, a in (("bf16", (k, v, lengths)), ("fp8", (kq, vq, lengths, ks, vs))):
             try:
                 secs = report(f"triton {shape}", cache,
@@ -169,7 +172,7 @@ def main() -> None:
     check_step(dev)
     for cache, (secs, shape) in best.items():
         print(f"best {cache}: {shape} ({secs * 1e6:.1f} us)")
-    print(f"best_config={best.get('fp8', (0, '64,4,2'))[1]}")
+    print(f"best_config={best.get('fp8', (0, KernelConfig().label()))[1]}")
 
 
 if __name__ == "__main__":

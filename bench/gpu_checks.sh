@@ -17,7 +17,7 @@ R="$PY bench/row_determinism.py --device cuda --dtype bf16 --quick --attention t
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"; } 2>&1 | tee "$OUT/env.txt"
 timeout 120 $PY bench/decode_attention.py 2>&1 | tee "$OUT/decode_attention.txt"
-CFG=$(grep -o 'best_config=[0-9,]*' "$OUT/decode_attention.txt" | cut -d= -f2 | tr , .)
+CFG=$(grep -o 'best_config=[0-9a-z,]*' "$OUT/decode_attention.txt" | cut -d= -f2 | tr , .)
 T="triton:cfg=${CFG:-64.4.3}"
 timeout 150 $D --skip-baselines --new 400 --sweep-batches 1536 --attention "$T:fp8,$T,flex" 2>&1 | tee "$OUT/decoding_400.txt"
 timeout 70 $R --kv-cache fp8 2>&1 | tee "$OUT/row_determinism_fp8.txt"

@@ -24,8 +24,13 @@ class KernelConfig:
     block_n: int = 64  # keys per loop iteration
     num_warps: int = 4
     num_stages: int = 3
+    # "mma": products on the matrix units (query heads padded to 16 rows); "vector": fp32 products
+    # on the vector units, for models with one query head per kv head (others take "mma")
+    products: str = "mma"
 
     def __post_init__(self):
+        if self.products not in ("mma", "vector"):
+            raise ValueError(f"products={self.products!r} must be 'mma' or 'vector'")
         if self.block_n < 16 or self.block_n & (self.block_n - 1):
             raise ValueError(f"block_n={self.block_n} must be a power of two >= 16")
         if self.num_warps not in (1, 2, 4, 8, 16):
@@ -35,12 +40,22 @@ class KernelConfig:
 
     @classmethod
     def parse(cls, text: str) -> "KernelConfig":
-        """'block_n,num_warps,num_stages', e.g. '64,4,2' (bench/decoding.py --attention)."""
+        """'block_n,num_warps,num_stages[,products]', e.g. '64,4,3' or '64,4,2,vector'
+        (bench/decoding.py --attention, bench/decode_attention.py --configs)."""
+        parts = text.split(",")
         try:
-            block_n, warps, stages = (int(v) for v in text.split(","))
+            block_n, warps, stages = (int(v) for v in parts[:3])
+            if len(parts) not in (3, 4):
+                raise ValueError
         except ValueError:
-            raise ValueError(f"kernel config {text!r} is not 'block_n,num_warps,num_stages'") from None
-        return cls(block_n, warps, stages)
+            raise ValueError(f"kernel config {text!r} is not "
+                             f"'block_n,num_warps,num_stages[,products]'") from None
+        return cls(block_n, warps, stages, *parts[3:])
+
+    def label(self) -> str:
+        """The parse() form of this config."""
+        tail = "" if self.products == "mma" else f",{self.products}"
+        return f"{self.block_n},{self.num_warps},{self.num_stages}{tail}"
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:
@@ -77,12 +92,12 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _kernel():
+def _kernels():
     # imported on first use: importing triton is slow, absent on CPU installs, and its
     # interpreter (tests) is chosen from TRITON_INTERPRET when triton is imported
-    from cdray.triton_kernels import decode_attention_kernel
+    from cdray.triton_kernels import decode_attention_kernel, decode_attention_vector_kernel
 
-    return decode_attention_kernel
+    return decode_attention_kernel, decode_attention_vector_kernel
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor,
@@ -111,11 +126,16 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor,
     rep = nh // nkv
     ks, vs = (k_scale, v_scale) if scaled else (lengths, lengths)  # unread placeholders
     s_n, s_h = (ks.stride(0), ks.stride(1)) if scaled else (0, 0)
-    _kernel()[(N * nkv,)](
-        q, k, v, ks, vs, lengths, out,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), s_n, s_h,
-        out.stride(0), out.stride(1), (1.0 / math.sqrt(hd)) * math.log2(math.e),
-        NKV=nkv, REP=rep, REP_P=max(16, 1 << (rep - 1).bit_length()), HD=hd,
+    args = (q, k, v, ks, vs, lengths, out, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            k.stride(2), s_n, s_h, out.stride(0), out.stride(1),
+            (1.0 / math.sqrt(hd)) * math.log2(math.e))
+    mma, vector = _kernels()
+    if config.products == "vector" and rep == 1:
+        vector[(N * nkv,)](*args, NKV=nkv, HD=hd, BLOCK_N=config.block_n, SCALED=scaled,
+                           num_warps=config.num_warps, num_stages=config.num_stages)
+        return out
+    mma[(N * nkv,)](
+        *args, NKV=nkv, REP=rep, REP_P=max(16, 1 << (rep - 1).bit_length()), HD=hd,
         BLOCK_N=config.block_n, SCALED=scaled, F32_DOT=q.dtype == torch.float32 or _interpreted(),
         FP16_DOT=scaled and q.dtype == torch.bfloat16,
         num_warps=config.num_warps,

@@ -81,6 +81,47 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
 
 
 @triton.jit
+def decode_attention_vector_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
+                                   stride_qn, stride_qh, stride_kn, stride_kh, stride_kt,
+                                   stride_sn, stride_sh, stride_on, stride_oh, qk_scale,
+                                   NKV: tl.constexpr, HD: tl.constexpr, BLOCK_N: tl.constexpr,
+                                   SCALED: tl.constexpr):
+    # decode_attention_kernel for one query head per kv head, on the vector units: no padding
+    # to a 16-row tile, fp32 products, the same fixed order per row
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // NKV
+    h = pid % NKV
+    length = tl.load(len_ptr + n)
+    d = tl.arange(0, HD)
+    q = tl.load(q_ptr + n * stride_qn + h * stride_qh + d).to(tl.float32) * qk_scale
+    k_row = k_ptr + n * stride_kn + h * stride_kh
+    v_row = v_ptr + n * stride_kn + h * stride_kh
+    m = float("-inf")
+    l_sum = 0.0
+    acc = tl.zeros([HD], tl.float32)
+    for start in range(0, length, BLOCK_N):
+        t = start + tl.arange(0, BLOCK_N)
+        valid = t < length
+        k = tl.load(k_row + t[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
+        s = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
+        if SCALED:
+            s = s * tl.load(ks_ptr + n * stride_sn + h * stride_sh + t, mask=valid,
+                            other=0.0).to(tl.float32)
+        s = tl.where(valid, s, float("-inf"))  # log2 units
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new)
+        l_sum = l_sum * alpha + tl.sum(p, axis=0)
+        if SCALED:
+            p = p * tl.load(vs_ptr + n * stride_sn + h * stride_sh + t, mask=valid,
+                            other=0.0).to(tl.float32)
+        v = tl.load(v_row + t[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+        m = m_new
+    tl.store(o_ptr + n * stride_on + h * stride_oh + d, (acc / l_sum).to(o_ptr.dtype.element_ty))
+
+
+@triton.jit
 def rms_norm_kernel(x_ptr, w_ptr, o_ptr, rows_per_member, H, eps,
                     BLOCK: tl.constexpr):
     # o = w * bf16(x * rsqrt(mean(x^2) + eps)) for one row; w is the row's member's weight

@@ -33,8 +33,8 @@ def _reference(q, k, v, lengths):
     return out
 
 
-@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2)])
-def test_kernel_attends_over_exactly_each_rows_keys(heads, kv_heads):
+@pytest.mark.parametrize("heads,kv_heads,products", [(4, 4, "mma"), (6, 2, "mma"), (4, 4, "vector")])
+def test_kernel_attends_over_exactly_each_rows_keys(heads, kv_heads, products):
     g = torch.Generator().manual_seed(heads)
     N, T, hd = 5, 80, 16
     q = torch.randn(N, heads, hd, generator=g)
@@ -42,23 +42,26 @@ def test_kernel_attends_over_exactly_each_rows_keys(heads, kv_heads):
     v = torch.randn(N, kv_heads, T, hd, generator=g)
     lengths = torch.tensor([1, 16, 17, 63, 80], dtype=torch.int32)
     want = _reference(q, k, v, lengths)
-    got = da.decode_attention(q, k, v, lengths, config=da.KernelConfig(block_n=16))
+    cfg = da.KernelConfig(block_n=16, products=products)
+    got = da.decode_attention(q, k, v, lengths, config=cfg)
     assert torch.allclose(got.double(), want, atol=1e-5)
     # keys at or past a row's length are never read: poisoning them changes nothing
     poisoned = [t.clone() for t in (k, v)]
     for n, L in enumerate(lengths.tolist()):
         for t in poisoned:
             t[n, :, L:] = float("nan")
-    again = da.decode_attention(q, *poisoned, lengths, config=da.KernelConfig(block_n=16))
+    again = da.decode_attention(q, *poisoned, lengths, config=cfg)
     assert torch.equal(again, got)
 
 
-@pytest.mark.parametrize("q_size,v_size", [(1.0, 1.0), (1e5, 1e-3)])
-def test_fp8_cache_is_attention_over_its_dequantized_values(q_size, v_size):
+@pytest.mark.parametrize("q_size,v_size,products", [(1.0, 1.0, "mma"), (1e5, 1e-3, "mma"),
+                                                    (1e5, 1e-3, "vector")])
+def test_fp8_cache_is_attention_over_its_dequantized_values(q_size, v_size, products):
     # (queries past fp16's range and tiny values: the kernel's fp16 products stay accurate)
     g = torch.Generator().manual_seed(1)
     N, nkv, T, hd = 3, 2, 40, 32
-    q = (torch.randn(N, 2 * nkv, hd, generator=g) * q_size).bfloat16()
+    heads = nkv if products == "vector" else 2 * nkv  # the vector kernel: one head per kv head
+    q = (torch.randn(N, heads, hd, generator=g) * q_size).bfloat16()
     k = (torch.randn(N, nkv, T, hd, generator=g) * 3 / q_size).bfloat16()
     v = (torch.randn(N, nkv, T, hd, generator=g) * v_size).bfloat16()
     k[0, 0, 5] = 0  # an all-zero vector keeps a finite scale
@@ -70,7 +73,8 @@ def test_fp8_cache_is_attention_over_its_dequantized_values(q_size, v_size):
     # e4m3 keeps 3 mantissa bits: within 1/16 of each vector's largest magnitude
     assert ((back - k.float()).abs() <= k.float().abs().amax(-1, keepdim=True) / 16).all()
     lengths = torch.tensor([40, 9, 33], dtype=torch.int32)
-    got = da.decode_attention(q, kq, vq, lengths, ks, vs, config=da.KernelConfig(block_n=16))
+    got = da.decode_attention(q, kq, vq, lengths, ks, vs,
+                              config=da.KernelConfig(block_n=16, products=products))
     want = _reference(q, back, da.dequantize(vq, vs, torch.float32), lengths)
     assert got.dtype == torch.bfloat16
     assert ((got.double() - want).norm(dim=-1) <= 1e-2 * want.norm(dim=-1)).all()
@@ -168,6 +172,9 @@ def test_kv_cache_and_kernel_config_errors_name_their_field(monkeypatch):
         da.KernelConfig.parse("48,4,2")
     with pytest.raises(ValueError, match="block_n,num_warps"):
         da.KernelConfig.parse("64,4")
+    assert da.KernelConfig.parse("64,4,2,vector").label() == "64,4,2,vector"
+    with pytest.raises(ValueError, match="products"):
+        da.KernelConfig.parse("64,4,2,tensor")
     m = _gqa_llama(0)
     with pytest.raises(ValueError, match="kv_cache"):
         StackedLlama([m], attention="flex", kv_cache="fp8")
