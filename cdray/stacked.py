@@ -79,6 +79,18 @@ def _bmm(x: Tensor, w: Tensor, residual: Tensor | None = None) -> Tensor:
     return torch.bmm(x, w) if residual is None else torch.baddbmm(residual, x, w)
 
 
+def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
+    """RMSNorm in fp32, rounded back to x's dtype before the weight (as HF's Llama does)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
 def _cache_len(max_len: int, step: int = CACHE_LEN_STEP) -> int:
     # the cache's full length is what a step reads once its longest row nears the end: a
     # multiple of 8 is a key count the kernels treat like the stepped ones (see KEY_STEP)
@@ -270,16 +282,6 @@ class StackedLlama:
 
     # ------------------------------------------------------------ forward
 
-    def _rms(self, x: Tensor, w: Tensor) -> Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return w * xf.to(self.dtype)
-
-    def _rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
-
     def _dropout_keep(self, base: Tensor, layer: int, p: float) -> Tensor:
         # base [b, Q] hashes of (row seed, query position); result [b, kv, rep*Q, T]
         rep = self.heads // self.kv_heads
@@ -384,9 +386,9 @@ class StackedLlama:
             lo, hi = seeds & _M32, (seeds >> 32) & _M32
             drop_base = _mix32(_mix32(lo ^ _mix32(hi))[:, None] ^ (positions & _M32))
         for li, blk in enumerate(self.blocks):
-            hidden = self._rms(x, blk["ln1"])
+            hidden = _rms(x, blk["ln1"], self.eps)
             qkv = _bmm(hidden, blk["qkv"]).reshape(G, b, Q, nh + 2 * nkv, hd).transpose(2, 3)
-            qk = self._rope(qkv[:, :, :nh + nkv], cos, sin)  # queries and keys in one pass
+            qk = _rope(qkv[:, :, :nh + nkv], cos, sin)  # queries and keys in one pass
             q, k = qk[:, :, :nh], qk[:, :, nh:]  # [G, b, nh, Q, hd], [G, b, nkv, Q, hd]
             v = qkv[:, :, nh + nkv:]
             kc, vc = self.write_kv(li, row_idx, positions, k.permute(1, 3, 0, 2, 4),
@@ -400,7 +402,7 @@ class StackedLlama:
                         vc.reshape(G * b, nkv, t_used, hd), attn_mask=sdpa_mask, enable_gqa=rep > 1)
             out = out.reshape(G, b, nh, Q, hd).transpose(2, 3).reshape(G, b * Q, nh * hd)
             x = _bmm(out, blk["o"], residual=x)
-            hidden = self._rms(x, blk["ln2"])
+            hidden = _rms(x, blk["ln2"], self.eps)
             gate, up = _bmm(hidden, blk["gate_up"]).chunk(2, dim=-1)
             x = _bmm(torch.nn.functional.silu(gate) * up, blk["down"], residual=x)
         x = x.reshape(G, b, Q, H)
@@ -408,5 +410,5 @@ class StackedLlama:
             x = x[:, :, -1]
         else:
             x = x[:, torch.arange(b, device=ids.device), last]
-        x = self._rms(x, self.final_norm)
+        x = _rms(x, self.final_norm, self.eps)
         return _bmm(x, self.lm_head).float()

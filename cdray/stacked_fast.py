@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from cdray.decode_attention import KernelConfig, decode_attention
-from cdray.stacked import _bmm
+from cdray.stacked import _bmm, _rms, _rope
 
 # keys per attention block: a row reads the ceil((position + 1) / FLEX_KV_BLOCK) blocks of its own
 # cache and nothing of its neighbours', so its bits never depend on their lengths
@@ -24,17 +24,6 @@ MAX_GRID_Y = 65535
 def max_batch(kv_heads: int) -> int:
     """Most slots of one step: a model's (slot, kv head) pairs must fit the kernel's grid."""
     return MAX_GRID_Y // kv_heads
-
-
-def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return w * xf.to(x.dtype)
-
-
-def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
 def _pre(x: Tensor, ln1: Tensor, wqkv: Tensor, cos: Tensor, sin: Tensor, eps: float, nh: int,
