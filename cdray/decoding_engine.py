@@ -143,9 +143,11 @@ class Decoder:
         queue = deque(range(n))
         seeds_all = torch.tensor(row_seeds, dtype=torch.int64)
 
-        # per-slot state
+        # per-slot state: the host's (row bookkeeping) and the device's (what the next step feeds)
         row = torch.full((B,), -1, dtype=torch.long)  # -1: empty
         step = torch.zeros(B, dtype=torch.long)  # tokens sampled so far
+        step_d = torch.zeros(B, dtype=torch.long, device=dev)  # the same, for the uniforms' index
+        live_d = torch.zeros(B, dtype=torch.bool, device=dev)  # slot holds an unfinished row
         pos = torch.zeros(B, dtype=torch.long, device=dev)  # position of the next fed token
         uniforms = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=dev)
         slot_seeds = torch.zeros(B, dtype=torch.int64, device=dev)
@@ -154,6 +156,11 @@ class Decoder:
         vocab = self.groups[0].vocab
         logits = [torch.zeros((B, vocab), dtype=torch.float32, device=dev) for _ in self.index]
         blocker = NgramBlocker(d.no_repeat_ngram) if d.no_repeat_ngram > 0 else None
+        # a step's token, |V_head| and NLLs come back to the host through one pinned buffer
+        # while the device already runs the next step (see below)
+        cuda = dev.type == "cuda"
+        staging = torch.empty(4 * B, dtype=torch.float64, pin_memory=cuda)
+        copied = torch.cuda.Event() if cuda else None
 
         def admit(slots: list[int]) -> None:
             rows_ = [queue.popleft() for _ in slots]
@@ -174,6 +181,8 @@ class Decoder:
             buf[s] = pad_id
             stats[s] = 0.0
             sd = s.to(dev)
+            step_d[sd] = 0
+            live_d[sd] = True
             slot_seeds[sd] = seeds_all[rows_].to(dev)
             pos[sd] = lens.to(dev)
             # right padding: a row's tokens sit at their true positions 0..len-1 in its slot
@@ -191,7 +200,7 @@ class Decoder:
                 break
             zg = logits[0]
             za = logits[1] if self.uses_amateur else None
-            u = uniforms.gather(1, step.clamp(max=max_new_tokens - 1).to(dev)[:, None]).squeeze(1)
+            u = uniforms.gather(1, step_d.clamp(max=max_new_tokens - 1)[:, None]).squeeze(1)
             if fused:
                 from cdray.decode_fused import fused_sample
 
@@ -206,10 +215,25 @@ class Decoder:
                 nll_e = _nll(zg, log_pg, token, d.temperature)
                 nll_a = (_nll(za, log_pb, token, d.temperature) if za is not None
                          else torch.zeros_like(nll_e))
-            # one device-to-host copy per step (each copy waits for the device); token ids
-            # are exact in float64
-            host = torch.stack([token.double(), head_size.double(), nll_e.double(),
-                                nll_a.double()]).cpu()
+            # one device-to-host copy per step; token ids are exact in float64
+            packed = torch.stack([token.double(), head_size.double(), nll_e.double(),
+                                  nll_a.double()])
+            host = staging[:packed.numel()].view(packed.shape)
+            host.copy_(packed, non_blocking=cuda)
+            if copied is not None:
+                copied.record()
+            # the next step is queued before the host waits for this one's tokens: every slot
+            # is fed its own token on the device, so the device computes step t+1 while the host
+            # files step t. A row that ended at step t is fed once more, harmlessly: it writes
+            # its own slot past its end, which a refill's prefill overwrites, and no other row
+            # reads. Skipped when no row can outlive this step (every live one reaches its
+            # length), so a call's last step is not computed for nothing.
+            ahead = bool((live & (step + 1 < max_new_tokens)).any())
+            if ahead:
+                self._decode(token, live_d, pos, pad_id, slot_seeds, logits)
+            step_d += 1
+            if copied is not None:
+                copied.synchronize()
             tok_cpu, hsz, nll_e, nll_a = host[0].long(), host[1], host[2], host[3]
             live_idx = torch.nonzero(live).squeeze(1)
             buf[live_idx, step[live_idx]] = tok_cpu[live_idx]
@@ -232,10 +256,11 @@ class Decoder:
                     on_row(r, res)
                 row[s] = -1
                 free.append(s)
+            if free:
+                live_d[torch.tensor(free, device=dev)] = False
             live = row >= 0
             if free and refill and queue:
                 # the batch stays full: refill every free slot from the queue
-                self._decode(tok_cpu, live, pos, pad_id, slot_seeds, logits)
                 admit(free[:len(queue)])
                 continue
             if not bool(live.any()):
@@ -251,21 +276,17 @@ class Decoder:
                     g.keep_slots(kd)
                 row, step, buf, stats = row[keep], step[keep], buf[keep], stats[keep]
                 pos, uniforms, slot_seeds = pos[kd], uniforms[kd], slot_seeds[kd]
-                tok_cpu, live = tok_cpu[keep], live[keep]
+                step_d, live_d = step_d[kd], live_d[kd]
                 logits = [x[kd] for x in logits]
                 if blocker is not None:
                     blocker.compact(keep.tolist())
-            self._decode(tok_cpu, live, pos, pad_id, slot_seeds, logits)
         return results  # type: ignore[return-value]
 
-    def _decode(self, tok_cpu: Tensor, live: Tensor, pos: Tensor, pad_id: int, slot_seeds: Tensor,
+    def _decode(self, token: Tensor, live_d: Tensor, pos: Tensor, pad_id: int, slot_seeds: Tensor,
                 logits: list[Tensor]) -> None:
-        """Feed each live slot its sampled token at its next position (dead slots feed a pad)."""
-        dev = pos.device
-        live_d = live.to(dev)
-        ids = torch.where(live, tok_cpu, pad_id).to(dev)[:, None]
-        # dead slots write at position 0 of their own (unused) slot
-        p = torch.where(live_d, pos, 0)
-        out = self._forward(ids, p[:, None], seeds=slot_seeds)
+        """Feed each live slot its sampled token at its next position (dead slots feed a pad at
+        position 0 of their own slot), all on the device."""
+        ids = torch.where(live_d, token, pad_id)[:, None]
+        out = self._forward(ids, torch.where(live_d, pos, 0)[:, None], seeds=slot_seeds)
         pos += live_d.long()
         logits[:] = out  # every slot's logits are new: take the fresh tensors, no copy
