@@ -198,7 +198,8 @@ def main() -> None:
 def set_attention(decoder, spec: str) -> None:
     """Point every stacked group of the decoder at one attention kind, with fast-step options after
     colons: compiled, nographs, kvN (flex blocks), fp8 (the KV cache), cfg=BLOCK_N.WARPS.STAGES
-    (the triton kernel's launch shape)."""
+    (the triton kernel's launch shape), float32logits (the triton step's logits widened to fp32
+    before the fused sampler: the step as it was, for an A/B)."""
     from cdray.decode_attention import KernelConfig
 
     kind, *opts = spec.split(":")
@@ -210,6 +211,8 @@ def set_attention(decoder, spec: str) -> None:
             options["compiled"] = True
         elif opt == "fp8":
             fp8 = True
+        elif opt == "float32logits":
+            options["float_logits"] = True
         elif opt.startswith("kv"):
             options["kv_block"] = int(opt[2:])
         elif opt.startswith("cfg="):
@@ -220,8 +223,11 @@ def set_attention(decoder, spec: str) -> None:
         raise SystemExit(f"--attention {spec!r}: flex cannot read an fp8 cache")
     for group in decoder.groups:
         group.attention, group.kv_fp8 = kind, fp8
-        group.fast_options = options
         group._fast = None
+    # as the Decoder sets it: the fused sampler takes the step's logits in the model's dtype
+    options.setdefault("float_logits", not decoder.fused_sampler)
+    for group in decoder.groups:
+        group.fast_options = options
 
 
 def profile(args, decoder, batch: int) -> None:

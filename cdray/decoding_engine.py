@@ -93,8 +93,10 @@ class Decoder:
                            StackedLlama([amateur], dtype=dtype, device=device, dropout=[drop],
                                         attention=attention, kv_cache=kv_cache)]
             self.index = [(0, 0), (1, 0)]
+        fused = self.fused_sampler
         for g in self.groups:
-            g.fast_options = {"compiled": bool(compile_layers)}
+            # the fused sampler reads the step's logits in the model's dtype (see FastDecode)
+            g.fast_options = {"compiled": bool(compile_layers), "float_logits": not fused}
         if self.uses_amateur and self.groups[-1].vocab != self.groups[0].vocab:
             raise ValueError("expert and amateur vocabularies differ")
 
@@ -154,7 +156,10 @@ class Decoder:
         buf = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
         stats = torch.zeros((B, 3), dtype=torch.float64)  # head sum, expert nll sum, amateur nll sum
         vocab = self.groups[0].vocab
-        logits = [torch.zeros((B, vocab), dtype=torch.float32, device=dev) for _ in self.index]
+        fused = self.fused_sampler
+        # prefill logits are the model's dtype widened, so storing them narrowed is exact
+        logit_dtype = self.groups[0].dtype if fused else torch.float32
+        logits = [torch.zeros((B, vocab), dtype=logit_dtype, device=dev) for _ in self.index]
         blocker = NgramBlocker(d.no_repeat_ngram) if d.no_repeat_ngram > 0 else None
         # a step's token, |V_head| and NLLs come back to the host through one pinned buffer
         # while the device already runs the next step (see below)
@@ -190,10 +195,9 @@ class Decoder:
             out = self._forward(ids.to(dev), positions, slots=sd, last=(lens - 1).to(dev),
                                 seeds=slot_seeds[sd])
             for buf_, o in zip(logits, out):
-                buf_[sd] = o
+                buf_[sd] = o.to(buf_.dtype)
 
         admit(list(range(B)))
-        fused = self.fused_sampler
         while True:
             live = row >= 0
             if not bool(live.any()):

@@ -195,10 +195,11 @@ def cd_score(g_row, a_row, idx, ok, log_zg, log_za, inv_t, alpha, lam, penalty, 
              MODE: tl.constexpr, AMATEUR: tl.constexpr):
     # (score, head) of one block of a row's logits: MODE 0 no_contrast, 1 no_contrast_vhead,
     # 2 contrastive
-    zg = tl.load(g_row + idx, mask=ok, other=0.0)
+    # logits may be the model's bf16 (the triton step's): widened exactly, as .float() would
+    zg = tl.load(g_row + idx, mask=ok, other=0.0).to(tl.float32)
     za = zg
     if AMATEUR:
-        za = tl.load(a_row + idx, mask=ok, other=0.0)
+        za = tl.load(a_row + idx, mask=ok, other=0.0).to(tl.float32)
     head = tl.exp(zg * inv_t - mg) > alpha  # pG(x) > alpha * max pG
     log_pg = zg * inv_t - log_zg
     if MODE == 0:
@@ -223,7 +224,7 @@ def block_mass(g_row, a_row, idx, V, log_zg, log_za, inv_t, alpha, lam, penalty,
 @triton.jit
 def exp_sums(row_ptr, idx, ok, inv_t, m, s, r, sr):
     # running max and sum of exp (online softmax) of a block of z / T (m, s) and of z (r, sr)
-    z = tl.load(row_ptr + idx, mask=ok, other=float("-inf"))
+    z = tl.load(row_ptr + idx, mask=ok, other=float("-inf")).to(tl.float32)
     m_new = tl.maximum(m, tl.max(z * inv_t, axis=0))
     s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z * inv_t - m_new), axis=0)
     r_new = tl.maximum(r, tl.max(z, axis=0))
@@ -284,6 +285,6 @@ def cd_sample_kernel(zg_ptr, za_ptr, u_ptr, tok_ptr, head_ptr, nll_e_ptr, nll_a_
     tok = tl.where(tok >= V, tl.maximum(last, 0), tok)
     tl.store(tok_ptr + row, tok.to(tl.int64))
     tl.store(head_ptr + row, n_head.to(tl.int64))
-    tl.store(nll_e_ptr + row, rg + tl.log(srg) - tl.load(g_row + tok))
+    tl.store(nll_e_ptr + row, rg + tl.log(srg) - tl.load(g_row + tok).to(tl.float32))
     if AMATEUR:
-        tl.store(nll_a_ptr + row, ra + tl.log(sra) - tl.load(a_row + tok))
+        tl.store(nll_a_ptr + row, ra + tl.log(sra) - tl.load(a_row + tok).to(tl.float32))

@@ -107,6 +107,16 @@ def test_fused_sampler_is_the_step_scores_and_inverse_cdf(strategy, d):
         assert not nll_a.any()
 
 
+def test_fused_sampler_reads_model_dtype_logits_as_their_fp32_widening():
+    g = torch.Generator().manual_seed(3)
+    zg, za = ((torch.randn(16, 3000, generator=g) * 4).bfloat16() for _ in range(2))
+    u = torch.rand(16, generator=g)
+    narrow = fused_sample(zg, za, u, "contrastive", DecodingConfig())
+    wide = fused_sample(zg.float(), za.float(), u, "contrastive", DecodingConfig())
+    for a, b in zip(narrow, wide):
+        assert torch.equal(a, b)
+
+
 def test_fused_sampler_goes_with_the_triton_step_only():
     m = _gqa_llama(0)
     assert Decoder(m, m, "contrastive", DecodingConfig(), attention="triton").fused_sampler
@@ -162,6 +172,22 @@ def test_triton_fp8_rows_do_not_depend_on_batch_or_refill(gqa_pair):
                      **kw)[::-1]
     assert [r.tokens for r in other] == [r.tokens for r in base]
     assert [r.expert_nll_mean for r in other] == [r.expert_nll_mean for r in base]
+
+
+def test_triton_step_hands_the_fused_sampler_model_dtype_logits(gqa_pair):
+    expert, amateur = gqa_pair
+    dec = Decoder(expert, amateur, "contrastive", DecodingConfig(alpha=0.1), attention="triton",
+                  dtype=torch.bfloat16)
+    assert dec.fused_sampler and dec.groups[0].fast_options["float_logits"] is False
+    prompts, seeds = [[1, 5, 9], [1, 7], [1, 4, 4, 8]], [1, 2, 3]
+    kw = dict(max_new_tokens=4, stop_at_eos=False, max_len=8, batch_size=2)  # with a refill
+    narrow = dec.generate(prompts, seeds, **kw)
+    assert dec.groups[0]._fast is not None and not dec.groups[0]._fast.float_logits
+    dec.groups[0].fast_options["float_logits"] = True  # the step widening them first, as before
+    dec.groups[0]._fast = None
+    wide = dec.generate(prompts, seeds, **kw)
+    assert [r.tokens for r in narrow] == [r.tokens for r in wide]
+    assert [r.expert_nll_mean for r in narrow] == [r.expert_nll_mean for r in wide]
 
 
 def test_kv_cache_and_kernel_config_errors_name_their_field(monkeypatch):
