@@ -115,6 +115,9 @@ def main() -> None:
                         "the ratio line uses the first. Fast-step options after colons, e.g. "
                         "triton:fp8:compiled, triton:cfg=64.4.2, flex:nographs, flex:kv128 "
                         "(see set_attention)")
+    p.add_argument("--count-syncs", action="store_true",
+                   help="after each --sweep-batches batch, one more run counting the host's waits "
+                        "on the GPU (torch.cuda.set_sync_debug_mode)")
     p.add_argument("--profile-attention", default="auto", help="attention kind of --profile")
     p.add_argument("--profile", type=int, default=0, metavar="BATCH",
                    help="print a torch.profiler kernel table of cdray at this batch (32 new tokens)")
@@ -199,11 +202,13 @@ def set_attention(decoder, spec: str) -> None:
     """Point every stacked group of the decoder at one attention kind, with fast-step options after
     colons: compiled, nographs, kvN (flex blocks), fp8 (the KV cache), cfg=BLOCK_N.WARPS.STAGES
     (the triton kernel's launch shape), float32logits (the triton step's logits widened to fp32
-    before the fused sampler: the step as it was, for an A/B)."""
+    before the fused sampler: the step as it was, for an A/B), noahead (the engine waits for each
+    step's tokens before it queues the next, as it did before, for an A/B)."""
     from cdray.decode_attention import KernelConfig
 
     kind, *opts = spec.split(":")
     options, fp8 = {}, False
+    decoder.look_ahead = True
     for opt in opts:
         if opt == "nographs":
             options["graphs"] = False
@@ -213,6 +218,8 @@ def set_attention(decoder, spec: str) -> None:
             fp8 = True
         elif opt == "float32logits":
             options["float_logits"] = True
+        elif opt == "noahead":
+            decoder.look_ahead = False
         elif opt.startswith("kv"):
             options["kv_block"] = int(opt[2:])
         elif opt.startswith("cfg="):
@@ -281,7 +288,26 @@ def sweep_batches(args, decoder, batches: list[int]) -> None:
         peak = (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
                 if args.device.startswith("cuda") else "")
         print(f"cdray batch {batch:5d}: {rate:9.0f} new tok/s ({secs:.2f} s){peak}", flush=True)
+        if args.count_syncs and args.device.startswith("cuda"):
+            print(f"cdray batch {batch:5d}: {count_syncs(decoder, rows, args.new, batch)} "
+                  f"synchronizing calls in a run of {args.new} steps", flush=True)
     print(f"cd_best_tok_s={best_rate:.0f}")
+
+
+def count_syncs(decoder, rows, n_new, batch) -> int:
+    """How often one run's host waits for the GPU (each such wait idles the GPU's queue)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            cdray_cd(decoder, rows, n_new, batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 if __name__ == "__main__":

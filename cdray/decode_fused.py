@@ -10,9 +10,16 @@ from cdray.decode_attention import _interpreted
 
 
 def _kernels():
-    from cdray.triton_kernels import cd_sample_kernel, rms_norm_kernel, rope_write_kernel
+    from cdray.triton_kernels import (cd_sample_kernel, rms_norm_kernel, rope_write_kernel,
+                                      silu_mul_kernel)
 
-    return rms_norm_kernel, rope_write_kernel, cd_sample_kernel
+    return rms_norm_kernel, rope_write_kernel, cd_sample_kernel, silu_mul_kernel
+
+
+# Veltkamp splitters that round fp32 to a narrower type's significand (triton_kernels.round_bits):
+# the interpreter's own casts to bf16 and fp16 do not round to nearest even
+_SPLIT = {torch.bfloat16: 2.0**16 + 1, torch.float16: 2.0**13 + 1}
+SILU_BLOCK = 1024  # intermediate features per loop iteration of silu_mul
 
 
 def rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
@@ -23,6 +30,19 @@ def rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
     block = max(16, 1 << (H - 1).bit_length())
     _kernels()[0][(G * b,)](x, w.contiguous(), out, b, H, eps, BLOCK=block,
                             num_warps=4 if block >= 1024 else 2)
+    return out
+
+
+def silu_mul(gate_up: Tensor) -> Tensor:
+    """silu(gate) * up of the fused projection output [G, b, 2 I] = [gate | up], in one launch
+    (torch's two kernels and their rounding)."""
+    G, b, width = gate_up.shape
+    inter = width // 2
+    gate_up = gate_up.contiguous()
+    out = torch.empty((G, b, inter), dtype=gate_up.dtype, device=gate_up.device)
+    split = _SPLIT.get(gate_up.dtype, 0.0) if _interpreted() else 0.0
+    block = min(SILU_BLOCK, 1 << (inter - 1).bit_length())
+    _kernels()[3][(G * b,)](gate_up, out, inter, BLOCK=block, SPLIT=split, num_warps=4)
     return out
 
 

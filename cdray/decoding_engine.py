@@ -93,6 +93,8 @@ class Decoder:
                            StackedLlama([amateur], dtype=dtype, device=device, dropout=[drop],
                                         attention=attention, kv_cache=kv_cache)]
             self.index = [(0, 0), (1, 0)]
+        # queue each step before the host files the previous one (generate); off only for A/Bs
+        self.look_ahead = True
         fused = self.fused_sampler
         for g in self.groups:
             # the fused sampler reads the step's logits in the model's dtype (see FastDecode)
@@ -109,8 +111,10 @@ class Decoder:
         return (all(g.fast_kernel == "triton" for g in self.groups)
                 and fused_sampler_fits(self.strategy, self.d))
 
-    def _forward(self, ids, positions, slots=None, last=None, seeds=None) -> list[Tensor]:
-        outs = [g.forward(ids, positions, slots=slots, last=last, seeds=seeds) for g in self.groups]
+    def _forward(self, ids, positions, slots=None, last=None, seeds=None,
+                 max_position=None) -> list[Tensor]:
+        outs = [g.forward(ids, positions, slots=slots, last=last, seeds=seeds,
+                          max_position=max_position) for g in self.groups]
         return [outs[gi][mi] for gi, mi in self.index]
 
     @torch.inference_mode()
@@ -167,6 +171,11 @@ class Decoder:
         staging = torch.empty(4 * B, dtype=torch.float64, pin_memory=cuda)
         copied = torch.cuda.Event() if cuda else None
 
+        def to_dev(t: Tensor) -> Tensor:
+            # from pinned memory without waiting: a plain copy to a GPU waits for every queued
+            # step, which would stall the step queued ahead on each refill
+            return t.pin_memory().to(dev, non_blocking=True) if cuda else t.to(dev)
+
         def admit(slots: list[int]) -> None:
             rows_ = [queue.popleft() for _ in slots]
             # a fixed prefill width (not the longest prompt of this group): a row's prefill
@@ -174,10 +183,11 @@ class Decoder:
             width = T - max_new_tokens
             ids = torch.full((len(slots), width), pad_id, dtype=torch.long)
             lens = torch.tensor([len(prompts[r]) for r in rows_])
+            fresh = torch.empty((len(slots), max_new_tokens), dtype=torch.float32)
             for i, r in enumerate(rows_):
                 ids[i, :len(prompts[r])] = torch.tensor(prompts[r], dtype=torch.long)
                 gen = torch.Generator().manual_seed(int(row_seeds[r]))
-                uniforms[slots[i]] = torch.rand(max_new_tokens, generator=gen).to(dev)
+                fresh[i] = torch.rand(max_new_tokens, generator=gen)
                 if blocker is not None:
                     blocker.reset(slots[i], prompts[r])
             s = torch.tensor(slots, dtype=torch.long)
@@ -185,15 +195,16 @@ class Decoder:
             step[s] = 0
             buf[s] = pad_id
             stats[s] = 0.0
-            sd = s.to(dev)
+            sd = to_dev(s)
+            uniforms[sd] = to_dev(fresh)
             step_d[sd] = 0
             live_d[sd] = True
-            slot_seeds[sd] = seeds_all[rows_].to(dev)
-            pos[sd] = lens.to(dev)
+            slot_seeds[sd] = to_dev(seeds_all[rows_])
+            pos[sd] = to_dev(lens)
             # right padding: a row's tokens sit at their true positions 0..len-1 in its slot
-            positions = torch.arange(width).expand(len(slots), width).to(dev)
-            out = self._forward(ids.to(dev), positions, slots=sd, last=(lens - 1).to(dev),
-                                seeds=slot_seeds[sd])
+            positions = to_dev(torch.arange(width).expand(len(slots), width).contiguous())
+            out = self._forward(to_dev(ids), positions, slots=sd, last=to_dev(lens - 1),
+                                seeds=slot_seeds[sd], max_position=width - 1)
             for buf_, o in zip(logits, out):
                 buf_[sd] = o.to(buf_.dtype)
 
@@ -232,9 +243,9 @@ class Decoder:
             # its own slot past its end, which a refill's prefill overwrites, and no other row
             # reads. Skipped when no row can outlive this step (every live one reaches its
             # length), so a call's last step is not computed for nothing.
-            ahead = bool((live & (step + 1 < max_new_tokens)).any())
+            ahead = self.look_ahead and bool((live & (step + 1 < max_new_tokens)).any())
             if ahead:
-                self._decode(token, live_d, pos, pad_id, slot_seeds, logits)
+                self._decode(token, live_d, pos, T, pad_id, slot_seeds, logits)
             step_d += 1
             if copied is not None:
                 copied.synchronize()
@@ -261,8 +272,10 @@ class Decoder:
                 row[s] = -1
                 free.append(s)
             if free:
-                live_d[torch.tensor(free, device=dev)] = False
+                live_d[to_dev(torch.tensor(free))] = False
             live = row >= 0
+            if not ahead and bool(live.any()):
+                self._decode(token, live_d, pos, T, pad_id, slot_seeds, logits)
             if free and refill and queue:
                 # the batch stays full: refill every free slot from the queue
                 admit(free[:len(queue)])
@@ -286,11 +299,13 @@ class Decoder:
                     blocker.compact(keep.tolist())
         return results  # type: ignore[return-value]
 
-    def _decode(self, token: Tensor, live_d: Tensor, pos: Tensor, pad_id: int, slot_seeds: Tensor,
-                logits: list[Tensor]) -> None:
+    def _decode(self, token: Tensor, live_d: Tensor, pos: Tensor, T: int, pad_id: int,
+                slot_seeds: Tensor, logits: list[Tensor]) -> None:
         """Feed each live slot its sampled token at its next position (dead slots feed a pad at
         position 0 of their own slot), all on the device."""
         ids = torch.where(live_d, token, pad_id)[:, None]
-        out = self._forward(ids, torch.where(live_d, pos, 0)[:, None], seeds=slot_seeds)
+        # never past the cache, whatever the slot: the triton step writes without bounds checks
+        positions = torch.where(live_d, pos, 0).clamp_(max=T - 1)[:, None]
+        out = self._forward(ids, positions, seeds=slot_seeds)
         pos += live_d.long()
         logits[:] = out  # every slot's logits are new: take the fresh tensors, no copy

@@ -337,13 +337,16 @@ class StackedLlama:
 
     @torch.inference_mode()
     def forward(self, ids: Tensor, positions: Tensor, slots: Tensor | None = None,
-                last: Tensor | None = None, seeds: Tensor | None = None) -> Tensor:
+                last: Tensor | None = None, seeds: Tensor | None = None,
+                max_position: int | None = None) -> Tensor:
         """Logits [G, b, V] (fp32) at query index `last` (default: the final one) of each row.
 
         ids, positions: [b, Q] tokens and their true positions; slots: [b] cache slots they
         belong to (None: all slots in order, the decode step). Keys at cache index > the query's
         position are masked, so stale entries of a reused slot are never seen.
         seeds: [b] int64 row seeds, needed only when a member has dropout.
+        max_position: positions.max() when the caller knows it (reading it from a GPU waits for
+        every queued step).
         """
         G, (b, Q) = self.G, ids.shape
         use_dropout = any(p > 0 for p in self.dropout)
@@ -367,7 +370,9 @@ class StackedLlama:
         # result does not depend on its neighbours' lengths (see KEY_STEP)
         step, floor = ((KEY_STEP_CPU_EAGER, KEY_FLOOR_CPU_EAGER) if eager and self.device.type == "cpu"
                        else (KEY_STEP, KEY_FLOOR))
-        t_used = min(self.T, max(floor, -(-(int(positions.max()) + 1) // step) * step))
+        if max_position is None:
+            max_position = int(positions.max())
+        t_used = min(self.T, max(floor, -(-(max_position + 1) // step) * step))
         keys = torch.arange(t_used, device=ids.device)
         allowed = keys[None, None, :] <= positions[:, :, None]  # [b, Q, t]
         if eager:

@@ -250,9 +250,9 @@ class FastDecode:
         return k_["final"](x, s.final_norm, s.lm_head, s.eps)
 
     def _fused_step(self, st: _State) -> Tensor:
-        """The triton step: Triton kernels for RMSNorm, RoPE with the cache write, and attention;
-        the products stay in BLAS (stacked._bmm)."""
-        from cdray.decode_fused import rms_norm, rope_and_write
+        """The triton step: Triton kernels for RMSNorm, RoPE with the cache write, attention and
+        the SwiGLU gate; the products stay in BLAS (stacked._bmm)."""
+        from cdray.decode_fused import rms_norm, rope_and_write, silu_mul
 
         s = self.s
         G, b, T = s.G, st.batch, s.T
@@ -268,7 +268,7 @@ class FastDecode:
                                    *((ks.view(G * b, nkv, T), vs.view(G * b, nkv, T))
                                      if s.kv_fp8 else ()), config=self.kernel_config)
             x = _bmm(att.view(G, b, nh * hd), blk["o"], residual=x)
-            gate, up = _bmm(rms_norm(x, blk["ln2"], s.eps), blk["gate_up"]).chunk(2, dim=-1)
-            x = _bmm(torch.nn.functional.silu(gate) * up, blk["down"], residual=x)
+            gate_up = _bmm(rms_norm(x, blk["ln2"], s.eps), blk["gate_up"])
+            x = _bmm(silu_mul(gate_up), blk["down"], residual=x)
         logits = _bmm(rms_norm(x, s.final_norm, s.eps), s.lm_head)
         return logits.float() if self.float_logits else logits

@@ -137,6 +137,25 @@ def rms_norm_kernel(x_ptr, w_ptr, o_ptr, rows_per_member, H, eps,
 
 
 @triton.jit
+def silu_mul_kernel(gu_ptr, o_ptr, I, BLOCK: tl.constexpr, SPLIT: tl.constexpr):
+    # o = bf16(bf16(silu(gate)) * up) for one row [gate | up] of the fused gate/up projection,
+    # rounded as torch's silu(gate) * up rounds (SPLIT > 0: pre-rounded for the interpreter)
+    n = tl.program_id(0).to(tl.int64)
+    for start in range(0, I, BLOCK):
+        c = start + tl.arange(0, BLOCK)
+        ok = c < I
+        gate = tl.load(gu_ptr + n * 2 * I + c, mask=ok, other=0.0).to(tl.float32)
+        up = tl.load(gu_ptr + n * 2 * I + I + c, mask=ok, other=0.0).to(tl.float32)
+        act = gate / (1.0 + tl.exp(-gate))
+        if SPLIT > 0:
+            act = round_bits(act, SPLIT)
+        act = act.to(o_ptr.dtype.element_ty).to(tl.float32) * up
+        if SPLIT > 0:
+            act = round_bits(act, SPLIT)
+        tl.store(o_ptr + n * I + c, act.to(o_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def round_bits(x, SPLIT: tl.constexpr):
     # x rounded to nearest even at (24 - log2(SPLIT - 1)) significant bits, in plain fp32
     # arithmetic (Veltkamp's split; exact without fused multiply-adds, as in the interpreter)

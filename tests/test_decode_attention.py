@@ -11,7 +11,7 @@ import torch
 
 import cdray.decode_attention as da
 from cdray.config import DecodingConfig, GenerationConfig
-from cdray.decode_fused import fused_sample
+from cdray.decode_fused import fused_sample, silu_mul
 from cdray.decoding import generate, sample_inverse_cdf, step_scores
 from cdray.decoding_engine import Decoder, _nll
 from cdray.stacked import StackedLlama
@@ -105,6 +105,18 @@ def test_fused_sampler_is_the_step_scores_and_inverse_cdf(strategy, d):
         assert torch.allclose(nll_a, _nll(za, log_pb, want, d.temperature), atol=1e-5)
     else:
         assert not nll_a.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_silu_mul_is_torchs_silu_times_up(dtype):
+    g = torch.Generator().manual_seed(0)
+    gate_up = (torch.randn(2, 5, 2 * 3000, generator=g) * 3).to(dtype)  # loop blocks, one partial
+    gate, up = gate_up.chunk(2, dim=-1)
+    want = torch.nn.functional.silu(gate) * up
+    if dtype == torch.bfloat16:
+        assert torch.equal(silu_mul(gate_up), want)  # rounded as torch rounds, twice
+    else:  # exp and division may differ in the last bit
+        assert torch.allclose(silu_mul(gate_up), want, rtol=1e-6, atol=1e-6)
 
 
 def test_fused_sampler_reads_model_dtype_logits_as_their_fp32_widening():

@@ -8,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from cdray.config import DecodingConfig
 from cdray.decoding import (NgramBlocker, generate, head_size, sample_inverse_cdf,
                             strategy_scores, truncate)
+from cdray.decoding_engine import Decoder
 
 torch.set_num_threads(1)
 
@@ -312,6 +313,33 @@ def test_rows_independent_of_batch_refill_and_cache_length(pair):
     for r in base:
         assert r.expert_nll_mean > 0 and r.amateur_nll_mean > 0
         assert (r.tokens[-1] == 19) == r.stopped_at_eos and 19 not in r.tokens[:-1]
+
+
+@pytest.mark.parametrize("batch,refill", [(3, True), (7, False)])
+def test_queuing_the_next_step_ahead_changes_no_row(pair, batch, refill):
+    # the engine feeds step t+1 before it files step t, so rows that just ended are fed once
+    # more; waiting first (look_ahead off) must give the same rows, with refills and shrinking
+    expert, amateur = pair
+    dec = Decoder(expert, amateur, "contrastive", DecodingConfig(alpha=0.1))
+    prompts = [[1, 4 + i, 30 - i] + [7] * (i % 4) for i in range(7)]
+    kw = dict(max_new_tokens=30, stop_at_eos=True, eos_id=19, batch_size=batch, refill=refill,
+              max_len=36)
+    fed = []
+    forward = dec._forward
+
+    def spy(ids, positions, slots=None, **kwargs):
+        if slots is None:
+            fed.append(int(positions.max()))
+        return forward(ids, positions, slots=slots, **kwargs)
+
+    dec._forward = spy
+    ahead = dec.generate(prompts, list(range(7)), **kw)
+    assert any(r.stopped_at_eos for r in ahead) and not all(r.stopped_at_eos for r in ahead)
+    # a finished row's slot is fed at position 0 from the next step on, never past the cache
+    assert max(fed) < 36
+    dec.look_ahead = False
+    waited = dec.generate(prompts, list(range(7)), **kw)
+    assert ahead == waited
 
 
 def test_amateur_not_run_without_contrast(pair):
