@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 6 and 7 in one device call (~8 minutes; see BENCHMARKS.md):
-# the decode-attention kernel alone (launch shapes, bf16 vs fp8 cache, vs FlexAttention, as a
-# fraction of copy bandwidth) and the triton step against the eager step; contrastive-decoding
-# throughput of GOOD + a same-shaped EARLY-k amateur at the paper's 400 new tokens (the triton
-# step with an fp8 cache and with a bf16 one, and the flex step); rows bit-identical across batch
-# sizes for the triton step; a larger batch; a kernel profile; the ratio line against HF generate
-# and the paper-style loop; training MFU of GOOD.
+# the decode-attention kernel alone (launch shapes incl. the vector-unit variant, bf16 vs fp8
+# cache, vs FlexAttention, as a fraction of copy bandwidth) and the triton step against the eager
+# step; contrastive-decoding throughput of GOOD + a same-shaped EARLY-k amateur at the paper's 400
+# new tokens with side-by-side A/Bs (fp8 and bf16 cache; the engine waiting for each step's tokens
+# before queuing the next, :noahead; the step widening logits to fp32, :float32logits); a larger
+# batch with the host's waits counted; rows bit-identical across batch sizes for the triton step;
+# a kernel profile. FULL=1 adds the ratio line against HF generate and the paper-style loop and
+# the training MFU of GOOD (both recorded before; ~4 more minutes).
 # Run from the repo root on a CUDA machine whose python3 has torch + transformers; logs go to $OUT.
 set -u
 OUT=${OUT:-/tmp/cdray-gpu}
@@ -17,13 +19,18 @@ R="$PY bench/row_determinism.py --device cuda --dtype bf16 --quick --attention t
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"; } 2>&1 | tee "$OUT/env.txt"
 timeout 120 $PY bench/decode_attention.py 2>&1 | tee "$OUT/decode_attention.txt"
+# the fastest launch shape for each cache (bf16's need not be fp8's)
 CFG=$(grep -o 'best_config=[0-9a-z,]*' "$OUT/decode_attention.txt" | cut -d= -f2 | tr , .)
+CFG16=$(grep -o 'best bf16: [0-9a-z,]*' "$OUT/decode_attention.txt" | cut -d' ' -f3 | tr , .)
 T="triton:cfg=${CFG:-64.4.3}"
-timeout 150 $D --skip-baselines --new 400 --sweep-batches 1536 --attention "$T:fp8,$T,flex" 2>&1 | tee "$OUT/decoding_400.txt"
-timeout 70 $R --kv-cache fp8 2>&1 | tee "$OUT/row_determinism_fp8.txt"
-timeout 70 $R 2>&1 | tee "$OUT/row_determinism_bf16.txt"
-timeout 60 $D --skip-baselines --new 400 --sweep-batches 3072 --attention "$T:fp8" 2>&1 | tee "$OUT/decoding_400_3072.txt"
+T16="triton:cfg=${CFG16:-64.4.3}"
+timeout 200 $D --skip-baselines --new 400 --sweep-batches 1536 --attention "$T:fp8,$T:fp8:noahead,$T:fp8:float32logits,$T16" 2>&1 | tee "$OUT/decoding_400.txt"
+timeout 90 $D --skip-baselines --new 400 --sweep-batches 3072 --count-syncs --attention "$T:fp8" 2>&1 | tee "$OUT/decoding_400_3072.txt"
+timeout 70 $R --kv-cache fp8 --kernel-config "$(echo "${CFG:-64.4.3}" | tr . ,)" 2>&1 | tee "$OUT/row_determinism_fp8.txt"
+timeout 70 $R --kernel-config "$(echo "${CFG16:-64.4.3}" | tr . ,)" 2>&1 | tee "$OUT/row_determinism_bf16.txt"
 timeout 40 $D --skip-baselines --profile 1536 --profile-attention "$T:fp8" 2>&1 | tee "$OUT/profile_fp8.txt"
-timeout 120 $D --batch 768 --new 256 2>&1 | tee "$OUT/decoding_ratio.txt"
-timeout 100 $PY bench/mfu.py --steps 20 --batch 64 2>&1 | grep -v "Writing model" | tee "$OUT/mfu_b64.txt"
-grep -h "cd_vs_single\|mfu=\|best \|best_config\|step_check\|cd_best_tok_s\|rows_identical\|attention \|cdray batch\|vs_copy=" "$OUT"/*.txt | head -60
+if [ "${FULL:-0}" = 1 ]; then
+  timeout 120 $D --batch 768 --new 256 2>&1 | tee "$OUT/decoding_ratio.txt"
+  timeout 100 $PY bench/mfu.py --steps 20 --batch 64 2>&1 | grep -v "Writing model" | tee "$OUT/mfu_b64.txt"
+fi
+grep -h "cd_vs_single\|mfu=\|best \|best_config\|step_check\|cd_best_tok_s\|rows_identical\|attention \|cdray batch\|vs_copy=" "$OUT"/*.txt | head -80

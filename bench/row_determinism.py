@@ -27,13 +27,16 @@ def main() -> None:
     p.add_argument("--compile-layers", action="store_true",
                    help="fast step: also compile the layers (generation.compile_layers)")
     p.add_argument("--kv-cache", default="model", help="one of cdray.stacked.KV_CACHE")
+    p.add_argument("--kernel-config", default="",
+                   help="the triton attention's launch shape, BLOCK_N,WARPS,STAGES[,vector]")
     args = p.parse_args()
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from cdray.config import DecodingConfig
-    from cdray.decoding import generate
+    from cdray.decode_attention import KernelConfig
+    from cdray.decoding_engine import Decoder
 
     def model(seed: int):
         torch.manual_seed(seed)
@@ -49,13 +52,21 @@ def main() -> None:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     prompts = [[1, 4 + i, 30 - i] + [7] * (i % 5) for i in range(24)]
     seeds = [100 + i for i in range(24)]
-    common = dict(device=args.device, dtype=dtype, max_len=160, attention=args.attention,
-                  compile_layers=args.compile_layers, kv_cache=args.kv_cache)
+    settings = dict(device=args.device, dtype=dtype, attention=args.attention,
+                    compile_layers=args.compile_layers, kv_cache=args.kv_cache)
+
+    def generate(expert, amateur, prompts, seeds, strategy, d, **kw):
+        dec = Decoder(expert, amateur, strategy, d, **settings)
+        if args.kernel_config:
+            for group in dec.groups:
+                group.fast_options["kernel_config"] = KernelConfig.parse(args.kernel_config)
+        return dec.generate(prompts, seeds, max_len=160, **kw)
+
     # the pair's most frequent sampled token serves as EOS, so rows end early and slots refill
     probe = generate(expert, amateur, prompts, seeds, "contrastive", DecodingConfig(alpha=0.1),
-                     max_new_tokens=20, stop_at_eos=False, **common)
+                     max_new_tokens=20, stop_at_eos=False)
     eos = Counter(t for r in probe for t in r.tokens).most_common(1)[0][0]
-    kw = dict(max_new_tokens=150, stop_at_eos=True, eos_id=eos, **common)
+    kw = dict(max_new_tokens=150, stop_at_eos=True, eos_id=eos)
 
     def rows(order, **extra):
         out = generate(expert, amateur, [prompts[i] for i in order], [seeds[i] for i in order],
@@ -66,7 +77,8 @@ def main() -> None:
 
     base = rows(range(24), batch_size=24)
     lengths = sorted(len(r[0]) for r in base)
-    print(f"{args.device} {args.dtype} {args.attention} kv {args.kv_cache}: 24 rows, EOS {eos}, "
+    print(f"{args.device} {args.dtype} {args.attention} {args.kernel_config or 'default'} "
+          f"kv {args.kv_cache}: 24 rows, EOS {eos}, "
           f"new tokens min {lengths[0]} median {lengths[12]} max {lengths[-1]}")
     same = True
     for name, order, extra in [("batch 1", range(24), dict(batch_size=1)),
