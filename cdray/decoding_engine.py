@@ -143,6 +143,11 @@ class Decoder:
             raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new exceeds max_len={T}")
         dev, d = self.device, self.d
         B = max(1, min(batch_size, n, *(g.max_batch() for g in self.groups)))
+        if not stop_at_eos:
+            # every row takes max_new_tokens steps, so rows go in ceil(n / B) rounds that start
+            # and end together: spread evenly, the last round leaves no slot empty (4096 rows in
+            # 1536 slots: 3 rounds of 1366, not 1536, 1536 and 1024)
+            B = -(-n // -(-n // B))
         for g in self.groups:
             g.new_cache(B, T)
         results: list[Optional[RowResult]] = [None] * n

@@ -208,9 +208,11 @@ class StackedLlama:
 
     @property
     def fixed_batch(self) -> bool:
-        """Whether decode steps must keep every slot: the fast step is compiled for one batch
-        size, and on CUDA a captured graph holds the cache's addresses."""
-        return self.fast_kernel is not None
+        """Whether decode steps must keep every slot: the flex step and compiled layers are
+        compiled for one batch size (seconds per size). The triton step's kernels take any
+        batch, so dropping finished slots only costs it a new CUDA graph (keep_slots)."""
+        return self.fast_kernel == "flex" or (self.fast_kernel is not None
+                                              and bool(self.fast_options.get("compiled")))
 
     def max_batch(self) -> int:
         """The most slots a decode step takes (the flex attention kernel's grid is bounded)."""
@@ -270,15 +272,19 @@ class StackedLlama:
 
     def keep_slots(self, slots: Tensor) -> None:
         """Shrink the cache to the given slots (in that order), dropping finished rows."""
-        def select(ts: list[Tensor]) -> list[Tensor]:
+        def select(t: Tensor) -> Tensor:
             # through bytes: index kernels may lack fp8
-            return [t.view(torch.uint8).index_select(1, slots).view(t.dtype) if t.element_size() == 1
-                    else t.index_select(1, slots) for t in ts]
+            if t.element_size() == 1:
+                return t.view(torch.uint8).index_select(1, slots).view(t.dtype)
+            return t.index_select(1, slots)
 
-        self.k_cache, self.v_cache = select(self.k_cache), select(self.v_cache)
-        self.k_scale, self.v_scale = select(self.k_scale), select(self.v_scale)
         if self._fast is not None:
-            self._fast.reset()
+            self._fast.reset()  # its graph points into the cache being replaced
+        # one layer at a time: the old cache is freed as the new one is built (the cache is
+        # most of the memory it plans for)
+        for caches in (self.k_cache, self.v_cache, self.k_scale, self.v_scale):
+            for i, t in enumerate(caches):
+                caches[i] = select(t)
 
     # ------------------------------------------------------------ forward
 

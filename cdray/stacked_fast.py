@@ -115,11 +115,12 @@ class FastDecode:
     "triton" runs cdray's Triton kernels for attention (exactly each row's keys, bf16 or fp8
     cache), RMSNorm and RoPE with the cache write (_fused_step); "flex" runs FlexAttention over
     each row's filled 64-key blocks with torch ops around it. On CUDA the whole step is captured
-    once per batch size as a CUDA graph and replayed, so the host launches one graph per step;
-    the batch must then stay fixed (`StackedLlama.fixed_batch`). compiled=True instead compiles
-    the layers with Inductor: faster on an H200, but there and on an H100 (torch 2.11) some rows
-    were rounded differently at batch 5 than at batch 24, while the uncompiled steps kept every
-    row's bits (bench/row_determinism.py; BENCHMARKS.md, decoding).
+    once per batch size as a CUDA graph and replayed, so the host launches one graph per step
+    (the triton step captures a new one when the engine drops finished slots; the flex step is
+    compiled per batch size and keeps its batch, `StackedLlama.fixed_batch`). compiled=True
+    instead compiles the layers with Inductor: faster on an H200, but there and on an H100
+    (torch 2.11) some rows were rounded differently at batch 5 than at batch 24, while the
+    uncompiled steps kept every row's bits (bench/row_determinism.py; BENCHMARKS.md, decoding).
     """
 
     def __init__(self, stack, *, compiled: bool = False, graphs: Optional[bool] = None,
@@ -149,7 +150,11 @@ class FastDecode:
         self._state: Optional[_State] = None
 
     def reset(self) -> None:
-        """Forget buffers and graph: the cache they point into was reallocated."""
+        """Forget buffers and graph: the cache they point into is being reallocated."""
+        if self._state is not None and self._state.graph is not None:
+            # the engine queues steps ahead: a replay may still be running on the graph and the
+            # cache about to go
+            torch.cuda.current_stream(self.s.device).synchronize()
         self._state = None
 
     def _prepare(self, b: int) -> _State:

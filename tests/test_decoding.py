@@ -342,6 +342,17 @@ def test_queuing_the_next_step_ahead_changes_no_row(pair, batch, refill):
     assert ahead == waited
 
 
+@pytest.mark.parametrize("n,batch,slots", [(9, 4, 3), (10, 4, 4), (8, 4, 4), (3, 8, 3)])
+def test_fixed_length_rows_spread_evenly_over_rounds(pair, n, batch, slots):
+    expert, amateur = pair
+    dec = Decoder(expert, amateur, "contrastive", DecodingConfig(alpha=0.1))
+    prompts = [[1, 4 + i] for i in range(n)]
+    rows = dec.generate(prompts, list(range(n)), max_new_tokens=3, stop_at_eos=False,
+                        batch_size=batch, max_len=8)
+    assert dec.groups[0].k_cache[0].shape[1] == slots
+    assert [len(r.tokens) for r in rows] == [3] * n
+
+
 def test_amateur_not_run_without_contrast(pair):
     expert, _ = pair
 
