@@ -5,7 +5,8 @@
 # step; contrastive-decoding throughput of GOOD + a same-shaped EARLY-k amateur at the paper's 400
 # new tokens with side-by-side A/Bs (fp8 and bf16 cache; the engine waiting for each step's tokens
 # before queuing the next, :noahead; the step widening logits to fp32, :float32logits); a larger
-# batch with the host's waits counted; rows bit-identical across batch sizes for the triton step;
+# batch with the host's waits counted; rows bit-identical across batch sizes for the triton step
+# with an fp8 cache (GOOD-shaped at batches 1536, 768 and 1152, and a tiny pair down to batch 5);
 # a kernel profile. FULL=1 adds the ratio line against HF generate and the paper-style loop and
 # the training MFU of GOOD (both recorded before; ~4 more minutes).
 # Run from the repo root on a CUDA machine whose python3 has torch + transformers; logs go to $OUT.
@@ -18,7 +19,7 @@ D="$PY bench/decoding.py --device cuda --preset good --dtype bf16 --repeats 1 --
 R="$PY bench/row_determinism.py --device cuda --dtype bf16 --quick --attention triton"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"; } 2>&1 | tee "$OUT/env.txt"
-timeout 120 $PY bench/decode_attention.py 2>&1 | tee "$OUT/decode_attention.txt"
+timeout 100 $PY bench/decode_attention.py 2>&1 | tee "$OUT/decode_attention.txt"
 # the fastest launch shape for each cache (bf16's need not be fp8's)
 CFG=$(grep -o 'best_config=[0-9a-z,]*' "$OUT/decode_attention.txt" | cut -d= -f2 | tr , .)
 CFG16=$(grep -o 'best bf16: [0-9a-z,]*' "$OUT/decode_attention.txt" | cut -d' ' -f3 | tr , .)
@@ -26,11 +27,12 @@ T="triton:cfg=${CFG:-64.4.3}"
 T16="triton:cfg=${CFG16:-64.4.3}"
 timeout 200 $D --skip-baselines --new 400 --sweep-batches 1536 --attention "$T:fp8,$T:fp8:noahead,$T:fp8:float32logits,$T16" 2>&1 | tee "$OUT/decoding_400.txt"
 timeout 90 $D --skip-baselines --new 400 --sweep-batches 3072 --count-syncs --attention "$T:fp8" 2>&1 | tee "$OUT/decoding_400_3072.txt"
-timeout 70 $R --kv-cache fp8 --kernel-config "$(echo "${CFG:-64.4.3}" | tr . ,)" 2>&1 | tee "$OUT/row_determinism_fp8.txt"
-timeout 70 $R --kernel-config "$(echo "${CFG16:-64.4.3}" | tr . ,)" 2>&1 | tee "$OUT/row_determinism_bf16.txt"
+KC="$(echo "${CFG:-64.4.3}" | tr . ,)"
+timeout 90 $R --kv-cache fp8 --kernel-config "$KC" --good 1536 2>&1 | tee "$OUT/row_determinism_fp8_good.txt"
+timeout 60 $R --kv-cache fp8 --kernel-config "$KC" 2>&1 | tee "$OUT/row_determinism_fp8.txt"
 timeout 40 $D --skip-baselines --profile 1536 --profile-attention "$T:fp8" 2>&1 | tee "$OUT/profile_fp8.txt"
 if [ "${FULL:-0}" = 1 ]; then
   timeout 120 $D --batch 768 --new 256 2>&1 | tee "$OUT/decoding_ratio.txt"
   timeout 100 $PY bench/mfu.py --steps 20 --batch 64 2>&1 | grep -v "Writing model" | tee "$OUT/mfu_b64.txt"
 fi
-grep -h "cd_vs_single\|mfu=\|best \|best_config\|step_check\|cd_best_tok_s\|rows_identical\|attention \|cdray batch\|vs_copy=" "$OUT"/*.txt | head -80
+grep -h "rows differing\|cd_vs_single\|mfu=\|best \|best_config\|step_check\|cd_best_tok_s\|rows_identical\|attention \|cdray batch\|vs_copy=" "$OUT"/*.txt | head -80

@@ -27,6 +27,10 @@ def main() -> None:
     p.add_argument("--compile-layers", action="store_true",
                    help="fast step: also compile the layers (generation.compile_layers)")
     p.add_argument("--kv-cache", default="model", help="one of cdray.stacked.KV_CACHE")
+    p.add_argument("--good", type=int, default=0, metavar="ROWS",
+                   help="GOOD-shaped models (162M, random weights), ROWS rows of 64 new tokens at "
+                        "batch ROWS against ROWS/2 with refill and 3*ROWS/4 reversed: row bits "
+                        "across the batch sizes of a real run, where BLAS may pick other kernels")
     p.add_argument("--kernel-config", default="",
                    help="the triton attention's launch shape, BLOCK_N,WARPS,STAGES[,vector]")
     args = p.parse_args()
@@ -38,11 +42,15 @@ def main() -> None:
     from cdray.decode_attention import KernelConfig
     from cdray.decoding_engine import Decoder
 
+    good = args.good > 0
+    shape = (dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                  num_attention_heads=12, num_key_value_heads=12) if good else
+             dict(vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=2))
+
     def model(seed: int):
         torch.manual_seed(seed)
-        cfg = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                          tie_word_embeddings=False)
+        cfg = LlamaConfig(**shape, max_position_embeddings=256, tie_word_embeddings=False)
         m = LlamaForCausalLM(cfg).eval()
         with torch.no_grad():
             m.lm_head.weight.mul_(40.0)  # peaked distributions: a non-trivial V_head
@@ -50,8 +58,14 @@ def main() -> None:
 
     expert, amateur = model(0), model(1)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    prompts = [[1, 4 + i, 30 - i] + [7] * (i % 5) for i in range(24)]
-    seeds = [100 + i for i in range(24)]
+    n = args.good if good else 24
+    if good:
+        g = torch.Generator().manual_seed(0)
+        prompts = [[1] + torch.randint(4, 32000, (19,), generator=g).tolist() for _ in range(n)]
+    else:
+        prompts = [[1, 4 + i, 30 - i] + [7] * (i % 5) for i in range(n)]
+    seeds = [100 + i for i in range(n)]
+    new_tokens, max_len = (64, 96) if good else (150, 160)
     settings = dict(device=args.device, dtype=dtype, attention=args.attention,
                     compile_layers=args.compile_layers, kv_cache=args.kv_cache)
 
@@ -60,13 +74,13 @@ def main() -> None:
         if args.kernel_config:
             for group in dec.groups:
                 group.fast_options["kernel_config"] = KernelConfig.parse(args.kernel_config)
-        return dec.generate(prompts, seeds, max_len=160, **kw)
+        return dec.generate(prompts, seeds, max_len=max_len, **kw)
 
     # the pair's most frequent sampled token serves as EOS, so rows end early and slots refill
     probe = generate(expert, amateur, prompts, seeds, "contrastive", DecodingConfig(alpha=0.1),
                      max_new_tokens=20, stop_at_eos=False)
     eos = Counter(t for r in probe for t in r.tokens).most_common(1)[0][0]
-    kw = dict(max_new_tokens=150, stop_at_eos=True, eos_id=eos)
+    kw = dict(max_new_tokens=new_tokens, stop_at_eos=True, eos_id=eos)
 
     def rows(order, **extra):
         out = generate(expert, amateur, [prompts[i] for i in order], [seeds[i] for i in order],
@@ -75,21 +89,25 @@ def main() -> None:
         return [(r.tokens, r.head_size_mean, r.expert_nll_mean, r.amateur_nll_mean)
                 for r in (by_row[i] for i in range(len(prompts)))]
 
-    base = rows(range(24), batch_size=24)
+    base = rows(range(n), batch_size=n)
     lengths = sorted(len(r[0]) for r in base)
     print(f"{args.device} {args.dtype} {args.attention} {args.kernel_config or 'default'} "
-          f"kv {args.kv_cache}: 24 rows, EOS {eos}, "
-          f"new tokens min {lengths[0]} median {lengths[12]} max {lengths[-1]}")
+          f"kv {args.kv_cache}: {n} rows{' (GOOD shape)' if good else ''}, EOS {eos}, "
+          f"new tokens min {lengths[0]} median {lengths[n // 2]} max {lengths[-1]}")
     same = True
-    for name, order, extra in [("batch 1", range(24), dict(batch_size=1)),
-                               ("batch 5, refill", range(24), dict(batch_size=5)),
-                               ("batch 8, no refill", range(24), dict(batch_size=8, refill=False)),
-                               ("batch 16, reversed", range(23, -1, -1), dict(batch_size=16))]:
-        if args.quick and name not in ("batch 5, refill", "batch 16, reversed"):
+    others = ([(f"batch {n // 2}, refill", range(n), dict(batch_size=n // 2)),
+               (f"batch {3 * n // 4}, reversed", range(n - 1, -1, -1), dict(batch_size=3 * n // 4))]
+              if good else
+              [("batch 1", range(24), dict(batch_size=1)),
+               ("batch 5, refill", range(24), dict(batch_size=5)),
+               ("batch 8, no refill", range(24), dict(batch_size=8, refill=False)),
+               ("batch 16, reversed", range(23, -1, -1), dict(batch_size=16))])
+    for name, order, extra in others:
+        if args.quick and not good and name not in ("batch 5, refill", "batch 16, reversed"):
             continue
         other = rows(list(order), **extra)
         diff = [i for i, (a, b) in enumerate(zip(base, other)) if a != b]
-        print(f"{name:20s} rows differing from batch 24: {len(diff)} {diff[:8]}")
+        print(f"{name:20s} rows differing from batch {n}: {len(diff)} {diff[:8]}")
         same = same and not diff
     print(f"rows_identical={same}")
 
