@@ -16,6 +16,9 @@ SCALE_DTYPE = torch.bfloat16  # 2 bytes of scale per head_dim fp8 values (3% mor
 _TINY = 2.0 ** -100  # scale of an all-zero vector: keeps 0 / scale finite
 
 
+PRODUCTS = ("mma", "padded", "vector")
+
+
 @dataclass(frozen=True)
 class KernelConfig:
     """The launch shape. Fixed per process (never tuned per batch): a row's summation order then
@@ -24,13 +27,15 @@ class KernelConfig:
     block_n: int = 64  # keys per loop iteration
     num_warps: int = 4
     num_stages: int = 3
-    # "mma": products on the matrix units (query heads padded to 16 rows); "vector": fp32 products
+    # "mma": products on the matrix units (query heads padded to 16 rows; with one query head per
+    # kv head the softmax runs on the real row only, same bits); "padded": the same with the
+    # softmax over all 16 rows (the earlier kernel, kept for A/Bs); "vector": fp32 products
     # on the vector units, for models with one query head per kv head (others take "mma")
     products: str = "mma"
 
     def __post_init__(self):
-        if self.products not in ("mma", "vector"):
-            raise ValueError(f"products={self.products!r} must be 'mma' or 'vector'")
+        if self.products not in PRODUCTS:
+            raise ValueError(f"products={self.products!r} must be one of {PRODUCTS}")
         if self.block_n < 16 or self.block_n & (self.block_n - 1):
             raise ValueError(f"block_n={self.block_n} must be a power of two >= 16")
         if self.num_warps not in (1, 2, 4, 8, 16):
@@ -137,7 +142,6 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor,
     mma[(N * nkv,)](
         *args, NKV=nkv, REP=rep, REP_P=max(16, 1 << (rep - 1).bit_length()), HD=hd,
         BLOCK_N=config.block_n, SCALED=scaled, F32_DOT=q.dtype == torch.float32 or _interpreted(),
-        FP16_DOT=scaled and q.dtype == torch.bfloat16,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages)
+        FP16_DOT=scaled and q.dtype == torch.bfloat16, ONE_ROW=rep == 1 and config.products == "mma",
+        num_warps=config.num_warps, num_stages=config.num_stages)
     return out

@@ -10,7 +10,8 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
                             stride_sn, stride_sh, stride_on, stride_oh, qk_scale,
                             NKV: tl.constexpr, REP: tl.constexpr, REP_P: tl.constexpr,
                             HD: tl.constexpr, BLOCK_N: tl.constexpr, SCALED: tl.constexpr,
-                            F32_DOT: tl.constexpr, FP16_DOT: tl.constexpr):
+                            F32_DOT: tl.constexpr, FP16_DOT: tl.constexpr,
+                            ONE_ROW: tl.constexpr):
     # one program per (row, kv head): its REP query heads (padded to REP_P >= 16 rows, the
     # smallest matrix-unit tile) against the row's keys [0, length) in blocks of BLOCK_N,
     # online softmax, in a fixed order. An fp8 cache's per-key scales multiply the scores
@@ -49,13 +50,21 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
             s = tl.dot(qd.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
             s = tl.dot(qd, tl.trans(k))
+        if ONE_ROW:
+            # one query head per kv head: the padding rows of q are zeros, so their scores are
+            # exactly 0 and the rows' sum is the first row; the softmax then runs on that row
+            # alone (1/16 of the exponentials), and its bits are the padded softmax's row 0
+            s = tl.sum(s, axis=0)[None, :]
         if SCALED:
             ks = tl.load(ks_ptr + n * stride_sn + h * stride_sh + t, mask=valid, other=0.0)
             s = s * ks.to(tl.float32)[None, :]
         s = tl.where(valid[None, :], s * qk_scale, float("-inf"))  # log2 units
-        m_new = tl.maximum(m, tl.max(s, axis=1))
+        m_new = tl.maximum(m, tl.max(s, axis=1))  # ONE_ROW: every entry the first row's
         alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        if ONE_ROW:
+            p = tl.exp2(s - tl.max(m_new, axis=0))
+        else:
+            p = tl.exp2(s - m_new[:, None])
         l_sum = l_sum * alpha + tl.sum(p, axis=1)
         block_scale = 1.0
         if SCALED:
@@ -67,6 +76,8 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
             block_scale = tl.maximum(tl.max(vs, axis=0), 1e-30)
             p = p * (vs / block_scale)[None, :]
         v = tl.load(v_row + t[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
+        if ONE_ROW:
+            p = tl.where(r[:, None] == 0, p, 0.0)  # back to the product's 16 rows
         p = p.to(qd.dtype)
         v = v.to(qd.dtype)
         if F32_DOT:

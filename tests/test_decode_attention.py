@@ -33,7 +33,8 @@ def _reference(q, k, v, lengths):
     return out
 
 
-@pytest.mark.parametrize("heads,kv_heads,products", [(4, 4, "mma"), (6, 2, "mma"), (4, 4, "vector")])
+@pytest.mark.parametrize("heads,kv_heads,products", [(4, 4, "mma"), (6, 2, "mma"), (4, 4, "padded"),
+                                                     (4, 4, "vector")])
 def test_kernel_attends_over_exactly_each_rows_keys(heads, kv_heads, products):
     g = torch.Generator().manual_seed(heads)
     N, T, hd = 5, 80, 16
@@ -54,13 +55,13 @@ def test_kernel_attends_over_exactly_each_rows_keys(heads, kv_heads, products):
     assert torch.equal(again, got)
 
 
-@pytest.mark.parametrize("q_size,v_size,products", [(1.0, 1.0, "mma"), (1e5, 1e-3, "mma"),
-                                                    (1e5, 1e-3, "vector")])
-def test_fp8_cache_is_attention_over_its_dequantized_values(q_size, v_size, products):
+@pytest.mark.parametrize("q_size,v_size,products,rep", [
+    (1.0, 1.0, "mma", 2), (1e5, 1e-3, "mma", 2), (1e5, 1e-3, "mma", 1), (1e5, 1e-3, "vector", 1)])
+def test_fp8_cache_is_attention_over_its_dequantized_values(q_size, v_size, products, rep):
     # (queries past fp16's range and tiny values: the kernel's fp16 products stay accurate)
     g = torch.Generator().manual_seed(1)
     N, nkv, T, hd = 3, 2, 40, 32
-    heads = nkv if products == "vector" else 2 * nkv  # the vector kernel: one head per kv head
+    heads = rep * nkv
     q = (torch.randn(N, heads, hd, generator=g) * q_size).bfloat16()
     k = (torch.randn(N, nkv, T, hd, generator=g) * 3 / q_size).bfloat16()
     v = (torch.randn(N, nkv, T, hd, generator=g) * v_size).bfloat16()
@@ -80,6 +81,24 @@ def test_fp8_cache_is_attention_over_its_dequantized_values(q_size, v_size, prod
     assert ((got.double() - want).norm(dim=-1) <= 1e-2 * want.norm(dim=-1)).all()
     with pytest.raises(ValueError, match="k_scale"):
         da.decode_attention(q, kq, vq, lengths)
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_one_query_head_per_kv_head_keeps_the_padded_softmaxs_bits(fp8):
+    # "mma" runs the softmax on the one real row of the 16 the products need; "padded" on all
+    g = torch.Generator().manual_seed(2)
+    N, nkv, T, hd = 4, 3, 50, 16
+    q = torch.randn(N, nkv, hd, generator=g)
+    k, v = torch.randn(2, N, nkv, T, hd, generator=g)
+    scales = ()
+    if fp8:
+        (k, ks), (v, vs) = da.quantize(k), da.quantize(v)
+        scales = (ks, vs)
+    lengths = torch.tensor([50, 1, 17, 33], dtype=torch.int32)
+    one, padded = (da.decode_attention(q, k, v, lengths, *scales,
+                                       config=da.KernelConfig(block_n=16, products=products))
+                   for products in ("mma", "padded"))
+    assert torch.equal(one, padded)
 
 
 @pytest.mark.parametrize("strategy,d", [
