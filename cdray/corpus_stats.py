@@ -46,15 +46,15 @@ def first_words(docs: Iterable[list[str]], limit: int = DIVERSITY_WORDS) -> list
 
 
 def repetition_rate(sequences: Iterable[list[int]], n: int = REPETITION_N) -> float:
-    """Share of token n-grams that repeat an earlier n-gram of the same sequence (pooled)."""
+    """Share of token n-grams that repeat an earlier n-gram of the same sequence (pooled): each
+    n-gram past its sequence's first occurrence is a repeat, so a sequence's repeats are its
+    n-grams minus its distinct ones."""
     total = repeated = 0
     for seq in sequences:
-        seen = set()
-        for g in _ngrams(list(seq), n):
-            total += 1
-            if g in seen:
-                repeated += 1
-            seen.add(g)
+        seq = list(seq)
+        grams = list(zip(*(seq[j:] for j in range(n))))
+        total += len(grams)
+        repeated += len(grams) - len(set(grams))
     return repeated / total if total else 0.0
 
 

@@ -234,6 +234,7 @@ class ShardGenerator:
     def run_shard(self, shard_id: int, start: int, end: int) -> dict:
         """Generate and commit one shard, or return its manifest when already committed."""
         from cdray.corpus_stats import row_stats, text_stats
+        from cdray.tokenizer import decode_texts
 
         parquet_path, manifest_path = _shard_paths(self.out_dir, shard_id)
         if manifest_path.exists():
@@ -262,9 +263,9 @@ class ShardGenerator:
                                         max_len=self.max_len, refill=g.refill, on_row=on_row)
         crash_point(self.out_dir, "shard", shard_id)  # mid-shard: generated, nothing written yet
         full = [p + r.tokens for p, r in zip(row_prompts, results)]
-        texts = self.tokenizer.batch_decode(full, skip_special_tokens=True) if full else []
+        texts = decode_texts(self.tokenizer, full)
         conts = [r.tokens for r in results]
-        cont_texts = self.tokenizer.batch_decode(conts, skip_special_tokens=True) if conts else []
+        cont_texts = decode_texts(self.tokenizer, conts)
         if self.contamination is not None:
             contaminated = [self.contamination.overlaps(t) for t in cont_texts]
         else:

@@ -34,6 +34,18 @@ def test_repetition_rate_and_histogram():
     assert repetition_rate([[1, 2, 3, 4, 1, 2, 3, 4]]) == pytest.approx(1 / 5)
     # repeats across rows do not count
     assert repetition_rate([[1, 2, 3, 4], [1, 2, 3, 4]]) == 0.0
+    # against counting each n-gram in turn, on sequences short, empty and repetitive
+    g = np.random.default_rng(1)
+    rows = [g.integers(0, 4, size=int(k)).tolist() for k in g.integers(0, 40, size=30)]
+    for n in (1, 2, 4):
+        total = repeated = 0
+        for seq in rows:
+            seen = set()
+            for i in range(len(seq) - n + 1):
+                total += 1
+                repeated += tuple(seq[i:i + n]) in seen
+                seen.add(tuple(seq[i:i + n]))
+        assert repetition_rate(rows, n) == repeated / total
     h = length_histogram(np.array([0, 5, 10, 10]), 10, bins=2)
     assert h == {"edges": [0.0, 5.0, 10.0], "counts": [1, 3]}
 

@@ -11,8 +11,9 @@ import pytest
 
 from cdray.config import CorpusConfig, SourceConfig, TokenizerConfig
 from cdray.corpus import build_corpus
-from cdray.tokenizer import (SPECIALS, encode_texts, load_tokenizer, read_token_stream,
-                             tokenize_parquet, train_tokenizer, write_token_stream)
+from cdray.tokenizer import (SPECIALS, decode_texts, encode_texts, load_tokenizer,
+                             read_token_stream, tokenize_parquet, train_tokenizer,
+                             write_token_stream)
 
 ASSETS = Path(__file__).parent / "assets"
 VOCAB = 300
@@ -68,6 +69,15 @@ def test_round_trip_english(tok_dir):
     assert [tok.decode(x) for x in ids] == texts
     assert all(SPECIALS.index("<s>") not in x and 2 not in x for x in ids)  # no specials added
     assert ids == [tok.encode(t, add_special_tokens=False) for t in texts]
+
+
+def test_decode_texts_is_batch_decode(tok_dir):
+    tok = load_tokenizer(tok_dir)
+    g = np.random.default_rng(0)
+    # arbitrary ids, as a sampler emits them: specials anywhere, bytes split across tokens
+    rows = [g.integers(0, len(tok), size=int(n)).tolist() for n in g.integers(0, 60, size=50)]
+    rows.append([1, 2, 3, 0])
+    assert decode_texts(tok, rows) == tok.batch_decode(rows, skip_special_tokens=True)
 
 
 def test_token_stream_wraps_documents(tmp_path):
