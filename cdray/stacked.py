@@ -345,7 +345,8 @@ class StackedLlama:
     def forward(self, ids: Tensor, positions: Tensor, slots: Tensor | None = None,
                 last: Tensor | None = None, seeds: Tensor | None = None,
                 max_position: int | None = None) -> Tensor:
-        """Logits [G, b, V] (fp32) at query index `last` (default: the final one) of each row.
+        """Logits [G, b, V] (fp32; a fast step built with float_logits=False gives the model's
+        dtype) at query index `last` (default: the final one) of each row.
 
         ids, positions: [b, Q] tokens and their true positions; slots: [b] cache slots they
         belong to (None: all slots in order, the decode step). Keys at cache index > the query's

@@ -53,7 +53,7 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr, o_ptr,
         if ONE_ROW:
             # one query head per kv head: the padding rows of q are zeros, so their scores are
             # exactly 0 and the rows' sum is the first row; the softmax then runs on that row
-            # alone (1/16 of the exponentials), and its bits are the padded softmax's row 0
+            # alone (one row of exponentials, not 16), and its bits are the padded softmax's row 0
             s = tl.sum(s, axis=0)[None, :]
         if SCALED:
             ks = tl.load(ks_ptr + n * stride_sn + h * stride_sh + t, mask=valid, other=0.0)
