@@ -144,6 +144,11 @@ def main() -> None:
             want = (w[..., None] * values[i, :, :L].double().repeat_interleave(nh // nkv, 0)).sum(1)
             err = max(err, ((out[i].double() - want).norm() / want.norm()).item())
         print(f"{name} cache: kernel vs float64 attention, worst relative error {err:.1e}")
+    if nh == nkv:  # the one-row softmax must keep the padded softmax's bits on this GPU too
+        padded = KernelConfig(products="padded")
+        same = [torch.equal(decode_attention(q, k, v, lengths, config=padded), ref),
+                torch.equal(decode_attention(q, kq, vq, lengths, ks, vs, config=padded), out8)]
+        print(f"one_row_bits_equal={all(same)} (bf16 {same[0]}, fp8 {same[1]})")
     configs = [KernelConfig.parse(c) for c in (args.configs.split(";") if args.configs else GRID)]
     best = {}
     for cfg in configs:

@@ -35,4 +35,4 @@ if [ "${FULL:-0}" = 1 ]; then
   timeout 120 $D --batch 768 --new 256 2>&1 | tee "$OUT/decoding_ratio.txt"
   timeout 100 $PY bench/mfu.py --steps 20 --batch 64 2>&1 | grep -v "Writing model" | tee "$OUT/mfu_b64.txt"
 fi
-grep -h "rows differing\|cd_vs_single\|mfu=\|best \|best_config\|step_check\|cd_best_tok_s\|rows_identical\|attention \|cdray batch\|vs_copy=" "$OUT"/*.txt | head -80
+grep -h "one_row_bits\|rows differing\|cd_vs_single\|mfu=\|best \|best_config\|step_check\|cd_best_tok_s\|rows_identical\|attention \|cdray batch\|vs_copy=" "$OUT"/*.txt | head -80
