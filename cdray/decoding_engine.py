@@ -157,6 +157,7 @@ class Decoder:
         # per-slot state: the host's (row bookkeeping) and the device's (what the next step feeds)
         row = torch.full((B,), -1, dtype=torch.long)  # -1: empty
         step = torch.zeros(B, dtype=torch.long)  # tokens sampled so far
+        plen = torch.zeros(B, dtype=torch.long)  # prompt length: a slot's k-th feed is at plen + k
         step_d = torch.zeros(B, dtype=torch.long, device=dev)  # the same, for the uniforms' index
         live_d = torch.zeros(B, dtype=torch.bool, device=dev)  # slot holds an unfinished row
         pos = torch.zeros(B, dtype=torch.long, device=dev)  # position of the next fed token
@@ -198,6 +199,7 @@ class Decoder:
             s = torch.tensor(slots, dtype=torch.long)
             row[s] = torch.tensor(rows_)
             step[s] = 0
+            plen[s] = lens
             buf[s] = pad_id
             stats[s] = 0.0
             sd = to_dev(s)
@@ -249,8 +251,9 @@ class Decoder:
             # reads. Skipped when no row can outlive this step (every live one reaches its
             # length), so a call's last step is not computed for nothing.
             ahead = self.look_ahead and bool((live & (step + 1 < max_new_tokens)).any())
-            if ahead:
-                self._decode(token, live_d, pos, T, pad_id, slot_seeds, logits)
+            if ahead:  # every live row has been fed `step` tokens
+                self._decode(token, live_d, pos, T, pad_id, slot_seeds, logits,
+                             int((plen + step)[live].max()))
             step_d += 1
             if copied is not None:
                 copied.synchronize()
@@ -279,8 +282,9 @@ class Decoder:
             if free:
                 live_d[to_dev(torch.tensor(free))] = False
             live = row >= 0
-            if not ahead and bool(live.any()):
-                self._decode(token, live_d, pos, T, pad_id, slot_seeds, logits)
+            if not ahead and bool(live.any()):  # now step - 1 of them
+                self._decode(token, live_d, pos, T, pad_id, slot_seeds, logits,
+                             int((plen + step - 1)[live].max()))
             if free and refill and queue:
                 # the batch stays full: refill every free slot from the queue
                 admit(free[:len(queue)])
@@ -297,6 +301,7 @@ class Decoder:
                 for g in self.groups:
                     g.keep_slots(kd)
                 row, step, buf, stats = row[keep], step[keep], buf[keep], stats[keep]
+                plen = plen[keep]
                 pos, uniforms, slot_seeds = pos[kd], uniforms[kd], slot_seeds[kd]
                 step_d, live_d = step_d[kd], live_d[kd]
                 logits = [x[kd] for x in logits]
@@ -305,12 +310,14 @@ class Decoder:
         return results  # type: ignore[return-value]
 
     def _decode(self, token: Tensor, live_d: Tensor, pos: Tensor, T: int, pad_id: int,
-                slot_seeds: Tensor, logits: list[Tensor]) -> None:
+                slot_seeds: Tensor, logits: list[Tensor], max_position: int) -> None:
         """Feed each live slot its sampled token at its next position (dead slots feed a pad at
-        position 0 of their own slot), all on the device."""
+        position 0 of their own slot), all on the device; max_position is the largest, from the
+        host's count (the eager step would otherwise read it back from the device)."""
         ids = torch.where(live_d, token, pad_id)[:, None]
         # never past the cache, whatever the slot: the triton step writes without bounds checks
         positions = torch.where(live_d, pos, 0).clamp_(max=T - 1)[:, None]
-        out = self._forward(ids, positions, seeds=slot_seeds)
+        out = self._forward(ids, positions, seeds=slot_seeds,
+                            max_position=min(max_position, T - 1))
         pos += live_d.long()
         logits[:] = out  # every slot's logits are new: take the fresh tensors, no copy
