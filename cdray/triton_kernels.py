@@ -98,7 +98,9 @@ def decode_attention_vector_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr,
                                    NKV: tl.constexpr, HD: tl.constexpr, BLOCK_N: tl.constexpr,
                                    SCALED: tl.constexpr):
     # decode_attention_kernel for one query head per kv head, on the vector units: no padding
-    # to a 16-row tile, fp32 products, the same fixed order per row
+    # to a 16-row tile, fp32 products, the same fixed order per row. The output accumulates per
+    # key slot of the tile ([BLOCK_N, HD], rescaled with the running max) and is summed over the
+    # slots once at the end: no reduction across threads per tile for the values' side
     pid = tl.program_id(0).to(tl.int64)
     n = pid // NKV
     h = pid % NKV
@@ -109,7 +111,7 @@ def decode_attention_vector_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr,
     v_row = v_ptr + n * stride_kn + h * stride_kh
     m = float("-inf")
     l_sum = 0.0
-    acc = tl.zeros([HD], tl.float32)
+    acc = tl.zeros([BLOCK_N, HD], tl.float32)
     for start in range(0, length, BLOCK_N):
         t = start + tl.arange(0, BLOCK_N)
         valid = t < length
@@ -127,9 +129,10 @@ def decode_attention_vector_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_ptr,
             p = p * tl.load(vs_ptr + n * stride_sn + h * stride_sh + t, mask=valid,
                             other=0.0).to(tl.float32)
         v = tl.load(v_row + t[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
-        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+        acc = acc * alpha + p[:, None] * v.to(tl.float32)
         m = m_new
-    tl.store(o_ptr + n * stride_on + h * stride_oh + d, (acc / l_sum).to(o_ptr.dtype.element_ty))
+    out = tl.sum(acc, axis=0) / l_sum
+    tl.store(o_ptr + n * stride_on + h * stride_oh + d, out.to(o_ptr.dtype.element_ty))
 
 
 @triton.jit
