@@ -74,14 +74,15 @@ def shard_plan(n_prompts: int, shard_prompts: int) -> list[dict]:
             for i, a in enumerate(range(0, n_prompts, shard_prompts))]
 
 
-def shards_needed(shard_token_counts: list[int], token_budget: int) -> int:
-    """How many leading shards reach token_budget new tokens (all of them if none do)."""
+def leading_tokens(token_counts: dict[int, int], n_shards: int) -> int:
+    """New tokens of the leading run of committed shards 0, 1, ... up to the first missing one
+    (token_counts: shard id -> new tokens of each committed shard), the ones a corpus is cut from."""
     total = 0
-    for i, n in enumerate(shard_token_counts):
-        total += n
-        if total >= token_budget:
-            return i + 1
-    return len(shard_token_counts)
+    for sid in range(n_shards):
+        if sid not in token_counts:
+            break
+        total += token_counts[sid]
+    return total
 
 
 def _shards_dir(out_dir: Path) -> Path:
@@ -99,6 +100,12 @@ def shards_done(out_dir: Path) -> set[int]:
     if not d.is_dir():
         return set()
     return {int(p.stem.split("_")[1]) for p in d.glob("shard_*.json")}
+
+
+def committed_tokens(out_dir: Path) -> dict[int, int]:
+    """New tokens of every committed shard, by shard id (from the shards' manifests)."""
+    return {sid: int(json.loads(_shard_paths(out_dir, sid)[1].read_text())["new_tokens"])
+            for sid in shards_done(out_dir)}
 
 
 # ---------------------------------------------------------------- prompts

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import ray
 
@@ -180,9 +180,11 @@ class _StoreShardGenerator:
         return out
 
 
-def generate_with_ray_data(kwargs: dict, shards: list[dict], *, cfg: SweepConfig,
+def generate_with_ray_data(kwargs: dict, shards: list[dict],
+                           enough: Optional[Callable[[int, int], bool]] = None, *, cfg: SweepConfig,
                            store: Optional[Store] = None, node: Optional[Node] = None) -> None:
-    """Run generation shards on a Ray Data actor pool; each actor holds both models."""
+    """Run generation shards in order on a Ray Data actor pool (each actor holds both models);
+    with `enough`, stop the pool once enough(shard_id, new_tokens) of a committed shard is True."""
     from cdray.generation import ShardGenerator
 
     gen = cfg.generation
@@ -204,12 +206,26 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict], *, cfg: SweepConfig
         fn_constructor_kwargs={**kwargs, "torch_threads": max(1, int(gen.actor_cpus)),
                                "device": "cuda" if gen.actor_gpus else "cpu"},
         batch_size=1,
-        # start every actor at once and hand each one shard at a time, so a short wave of big
-        # shards is spread over the whole pool instead of queueing behind the first actor
+        # start every actor at once and hand each one shard at a time: shards spread over the
+        # whole pool instead of queueing behind the first actor, go out in prompt order, and a
+        # stop at the budget leaves at most one unneeded shard per actor in flight
         compute=ray.data.ActorPoolStrategy(min_size=min(max(1, gen.min_actors), actors), max_size=actors,
                                            initial_size=actors, max_tasks_in_flight_per_actor=1),
         **resources,
     )
-    out.materialize()
+    if enough is None:
+        out.materialize()
+    else:
+        rows = iter(out.iter_rows())
+        try:
+            for row in rows:
+                if enough(int(row["shard_id"]), int(row["new_tokens"])):
+                    break
+        finally:
+            # closing the stream shuts the pool down now: shards in flight past the budget are
+            # not needed (one killed mid-shard has committed nothing)
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
     if remote:
         store.pull(node.stage, node.key)  # shards committed by actors on other nodes

@@ -1,7 +1,6 @@
 """Stage builders: plain functions from a node's inputs (files in the store) to its output dir."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -9,8 +8,10 @@ from cdray.config import SweepConfig, to_dict
 from cdray.pipeline import Node
 from cdray.store import Store
 
-# A shard executor runs generation shards given as [{"shard_id", "start", "end"}, ...].
-ShardExecutor = Callable[[dict, list[dict]], None]
+# A shard executor runs generation shards given as [{"shard_id", "start", "end"}, ...], in that
+# order; with `enough`, it calls enough(shard_id, new_tokens) for each shard it commits and stops
+# once that returns True (shards still in flight then may or may not commit: either is safe).
+ShardExecutor = Callable[[dict, list[dict], Optional[Callable[[int, int], bool]]], None]
 
 
 def input_dir(store: Store, node: Node, name: str) -> Path:
@@ -137,58 +138,60 @@ def eval_items_dir(c: dict, cfg: SweepConfig) -> Optional[str]:
 
 def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
                    execute: Optional[ShardExecutor] = None) -> dict:
-    """Generate shards in waves until the token budget is met, then finalise the corpus.
+    """Generate shards in prompt order until the leading ones hold the token budget, then
+    finalise the corpus.
 
-    Shards already committed (their manifest exists) are never regenerated, so an interrupted
-    run resumes where it stopped; the kept rows depend only on shard order, not on timing.
+    One pass over the shards still to do, stopped once the budget is met: how many shards that
+    takes is known only as they commit (rows stop at EOS), and a single pass starts the stage's
+    actors once. Shards already committed (their manifest exists) are never regenerated, so an
+    interrupted run resumes where it stopped; the kept rows depend only on shard order, not on
+    timing.
     """
     import pyarrow.parquet as pq
 
-    from cdray.generation import finalize_corpus, shard_plan, shards_done
+    from cdray.generation import committed_tokens, finalize_corpus, leading_tokens, shard_plan
 
     gen = cfg.generation
     kwargs = generator_kwargs(node, cfg, store, out)
     n_prompts = pq.read_metadata(kwargs["prompts_path"]).num_rows
     shards = shard_plan(n_prompts, gen.shard_prompts)
     execute = execute or _execute_in_process
+    tokens = committed_tokens(out)
     while True:
-        done = shards_done(out)
-        leading = _leading_tokens(out, shards, done)
-        have = sum(leading)
-        todo = [s for s in shards if s["shard_id"] not in done]
+        have = leading_tokens(tokens, len(shards))
+        todo = [s for s in shards if s["shard_id"] not in tokens]
         if have >= gen.token_budget or not todo:
             break
-        per_shard = (have / len(leading)) if leading else gen.shard_prompts * gen.continuations * gen.max_new_tokens
-        wanted = max(gen.actors, math.ceil((gen.token_budget - have) / max(per_shard, 1.0)))
         if gen.progress:
-            print(f"[cdray.generate] {node.label}: {len(done)}/{len(shards)} shards, "
-                  f"{have}/{gen.token_budget} tokens; running {min(wanted, len(todo))} more",
-                  flush=True)
-        execute(kwargs, todo[:wanted])
+            print(f"[cdray.generate] {node.label}: {len(tokens)}/{len(shards)} shards, "
+                  f"{have}/{gen.token_budget} tokens; generating the other {len(todo)} in order "
+                  f"until the budget is met", flush=True)
+
+        def enough(shard_id: int, new_tokens: int) -> bool:
+            seen[shard_id] = new_tokens
+            return leading_tokens(seen, len(shards)) >= gen.token_budget
+
+        seen = dict(tokens)
+        execute(kwargs, todo, enough)
+        after = committed_tokens(out)
+        if set(after) == set(tokens):
+            raise RuntimeError(f"generate {node.label}: no shard was committed in {out}")
+        tokens = after
     return finalize_corpus(out, len(shards), gen.token_budget, drop_contaminated=gen.drop_contaminated,
                            tokenizer_dir=Path(kwargs["tokenizer_dir"]), max_new_tokens=gen.max_new_tokens)
 
 
-def _leading_tokens(out: Path, shards: list[dict], done: set[int]) -> list[int]:
-    import json
-
-    counts = []
-    for s in shards:
-        if s["shard_id"] not in done:
-            break
-        meta = json.loads((out / "shards" / f"shard_{s['shard_id']:05d}.json").read_text())
-        counts.append(int(meta["new_tokens"]))
-    return counts
-
-
-def _execute_in_process(kwargs: dict, shards: list[dict]) -> None:
+def _execute_in_process(kwargs: dict, shards: list[dict],
+                        enough: Optional[Callable[[int, int], bool]] = None) -> None:
     import numpy as np
 
     from cdray.generation import ShardGenerator
 
     gen = ShardGenerator(**kwargs)
     for s in shards:
-        gen({k: np.array([s[k]]) for k in ("shard_id", "start", "end")})
+        res = gen({k: np.array([s[k]]) for k in ("shard_id", "start", "end")})
+        if enough is not None and enough(int(res["shard_id"][0]), int(res["new_tokens"][0])):
+            return
 
 
 def build_evaluate(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:

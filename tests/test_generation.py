@@ -10,8 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdray import config
 from cdray.config import DecodingConfig, GenerationConfig
-from cdray.generation import (ShardGenerator, finalize_corpus, make_prompts, row_seed,
-                              shard_plan, shards_done, shards_needed)
+from cdray.generation import (ShardGenerator, committed_tokens, finalize_corpus, leading_tokens,
+                              make_prompts, row_seed, shard_plan, shards_done)
 
 torch.set_num_threads(1)
 
@@ -101,15 +101,15 @@ def test_row_seed_is_stable():
     assert 0 <= row_seed(5, 123456, 7) < 2 ** 63
 
 
-def test_shard_plan_and_needed():
+def test_shard_plan_and_leading_tokens():
     assert shard_plan(7, 3) == [{"shard_id": 0, "start": 0, "end": 3},
                                 {"shard_id": 1, "start": 3, "end": 6},
                                 {"shard_id": 2, "start": 6, "end": 7}]
     assert shard_plan(0, 3) == []
-    assert shards_needed([10, 10, 10], 15) == 2
-    assert shards_needed([10, 10, 10], 20) == 2
-    assert shards_needed([10, 10, 10], 31) == 3
-    assert shards_needed([], 5) == 0
+    assert leading_tokens({0: 10, 1: 10, 2: 10}, 3) == 30
+    assert leading_tokens({0: 10, 2: 10}, 3) == 10  # shard 1 missing: shard 2 is not leading
+    assert leading_tokens({1: 10}, 3) == 0
+    assert leading_tokens({}, 0) == 0
 
 
 def test_shards_resume_finalize_and_determinism(world, tmp_path, monkeypatch):
@@ -185,6 +185,50 @@ def test_shards_resume_finalize_and_determinism(world, tmp_path, monkeypatch):
     path.unlink()
     with pytest.raises(ValueError, match="shard_00001.parquet"):
         finalize_corpus(out, 3, 10 ** 9)
+
+
+def test_generate_stage_stops_once_the_leading_shards_hold_the_budget(world, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from cdray import stages
+    from cdray.config import SweepConfig
+
+    plan = shard_plan(7, 3)  # shards of 6, 6 and 2 rows
+    g = config.parse_section(GenerationConfig, gen_dict(token_budget=1), "generation")
+    kwargs = dict(expert_dir=world["expert"], strategy="contrastive",
+                  amateur={"kind": "small", "model_dir": world["amateur"], "dropout": 0.0},
+                  generation=config.to_dict(g), prompts_path=str(world["root"] / "prompts.parquet"),
+                  tokenizer_dir=world["tok"])
+    monkeypatch.setattr(stages, "generator_kwargs",
+                        lambda node, cfg, store, out: {**kwargs, "out_dir": str(out)})
+    calls = []
+
+    def execute(kw, shards, enough):
+        calls.append([s["shard_id"] for s in shards])
+        stages._execute_in_process(kw, shards, enough)
+
+    node = SimpleNamespace(label="test")
+    first = tmp_path / "first"
+    stats = stages.build_generate(node, SweepConfig(generation=g), None, first, execute=execute)
+    # one pass over every shard, stopped after shard 0 met the budget of 1 token
+    assert calls == [[0, 1, 2]] and shards_done(first) == {0}
+    assert stats["budget_reached"] and stats["shards_used"] == 1
+
+    # a budget past shard 0: the pass stops at shard 1, and a re-run generates nothing
+    tokens0 = committed_tokens(first)[0]
+    g2 = config.parse_section(GenerationConfig, {**config.to_dict(g), "token_budget": tokens0 + 1},
+                              "generation")
+    calls.clear()
+    stages.build_generate(node, SweepConfig(generation=g2), None, first, execute=execute)
+    assert calls == [[1, 2]] and shards_done(first) == {0, 1}
+    calls.clear()
+    stages.build_generate(node, SweepConfig(generation=g2), None, first, execute=execute)
+    assert calls == []
+
+    # an executor that commits nothing is an error, not a loop
+    with pytest.raises(RuntimeError, match="no shard was committed"):
+        stages.build_generate(node, SweepConfig(generation=g), None, tmp_path / "none",
+                              execute=lambda kw, shards, enough: None)
 
 
 def test_finalize_uses_leading_committed_shards_only(world, tmp_path):
@@ -303,3 +347,13 @@ def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ra
     for s in plan:
         f = f"shard_{s['shard_id']:05d}.parquet"
         assert (outs["one"] / "shards" / f).read_bytes() == (outs["two"] / "shards" / f).read_bytes()
+
+    # stopped at the budget: shards go out in order, so the leading ones are committed and the
+    # call returns (shards this small may all commit before the driver sees the second one)
+    seen = []
+    kwargs["out_dir"] = str(tmp_path / "stopped")
+    g1 = config.parse_section(GenerationConfig, {**config.to_dict(g), "actors": 1}, "generation")
+    generate_with_ray_data(kwargs, plan, lambda sid, n: seen.append(sid) or len(seen) == 2,
+                           cfg=SweepConfig(generation=g1))
+    assert seen == [0, 1]
+    assert {0, 1} <= shards_done(tmp_path / "stopped")
