@@ -168,8 +168,8 @@ class ShardGenerator:
 
         from cdray.decoding import NEEDS_AMATEUR
         from cdray.decoding_engine import Decoder, plan_batch_size
-        from cdray.model import load_model
-        from cdray.tokenizer import load_tokenizer
+        from cdray.tokenizer import load_decoder
+        from cdray.weights import load_weights
 
         if device == "cpu":
             torch.set_num_threads(torch_threads)
@@ -184,23 +184,24 @@ class ShardGenerator:
         if strategy in NEEDS_AMATEUR and kind == "none":
             raise ValueError(f"strategy {strategy!r} needs an amateur (got kind 'none')")
 
-        self.expert = load_model(Path(expert_dir), dtype=self.dtype, device=device).eval()
+        # plain tensors on the CPU: the decoder stacks them onto the device in its dtype
+        self.expert = load_weights(Path(expert_dir))
         self.amateur = None
         self.amateur_dropout = kind == "dropout"
         # a no-contrast strategy never reads amateur logits: don't load one
         if kind != "none" and strategy in NEEDS_AMATEUR:
             if kind == "dropout":
+                # GOOD's own weights: the decoder drops attention in the amateur's half only
                 amateur_dir = Path(expert_dir)
-                self.amateur = load_model(amateur_dir, dtype=self.dtype, device=device,
-                                          attention_dropout=float(amateur["dropout"]))
+                self.amateur = self.expert
             else:
                 amateur_dir = Path(amateur["model_dir"])
-                self.amateur = load_model(amateur_dir, dtype=self.dtype, device=device)
+                self.amateur = load_weights(amateur_dir)
             ev, av = self.expert.config.vocab_size, self.amateur.config.vocab_size
             if ev != av:
                 raise ValueError(f"amateur {amateur_dir} has vocab size {av}, expert {expert_dir} "
                                  f"has {ev}")
-        self.tokenizer = load_tokenizer(Path(tokenizer_dir))
+        self.tokenizer = load_decoder(Path(tokenizer_dir))
         self.prompts = pq.read_table(prompts_path, columns=["prompt_id", "prompt"])
         drop = float(amateur.get("dropout", 0.0)) if self.amateur_dropout else 0.0
         self.decoder = Decoder(self.expert, self.amateur, strategy, self.g.decoding, device=device,
@@ -219,7 +220,7 @@ class ShardGenerator:
             for text in reference_texts(Path(eval_parquet) if eval_parquet else None,
                                         Path(eval_items_dir) if eval_items_dir else None):
                 self.contamination.add(text)
-        # the decoder holds its own (stacked) copy of the weights: free the HF modules
+        # the decoder holds its own (stacked) copy of the weights: free the loaded ones
         self.expert = self.amateur = None
         self._log(f"actor ready: strategy={strategy} amateur={kind} engine="
                   f"{'stacked' if len(self.decoder.groups) == 1 and self.decoder.groups[0].G == 2 else 'separate'}"

@@ -109,7 +109,8 @@ def _shape(cfg) -> tuple:
 
 
 def same_shape(a, b) -> bool:
-    """Whether two HF Llama models can be stacked (identical shapes and hyper-parameters)."""
+    """Whether two Llama models (transformers modules or cdray.weights.LlamaWeights) can be
+    stacked (identical shapes and hyper-parameters)."""
     return _shape(a.config) == _shape(b.config)
 
 
@@ -158,31 +159,29 @@ class StackedLlama:
         if len(self.dropout) != self.G:
             raise ValueError("one dropout value per stacked model")
 
-        def stack(get, transpose=False):
-            ws = [get(m).detach() for m in models]
+        def stack(*names: str, transpose: bool = False) -> Tensor:
+            # a LlamaForCausalLM or a cdray.weights.LlamaWeights: tensors by transformers' names,
+            # several concatenated along the output dim
+            ws = [torch.cat([m.get_parameter(n).detach() for n in names]) for m in models]
             if transpose:
                 ws = [w.t() for w in ws]
             return torch.stack(ws).to(device=self.device, dtype=dtype).contiguous()
 
-        self.embed = stack(lambda m: m.model.embed_tokens.weight)  # [G, V, H]
-        self.final_norm = stack(lambda m: m.model.norm.weight).unsqueeze(1)  # [G, 1, H]
-        self.lm_head = stack(lambda m: m.lm_head.weight, transpose=True)  # [G, H, V]
+        self.embed = stack("model.embed_tokens.weight")  # [G, V, H]
+        self.final_norm = stack("model.norm.weight").unsqueeze(1)  # [G, 1, H]
+        self.lm_head = stack("lm_head.weight", transpose=True)  # [G, H, V]
         self.blocks = []
         for i in range(self.layers):
-            def layer(m, i=i):
-                return m.model.layers[i]
-            qkv = stack(lambda m: torch.cat([layer(m).self_attn.q_proj.weight,
-                                             layer(m).self_attn.k_proj.weight,
-                                             layer(m).self_attn.v_proj.weight]), transpose=True)
-            gate_up = stack(lambda m: torch.cat([layer(m).mlp.gate_proj.weight,
-                                                 layer(m).mlp.up_proj.weight]), transpose=True)
+            at = f"model.layers.{i}."
             self.blocks.append({
-                "ln1": stack(lambda m: layer(m).input_layernorm.weight).unsqueeze(1),
-                "ln2": stack(lambda m: layer(m).post_attention_layernorm.weight).unsqueeze(1),
-                "qkv": qkv,  # [G, H, (heads + 2 kv_heads) * head_dim]
-                "o": stack(lambda m: layer(m).self_attn.o_proj.weight, transpose=True),
-                "gate_up": gate_up,  # [G, H, 2F]
-                "down": stack(lambda m: layer(m).mlp.down_proj.weight, transpose=True),
+                "ln1": stack(at + "input_layernorm.weight").unsqueeze(1),
+                "ln2": stack(at + "post_attention_layernorm.weight").unsqueeze(1),
+                # [G, H, (heads + 2 kv_heads) * head_dim]
+                "qkv": stack(*(at + f"self_attn.{p}_proj.weight" for p in "qkv"), transpose=True),
+                "o": stack(at + "self_attn.o_proj.weight", transpose=True),
+                # [G, H, 2F]
+                "gate_up": stack(at + "mlp.gate_proj.weight", at + "mlp.up_proj.weight", transpose=True),
+                "down": stack(at + "mlp.down_proj.weight", transpose=True),
             })
         self.inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32,
                                                       device=self.device) / self.head_dim))

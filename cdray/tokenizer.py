@@ -81,6 +81,21 @@ def load_tokenizer(path: Path):
     return tok
 
 
+def load_decoder(path: Path):
+    """The saved tokenizer for decode_texts: the tokenizers library's own Tokenizer where that
+    decodes as load_tokenizer's would (its config turns transformers' space clean-up off), which
+    spares a generation actor importing transformers; else load_tokenizer's."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    config = path / "tokenizer_config.json"
+    if not (path / "tokenizer.json").is_file() or not config.is_file():
+        return load_tokenizer(path)
+    if json.loads(config.read_text(encoding="utf-8")).get("clean_up_tokenization_spaces") is not False:
+        return load_tokenizer(path)
+    return Tokenizer.from_file(str(path / "tokenizer.json"))
+
+
 def encode_texts(tokenizer, texts: list[str], batch: int = 1000) -> list[list[int]]:
     """Token ids of each text, without special tokens, via the Rust backend's batch encoder."""
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
@@ -94,6 +109,8 @@ def decode_texts(tokenizer, sequences: list[list[int]]) -> list[str]:
     """Texts of token id lists, special tokens skipped: the tokenizer's batch_decode, through the
     Rust backend's batch decoder when that is the same (9x faster on a generated shard: no
     per-row Python call, no space clean-up to apply)."""
+    if not hasattr(tokenizer, "batch_decode"):  # the tokenizers library's own (load_decoder)
+        return tokenizer.decode_batch([list(s) for s in sequences], skip_special_tokens=True)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", True):
         return tokenizer.batch_decode(sequences, skip_special_tokens=True)

@@ -11,7 +11,7 @@ import pytest
 
 from cdray.config import CorpusConfig, SourceConfig, TokenizerConfig
 from cdray.corpus import build_corpus
-from cdray.tokenizer import (SPECIALS, decode_texts, encode_texts, load_tokenizer,
+from cdray.tokenizer import (SPECIALS, decode_texts, encode_texts, load_decoder, load_tokenizer,
                              read_token_stream, tokenize_parquet, train_tokenizer,
                              write_token_stream)
 
@@ -78,6 +78,22 @@ def test_decode_texts_is_batch_decode(tok_dir):
     rows = [g.integers(0, len(tok), size=int(n)).tolist() for n in g.integers(0, 60, size=50)]
     rows.append([1, 2, 3, 0])
     assert decode_texts(tok, rows) == tok.batch_decode(rows, skip_special_tokens=True)
+    # a generation actor's tokenizer: the tokenizers library's own, decoding the same strings
+    light = load_decoder(tok_dir)
+    assert not hasattr(light, "batch_decode")
+    assert decode_texts(light, rows) == tok.batch_decode(rows, skip_special_tokens=True)
+
+
+def test_load_decoder_keeps_transformers_where_it_cleans_up_spaces(tok_dir, tmp_path):
+    import shutil
+
+    other = tmp_path / "tok"
+    shutil.copytree(tok_dir, other)
+    cfg = json.loads((other / "tokenizer_config.json").read_text())
+    (other / "tokenizer_config.json").write_text(json.dumps({**cfg, "clean_up_tokenization_spaces": True}))
+    tok = load_decoder(other)
+    assert hasattr(tok, "batch_decode") and tok.clean_up_tokenization_spaces
+    assert decode_texts(tok, [[5, 6, 7]]) == tok.batch_decode([[5, 6, 7]], skip_special_tokens=True)
 
 
 def test_token_stream_wraps_documents(tmp_path):
