@@ -12,8 +12,9 @@ amateur of the expert's shape, `stop_at_eos: false` so both runs do exactly the 
 depend only on prompt, seed and models, so the two corpora must be identical, which is checked).
 Throughput = new tokens / time from the first shard's start to the last shard's end (from the shard
 manifests): the generation rate once the actors are up (the ratio line). The same over the wall time
-of the whole generate call, actor start-up included (a fixed ~10-18 s here, most of it importing
-torch and transformers in each new actor process), is printed beside it as two_vs_one_actor_wall.
+of the whole generate call, actor start-up included (4-9 s here: Ray Data and the actor processes
+starting, each importing torch and loading both models; it was 10-18 s while actors imported
+transformers), is printed beside it as two_vs_one_actor_wall.
 The order alternates 1, 2, 2, 1 actors to cancel drift in the host's load.
 Last line: two_vs_one_actor=X  (decoding throughput ratio, target >= 1.6 on 2 cores)
 """

@@ -164,7 +164,7 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
             break
         if gen.progress:
             print(f"[cdray.generate] {node.label}: {len(tokens)}/{len(shards)} shards, "
-                  f"{have}/{gen.token_budget} tokens; generating the other {len(todo)} in order "
+                  f"{have}/{gen.token_budget} tokens; generating the {len(todo)} left, in order, "
                   f"until the budget is met", flush=True)
 
         def enough(shard_id: int, new_tokens: int) -> bool:
