@@ -102,10 +102,15 @@ def shards_done(out_dir: Path) -> set[int]:
     return {int(p.stem.split("_")[1]) for p in d.glob("shard_*.json")}
 
 
-def committed_tokens(out_dir: Path) -> dict[int, int]:
-    """New tokens of every committed shard, by shard id (from the shards' manifests)."""
-    return {sid: int(json.loads(_shard_paths(out_dir, sid)[1].read_text())["new_tokens"])
-            for sid in shards_done(out_dir)}
+def committed_tokens(out_dir: Path, count: str = "new_tokens") -> dict[int, int]:
+    """New tokens of every committed shard, by shard id, from the shards' manifests: all of them,
+    or with count="clean_tokens" those of rows not flagged as contaminated (what a corpus that
+    drops such rows keeps; a manifest written before it had that count gives all its tokens)."""
+    out = {}
+    for sid in shards_done(out_dir):
+        manifest = json.loads(_shard_paths(out_dir, sid)[1].read_text())
+        out[sid] = int(manifest.get(count, manifest["new_tokens"]))
+    return out
 
 
 # ---------------------------------------------------------------- prompts
@@ -231,12 +236,12 @@ class ShardGenerator:
             print(f"[cdray.generate] {msg}", file=sys.stderr, flush=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {"shard_id": [], "rows": [], "new_tokens": []}
+        out = {"shard_id": [], "rows": [], "new_tokens": [], "clean_tokens": []}
         for sid, start, end in zip(batch["shard_id"], batch["start"], batch["end"]):
             manifest = self.run_shard(int(sid), int(start), int(end))
-            out["shard_id"].append(manifest["shard_id"])
-            out["rows"].append(manifest["rows"])
-            out["new_tokens"].append(manifest["new_tokens"])
+            for key in ("shard_id", "rows", "new_tokens"):
+                out[key].append(manifest[key])
+            out["clean_tokens"].append(manifest.get("clean_tokens", manifest["new_tokens"]))
         return {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
 
     def run_shard(self, shard_id: int, start: int, end: int) -> dict:
@@ -293,6 +298,7 @@ class ShardGenerator:
         parquet_path.parent.mkdir(parents=True, exist_ok=True)
         _write_parquet_atomic(table, parquet_path)
         new_tokens = int(sum(len(r.tokens) for r in results))
+        clean_tokens = int(sum(len(r.tokens) for r, c in zip(results, contaminated) if not c))
         seconds = time.perf_counter() - t0
         stats = row_stats(np.array([len(r.tokens) for r in results]),
                           np.array([r.stopped_at_eos for r in results]),
@@ -305,6 +311,7 @@ class ShardGenerator:
             "shard_id": shard_id,
             "rows": table.num_rows,
             "new_tokens": new_tokens,
+            "clean_tokens": clean_tokens,  # of rows not flagged as contaminated
             "sha256": file_sha256(parquet_path),
             "seconds": round(seconds, 3),
             "tokens_per_s": round(new_tokens / seconds, 1) if seconds > 0 else 0.0,

@@ -181,10 +181,11 @@ class _StoreShardGenerator:
 
 
 def generate_with_ray_data(kwargs: dict, shards: list[dict],
-                           enough: Optional[Callable[[int, int], bool]] = None, *, cfg: SweepConfig,
+                           enough: Optional[Callable[[dict], bool]] = None, *, cfg: SweepConfig,
                            store: Optional[Store] = None, node: Optional[Node] = None) -> None:
     """Run generation shards in order on a Ray Data actor pool (each actor holds both models);
-    with `enough`, stop the pool once enough(shard_id, new_tokens) of a committed shard is True."""
+    with `enough`, stop the pool once enough(counts) of a committed shard is True (counts: the
+    ShardGenerator's output row)."""
     from cdray.generation import ShardGenerator
 
     gen = cfg.generation
@@ -219,7 +220,7 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict],
         rows = iter(out.iter_rows())
         try:
             for row in rows:
-                if enough(int(row["shard_id"]), int(row["new_tokens"])):
+                if enough({k: int(v) for k, v in row.items()}):
                     break
         finally:
             # closing the stream shuts the pool down now: shards in flight past the budget are

@@ -9,9 +9,10 @@ from cdray.pipeline import Node
 from cdray.store import Store
 
 # A shard executor runs generation shards given as [{"shard_id", "start", "end"}, ...], in that
-# order; with `enough`, it calls enough(shard_id, new_tokens) for each shard it commits and stops
-# once that returns True (shards still in flight then may or may not commit: either is safe).
-ShardExecutor = Callable[[dict, list[dict], Optional[Callable[[int, int], bool]]], None]
+# order; with `enough`, it calls enough(counts) for each shard it commits, counts being the
+# ShardGenerator's output row ({"shard_id", "rows", "new_tokens", "clean_tokens"}), and stops once
+# that returns True (shards still in flight then may or may not commit: either is safe).
+ShardExecutor = Callable[[dict, list[dict], Optional[Callable[[dict], bool]]], None]
 
 
 def input_dir(store: Store, node: Node, name: str) -> Path:
@@ -156,7 +157,9 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
     n_prompts = pq.read_metadata(kwargs["prompts_path"]).num_rows
     shards = shard_plan(n_prompts, gen.shard_prompts)
     execute = execute or _execute_in_process
-    tokens = committed_tokens(out)
+    # rows a corpus drops do not count toward its budget
+    count = "clean_tokens" if gen.drop_contaminated else "new_tokens"
+    tokens = committed_tokens(out, count)
     while True:
         have = leading_tokens(tokens, len(shards))
         todo = [s for s in shards if s["shard_id"] not in tokens]
@@ -167,13 +170,13 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
                   f"{have}/{gen.token_budget} tokens; generating the {len(todo)} left, in order, "
                   f"until the budget is met", flush=True)
 
-        def enough(shard_id: int, new_tokens: int) -> bool:
-            seen[shard_id] = new_tokens
+        def enough(counts: dict) -> bool:
+            seen[int(counts["shard_id"])] = int(counts[count])
             return leading_tokens(seen, len(shards)) >= gen.token_budget
 
         seen = dict(tokens)
         execute(kwargs, todo, enough)
-        after = committed_tokens(out)
+        after = committed_tokens(out, count)
         if set(after) == set(tokens):
             raise RuntimeError(f"generate {node.label}: no shard was committed in {out}")
         tokens = after
@@ -182,7 +185,7 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
 
 
 def _execute_in_process(kwargs: dict, shards: list[dict],
-                        enough: Optional[Callable[[int, int], bool]] = None) -> None:
+                        enough: Optional[Callable[[dict], bool]] = None) -> None:
     import numpy as np
 
     from cdray.generation import ShardGenerator
@@ -190,7 +193,7 @@ def _execute_in_process(kwargs: dict, shards: list[dict],
     gen = ShardGenerator(**kwargs)
     for s in shards:
         res = gen({k: np.array([s[k]]) for k in ("shard_id", "start", "end")})
-        if enough is not None and enough(int(res["shard_id"][0]), int(res["new_tokens"][0])):
+        if enough is not None and enough({k: int(v[0]) for k, v in res.items()}):
             return
 
 

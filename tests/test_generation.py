@@ -308,6 +308,12 @@ def test_shard_telemetry_and_decontamination(world, tmp_path):
                for r in pq.read_table(dirty / "shards" / f"shard_{i:05d}.parquet").to_pylist()
                if r["contaminated"]]
     assert any(r["tokens"] == long_rows[0]["tokens"] for r in flagged)
+    # a corpus that drops flagged rows counts only the others toward its budget
+    clean = committed_tokens(dirty, "clean_tokens")
+    for i in range(3):
+        rows_i = pq.read_table(dirty / "shards" / f"shard_{i:05d}.parquet").to_pylist()
+        assert clean[i] == sum(r["new_tokens"] for r in rows_i if not r["contaminated"])
+    assert sum(clean.values()) < sum(committed_tokens(dirty).values())
     kept = finalize_corpus(dirty, 3, 10 ** 9, drop_contaminated=True, tokenizer_dir=world["tok"],
                            max_new_tokens=10)
     assert kept["contaminated_dropped"] == len(flagged) and kept["rows"] == 14 - len(flagged)
@@ -353,7 +359,7 @@ def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ra
     seen = []
     kwargs["out_dir"] = str(tmp_path / "stopped")
     g1 = config.parse_section(GenerationConfig, {**config.to_dict(g), "actors": 1}, "generation")
-    generate_with_ray_data(kwargs, plan, lambda sid, n: seen.append(sid) or len(seen) == 2,
+    generate_with_ray_data(kwargs, plan, lambda c: seen.append(c["shard_id"]) or len(seen) == 2,
                            cfg=SweepConfig(generation=g1))
     assert seen == [0, 1]
     assert {0, 1} <= shards_done(tmp_path / "stopped")
