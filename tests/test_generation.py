@@ -231,6 +231,37 @@ def test_generate_stage_stops_once_the_leading_shards_hold_the_budget(world, tmp
                               execute=lambda kw, shards, enough: None)
 
 
+def test_generate_stage_counts_only_kept_rows_when_dropping_contaminated(world, tmp_path,
+                                                                        monkeypatch):
+    from types import SimpleNamespace
+
+    from cdray import stages
+    from cdray.config import SweepConfig
+
+    plan = shard_plan(7, 3)
+    probe = tmp_path / "probe"
+    make_gen(world, probe)(batch(plan[0]))
+    rows0 = pq.read_table(probe / "shards" / "shard_00000.parquet").to_pylist()
+    # an eval split holding shard 0's continuations flags its rows of 3 tokens or more
+    texts = [" ".join(WORDS[t - 4] for t in r["tokens"][-r["new_tokens"]:] if t >= 4) for r in rows0]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "eval.parquet")
+    raw0 = sum(r["new_tokens"] for r in rows0)
+    g = config.parse_section(GenerationConfig, gen_dict(token_budget=raw0, decontaminate_n=3,
+                                                        drop_contaminated=True), "generation")
+    kwargs = dict(expert_dir=world["expert"], strategy="contrastive",
+                  amateur={"kind": "small", "model_dir": world["amateur"], "dropout": 0.0},
+                  generation=config.to_dict(g), prompts_path=str(world["root"] / "prompts.parquet"),
+                  tokenizer_dir=world["tok"], eval_parquet=str(tmp_path / "eval.parquet"))
+    monkeypatch.setattr(stages, "generator_kwargs",
+                        lambda node, cfg, store, out: {**kwargs, "out_dir": str(out)})
+    out = tmp_path / "dropping"
+    stats = stages.build_generate(SimpleNamespace(label="test"), SweepConfig(generation=g), None, out)
+    clean = committed_tokens(out, "clean_tokens")
+    assert clean[0] < raw0  # shard 0 alone holds the budget only before its flagged rows go
+    assert 1 in clean and stats["contaminated_dropped"] > 0
+    assert stats["budget_reached"] == (sum(clean.values()) >= raw0)
+
+
 def test_finalize_uses_leading_committed_shards_only(world, tmp_path):
     plan = shard_plan(7, 3)
     out = tmp_path / "gap"
