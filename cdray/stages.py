@@ -172,7 +172,12 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
 
         def enough(counts: dict) -> bool:
             seen[int(counts["shard_id"])] = int(counts[count])
-            return leading_tokens(seen, len(shards)) >= gen.token_budget
+            leading = leading_tokens(seen, len(shards))
+            if gen.progress:
+                print(f"[cdray.generate] {node.label}: shard {counts['shard_id']} done "
+                      f"({counts['rows']} rows, {counts['new_tokens']} tokens); the leading shards "
+                      f"hold {leading}/{gen.token_budget} tokens", flush=True)
+            return leading >= gen.token_budget
 
         seen = dict(tokens)
         execute(kwargs, todo, enough)
