@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 ACTOR = """
-import sys, time, torch
+import sys, torch
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from cdray.config import DecodingConfig
