@@ -40,8 +40,14 @@ STATS_TOKENS = 2_000_000  # repetition rate of a corpus reads its first 2M new t
 # ---------------------------------------------------------------- small helpers
 
 
+def _tmp_path(path: Path) -> Path:
+    # the store leaves ".tmp*" names out of an artifact: an actor stopped mid-write (the stage
+    # stops its pool at the budget) can leave one behind, or rename it after the commit
+    return path.with_name(f".tmp-{path.name}")
+
+
 def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp_path(path)
     with writing(path):
         try:
             pq.write_table(table, tmp)
@@ -51,7 +57,7 @@ def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
 
 
 def _write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp_path(path)
     with writing(path):
         try:
             tmp.write_text(json.dumps(obj, sort_keys=True, indent=1))

@@ -258,7 +258,7 @@ def test_full_disk_while_writing_a_shard(gen_world, tmp_path):
         assert "No space left" in line
         shards = disk / "store" / "probe" / "failing" / "shards"
         assert not (shards / "shard_00000.json").exists()  # an uncommitted shard is never trusted
-        assert not list(shards.glob("*.tmp"))
+        assert not list(shards.glob(".tmp*")) and not list(shards.glob("*.tmp"))
 
 
 # ---------------------------------------------------------------- services

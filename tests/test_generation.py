@@ -262,6 +262,19 @@ def test_generate_stage_counts_only_kept_rows_when_dropping_contaminated(world, 
     assert stats["budget_reached"] == (sum(clean.values()) >= raw0)
 
 
+def test_a_write_stopped_midway_leaves_nothing_in_the_artifact(tmp_path):
+    """The stage stops its actor pool at the budget, maybe mid-write: a shard's temporaries are
+    neither committed shards nor files of the stage's artifact."""
+    from cdray.generation import _tmp_path
+    from cdray.store import _artifact_files
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for name in ("shard_00003.parquet", "shard_00003.json"):
+        _tmp_path(shards / name).write_text("half written")
+    assert _artifact_files(tmp_path) == [] and shards_done(tmp_path) == set()
+
+
 def test_finalize_uses_leading_committed_shards_only(world, tmp_path):
     plan = shard_plan(7, 3)
     out = tmp_path / "gap"
@@ -394,3 +407,8 @@ def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ra
                            cfg=SweepConfig(generation=g1))
     assert seen == [0, 1]
     assert {0, 1} <= shards_done(tmp_path / "stopped")
+    # a write an actor was stopped in leaves at most a temporary the store leaves out
+    from cdray.store import _artifact_files
+
+    names = {rel for rel, _ in _artifact_files(tmp_path / "stopped")}
+    assert all(n.endswith((".parquet", ".json")) for n in names), names
