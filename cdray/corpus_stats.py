@@ -21,7 +21,7 @@ def words(text: str) -> list[str]:
 
 
 def _ngrams(ws: list, n: int) -> list[tuple]:
-    return [tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)]
+    return list(zip(*(ws[j:] for j in range(n))))
 
 
 def distinct_n(docs: list[list[str]], n: int) -> float:
@@ -51,8 +51,7 @@ def repetition_rate(sequences: Iterable[list[int]], n: int = REPETITION_N) -> fl
     n-grams minus its distinct ones."""
     total = repeated = 0
     for seq in sequences:
-        seq = list(seq)
-        grams = list(zip(*(seq[j:] for j in range(n))))
+        grams = _ngrams(list(seq), n)
         total += len(grams)
         repeated += len(grams) - len(set(grams))
     return repeated / total if total else 0.0
