@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cdray.model import save_model
+from cdray.store import write_json_atomic
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -67,12 +67,6 @@ def _optimizer_tensors(opt) -> tuple[dict, dict]:
     return tensors, steps
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_checkpoint(d: Path, model, opt, sched, state: dict, device: str) -> None:
     """Model, optimizer, RNG, then trainer_state.json last: its presence marks the dir complete."""
     if d.exists():
@@ -90,7 +84,7 @@ def write_checkpoint(d: Path, model, opt, sched, state: dict, device: str) -> No
     names = [n for n, _ in _unwrap_named(model)]
     full = dict(state, param_groups=groups, param_steps=steps, scheduler=sched.state_dict(),
                 param_names=names)
-    _write_json_atomic(d / "trainer_state.json", full)
+    write_json_atomic(d / "trainer_state.json", full)
 
 
 def _unwrap_named(model):

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from cdray.config import CorpusConfig, SourceConfig
 from cdray.corpus_sources import CorpusError, Document, iter_documents, packages_of
+from cdray.store import temporary_path
 
 VERSION = 1
 
@@ -125,7 +126,7 @@ class _SplitWriter:
 
     @property
     def tmp(self) -> Path:
-        return self.path.with_name(self.path.name + ".tmp")
+        return temporary_path(self.path)
 
     def write(self, rows: list[tuple[str, str, str, int]]) -> None:
         if not rows:

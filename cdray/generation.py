@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cdray.faults import crash_point
-from cdray.store import file_sha256, writing
+from cdray.store import file_sha256, replacing, write_json_atomic
 
 VERSION = 2
 BOS_ID = 1
@@ -40,30 +39,11 @@ STATS_TOKENS = 2_000_000  # repetition rate of a corpus reads its first 2M new t
 # ---------------------------------------------------------------- small helpers
 
 
-def _tmp_path(path: Path) -> Path:
-    # the store leaves ".tmp*" names out of an artifact: an actor stopped mid-write (the stage
-    # stops its pool at the budget) can leave one behind, or rename it after the commit
-    return path.with_name(f".tmp-{path.name}")
-
-
 def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    tmp = _tmp_path(path)
-    with writing(path):
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = _tmp_path(path)
-    with writing(path):
-        try:
-            tmp.write_text(json.dumps(obj, sort_keys=True, indent=1))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    # through the store's temporary names: the stage stops its actor pool at the budget, maybe
+    # mid-write, and a temporary must never be taken for part of the artifact
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def row_seed(seed: int, prompt_id: int, continuation: int) -> int:
@@ -325,7 +305,7 @@ class ShardGenerator:
             "stats": _json_safe(stats),
         }
         # the manifest is the commit: written only after the parquet is in place
-        _write_json_atomic(manifest, manifest_path)
+        write_json_atomic(manifest_path, manifest)
         self._log(f"shard {shard_id} committed: {table.num_rows} rows, {new_tokens} tokens, "
                   f"{manifest['tokens_per_s']:.0f} tok/s")
         return manifest

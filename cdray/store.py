@@ -81,6 +81,41 @@ def writing(path: Path):
         raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
 
 
+TEMPORARY_PREFIX = ".tmp-"  # names the store leaves out of an artifact's files
+
+
+def temporary_path(path: Path) -> Path:
+    """Where `path` is written before its atomic rename: a name the store never counts as part
+    of an artifact, so a writer killed mid-write (or renaming after a commit) leaves nothing in
+    a manifest; the pid keeps concurrent writers of one file apart."""
+    return path.with_name(f"{TEMPORARY_PREFIX}{path.name}-{os.getpid()}")
+
+
+@contextmanager
+def replacing(path: Path):
+    """Yield a temporary path to write; on success it replaces `path` in one rename, so readers
+    see the old file or the new one, never half of one. A failed write leaves `path` as it was
+    and its temporary gone, and an OSError names `path`."""
+    tmp = temporary_path(path)
+    with writing(path):
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write obj as indented, key-sorted JSON through `replacing`."""
+    data = _json_bytes(obj)
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
+
+
 class StoreError(RuntimeError):
     """A store artifact is missing, incomplete or corrupt."""
 
@@ -161,7 +196,7 @@ class Store:
                 if p.is_file() and p.stat().st_size == meta["bytes"] and file_sha256(p) == meta["sha256"]:
                     continue  # left by an earlier build or an interrupted download
                 self.remote.download(f"{stage}/{key}/{rel}", p, meta["sha256"])
-            _write_json(out / MANIFEST, manifest)
+            write_json_atomic(out / MANIFEST, manifest)
         return out
 
     def push(self, stage: str, key: str) -> int:
@@ -245,8 +280,8 @@ class Store:
         }
         if self.remote is not None:
             self.push(stage, key)
-            self.remote.write_bytes(f"{stage}/{key}/{MANIFEST}", _manifest_bytes(manifest))
-        _write_json(out / MANIFEST, manifest)
+            self.remote.write_bytes(f"{stage}/{key}/{MANIFEST}", _json_bytes(manifest))
+        write_json_atomic(out / MANIFEST, manifest)
         return manifest
 
     def verify(self, stage: str, key: str) -> list[str]:
@@ -292,18 +327,4 @@ def _artifact_files(out: Path) -> list[tuple[str, Path]]:
     if not out.is_dir():
         return []
     return [(p.relative_to(out).as_posix(), p) for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != MANIFEST and not p.name.startswith(".tmp")]
-
-
-def _manifest_bytes(manifest: dict) -> bytes:
-    return json.dumps(manifest, indent=1, sort_keys=True, default=str).encode()
-
-
-def _write_json(path: Path, manifest: dict) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with writing(path):
-        try:
-            tmp.write_bytes(_manifest_bytes(manifest))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+            if p.is_file() and p.name != MANIFEST and not p.name.startswith(TEMPORARY_PREFIX)]

@@ -10,6 +10,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from cdray.config import TokenizerConfig
+from cdray.store import replacing
 
 VERSION = 1
 
@@ -152,17 +153,16 @@ def write_token_stream(token_lists: Iterable[list[int]], path: Path, *, bos: int
 
 
 def _spool_to_npy(spool: Path, path: Path, n: int, dtype: np.dtype) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n,))
-    if n:
-        src = np.memmap(spool, dtype=np.uint32, mode="r", shape=(n,))
-        step = 1 << 24
-        for i in range(0, n, step):
-            out[i:i + step] = src[i:i + step]
-        del src
-    out.flush()
-    del out
-    os.replace(tmp, path)  # readers never see a half-written stream
+    with replacing(path) as tmp:  # readers never see a half-written stream
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n,))
+        if n:
+            src = np.memmap(spool, dtype=np.uint32, mode="r", shape=(n,))
+            step = 1 << 24
+            for i in range(0, n, step):
+                out[i:i + step] = src[i:i + step]
+            del src
+        out.flush()
+        del out
 
 
 def tokenize_parquet(tokenizer_dir: Path, parquet: Path, out_path: Path) -> dict:

@@ -265,13 +265,12 @@ def test_generate_stage_counts_only_kept_rows_when_dropping_contaminated(world, 
 def test_a_write_stopped_midway_leaves_nothing_in_the_artifact(tmp_path):
     """The stage stops its actor pool at the budget, maybe mid-write: a shard's temporaries are
     neither committed shards nor files of the stage's artifact."""
-    from cdray.generation import _tmp_path
-    from cdray.store import _artifact_files
+    from cdray.store import _artifact_files, temporary_path
 
     shards = tmp_path / "shards"
     shards.mkdir()
     for name in ("shard_00003.parquet", "shard_00003.json"):
-        _tmp_path(shards / name).write_text("half written")
+        temporary_path(shards / name).write_text("half written")
     assert _artifact_files(tmp_path) == [] and shards_done(tmp_path) == set()
 
 

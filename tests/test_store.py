@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from cdray.store import MANIFEST, Store, StoreError, canonical_json, stage_key
+from cdray.store import (MANIFEST, Store, StoreError, _artifact_files, canonical_json, replacing,
+                         stage_key, write_json_atomic)
 
 
 def test_key_is_stable_and_sensitive():
@@ -73,3 +74,21 @@ def test_two_processes_build_one_key_once(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
     assert marker.read_text().count("built") == 1
+
+
+def test_replacing_swaps_in_whole_files_and_leaves_no_temporary(tmp_path):
+    """Every stage writes through `replacing`: a finished write replaces the file in one rename;
+    a failed one leaves the old file as it was, no temporary, and an error naming the file."""
+    target = tmp_path / "art" / "tokens.npy"
+    target.parent.mkdir()
+    write_json_atomic(target, {"b": 1, "a": [1.5]})
+    assert target.read_text() == '{\n "a": [\n  1.5\n ],\n "b": 1\n}'
+    with pytest.raises(RuntimeError, match="killed"):
+        with replacing(target) as tmp:
+            tmp.write_text("half writ")
+            # mid-write, the temporary is no file of the artifact a commit would list
+            assert [rel for rel, _ in _artifact_files(tmp_path / "art")] == ["tokens.npy"]
+            raise RuntimeError("killed")
+    assert target.read_text().startswith('{\n "a"') and list(target.parent.iterdir()) == [target]
+    with pytest.raises(OSError, match="cannot write .*missing/x.json"):
+        write_json_atomic(tmp_path / "missing" / "x.json", {})
