@@ -222,7 +222,17 @@ def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
     echo(format_plan(plan(graph, open_store(cfg))))
     if graph.babylm_note:
         echo(f"BabyLM evaluation skipped ({graph.babylm_note}): perplexity only")
-    echo(f"cells: {len(graph.cells)} ({', '.join(c.id for c in graph.cells)})")
+    echo(cells_summary(graph.cells))
+
+
+def cells_summary(cells, list_up_to: int = 8) -> str:
+    """One line: every cell id for a small sweep, else its arms (with their q) and seeds."""
+    if len(cells) <= list_up_to:
+        return f"cells: {len(cells)} ({', '.join(c.id for c in cells)})"
+    arms = dict.fromkeys(f"{c.arm} q={c.q:g}" for c in cells)
+    seeds = dict.fromkeys(c.seed for c in cells)
+    return (f"cells: {len(cells)}: {len(arms)} arms ({', '.join(arms)}) "
+            f"x {len(seeds)} seeds ({', '.join(map(str, seeds))})")
 
 
 def report_from_mlflow(cfg: SweepConfig, echo: Echo = print) -> list[dict]:
