@@ -121,13 +121,17 @@ class Decoder:
     def generate(self, prompts: list[list[int]], row_seeds: list[int], *, max_new_tokens: int,
                  stop_at_eos: bool, eos_id: int = 2, pad_id: int = 3, batch_size: int = 64,
                  max_len: Optional[int] = None, refill: bool = True,
-                 on_row: Optional[Callable[[int, RowResult], None]] = None) -> list[RowResult]:
+                 on_row: Optional[Callable[[int, RowResult], None]] = None,
+                 usage: Optional[dict] = None) -> list[RowResult]:
         """One continuation per prompt; row j's uniforms come from its own seed row_seeds[j].
 
         The batch holds `batch_size` slots; a slot whose row ends (EOS or length) takes the next
         queued row when `refill` is set (its prompt is prefilled in a batch of its own), else
         the batch shrinks. max_len (cache length) defaults to the longest prompt +
         max_new_tokens; pass a fixed value so a row's arithmetic never depends on its shard.
+        usage, when given, receives "slot_steps" (slots computed, summed over decode steps) and
+        "row_steps" (tokens sampled): their ratio is how busy the batch was, which the drain at
+        the call's end (no rows left to refill with, rows still running) brings below 1.
         """
         n = len(prompts)
         if n != len(row_seeds):
@@ -216,10 +220,14 @@ class Decoder:
                 buf_[sd] = o.to(buf_.dtype)
 
         admit(list(range(B)))
+        slot_steps = row_steps = 0
         while True:
             live = row >= 0
-            if not bool(live.any()):
+            n_live = int(live.sum())
+            if n_live == 0:
                 break
+            slot_steps += len(row)
+            row_steps += n_live
             zg = logits[0]
             za = logits[1] if self.uses_amateur else None
             u = uniforms.gather(1, step_d.clamp(max=max_new_tokens - 1)[:, None]).squeeze(1)
@@ -307,6 +315,8 @@ class Decoder:
                 logits = [x[kd] for x in logits]
                 if blocker is not None:
                     blocker.compact(keep.tolist())
+        if usage is not None:
+            usage.update(slot_steps=slot_steps, row_steps=row_steps)
         return results  # type: ignore[return-value]
 
     def _decode(self, token: Tensor, live_d: Tensor, pos: Tensor, T: int, pad_id: int,

@@ -257,9 +257,11 @@ class ShardGenerator:
                 self._log(f"shard {shard_id}: {progress['rows']}/{len(keys)} rows, "
                           f"{progress['tokens']} tokens, {progress['tokens'] / (now - t0):.0f} tok/s")
 
+        usage: dict = {}
         results = self.decoder.generate(row_prompts, seeds, max_new_tokens=g.max_new_tokens,
                                         stop_at_eos=g.stop_at_eos, batch_size=self.batch_size,
-                                        max_len=self.max_len, refill=g.refill, on_row=on_row)
+                                        max_len=self.max_len, refill=g.refill, on_row=on_row,
+                                        usage=usage)
         crash_point(self.out_dir, "shard", shard_id)  # mid-shard: generated, nothing written yet
         full = [p + r.tokens for p, r in zip(row_prompts, results)]
         texts = decode_texts(self.tokenizer, full)
@@ -293,6 +295,7 @@ class ShardGenerator:
                           np.array([r.amateur_nll_mean for r in results]), conts, g.max_new_tokens)
         stats.update(text_stats(cont_texts))
         stats["contamination_rate"] = float(np.mean(contaminated)) if contaminated else 0.0
+        stats["slot_utilization"] = _utilization(usage["row_steps"], usage["slot_steps"])
         manifest = {
             "shard_id": shard_id,
             "rows": table.num_rows,
@@ -302,13 +305,22 @@ class ShardGenerator:
             "seconds": round(seconds, 3),
             "tokens_per_s": round(new_tokens / seconds, 1) if seconds > 0 else 0.0,
             "batch_size": self.batch_size,
+            # decode steps x slots computed, and the tokens they sampled (see Decoder.generate)
+            "slot_steps": usage["slot_steps"],
+            "row_steps": usage["row_steps"],
             "stats": _json_safe(stats),
         }
         # the manifest is the commit: written only after the parquet is in place
         write_json_atomic(manifest_path, manifest)
         self._log(f"shard {shard_id} committed: {table.num_rows} rows, {new_tokens} tokens, "
-                  f"{manifest['tokens_per_s']:.0f} tok/s")
+                  f"{manifest['tokens_per_s']:.0f} tok/s, batch slots "
+                  f"{stats['slot_utilization']:.0%} busy")
         return manifest
+
+
+def _utilization(row_steps: int, slot_steps: int) -> float:
+    """Share of the computed batch slots that sampled a token (1.0: the batch was always full)."""
+    return row_steps / slot_steps if slot_steps else 1.0
 
 
 def _json_safe(obj):
@@ -351,7 +363,7 @@ def finalize_corpus(out_dir: Path, n_shards_planned: int, token_budget: int, *,
     out_dir = Path(out_dir)
     done = shards_done(out_dir)
     tables, total, used, considered, flagged = [], 0, 0, 0, 0
-    gen_seconds, gen_tokens = 0.0, 0
+    gen_seconds, gen_tokens, slot_steps, row_steps = 0.0, 0, 0, 0
     for sid in range(n_shards_planned):
         if total >= token_budget or sid not in done:
             break
@@ -360,6 +372,9 @@ def finalize_corpus(out_dir: Path, n_shards_planned: int, token_budget: int, *,
         meta = json.loads(_shard_paths(out_dir, sid)[1].read_text())
         gen_seconds += float(meta.get("seconds", 0.0))
         gen_tokens += int(meta.get("new_tokens", 0))
+        if "slot_steps" in meta:  # shards committed before cdray counted slots have neither
+            slot_steps += int(meta["slot_steps"])
+            row_steps += int(meta["row_steps"])
         flags = np.asarray(table.column("contaminated").to_numpy(zero_copy_only=False), dtype=bool)
         counts = np.asarray(table.column("new_tokens").to_numpy(), dtype=np.int64)
         if drop_contaminated:
@@ -384,6 +399,9 @@ def finalize_corpus(out_dir: Path, n_shards_planned: int, token_budget: int, *,
         # actor-seconds of the shards used (several actors run at once: wall time is less)
         "generate_seconds": round(gen_seconds, 3),
         "tokens_per_actor_s": gen_tokens / gen_seconds if gen_seconds > 0 else 0.0,
+        # how full the actors' batches were over those shards: below 1, the batch drained at
+        # each shard's end (more rows per shard, shard_prompts, amortize that)
+        "slot_utilization": _utilization(row_steps, slot_steps),
     })
     return _json_safe(summary)
 

@@ -539,3 +539,26 @@ def test_new_cache_frees_the_old_cache_before_allocating(pair, monkeypatch):
     monkeypatch.setattr(torch, "zeros", watching_zeros)
     s.new_cache(2, 16)
     assert freed_when_allocating and all(freed_when_allocating)
+
+
+def test_usage_counts_the_slots_computed_and_the_tokens_sampled(pair):
+    expert, amateur = pair
+    dec = Decoder(expert, amateur, "contrastive", DecodingConfig(alpha=0.1))
+    prompts = [[1, 4 + i, 30 - i] for i in range(7)]
+    kw = dict(max_new_tokens=30, stop_at_eos=True, eos_id=19, max_len=36)
+    # one slot for all rows: every step that slot samples a token
+    usage = {}
+    rows = dec.generate(prompts, list(range(7)), batch_size=1, usage=usage, **kw)
+    assert usage["row_steps"] == sum(len(r.tokens) for r in rows) == usage["slot_steps"]
+    # all rows in one batch, no refill: slots of rows that ended at EOS idle until the batch
+    # shrinks (at half), so the batch is less than full
+    usage = {}
+    rows = dec.generate(prompts, list(range(7)), batch_size=7, refill=False, usage=usage, **kw)
+    lengths = sorted(len(r.tokens) for r in rows)
+    assert lengths[0] < lengths[-1]
+    assert usage["row_steps"] == sum(lengths) < usage["slot_steps"] <= 7 * lengths[-1]
+    # fixed-length rows in even rounds keep every slot busy
+    usage = {}
+    dec.generate(prompts + [[1, 2]], list(range(8)), max_new_tokens=5, stop_at_eos=False,
+                 batch_size=4, max_len=36, usage=usage)
+    assert usage == {"slot_steps": 40, "row_steps": 40}

@@ -332,6 +332,8 @@ def test_shard_telemetry_and_decontamination(world, tmp_path):
                                                * stats["distinct_4"])
     assert sum(stats["length_hist"]["counts"]) == manifest["rows"]
     assert stats["contamination_rate"] == 0.0 and manifest["tokens_per_s"] > 0
+    assert manifest["row_steps"] == manifest["new_tokens"] <= manifest["slot_steps"]
+    assert stats["slot_utilization"] == manifest["row_steps"] / manifest["slot_steps"]
     rows = pq.read_table(out / "shards" / "shard_00001.parquet").to_pylist()
     long_rows = [r for r in rows if r["new_tokens"] >= 6]
     assert long_rows
@@ -365,6 +367,10 @@ def test_shard_telemetry_and_decontamination(world, tmp_path):
     assert not any(corpus.column("contaminated").to_pylist())
     for k in ("distinct_2", "diversity", "repetition_rate", "expert_nll_mean", "amateur_nll_mean"):
         assert kept[k] is not None and kept[k] >= 0, k
+    # the corpus's batch occupancy pools the shards' slot counts
+    metas = [json.loads((dirty / "shards" / f"shard_{i:05d}.json").read_text()) for i in range(3)]
+    assert kept["slot_utilization"] == (sum(m["row_steps"] for m in metas)
+                                        / sum(m["slot_steps"] for m in metas))
 
 
 def test_paper_compat_rows_run_full_length(world, tmp_path):
