@@ -122,41 +122,73 @@ class Decoder:
                  stop_at_eos: bool, eos_id: int = 2, pad_id: int = 3, batch_size: int = 64,
                  max_len: Optional[int] = None, refill: bool = True,
                  on_row: Optional[Callable[[int, RowResult], None]] = None,
-                 usage: Optional[dict] = None) -> list[RowResult]:
+                 usage: Optional[dict] = None,
+                 more: Optional[Callable[[], list[tuple[list[int], int]]]] = None,
+                 ) -> list[RowResult]:
         """One continuation per prompt; row j's uniforms come from its own seed row_seeds[j].
 
         The batch holds `batch_size` slots; a slot whose row ends (EOS or length) takes the next
         queued row when `refill` is set (its prompt is prefilled in a batch of its own), else
         the batch shrinks. max_len (cache length) defaults to the longest prompt +
         max_new_tokens; pass a fixed value so a row's arithmetic never depends on its shard.
-        usage, when given, receives "slot_steps" (slots computed, summed over decode steps) and
-        "row_steps" (tokens sampled): their ratio is how busy the batch was, which the drain at
-        the call's end (no rows left to refill with, rows still running) brings below 1.
+        usage, when given, accumulates "slot_steps" (slots computed, summed over decode steps)
+        and "row_steps" (tokens sampled) as the call runs: their ratio is how busy the batch was,
+        which the drain at the call's end (no rows left to refill with, rows still running)
+        brings below 1.
+        more, when given, is asked for further (prompt, seed) rows whenever the queue runs dry:
+        rows it returns are numbered on from len(prompts) and join the batch as slots free, so
+        the call ends only when it returns none and every row has ended. Rows then reach the
+        caller through on_row only (none are kept: the call may outlive many requests), and
+        max_len is required.
         """
         n = len(prompts)
         if n != len(row_seeds):
             raise ValueError(f"{n} prompts but {len(row_seeds)} row seeds")
         if n == 0:
             return []
-        for i, p in enumerate(prompts):
+        if more is not None and max_len is None:
+            raise ValueError("generate with `more` rows needs a fixed max_len")
+        T = max_len if max_len is not None else max(len(p) for p in prompts) + max_new_tokens
+
+        def check(i: int, p: list[int]) -> None:
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty")
-        longest = max(len(p) for p in prompts)
-        T = max_len if max_len is not None else longest + max_new_tokens
-        if longest + max_new_tokens > T:
-            raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new exceeds max_len={T}")
+            if len(p) + max_new_tokens > T:
+                raise ValueError(f"prompt of {len(p)} tokens + {max_new_tokens} new exceeds "
+                                 f"max_len={T}")
+
+        for i, p in enumerate(prompts):
+            check(i, p)
         dev, d = self.device, self.d
-        B = max(1, min(batch_size, n, *(g.max_batch() for g in self.groups)))
-        if not stop_at_eos:
+        # with `more`, later rows fill the slots the first ones leave empty
+        B = max(1, min(batch_size, n if more is None else batch_size,
+                       *(g.max_batch() for g in self.groups)))
+        if not stop_at_eos and more is None:
             # every row takes max_new_tokens steps, so rows go in ceil(n / B) rounds that start
             # and end together: spread evenly, the last round leaves no slot empty (4096 rows in
             # 1536 slots: 3 rounds of 1366, not 1536, 1536 and 1024)
             B = -(-n // -(-n // B))
         for g in self.groups:
             g.new_cache(B, T)
-        results: list[Optional[RowResult]] = [None] * n
-        queue = deque(range(n))
-        seeds_all = torch.tensor(row_seeds, dtype=torch.int64)
+        results: list[Optional[RowResult]] = [None] * n if more is None else []
+        queue = deque(zip(range(n), prompts, row_seeds))  # (row number, prompt, seed)
+        added = n
+
+        def pull() -> bool:
+            """Queue the rows `more` has now; False when it has none (or there is no `more`)."""
+            nonlocal added
+            if more is None:
+                return False
+            rows_more = more()
+            for p, seed in rows_more:
+                check(added, p)
+                queue.append((added, p, seed))
+                added += 1
+            return bool(rows_more)
+
+        if usage is not None:
+            usage.setdefault("slot_steps", 0)
+            usage.setdefault("row_steps", 0)
 
         # per-slot state: the host's (row bookkeeping) and the device's (what the next step feeds)
         row = torch.full((B,), -1, dtype=torch.long)  # -1: empty
@@ -187,19 +219,20 @@ class Decoder:
             return t.pin_memory().to(dev, non_blocking=True) if cuda else t.to(dev)
 
         def admit(slots: list[int]) -> None:
-            rows_ = [queue.popleft() for _ in slots]
+            items = [queue.popleft() for _ in slots]
+            rows_ = [r for r, _, _ in items]
             # a fixed prefill width (not the longest prompt of this group): a row's prefill
             # arithmetic then never depends on which rows it is prefilled with
             width = T - max_new_tokens
             ids = torch.full((len(slots), width), pad_id, dtype=torch.long)
-            lens = torch.tensor([len(prompts[r]) for r in rows_])
+            lens = torch.tensor([len(p) for _, p, _ in items])
             fresh = torch.empty((len(slots), max_new_tokens), dtype=torch.float32)
-            for i, r in enumerate(rows_):
-                ids[i, :len(prompts[r])] = torch.tensor(prompts[r], dtype=torch.long)
-                gen = torch.Generator().manual_seed(int(row_seeds[r]))
+            for i, (_, p, seed) in enumerate(items):
+                ids[i, :len(p)] = torch.tensor(p, dtype=torch.long)
+                gen = torch.Generator().manual_seed(int(seed))
                 fresh[i] = torch.rand(max_new_tokens, generator=gen)
                 if blocker is not None:
-                    blocker.reset(slots[i], prompts[r])
+                    blocker.reset(slots[i], p)
             s = torch.tensor(slots, dtype=torch.long)
             row[s] = torch.tensor(rows_)
             step[s] = 0
@@ -210,7 +243,8 @@ class Decoder:
             uniforms[sd] = to_dev(fresh)
             step_d[sd] = 0
             live_d[sd] = True
-            slot_seeds[sd] = to_dev(seeds_all[rows_])
+            slot_seeds[sd] = to_dev(torch.tensor([seed for _, _, seed in items],
+                                                 dtype=torch.int64))
             pos[sd] = to_dev(lens)
             # right padding: a row's tokens sit at their true positions 0..len-1 in its slot
             positions = to_dev(torch.arange(width).expand(len(slots), width).contiguous())
@@ -219,15 +253,15 @@ class Decoder:
             for buf_, o in zip(logits, out):
                 buf_[sd] = o.to(buf_.dtype)
 
-        admit(list(range(B)))
-        slot_steps = row_steps = 0
+        admit(list(range(min(B, n))))
         while True:
             live = row >= 0
             n_live = int(live.sum())
             if n_live == 0:
                 break
-            slot_steps += len(row)
-            row_steps += n_live
+            if usage is not None:
+                usage["slot_steps"] += len(row)
+                usage["row_steps"] += n_live
             zg = logits[0]
             za = logits[1] if self.uses_amateur else None
             u = uniforms.gather(1, step_d.clamp(max=max_new_tokens - 1)[:, None]).squeeze(1)
@@ -282,7 +316,8 @@ class Decoder:
                                 head_size_mean=float(st[0]), expert_nll_mean=float(st[1]),
                                 amateur_nll_mean=float(st[2]) if self.uses_amateur else math.nan)
                 r = int(row[s])
-                results[r] = res
+                if more is None:
+                    results[r] = res
                 if on_row is not None:
                     on_row(r, res)
                 row[s] = -1
@@ -293,17 +328,22 @@ class Decoder:
             if not ahead and bool(live.any()):  # now step - 1 of them
                 self._decode(token, live_d, pos, T, pad_id, slot_seeds, logits,
                              int((plen + step - 1)[live].max()))
-            if free and refill and queue:
-                # the batch stays full: refill every free slot from the queue
-                admit(free[:len(queue)])
+            # slots to refill: those freed now (and, with `more`, any left empty while the queue
+            # was dry)
+            idle = free if more is None else torch.nonzero(row < 0).squeeze(1).tolist()
+            if idle and refill and (queue or pull()):
+                # the batch stays full: refill every idle slot from the queue
+                admit(idle[:len(queue)])
                 continue
             if not bool(live.any()):
-                if queue:  # no refill: start the next batch
+                if queue or pull():  # no refill: start the next batch
                     admit(list(range(min(B, len(queue)))))
                 continue
-            if (free and not queue and int(live.sum()) <= len(row) // 2
+            # nothing left to refill with: drop finished slots so steps get cheaper. Not with
+            # `more`, whose rows may come at any step and need the whole batch (the slots a
+            # drain leaves idle then wait for them)
+            if (free and not queue and more is None and int(live.sum()) <= len(row) // 2
                     and not any(g.fixed_batch for g in self.groups)):
-                # nothing left to refill with: drop finished slots so steps get cheaper
                 keep = torch.nonzero(live).squeeze(1)
                 kd = keep.to(dev)
                 for g in self.groups:
@@ -315,8 +355,6 @@ class Decoder:
                 logits = [x[kd] for x in logits]
                 if blocker is not None:
                     blocker.compact(keep.tolist())
-        if usage is not None:
-            usage.update(slot_steps=slot_steps, row_steps=row_steps)
         return results  # type: ignore[return-value]
 
     def _decode(self, token: Tensor, live_d: Tensor, pos: Tensor, T: int, pad_id: int,

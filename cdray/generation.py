@@ -149,6 +149,8 @@ class ShardGenerator:
 
     Every row depends only on (prompt, prompt id, continuation, models, config), so re-running a
     shard writes the same parquet bytes (up to float nondeterminism of batched matmuls).
+    Calls may run in several threads at once (Ray Data's max_concurrent_calls_per_actor): their
+    shards share one decode batch (SharedBatch), and each commits as its own rows end.
     """
 
     def __init__(self, *, expert_dir: str, amateur: dict, strategy: str, generation: dict,
@@ -159,6 +161,7 @@ class ShardGenerator:
 
         from cdray.decoding import NEEDS_AMATEUR
         from cdray.decoding_engine import Decoder, plan_batch_size
+        from cdray.shared_batch import SharedBatch
         from cdray.tokenizer import load_decoder
         from cdray.weights import load_weights
 
@@ -203,6 +206,11 @@ class ShardGenerator:
         self.max_len = self.g.prompt_tokens + self.g.max_new_tokens
         self.batch_size = plan_batch_size(self.decoder.groups, self.max_len, self.g.batch_size,
                                           self.g.memory_fraction, device)
+        # the shards this actor runs at once share one batch: the next shard's rows fill the
+        # slots the last rows of the previous one leave
+        self.batch = SharedBatch(self.decoder, max_new_tokens=self.g.max_new_tokens,
+                                 stop_at_eos=self.g.stop_at_eos, batch_size=self.batch_size,
+                                 max_len=self.max_len, refill=self.g.refill)
         self.contamination = None
         if self.g.decontaminate_n > 0 and (eval_parquet or eval_items_dir):
             from cdray.corpus_stats import NgramIndex, reference_texts
@@ -257,11 +265,7 @@ class ShardGenerator:
                 self._log(f"shard {shard_id}: {progress['rows']}/{len(keys)} rows, "
                           f"{progress['tokens']} tokens, {progress['tokens'] / (now - t0):.0f} tok/s")
 
-        usage: dict = {}
-        results = self.decoder.generate(row_prompts, seeds, max_new_tokens=g.max_new_tokens,
-                                        stop_at_eos=g.stop_at_eos, batch_size=self.batch_size,
-                                        max_len=self.max_len, refill=g.refill, on_row=on_row,
-                                        usage=usage)
+        results, usage = self.batch.generate(row_prompts, seeds, on_row=on_row)
         crash_point(self.out_dir, "shard", shard_id)  # mid-shard: generated, nothing written yet
         full = [p + r.tokens for p, r in zip(row_prompts, results)]
         texts = decode_texts(self.tokenizer, full)
@@ -305,7 +309,8 @@ class ShardGenerator:
             "seconds": round(seconds, 3),
             "tokens_per_s": round(new_tokens / seconds, 1) if seconds > 0 else 0.0,
             "batch_size": self.batch_size,
-            # decode steps x slots computed, and the tokens they sampled (see Decoder.generate)
+            # slots computed over the decode steps while this shard ran, and the tokens they
+            # sampled (of every row in the batch then: a shard running beside it shares them)
             "slot_steps": usage["slot_steps"],
             "row_steps": usage["row_steps"],
             "stats": _json_safe(stats),

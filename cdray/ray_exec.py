@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
@@ -161,6 +162,9 @@ def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callback
     return result.return_value
 
 
+SHARDS_PER_ACTOR = 2  # shards an actor runs at once (ShardGenerator: one shared batch)
+
+
 class _StoreShardGenerator:
     """ShardGenerator for a remote store: fetches the models into this node's cache first and
     uploads each committed shard (its manifest last, by write order) for the driver to pull."""
@@ -173,10 +177,12 @@ class _StoreShardGenerator:
             self.store.fetch(stage, key)
         self.push = push
         self.gen = ShardGenerator(**kwargs)
+        self.pushing = threading.Lock()  # calls run in several threads (SHARDS_PER_ACTOR)
 
     def __call__(self, batch):
         out = self.gen(batch)
-        self.store.push(*self.push)
+        with self.pushing:
+            self.store.push(*self.push)
         return out
 
 
@@ -207,11 +213,15 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict],
         fn_constructor_kwargs={**kwargs, "torch_threads": max(1, int(gen.actor_cpus)),
                                "device": "cuda" if gen.actor_gpus else "cpu"},
         batch_size=1,
-        # start every actor at once and hand each one shard at a time: shards spread over the
-        # whole pool instead of queueing behind the first actor, go out in prompt order, and a
-        # stop at the budget leaves at most one unneeded shard per actor in flight
-        compute=ray.data.ActorPoolStrategy(min_size=min(max(1, gen.min_actors), actors), max_size=actors,
-                                           initial_size=actors, max_tasks_in_flight_per_actor=1),
+        # start every actor at once and hand each one two shards at a time, run at once in two
+        # threads that share the actor's decode batch: as one shard's last rows run, the other's
+        # fill the slots they leave (a shard's tail no longer drains the batch). Shards spread
+        # over the whole pool instead of queueing behind the first actor, go out in prompt
+        # order, and a stop at the budget leaves at most two unneeded shards per actor in flight
+        compute=ray.data.ActorPoolStrategy(
+            min_size=min(max(1, gen.min_actors), actors), max_size=actors, initial_size=actors,
+            max_tasks_in_flight_per_actor=SHARDS_PER_ACTOR,
+            max_concurrent_calls_per_actor=SHARDS_PER_ACTOR, enable_true_multi_threading=True),
         **resources,
     )
     if enough is None:

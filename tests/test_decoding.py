@@ -562,3 +562,29 @@ def test_usage_counts_the_slots_computed_and_the_tokens_sampled(pair):
     dec.generate(prompts + [[1, 2]], list(range(8)), max_new_tokens=5, stop_at_eos=False,
                  batch_size=4, max_len=36, usage=usage)
     assert usage == {"slot_steps": 40, "row_steps": 40}
+
+
+def test_rows_from_more_join_the_batch_and_come_out_as_in_one_call(pair):
+    expert, amateur = pair
+    dec = Decoder(expert, amateur, "contrastive", DecodingConfig(alpha=0.1))
+    prompts = [[1, 4 + i, 30 - i] + [7] * (i % 4) for i in range(9)]
+    kw = dict(max_new_tokens=30, stop_at_eos=True, eos_id=19, max_len=36)
+    base = dec.generate(prompts, list(range(9)), batch_size=4, **kw)
+    later = [[(prompts[i], i) for i in (2, 3, 4)], [], [(prompts[i], i) for i in range(5, 9)]]
+    asked, got = [], {}
+
+    def more():
+        asked.append(len(asked))
+        return later.pop(0) if later else []
+
+    usage = {}
+    out = dec.generate(prompts[:2], [0, 1], batch_size=4, more=more, usage=usage,
+                       on_row=lambda r, res: got.__setitem__(r, res), **kw)
+    # numbered on from the first call's rows; none kept in the return value
+    assert out == [] and sorted(got) == list(range(9)) and len(asked) >= 4
+    assert [got[r] for r in range(9)] == base
+    # the batch started at 4 slots with 2 rows: the later rows filled the 2 left empty
+    assert dec.groups[0].k_cache[0].shape[1] == 4
+    assert usage["row_steps"] == sum(len(r.tokens) for r in base)
+    with pytest.raises(ValueError, match="max_len"):
+        dec.generate(prompts, list(range(9)), max_new_tokens=4, stop_at_eos=True, more=more)

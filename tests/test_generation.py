@@ -417,3 +417,36 @@ def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ra
 
     names = {rel for rel, _ in _artifact_files(tmp_path / "stopped")}
     assert all(n.endswith((".parquet", ".json")) for n in names), names
+
+
+def test_shards_run_at_once_share_a_batch_and_write_the_bytes_of_shards_run_alone(world, tmp_path):
+    """Ray Data runs two calls per actor at once (ray_exec.SHARDS_PER_ACTOR): their rows share
+    the actor's batch, and each shard still commits exactly what it would alone."""
+    import threading
+
+    plan = shard_plan(7, 3)
+    alone = tmp_path / "alone"
+    gen = make_gen(world, alone)
+    for shard in plan:
+        gen(batch(shard))
+    together = tmp_path / "together"
+    gen = make_gen(world, together)
+    outs, errors = {}, []
+
+    def call(shard):
+        try:
+            outs[shard["shard_id"]] = gen(batch(shard))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=call, args=(s,)) for s in plan]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and sorted(outs) == [0, 1, 2]
+    for i in range(3):
+        a = json.loads((alone / "shards" / f"shard_{i:05d}.json").read_text())
+        b = json.loads((together / "shards" / f"shard_{i:05d}.json").read_text())
+        assert a["sha256"] == b["sha256"] and a["new_tokens"] == b["new_tokens"]
+        assert int(outs[i]["new_tokens"][0]) == b["new_tokens"]
