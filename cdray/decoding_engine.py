@@ -184,7 +184,29 @@ class Decoder:
                 check(added, p)
                 queue.append((added, p, seed))
                 added += 1
+            if rows_more and len(row) < B:  # a drain shrank the batch: give the rows every slot
+                resize(torch.arange(len(row)), B)
             return bool(rows_more)
+
+        def resize(keep: Tensor, width: int) -> None:
+            """Rebuild the batch from the slots `keep` (host indices, in order), then empty
+            slots up to `width`: drops finished slots, or adds slots for rows that came later."""
+            nonlocal row, step, buf, stats, plen, pos, uniforms, slot_seeds, step_d, live_d, logits
+            kd, extra = keep.to(dev), width - len(keep)
+            for g in self.groups:
+                g.keep_slots(kd, width)
+
+            def widen(t: Tensor, fill=0) -> Tensor:
+                t = t[kd] if t.device == kd.device else t[keep]
+                return torch.cat([t, torch.full((extra, *t.shape[1:]), fill, dtype=t.dtype,
+                                                device=t.device)])
+
+            row, step, buf, stats = widen(row, -1), widen(step), widen(buf, pad_id), widen(stats)
+            plen, pos, uniforms, slot_seeds = widen(plen), widen(pos), widen(uniforms), widen(slot_seeds)
+            step_d, live_d = widen(step_d), widen(live_d, False)
+            logits = [widen(x) for x in logits]
+            if blocker is not None:
+                blocker.compact(keep.tolist())
 
         if usage is not None:
             usage.setdefault("slot_steps", 0)
@@ -328,33 +350,23 @@ class Decoder:
             if not ahead and bool(live.any()):  # now step - 1 of them
                 self._decode(token, live_d, pos, T, pad_id, slot_seeds, logits,
                              int((plen + step - 1)[live].max()))
+            if refill and more is not None and not queue and bool((row < 0).any()):
+                pull()  # rows of `more` for the idle slots (the batch regrows if it shrank)
             # slots to refill: those freed now (and, with `more`, any left empty while the queue
             # was dry)
             idle = free if more is None else torch.nonzero(row < 0).squeeze(1).tolist()
-            if idle and refill and (queue or pull()):
+            if idle and refill and queue:
                 # the batch stays full: refill every idle slot from the queue
                 admit(idle[:len(queue)])
                 continue
             if not bool(live.any()):
                 if queue or pull():  # no refill: start the next batch
-                    admit(list(range(min(B, len(queue)))))
+                    admit(list(range(min(len(row), len(queue)))))
                 continue
-            # nothing left to refill with: drop finished slots so steps get cheaper. Not with
-            # `more`, whose rows may come at any step and need the whole batch (the slots a
-            # drain leaves idle then wait for them)
-            if (free and not queue and more is None and int(live.sum()) <= len(row) // 2
+            if (free and not queue and int(live.sum()) <= len(row) // 2
                     and not any(g.fixed_batch for g in self.groups)):
-                keep = torch.nonzero(live).squeeze(1)
-                kd = keep.to(dev)
-                for g in self.groups:
-                    g.keep_slots(kd)
-                row, step, buf, stats = row[keep], step[keep], buf[keep], stats[keep]
-                plen = plen[keep]
-                pos, uniforms, slot_seeds = pos[kd], uniforms[kd], slot_seeds[kd]
-                step_d, live_d = step_d[kd], live_d[kd]
-                logits = [x[kd] for x in logits]
-                if blocker is not None:
-                    blocker.compact(keep.tolist())
+                # nothing left to refill with: drop finished slots so steps get cheaper
+                resize(torch.nonzero(live).squeeze(1), int(live.sum()))
         return results  # type: ignore[return-value]
 
     def _decode(self, token: Tensor, live_d: Tensor, pos: Tensor, T: int, pad_id: int,

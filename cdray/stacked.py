@@ -269,13 +269,20 @@ class StackedLlama:
                             for _ in range(self.layers)]
         self.T = max_len
 
-    def keep_slots(self, slots: Tensor) -> None:
-        """Shrink the cache to the given slots (in that order), dropping finished rows."""
+    def keep_slots(self, slots: Tensor, width: int | None = None) -> None:
+        """Rebuild the cache from the given slots (in that order), dropping finished rows, with
+        `width` slots in all (default: as many as kept; more: empty slots after them)."""
+        width = len(slots) if width is None else width
+
         def select(t: Tensor) -> Tensor:
             # through bytes: index kernels may lack fp8
-            if t.element_size() == 1:
-                return t.view(torch.uint8).index_select(1, slots).view(t.dtype)
-            return t.index_select(1, slots)
+            u = t.view(torch.uint8) if t.element_size() == 1 else t
+            kept = u.index_select(1, slots)
+            if width > len(slots):
+                shape = list(kept.shape)
+                shape[1] = width - len(slots)
+                kept = torch.cat([kept, kept.new_zeros(shape)], dim=1)
+            return kept.view(t.dtype)
 
         if self._fast is not None:
             self._fast.reset()  # its graph points into the cache being replaced

@@ -195,7 +195,8 @@ def test_triton_fp8_rows_do_not_depend_on_batch_or_refill(gqa_pair, monkeypatch)
     kept = []  # the batch of 4 drops finished slots once the queue is empty (a new graph)
     keep_slots = StackedLlama.keep_slots
     monkeypatch.setattr(StackedLlama, "keep_slots",
-                        lambda self, slots: kept.append(len(slots)) or keep_slots(self, slots))
+                        lambda self, slots, width=None: kept.append(len(slots))
+                        or keep_slots(self, slots, width))
     d = DecodingConfig(alpha=0.1)
     prompts = [[1, 4 + i, 30 - i] + [7] * (i % 4) for i in range(6)]
     seeds = [100 + i for i in range(6)]

@@ -403,15 +403,15 @@ def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ra
         f = f"shard_{s['shard_id']:05d}.parquet"
         assert (outs["one"] / "shards" / f).read_bytes() == (outs["two"] / "shards" / f).read_bytes()
 
-    # stopped at the budget: shards go out in order, so the leading ones are committed and the
-    # call returns (shards this small may all commit before the driver sees the second one)
+    # stopped at the budget: the call returns once the driver has seen two committed shards
+    # (shards this small may all commit before it sees the second one). An actor runs two
+    # shards at once, so they may come back in either order
     seen = []
     kwargs["out_dir"] = str(tmp_path / "stopped")
     g1 = config.parse_section(GenerationConfig, {**config.to_dict(g), "actors": 1}, "generation")
     generate_with_ray_data(kwargs, plan, lambda c: seen.append(c["shard_id"]) or len(seen) == 2,
                            cfg=SweepConfig(generation=g1))
-    assert seen == [0, 1]
-    assert {0, 1} <= shards_done(tmp_path / "stopped")
+    assert len(seen) == 2 and set(seen) <= shards_done(tmp_path / "stopped")
     # a write an actor was stopped in leaves at most a temporary the store leaves out
     from cdray.store import _artifact_files
 

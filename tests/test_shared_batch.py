@@ -75,6 +75,9 @@ def test_a_bad_request_fails_alone_and_an_engine_error_reaches_every_caller(deco
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: out of memory")
 
+    deadline = time.monotonic() + 30
+    while batch._serving and time.monotonic() < deadline:  # the last call's thread winds down
+        time.sleep(0.001)
     monkeypatch.setattr(decoder, "generate", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         batch.generate([[1, 2]], [0])
