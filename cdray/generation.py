@@ -404,8 +404,8 @@ def finalize_corpus(out_dir: Path, n_shards_planned: int, token_budget: int, *,
         # actor-seconds of the shards used (several actors run at once: wall time is less)
         "generate_seconds": round(gen_seconds, 3),
         "tokens_per_actor_s": gen_tokens / gen_seconds if gen_seconds > 0 else 0.0,
-        # how full the actors' batches were over those shards: below 1, the batch drained at
-        # each shard's end (more rows per shard, shard_prompts, amortize that)
+        # how full the actors' batches were while those shards ran: below 1, a batch drained
+        # (no rows left to refill with: at the stage's end, or a shard an actor ran alone)
         "slot_utilization": _utilization(row_steps, slot_steps),
     })
     return _json_safe(summary)
