@@ -4,7 +4,8 @@ Run: python3 bench/row_determinism.py --device cuda   (seconds; bench/gpu_checks
 tests/test_decoding.py proves this on the CPU; GPU kernels (cuBLAS, attention) may pick other
 algorithms for other row or key counts, so this repeats the test's idea on any device, where
 pytest may be missing: one expert/amateur pair, rows ending early at a frequent EOS, generated at
-several batch sizes, with and without refill, and in reverse order. Last line:
+several batch sizes, with and without refill, in reverse order, and as two concurrent requests
+sharing one batch (cdray.shared_batch, as a generation actor runs two shards). Last line:
 `rows_identical=True|False` (tokens and float telemetry equal, bit for bit).
 """
 from __future__ import annotations
@@ -69,12 +70,15 @@ def main() -> None:
     settings = dict(device=args.device, dtype=dtype, attention=args.attention,
                     compile_layers=args.compile_layers, kv_cache=args.kv_cache)
 
-    def generate(expert, amateur, prompts, seeds, strategy, d, **kw):
+    def decoder(strategy, d):
         dec = Decoder(expert, amateur, strategy, d, **settings)
         if args.kernel_config:
             for group in dec.groups:
                 group.fast_options["kernel_config"] = KernelConfig.parse(args.kernel_config)
-        return dec.generate(prompts, seeds, max_len=max_len, **kw)
+        return dec
+
+    def generate(expert, amateur, prompts, seeds, strategy, d, **kw):
+        return decoder(strategy, d).generate(prompts, seeds, max_len=max_len, **kw)
 
     # the pair's most frequent sampled token serves as EOS, so rows end early and slots refill
     probe = generate(expert, amateur, prompts, seeds, "contrastive", DecodingConfig(alpha=0.1),
@@ -102,10 +106,37 @@ def main() -> None:
                ("batch 5, refill", range(24), dict(batch_size=5)),
                ("batch 8, no refill", range(24), dict(batch_size=8, refill=False)),
                ("batch 16, reversed", range(23, -1, -1), dict(batch_size=16))])
+    def shared(batch_size):
+        """The rows as two requests through one SharedBatch, the second joining mid-run."""
+        import threading
+        import time
+
+        from cdray.shared_batch import SharedBatch
+
+        batch = SharedBatch(decoder("contrastive", DecodingConfig(alpha=0.1)),
+                            batch_size=batch_size, max_len=max_len, **kw)
+        out, half = {}, n // 2
+
+        def call(lo, hi):
+            out.update(zip(range(lo, hi), batch.generate(prompts[lo:hi], seeds[lo:hi])[0]))
+
+        first = threading.Thread(target=call, args=(0, half))
+        first.start()
+        while not batch.usage["row_steps"] and first.is_alive():
+            time.sleep(0.001)  # the first request is decoding
+        call(half, n)
+        first.join()
+        print(f"  shared batch: slot utilization {batch.usage['row_steps'] / batch.usage['slot_steps']:.3f}")
+        return [(r.tokens, r.head_size_mean, r.expert_nll_mean, r.amateur_nll_mean)
+                for r in (out[i] for i in range(n))]
+
+    others.append((f"2 requests, shared batch {n // 4 if good else 5}", None,
+                   dict(batch_size=n // 4 if good else 5)))
     for name, order, extra in others:
-        if args.quick and not good and name not in ("batch 5, refill", "batch 16, reversed"):
+        if args.quick and not good and name not in ("batch 5, refill", "batch 16, reversed") \
+                and order is not None:
             continue
-        other = rows(list(order), **extra)
+        other = rows(list(order), **extra) if order is not None else shared(**extra)
         diff = [i for i, (a, b) in enumerate(zip(base, other)) if a != b]
         print(f"{name:20s} rows differing from batch {n}: {len(diff)} {diff[:8]}")
         same = same and not diff
