@@ -564,9 +564,11 @@ def test_usage_counts_the_slots_computed_and_the_tokens_sampled(pair):
     assert usage == {"slot_steps": 40, "row_steps": 40}
 
 
-def test_rows_from_more_join_the_batch_and_come_out_as_in_one_call(pair):
+@pytest.mark.parametrize("kv_cache", ["model", "fp8"])
+def test_rows_from_more_join_the_batch_and_come_out_as_in_one_call(pair, kv_cache):
     expert, amateur = pair
-    dec = Decoder(expert, amateur, "contrastive", DecodingConfig(alpha=0.1))
+    # fp8: the cache is rebuilt through bytes as the batch shrinks and grows back
+    dec = Decoder(expert, amateur, "contrastive", DecodingConfig(alpha=0.1), kv_cache=kv_cache)
     prompts = [[1, 4 + i, 30 - i] + [7] * (i % 4) for i in range(9)]
     kw = dict(max_new_tokens=30, stop_at_eos=True, eos_id=19, max_len=36)
     base = dec.generate(prompts, list(range(9)), batch_size=4, **kw)
