@@ -136,7 +136,8 @@ class Decoder:
         which the drain at the call's end (no rows left to refill with, rows still running)
         brings below 1.
         more, when given, is asked for further (prompt, seed) rows whenever the queue runs dry:
-        rows it returns are numbered on from len(prompts) and join the batch as slots free, so
+        rows it returns are numbered on from len(prompts) and join the batch as slots free (a
+        batch narrower than batch_size, from few first rows or a drain, widens for them), so
         the call ends only when it returns none and every row has ended. Rows then reach the
         caller through on_row only (none are kept: the call may outlive many requests), and
         max_len is required.
@@ -160,9 +161,9 @@ class Decoder:
         for i, p in enumerate(prompts):
             check(i, p)
         dev, d = self.device, self.d
-        # with `more`, later rows fill the slots the first ones leave empty
-        B = max(1, min(batch_size, n if more is None else batch_size,
-                       *(g.max_batch() for g in self.groups)))
+        B = max(1, min(batch_size, n, *(g.max_batch() for g in self.groups)))
+        # rows from `more` may widen a batch that started (or shrank) below batch_size
+        B_max = max(1, min(batch_size, *(g.max_batch() for g in self.groups)))
         if not stop_at_eos and more is None:
             # every row takes max_new_tokens steps, so rows go in ceil(n / B) rounds that start
             # and end together: spread evenly, the last round leaves no slot empty (4096 rows in
@@ -184,8 +185,8 @@ class Decoder:
                 check(added, p)
                 queue.append((added, p, seed))
                 added += 1
-            if rows_more and len(row) < B:  # a drain shrank the batch: give the rows every slot
-                resize(torch.arange(len(row)), B)
+            if rows_more and len(row) < B_max:  # give the rows every slot the batch may have
+                resize(torch.arange(len(row)), B_max)
             return bool(rows_more)
 
         def resize(keep: Tensor, width: int) -> None:
@@ -232,7 +233,7 @@ class Decoder:
         # a step's token, |V_head| and NLLs come back to the host through one pinned buffer
         # while the device already runs the next step (see below)
         cuda = dev.type == "cuda"
-        staging = torch.empty(4 * B, dtype=torch.float64, pin_memory=cuda)
+        staging = torch.empty(4 * B_max, dtype=torch.float64, pin_memory=cuda)
         copied = torch.cuda.Event() if cuda else None
 
         def to_dev(t: Tensor) -> Tensor:
@@ -275,7 +276,7 @@ class Decoder:
             for buf_, o in zip(logits, out):
                 buf_[sd] = o.to(buf_.dtype)
 
-        admit(list(range(min(B, n))))
+        admit(list(range(B)))
         while True:
             live = row >= 0
             n_live = int(live.sum())
