@@ -273,7 +273,8 @@ class GenerationConfig:
     batch_size: int = 64
     shard_prompts: int = 256  # prompts per shard (the unit of resume)
     actors: int = 1  # max actors of the pool
-    min_actors: int = 1  # actors the pool starts with (it grows to `actors` while shards wait)
+    # all `actors` start at once; Ray Data may stop idle ones down to this floor near the end
+    min_actors: int = 1
     actor_cpus: float = 0.5
     actor_gpus: float = 0.0
     seed: int = 0
