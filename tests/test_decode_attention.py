@@ -195,7 +195,7 @@ def test_triton_fp8_rows_do_not_depend_on_batch_or_refill(gqa_pair, monkeypatch)
     kept = []  # the batch of 4 drops finished slots once the queue is empty (a new graph)
     keep_slots = StackedLlama.keep_slots
     monkeypatch.setattr(StackedLlama, "keep_slots",
-                        lambda self, slots, width=None: kept.append(len(slots))
+                        lambda self, slots, width=None: kept.append(width or len(slots))
                         or keep_slots(self, slots, width))
     d = DecodingConfig(alpha=0.1)
     prompts = [[1, 4 + i, 30 - i] + [7] * (i % 4) for i in range(6)]
@@ -208,6 +208,26 @@ def test_triton_fp8_rows_do_not_depend_on_batch_or_refill(gqa_pair, monkeypatch)
                      **kw)[::-1]
     assert kept and [r.tokens for r in other] == [r.tokens for r in base]
     assert [r.expert_nll_mean for r in other] == [r.expert_nll_mean for r in base]
+    # rows fed in as a shared batch takes them (cdray.shared_batch): the triton step's batch
+    # starts at 2 slots, widens to 4, shrinks in a drain and widens again for a late row
+    dec = Decoder(expert, amateur, "contrastive", d, attention="triton", kv_cache="fp8")
+    rows = {i: (prompts[i], seeds[i]) for i in range(6)}
+    later, got, kept[:] = [[rows[2], rows[3], rows[4]]], {}, []
+
+    def more():
+        if later:
+            return later.pop(0)
+        if 5 in rows and kept and kept[-1] < 4:
+            return [rows.pop(5)]
+        return []
+
+    dec.generate([prompts[0], prompts[1]], seeds[:2], max_new_tokens=10, stop_at_eos=True,
+                 eos_id=35, max_len=16, batch_size=4, more=more,
+                 on_row=lambda r, res: got.__setitem__(r, res))
+    assert 5 not in rows and [got[i].tokens for i in range(6)] == [r.tokens for r in base]
+    shrunk = next(i for i, w in enumerate(kept) if w < 4)
+    assert kept[0] == 4 and 4 in kept[shrunk:]  # widened, shrunk, widened again
+    assert [got[i].expert_nll_mean for i in range(6)] == [r.expert_nll_mean for r in base]
 
 
 def test_triton_step_hands_the_fused_sampler_model_dtype_logits(gqa_pair):
