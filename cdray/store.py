@@ -105,6 +105,15 @@ def replacing(path: Path):
             tmp.unlink(missing_ok=True)
 
 
+def remove_temporaries(out: Path) -> int:
+    """Delete the temporaries under an artifact directory, returning how many: a writer killed
+    mid-write leaves its own (its pid in the name), which no later writer reuses."""
+    stray = [p for p in out.rglob(f"{TEMPORARY_PREFIX}*") if p.is_file()] if out.is_dir() else []
+    for p in stray:
+        p.unlink(missing_ok=True)
+    return len(stray)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write obj as indented, key-sorted JSON through `replacing`."""
     data = _json_bytes(obj)
@@ -191,6 +200,7 @@ class Store:
             if self._cached(stage, key):
                 return out
             manifest = self.manifest(stage, key)
+            remove_temporaries(out)  # of a download killed midway
             for rel, meta in manifest.get("files", {}).items():
                 p = out / rel
                 if p.is_file() and p.stat().st_size == meta["bytes"] and file_sha256(p) == meta["sha256"]:
@@ -247,9 +257,13 @@ class Store:
                 return self.manifest(stage, key)
             out = self.dir(stage, key)
             out.mkdir(parents=True, exist_ok=True)
+            # under the lock no other builder of this key runs here: what an interrupted one
+            # left is partial output to resume from, and temporaries that nothing will finish
+            remove_temporaries(out)
             self.pull(stage, key)
             started = time.time()
             stats = builder(out) or {}
+            remove_temporaries(out)  # of writers stopped midway (a pool stopped at the budget)
             return self.commit(stage, key, config=config, inputs=inputs, stats=stats,
                                seconds=time.time() - started, extra=extra)
 

@@ -265,7 +265,7 @@ generate_with_ray_data(kwargs, shards, cfg=cfg)
 """
 
 
-@pytest.mark.parametrize("seed", [11])
+@pytest.mark.parametrize("seed", [11, 2])  # kill points: shards 4 and 1
 def test_killed_generation_driver_reruns_to_identical_corpus(seed, gen_world, reference_corpus,
                                                              text_corpus_dir, tmp_path):
     from cdray.config import to_dict

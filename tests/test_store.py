@@ -52,6 +52,26 @@ def test_artifact_without_manifest_is_rebuilt(tmp_path):
     assert store.manifest("demo", "k")["stats"] == {"rebuilt": True}
 
 
+def test_a_rebuild_removes_the_temporaries_of_killed_writers(tmp_path):
+    """A writer killed mid-write leaves `.tmp-NAME-PID`, which no later writer (another pid)
+    overwrites: the next build of the key removes it, and one its own writers left behind."""
+    store = Store.at(tmp_path)
+    out = store.dir("demo", "k")
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "shard_0.parquet").write_text("committed part")  # resumed, kept
+    killed = out / "shards" / ".tmp-shard_1.parquet-999999"
+    killed.write_text("half")
+
+    def builder(out):
+        assert not killed.exists() and (out / "shards" / "shard_0.parquet").is_file()
+        (out / ".tmp-stopped.json-4242").write_text("{")  # a worker stopped midway
+        return {}
+
+    m = store.get_or_build("demo", "k", builder, config={}, inputs={})
+    assert sorted(p.name for p in out.rglob("*")) == ["manifest.json", "shard_0.parquet", "shards"]
+    assert list(m["files"]) == ["shards/shard_0.parquet"]
+
+
 def _slow_build(root, marker):
     store = Store.at(root)
 
