@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -22,6 +23,10 @@ class RowResult:
     head_size_mean: float  # mean |V_head| over the steps that produced this row's tokens
     expert_nll_mean: float = 0.0  # mean -log pG(token) (T=1) of the sampled tokens
     amateur_nll_mean: float = math.nan  # the same under the amateur; nan without one
+    # the row's share of the call's wall time: each step's, split evenly over its live rows
+    # (so the rows of a call, or of one request among several sharing it, sum to the time
+    # they took of it); timing, so never part of a row's identity
+    seconds: float = field(default=0.0, compare=False)
 
 
 def available_memory(device) -> int:
@@ -192,7 +197,8 @@ class Decoder:
         def resize(keep: Tensor, width: int) -> None:
             """Rebuild the batch from the slots `keep` (host indices, in order), then empty
             slots up to `width`: drops finished slots, or adds slots for rows that came later."""
-            nonlocal row, step, buf, stats, plen, pos, uniforms, slot_seeds, step_d, live_d, logits
+            nonlocal row, step, buf, stats, spent, plen, pos, uniforms, slot_seeds, step_d, live_d
+            nonlocal logits
             kd, extra = keep.to(dev), width - len(keep)
             for g in self.groups:
                 g.keep_slots(kd, width)
@@ -203,6 +209,7 @@ class Decoder:
                                                 device=t.device)])
 
             row, step, buf, stats = widen(row, -1), widen(step), widen(buf, pad_id), widen(stats)
+            spent = widen(spent)
             plen, pos, uniforms, slot_seeds = widen(plen), widen(pos), widen(uniforms), widen(slot_seeds)
             step_d, live_d = widen(step_d), widen(live_d, False)
             logits = [widen(x) for x in logits]
@@ -224,6 +231,7 @@ class Decoder:
         slot_seeds = torch.zeros(B, dtype=torch.int64, device=dev)
         buf = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
         stats = torch.zeros((B, 3), dtype=torch.float64)  # head sum, expert nll sum, amateur nll sum
+        spent = torch.zeros(B, dtype=torch.float64)  # seconds: RowResult.seconds so far
         vocab = self.groups[0].vocab
         fused = self.fused_sampler
         # prefill logits are the model's dtype widened, so storing them narrowed is exact
@@ -262,6 +270,7 @@ class Decoder:
             plen[s] = lens
             buf[s] = pad_id
             stats[s] = 0.0
+            spent[s] = 0.0
             sd = to_dev(s)
             uniforms[sd] = to_dev(fresh)
             step_d[sd] = 0
@@ -276,6 +285,7 @@ class Decoder:
             for buf_, o in zip(logits, out):
                 buf_[sd] = o.to(buf_.dtype)
 
+        clock = time.perf_counter()
         admit(list(range(B)))
         while True:
             live = row >= 0
@@ -324,6 +334,11 @@ class Decoder:
                 copied.synchronize()
             tok_cpu, hsz, nll_e, nll_a = host[0].long(), host[1], host[2], host[3]
             live_idx = torch.nonzero(live).squeeze(1)
+            # the time since the last step was filed (refills and prefills included) went
+            # to the rows this step sampled for
+            now = time.perf_counter()
+            spent[live_idx] += (now - clock) / n_live
+            clock = now
             buf[live_idx, step[live_idx]] = tok_cpu[live_idx]
             stats[live_idx] += torch.stack([hsz, nll_e, nll_a], dim=1)[live_idx]
             step[live_idx] += 1
@@ -337,7 +352,8 @@ class Decoder:
                 st = stats[s] / k
                 res = RowResult(tokens=buf[s, :k].tolist(), stopped_at_eos=bool(eos[s]),
                                 head_size_mean=float(st[0]), expert_nll_mean=float(st[1]),
-                                amateur_nll_mean=float(st[2]) if self.uses_amateur else math.nan)
+                                amateur_nll_mean=float(st[2]) if self.uses_amateur else math.nan,
+                                seconds=float(spent[s]))
                 r = int(row[s])
                 if more is None:
                     results[r] = res

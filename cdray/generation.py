@@ -254,16 +254,18 @@ class ShardGenerator:
         keys = [(pid, c) for pid in ids for c in range(g.continuations)]
         row_prompts = [p for p in prompts for _ in range(g.continuations)]
         seeds = [row_seed(g.seed, pid, c) for pid, c in keys]
-        progress = {"rows": 0, "tokens": 0, "last": t0}
+        progress = {"rows": 0, "tokens": 0, "seconds": 0.0, "last": t0}
 
         def on_row(_i, r) -> None:
             progress["rows"] += 1
             progress["tokens"] += len(r.tokens)
+            progress["seconds"] += r.seconds
             now = time.perf_counter()
             if now - progress["last"] >= 30.0:
                 progress["last"] = now
+                rate = progress["tokens"] / max(progress["seconds"], 1e-9)
                 self._log(f"shard {shard_id}: {progress['rows']}/{len(keys)} rows, "
-                          f"{progress['tokens']} tokens, {progress['tokens'] / (now - t0):.0f} tok/s")
+                          f"{progress['tokens']} tokens, {rate:.0f} tok/s")
 
         results, usage = self.batch.generate(row_prompts, seeds, on_row=on_row)
         crash_point(self.out_dir, "shard", shard_id)  # mid-shard: generated, nothing written yet
@@ -292,6 +294,8 @@ class ShardGenerator:
         new_tokens = int(sum(len(r.tokens) for r in results))
         clean_tokens = int(sum(len(r.tokens) for r, c in zip(results, contaminated) if not c))
         seconds = time.perf_counter() - t0
+        # the shard's share of its actor's decode batch (a shard beside it has the rest)
+        decode_seconds = float(sum(r.seconds for r in results))
         stats = row_stats(np.array([len(r.tokens) for r in results]),
                           np.array([r.stopped_at_eos for r in results]),
                           np.array([r.head_size_mean for r in results]),
@@ -306,8 +310,9 @@ class ShardGenerator:
             "new_tokens": new_tokens,
             "clean_tokens": clean_tokens,  # of rows not flagged as contaminated
             "sha256": file_sha256(parquet_path),
-            "seconds": round(seconds, 3),
-            "tokens_per_s": round(new_tokens / seconds, 1) if seconds > 0 else 0.0,
+            "seconds": round(seconds, 3),  # from the call to the commit
+            "decode_seconds": round(decode_seconds, 3),
+            "tokens_per_s": round(new_tokens / decode_seconds, 1) if decode_seconds > 0 else 0.0,
             "batch_size": self.batch_size,
             # slots computed over the decode steps while this shard ran, and the tokens they
             # sampled (of every row in the batch then: a shard running beside it shares them)
@@ -375,7 +380,8 @@ def finalize_corpus(out_dir: Path, n_shards_planned: int, token_budget: int, *,
         table = _read_committed(out_dir, sid)
         used += 1
         meta = json.loads(_shard_paths(out_dir, sid)[1].read_text())
-        gen_seconds += float(meta.get("seconds", 0.0))
+        # older shards have no decode_seconds: they ran one per actor at a time
+        gen_seconds += float(meta.get("decode_seconds", meta.get("seconds", 0.0)))
         gen_tokens += int(meta.get("new_tokens", 0))
         if "slot_steps" in meta:  # shards committed before cdray counted slots have neither
             slot_steps += int(meta["slot_steps"])
@@ -401,7 +407,8 @@ def finalize_corpus(out_dir: Path, n_shards_planned: int, token_budget: int, *,
         "budget_reached": summary["new_tokens"] >= token_budget,
         "contamination_rate": flagged / considered if considered else 0.0,
         "contaminated_dropped": flagged if drop_contaminated else 0,
-        # actor-seconds of the shards used (several actors run at once: wall time is less)
+        # actor-seconds the shards used took of their actors' decode batches (several actors
+        # run at once: wall time is less)
         "generate_seconds": round(gen_seconds, 3),
         "tokens_per_actor_s": gen_tokens / gen_seconds if gen_seconds > 0 else 0.0,
         # how full the actors' batches were while those shards ran: below 1, a batch drained

@@ -14,14 +14,19 @@ class _Request:
     """The rows of one caller, filled in by the serving thread as they end."""
 
     def __init__(self, prompts: list[list[int]], seeds: list[int],
-                 on_row: Optional[Callable[[int, RowResult], None]], usage: dict):
+                 on_row: Optional[Callable[[int, RowResult], None]]):
         self.prompts, self.seeds, self.on_row = prompts, seeds, on_row
         self.results: list[Optional[RowResult]] = [None] * len(prompts)
         self.left = len(prompts)
-        self.usage_start = dict(usage)
+        self.usage_start: Optional[dict] = None  # the batch's usage when its first row went in
         self.usage: dict = {}
         self.error: Optional[BaseException] = None
         self.done = threading.Event()
+
+    def enter(self, usage: dict) -> None:
+        """Rows of this request go to the engine: its usage window opens with the first."""
+        if self.usage_start is None:
+            self.usage_start = dict(usage)
 
     def add(self, i: int, res: RowResult, usage: dict) -> None:
         self.results[i] = res
@@ -65,9 +70,9 @@ class SharedBatch:
                  on_row: Optional[Callable[[int, RowResult], None]] = None,
                  ) -> tuple[list[RowResult], dict]:
         """One continuation per prompt (blocking until all have ended), and the batch's usage
-        ("slot_steps", "row_steps", as Decoder.generate counts them) while they ran: the steps
-        of every row in the batch then, this request's and others'. on_row(i, row) runs on the
-        serving thread as row i ends."""
+        ("slot_steps", "row_steps", as Decoder.generate counts them) from the engine taking the
+        first of them to the last ending: the steps of every row in the batch then, this
+        request's and others'. on_row(i, row) runs on the serving thread as row i ends."""
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} row seeds")
         if not prompts:
@@ -79,7 +84,7 @@ class SharedBatch:
         with self._lock:
             if self._error is not None:
                 raise RuntimeError(f"the decode batch failed earlier: {self._error}") from self._error
-            req = _Request(prompts, seeds, on_row, self.usage)
+            req = _Request(prompts, seeds, on_row)
             self._waiting.extend((req, i) for i in range(len(prompts)))
             if not self._serving:
                 self._serving = True
@@ -109,6 +114,7 @@ class SharedBatch:
                     for req, i in new:
                         running[next(numbers)] = (req, i)
                         out.append((req.prompts[i], req.seeds[i]))
+                        req.enter(self.usage)
                     return out
 
                 def more() -> list[tuple[list[int], int]]:

@@ -1,6 +1,7 @@
 """Stage builders: plain functions from a node's inputs (files in the store) to its output dir."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -173,13 +174,17 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
         def enough(counts: dict) -> bool:
             seen[int(counts["shard_id"])] = int(counts[count])
             leading = leading_tokens(seen, len(shards))
+            made["tokens"] += int(counts["new_tokens"])
             if gen.progress:
+                rate = made["tokens"] / max(time.perf_counter() - made["since"], 1e-9)
                 print(f"[cdray.generate] {node.label}: shard {counts['shard_id']} done "
                       f"({counts['rows']} rows, {counts['new_tokens']} tokens); the leading shards "
-                      f"hold {leading}/{gen.token_budget} tokens", flush=True)
+                      f"hold {leading}/{gen.token_budget} tokens; {rate:.0f} tok/s so far "
+                      f"(actor start-up included)", flush=True)
             return leading >= gen.token_budget
 
         seen = dict(tokens)
+        made = {"tokens": 0, "since": time.perf_counter()}  # this pass's, start-up included
         execute(kwargs, todo, enough)
         after = committed_tokens(out, count)
         if set(after) == set(tokens):

@@ -1,5 +1,6 @@
 """Tests of cdray.generation: prompts, seeds, shard plan, ShardGenerator with resume, finalisation."""
 import json
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -440,13 +441,21 @@ def test_shards_run_at_once_share_a_batch_and_write_the_bytes_of_shards_run_alon
             errors.append(e)
 
     threads = [threading.Thread(target=call, args=(s,)) for s in plan]
+    t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
+    wall = time.perf_counter() - t0
     assert not errors and sorted(outs) == [0, 1, 2]
+    shares = []
     for i in range(3):
         a = json.loads((alone / "shards" / f"shard_{i:05d}.json").read_text())
         b = json.loads((together / "shards" / f"shard_{i:05d}.json").read_text())
         assert a["sha256"] == b["sha256"] and a["new_tokens"] == b["new_tokens"]
         assert int(outs[i]["new_tokens"][0]) == b["new_tokens"]
+        # a shard's rate is over its share of the batch's time, not its span beside the others
+        assert 0 < b["decode_seconds"] <= b["seconds"]
+        assert b["tokens_per_s"] == pytest.approx(b["new_tokens"] / b["decode_seconds"], rel=0.05)  # rounded
+        shares.append(b["decode_seconds"])
+    assert sum(shares) <= wall + 0.01  # rounded to ms

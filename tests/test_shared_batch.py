@@ -43,11 +43,16 @@ def test_a_request_arriving_mid_run_fills_the_slots_the_first_one_leaves(decoder
             assert batch._waiting
         got[i] = res
 
+    t0 = time.perf_counter()
     rows1, usage1 = batch.generate(p1, s1, on_row=on_row)
     deadline = time.monotonic() + 60
     while "out" not in second and time.monotonic() < deadline:
         time.sleep(0.01)
+    wall = time.perf_counter() - t0
     rows2, usage2 = second["out"]
+    # the rows' shares of the batch's time add up to the time it ran, once (each request's
+    # own span, from its call to its last row, would count the shared stretch twice)
+    assert 0.5 * wall < sum(r.seconds for r in rows1 + rows2) <= wall
     # a row's tokens never depend on the rows it shares the batch with
     assert rows1 == alone[0] and rows2 == alone[1] and [got[i] for i in range(8)] == rows1
     shared = dict(batch.usage)
