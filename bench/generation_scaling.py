@@ -63,7 +63,7 @@ def setup(tmp: Path, n_docs: int) -> tuple:
 
 def shard_intervals(shard_dir: Path) -> list[tuple[float, float]]:
     """(start, end) of every shard, from its manifest (file mtime = commit time, `seconds` = its
-    decoding time); empty if the manifests do not say how long a shard took."""
+    span from the call to the commit); empty if the manifests do not say how long a shard took."""
     import json
 
     spans = []
@@ -77,7 +77,8 @@ def shard_intervals(shard_dir: Path) -> list[tuple[float, float]]:
 
 
 def most_at_once(spans: list[tuple[float, float]]) -> int:
-    """The largest number of shards being decoded at the same moment (= actors really busy)."""
+    """The largest number of shards in flight at the same moment (an actor runs up to
+    ray_exec.SHARDS_PER_ACTOR at once, sharing its batch)."""
     events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
     best = cur = 0
     for _, d in events:
@@ -127,7 +128,7 @@ def main() -> None:
             intervals = shard_intervals(out / "shards")
             span = (max(e for _, e in intervals) - min(s for s, _ in intervals)) if intervals else None
             extra = (f"; {tokens / span:.0f} tok/s from first shard start to last shard end, "
-                     f"at most {most_at_once(intervals)} shard(s) decoding at once; first shard "
+                     f"at most {most_at_once(intervals)} shard(s) in flight at once; first shard "
                      f"started {min(s for s, _ in intervals) - e0:.1f} s into the call, the call returned "
                      f"{e1 - max(e for _, e in intervals):.1f} s after the last") if span else ""
             print(f"  {actors} actor(s) [{tag}]: {tokens} new tokens in {wall:.1f} s = "
