@@ -171,12 +171,16 @@ def _verify(cfg) -> int:
 
     store = Store.at(cfg.store.root, cfg.store.cache)
     bad_total = 0
-    for stage, key in store.list():
+    built = store.list()
+    if not built:  # a mistyped store.root must not read as a clean bill of health
+        print(f"no artifacts in the store at {store.location}: nothing is built there yet")
+        return 0
+    for stage, key in built:
         bad = store.verify(stage, key)
         bad_total += len(bad)
         for path in bad:
             print(f"corrupt: {stage}/{key}: {path}")
-    print(f"verified {len(store.list())} artifacts: {'all intact' if not bad_total else f'{bad_total} corrupt files'}")
+    print(f"verified {len(built)} artifacts: {'all intact' if not bad_total else f'{bad_total} corrupt files'}")
     return 1 if bad_total else 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from functools import partial
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Callable, Optional
 import ray
 
 from cdray import stages
-from cdray.config import RayConfig, SweepConfig
+from cdray.config import ConfigError, RayConfig, SweepConfig
 from cdray.pipeline import Node
 from cdray.store import Store
 
@@ -39,12 +40,34 @@ def init_ray(rcfg: RayConfig) -> None:
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                         **QUIET_ENV}}
     if address:
+        probe_address(address, "ray.address" if rcfg.address else None)
         forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         ray.init(address=address, log_to_driver=rcfg.log_to_driver,
                  runtime_env={"env_vars": {**QUIET_ENV, **forwarded}})
     else:
         ray.init(address="local", num_cpus=rcfg.num_cpus, include_dashboard=False,
                  runtime_env=env, log_to_driver=rcfg.log_to_driver)
+
+
+def probe_address(address: str, field: Optional[str], timeout: float = 5.0) -> None:
+    """Fail in seconds, naming where the address came from (`field`, else $RAY_ADDRESS), when
+    nothing listens at a host:port (or ray://host[:port]) cluster address: ray.init would
+    retry it for minutes. Other forms ("auto") are left to ray.init, which fails fast."""
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "ray"):
+        return
+    host, colon, port = rest.rpartition(":")
+    if not colon:
+        host, port = rest, "10001" if scheme == "ray" else ""
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        message = f"no Ray cluster answers at {address} ({e.strerror or e})"
+        if field:
+            raise ConfigError(field, message) from None
+        raise ConnectionError(f"$RAY_ADDRESS: {message}") from None
 
 
 # A sweep cell's Tune trial only drives its trainer and holds this much CPU; the work it starts

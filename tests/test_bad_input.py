@@ -283,6 +283,21 @@ def test_unreachable_mlflow_is_one_line_and_quick(tmp_path, store):
     assert time.time() - started < 30
 
 
+def test_unreachable_ray_cluster_is_one_line_naming_where_its_address_came_from():
+    """ray.init retries a host:port nothing answers at for minutes; init_ray probes it first."""
+    from cdray.config import ConfigError
+    from cdray.ray_exec import probe_address
+
+    address = f"127.0.0.1:{_free_port()}"
+    with pytest.raises(ConfigError) as e:
+        probe_address(address, "ray.address", timeout=5)
+    assert error_line(e.value) == (f"cdray: error: config field 'ray.address': no Ray cluster "
+                                   f"answers at {address} (Connection refused)")
+    with pytest.raises(ConnectionError, match=r"^\$RAY_ADDRESS: no Ray cluster answers at ray://"):
+        probe_address(f"ray://{address}", None, timeout=5)
+    probe_address("auto", "ray.address")  # left to ray.init, which fails fast on its own
+
+
 def test_manifest_records_checksums(store):
     manifest = json.loads((store.dir("corpus", "prebuilt") / "manifest.json").read_text())
     assert manifest["files"]["train.txt"]["sha256"]

@@ -83,12 +83,14 @@ def test_killed_builder_leaves_no_artifact_and_rebuilds(seed, tmp_path):
 def test_verify_names_the_corrupt_file(tmp_path, capsys):
     from cdray.cli import main
 
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(f"store: {{root: {tmp_path / 'store'}}}\ngrid: {{k: [], q: [0.0]}}\n")
+    assert main(["verify", str(cfg)]) == 0  # an empty (or mistyped) store says so
+    assert "nothing is built there yet" in capsys.readouterr().out
     store = Store.at(tmp_path / "store")
     store.get_or_build("demo", "good", lambda out: (out / "a.txt").write_text("a") and {}, config={}, inputs={})
     store.get_or_build("demo", "bad", lambda out: (out / "b.txt").write_text("b") and {}, config={}, inputs={})
     (store.dir("demo", "bad") / "b.txt").write_text("flipped")
-    cfg = tmp_path / "sweep.yaml"
-    cfg.write_text(f"store: {{root: {tmp_path / 'store'}}}\ngrid: {{k: [], q: [0.0]}}\n")
     assert main(["verify", str(cfg)]) == 1
     out = capsys.readouterr().out
     assert "demo/bad" in out and "b.txt" in out and "demo/good" not in out
