@@ -38,7 +38,10 @@ def filesystem(root: str):
     ?endpoint_override=127.0.0.1:9000&scheme=http go to the filesystem, not the path."""
     from pyarrow import fs as pafs
 
-    filesys, path = pafs.FileSystem.from_uri(root)
+    try:
+        filesys, path = pafs.FileSystem.from_uri(root)
+    except OSError as e:  # e.g. no network, or a bucket that does not resolve: say which root
+        raise OSError(f"store.root {root}: {e}") from None
     return filesys, path.rstrip("/")
 
 
