@@ -4,8 +4,8 @@
 # cache, vs FlexAttention, as a fraction of copy bandwidth) and the triton step against the eager
 # step; contrastive-decoding throughput of GOOD + a same-shaped EARLY-k amateur at the paper's 400
 # new tokens with side-by-side A/Bs (fp8 and bf16 cache; the engine waiting for each step's tokens
-# before queuing the next, :noahead; the step widening logits to fp32, :float32logits); a larger
-# batch with the host's waits counted; rows bit-identical across batch sizes for the triton step
+# before queuing the next, :noahead; the step widening logits to fp32, :float32logits); larger
+# batches (3072, 3584: ~56 and ~65 GiB) with the host's waits counted; rows bit-identical across batch sizes for the triton step
 # with an fp8 cache (GOOD-shaped at batches 1536, 768 and 1152, and a tiny pair down to batch 5;
 # each also as two requests sharing one batch, as an actor runs two shards: CUDA graphs recaptured
 # as the batch shrinks and grows back);
@@ -28,7 +28,7 @@ CFG16=$(grep -o 'best bf16: [0-9a-z,]*' "$OUT/decode_attention.txt" | cut -d' ' 
 T="triton:cfg=${CFG:-64.4.3}"
 T16="triton:cfg=${CFG16:-64.4.3}"
 timeout 200 $D --skip-baselines --new 400 --sweep-batches 1536 --attention "$T:fp8,$T:fp8:noahead,$T:fp8:float32logits,$T16" 2>&1 | tee "$OUT/decoding_400.txt"
-timeout 90 $D --skip-baselines --new 400 --sweep-batches 3072 --count-syncs --attention "$T:fp8" 2>&1 | tee "$OUT/decoding_400_3072.txt"
+timeout 120 $D --skip-baselines --new 400 --sweep-batches 3072,3584 --count-syncs --attention "$T:fp8" 2>&1 | tee "$OUT/decoding_400_3072.txt"
 KC="$(echo "${CFG:-64.4.3}" | tr . ,)"
 timeout 90 $R --kv-cache fp8 --kernel-config "$KC" --good 1536 2>&1 | tee "$OUT/row_determinism_fp8_good.txt"
 timeout 60 $R --kv-cache fp8 --kernel-config "$KC" 2>&1 | tee "$OUT/row_determinism_fp8.txt"
