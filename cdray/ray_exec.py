@@ -1,6 +1,7 @@
 """Ray shell around the stages: Ray Train for training, Ray Data for generation, tasks for the rest."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import threading
@@ -247,6 +248,13 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict],
             max_concurrent_calls_per_actor=SHARDS_PER_ACTOR, enable_true_multi_threading=True),
         **resources,
     )
+    # the pool grows (back, after shrinking idle) once every thread of its actors is busy: Ray
+    # Data's default waits for 175% (queued calls), which two calls per actor never reach, and
+    # warns that such a pool cannot scale up. Set on this dataset's own copy of the context
+    out.context.autoscaling_config = dataclasses.replace(
+        out.context.autoscaling_config,
+        actor_pool_util_upscaling_threshold=min(
+            1.0, out.context.autoscaling_config.actor_pool_util_upscaling_threshold))
     if enough is None:
         out.materialize()
     else:
