@@ -98,15 +98,16 @@ def _build_task(node: Node, cfg: SweepConfig) -> dict:
 
 
 def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[str] = None,
-               callbacks: tuple = ()) -> dict:
-    """Get-or-build a node with the Ray executor that suits its stage."""
+               callbacks: tuple = (), progress: Optional[Callable[[dict], None]] = None) -> dict:
+    """Get-or-build a node with the Ray executor that suits its stage (progress: a generate
+    stage's figures as each shard commits, stages.build_generate)."""
     if store.is_done(node.stage, node.key):
         return store.manifest(node.stage, node.key)
     if node.stage == "train":
         builder = partial(fit_training, callbacks=callbacks)
         return stages.build(node, cfg, store, builder=builder, extra={"mlflow_run_id": run_id})
     if node.stage == "generate":
-        builder = partial(stages.build_generate,
+        builder = partial(stages.build_generate, progress=progress,
                           execute=partial(generate_with_ray_data, cfg=cfg, store=store, node=node))
         return stages.build(node, cfg, store, builder=builder)
     # inside a Tune trial, tasks would inherit the trial's 0.01-CPU placement group: escape it

@@ -139,7 +139,8 @@ def eval_items_dir(c: dict, cfg: SweepConfig) -> Optional[str]:
 
 
 def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
-                   execute: Optional[ShardExecutor] = None) -> dict:
+                   execute: Optional[ShardExecutor] = None,
+                   progress: Optional[Callable[[dict], None]] = None) -> dict:
     """Generate shards in prompt order until the leading ones hold the token budget, then
     finalise the corpus.
 
@@ -147,7 +148,8 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
     takes is known only as they commit (rows stop at EOS), and a single pass starts the stage's
     actors once. Shards already committed (their manifest exists) are never regenerated, so an
     interrupted run resumes where it stopped; the kept rows depend only on shard order, not on
-    timing.
+    timing. progress, when given, gets the stage's figures as each shard commits ("shards"
+    committed, "leading_tokens", "tokens_per_s" of this pass so far, actor start-up included).
     """
     import pyarrow.parquet as pq
 
@@ -175,8 +177,10 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
             seen[int(counts["shard_id"])] = int(counts[count])
             leading = leading_tokens(seen, len(shards))
             made["tokens"] += int(counts["new_tokens"])
+            rate = made["tokens"] / max(time.perf_counter() - made["since"], 1e-9)
+            if progress is not None:
+                progress({"shards": len(seen), "leading_tokens": leading, "tokens_per_s": rate})
             if gen.progress:
-                rate = made["tokens"] / max(time.perf_counter() - made["since"], 1e-9)
                 print(f"[cdray.generate] {node.label}: shard {counts['shard_id']} done "
                       f"({counts['rows']} rows, {counts['new_tokens']} tokens); the leading shards "
                       f"hold {leading}/{gen.token_budget} tokens; {rate:.0f} tok/s so far "

@@ -161,15 +161,43 @@ def build_upstream(graph: SweepGraph, cfg: SweepConfig, store: Store, tracker: T
             continue
         started = time.time()
         echo(f"[cdray] building {node.label} ({node.stage}/{node.key}) ...")
-        manifest = build_node(node, cfg, store, run_id=parent_id)
+        manifest = build_node(node, cfg, store, run_id=parent_id,
+                              progress=_live_metrics(tracker, parent_id, node, echo))
         echo(f"[cdray]   done in {time.time() - started:.1f}s")
         _log_upstream(tracker, parent_id, node, manifest)
+
+
+def _metric_prefix(node) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", node.label).strip("_")
+
+
+def _live_metrics(tracker: Tracker, parent_id: Optional[str], node,
+                  echo: Echo) -> Callable[[dict], None]:
+    """A shared stage's progress figures as parent-run metric histories, step = the "shards"
+    committed: a long generate stage can be watched in MLflow. A tracking failure mid-stage is
+    reported once and never stops the stage (its committed work would survive, but the pool
+    would be stopped)."""
+    prefix, failed = _metric_prefix(node), []
+
+    def log(figures: dict) -> None:
+        if failed:
+            return
+        try:
+            tracker.log_metrics(parent_id, [(f"{prefix}.progress.{k}", v, figures["shards"])
+                                            for k, v in figures.items() if k != "shards"])
+        except Exception as e:  # noqa: BLE001 - any tracking error; the stage matters more
+            failed.append(e)
+            # the error's type only: its text may hold the tracking URI's credentials
+            echo(f"[cdray] MLflow: progress of {node.label} is not logged from here on "
+                 f"({type(e).__name__})")
+
+    return log
 
 
 def _log_upstream(tracker: Tracker, parent_id: Optional[str], node, manifest: dict) -> None:
     """Numbers of a shared stage as parent-run metrics, its key as a parameter."""
     stats = manifest.get("stats", {})
-    prefix = re.sub(r"[^A-Za-z0-9_.\-]+", "_", node.label).strip("_")
+    prefix = _metric_prefix(node)
     numbers = [(f"{prefix}.{k}", float(v), 0) for k, v in stats.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)]
     tracker.log_metrics(parent_id, numbers)

@@ -220,8 +220,14 @@ def test_generate_stage_stops_once_the_leading_shards_hold_the_budget(world, tmp
     g2 = config.parse_section(GenerationConfig, {**config.to_dict(g), "token_budget": tokens0 + 1},
                               "generation")
     calls.clear()
-    stages.build_generate(node, SweepConfig(generation=g2), None, first, execute=execute)
+    figures = []
+    stages.build_generate(node, SweepConfig(generation=g2), None, first, execute=execute,
+                          progress=figures.append)
     assert calls == [[1, 2]] and shards_done(first) == {0, 1}
+    # reported as shard 1 commits: shards committed so far, what the leading ones hold
+    tokens = committed_tokens(first)
+    assert [(f["shards"], f["leading_tokens"]) for f in figures] == [(2, tokens[0] + tokens[1])]
+    assert figures[0]["tokens_per_s"] > 0
     calls.clear()
     stages.build_generate(node, SweepConfig(generation=g2), None, first, execute=execute)
     assert calls == []

@@ -95,6 +95,11 @@ def test_micro_sweep_killed_resumed_then_cached(micro_cfg_dict, ray_session, cap
         assert sorted(m.step for m in history) == [4, 8, 12]
         assert child.data.tags["cdray.train_key"]
         assert child.inputs.dataset_inputs, "the corpus is recorded as a dataset input"
+    # a generate stage's progress, logged to the parent run as each shard committed
+    live = client.get_metric_history(parents[0].info.run_id,
+                                     "generate_CD-EARLY-4.progress.leading_tokens")
+    assert live and max(m.step for m in live) >= stats["shards_used"]  # step: shards committed
+    assert max(m.value for m in live) >= cfg.generation.token_budget
     manifests = {(s, k): store.manifest(s, k)["created"] for s, k in store.list()}
     # finished cells were not recomputed, and the killed run's parent run was reused
     assert {k: manifests[("evaluate", k)] for k in done_at_kill} == done_at_kill
@@ -113,3 +118,24 @@ def test_micro_sweep_killed_resumed_then_cached(micro_cfg_dict, ray_session, cap
     report_from_mlflow(cfg)
     assert "CD-EARLY-4" in capsys.readouterr().out
     assert sweep_key(cfg) == sweep_key(C.from_dict(micro_cfg_dict | {"store": {"root": "/elsewhere"}}))
+
+
+def test_live_metrics_survive_a_tracking_failure():
+    """A tracking error mid-stage is reported once; the stage's progress callback never raises."""
+    from types import SimpleNamespace
+
+    from cdray.sweep import _live_metrics
+
+    class Down:
+        calls = 0
+
+        def log_metrics(self, run_id, rows):
+            Down.calls += 1
+            raise ConnectionError("http://user:s3cret@host: refused")
+
+    said = []
+    log = _live_metrics(Down(), "run", SimpleNamespace(label="generate CD-EARLY-4"), said.append)
+    for shards in (1, 2, 3):
+        log({"shards": shards, "leading_tokens": 10 * shards, "tokens_per_s": 5.0})
+    assert Down.calls == 1 and len(said) == 1
+    assert "generate CD-EARLY-4" in said[0] and "s3cret" not in said[0]
