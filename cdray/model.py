@@ -1,13 +1,13 @@
-"""Llama shapes for cdray: HF configs, parameter counts, SMALL-r shape selection, safe save/load."""
+"""Llama models for cdray: HF configs and their parameter counts, build, safe save/load."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdray.config import ModelConfig
+from cdray.shapes import count_params
 
 # the tokenizer's special ids (PAPER.md 1.2)
 UNK, BOS, EOS, PAD = 0, 1, 2, 3
@@ -40,61 +40,12 @@ def llama_config(m: ModelConfig, vocab_size: int, *, attention_dropout: float = 
 
 
 def param_counts(cfg: LlamaConfig) -> dict:
-    """Analytic {"total", "non_embedding"}; non_embedding leaves out both embed_tokens and lm_head."""
-    h, f, layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
-    head_dim = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
-    q_out = cfg.num_attention_heads * head_dim
-    kv_out = cfg.num_key_value_heads * head_dim
-    attn = h * q_out + 2 * h * kv_out + q_out * h
-    if cfg.attention_bias:
-        attn += q_out + 2 * kv_out + h
-    mlp = 3 * h * f + ((2 * f + h) if cfg.mlp_bias else 0)
-    per_layer = attn + mlp + 2 * h  # two RMSNorm weights
-    non_embedding = layers * per_layer + h  # + final norm
-    embeddings = vocab * h * (1 if cfg.tie_word_embeddings else 2)
-    return {"total": non_embedding + embeddings, "non_embedding": non_embedding}
-
-
-def _ratios(expert: ModelConfig, small: ModelConfig, vocab_size: int) -> tuple[float, float]:
-    e = param_counts(llama_config(expert, vocab_size))
-    s = param_counts(llama_config(small, vocab_size))
-    return e["non_embedding"] / s["non_embedding"], e["total"] / s["total"]
-
-
-def _search_space(expert: ModelConfig) -> list[ModelConfig]:
-    """Layers 1..L x hidden = k * head_dim (k = 1..heads), keeping the expert's FFN/hidden ratio."""
-    head_dim = expert.hidden // expert.heads
-    ffn_ratio = expert.ffn / expert.hidden
-    shapes = []
-    for layers in range(1, expert.layers + 1):
-        for heads in range(1, expert.heads + 1):
-            hidden = heads * head_dim
-            shapes.append(ModelConfig(
-                layers=layers, hidden=hidden, heads=heads, ffn=max(1, round(hidden * ffn_ratio)),
-                context=expert.context, rope_theta=expert.rope_theta, rms_eps=expert.rms_eps,
-                vocab_size=expert.vocab_size))
-    return shapes
-
-
-def small_for_ratio(expert: ModelConfig, r: float, vocab_size: int,
-                    candidates: tuple[ModelConfig, ...] = ()) -> tuple[ModelConfig, dict]:
-    """The shape whose non-embedding ratio expert/shape is closest to r in log space, and its ratios.
-
-    Ties go to the earlier candidate (given order, or fewer layers then narrower in the search).
-    """
-    if not r > 0:
-        raise ValueError(f"r={r!r} must be > 0")
-    pool = list(candidates) if candidates else _search_space(expert)
-    best, best_key = None, None
-    for i, shape in enumerate(pool):
-        ne, _ = _ratios(expert, shape, vocab_size)
-        # rounding keeps float noise from deciding between equally good shapes
-        key = (round(abs(math.log(ne) - math.log(r)), 12), i)
-        if best_key is None or key < best_key:
-            best, best_key = shape, key
-    ne, total = _ratios(expert, best, vocab_size)
-    return best, {"target_r": float(r), "non_embedding_ratio": ne, "total_ratio": total,
-                  "layers": best.layers, "hidden": best.hidden, "heads": best.heads, "ffn": best.ffn}
+    """Analytic {"total", "non_embedding"} of an HF Llama config (cdray.shapes.count_params)."""
+    return count_params(
+        hidden=cfg.hidden_size, ffn=cfg.intermediate_size, layers=cfg.num_hidden_layers,
+        vocab=cfg.vocab_size, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        attention_bias=cfg.attention_bias, mlp_bias=cfg.mlp_bias, tied=cfg.tie_word_embeddings)
 
 
 def build_model(m: ModelConfig, vocab_size: int, seed: int) -> LlamaForCausalLM:

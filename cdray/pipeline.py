@@ -182,7 +182,7 @@ def _train_node(cfg: SweepConfig, g_inputs: dict, *, model: dict, seed: int, q: 
 
 def build_graph(cfg: SweepConfig) -> SweepGraph:
     """Expand the grid into nodes and deduplicated cells."""
-    from cdray.model import small_for_ratio  # model shapes need transformers; keep import local
+    from cdray.shapes import small_for_ratio
 
     corpus = Node("corpus", _slice("corpus", cfg.corpus), (), "corpus")
     tokenizer = Node("tokenizer", _slice("tokenizer", cfg.tokenizer), (("corpus", corpus),), "tokenizer")

@@ -49,9 +49,9 @@ def sweep_key(cfg: SweepConfig) -> str:
 
 def model_sizes(model_cfg: dict, vocab: int) -> dict:
     from cdray.config import ModelConfig, parse_section
-    from cdray.model import llama_config, param_counts
+    from cdray.shapes import shape_params
 
-    counts = param_counts(llama_config(parse_section(ModelConfig, model_cfg, "model"), vocab))
+    counts = shape_params(parse_section(ModelConfig, model_cfg, "model"), vocab)
     return {"params_total": counts["total"], "params_non_embedding": counts["non_embedding"]}
 
 

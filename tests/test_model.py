@@ -1,12 +1,10 @@
-"""Tests of cdray.model: configs, parameter counts, SMALL-r selection, save/load."""
-import math
-
+"""Tests of cdray.model: configs, parameter counts, save/load."""
 import pytest
 import torch
 
 from cdray.config import MODEL_PRESETS, ModelConfig
 from cdray.model import (BOS, EOS, PAD, UNK, build_model, llama_config, load_model, param_counts,
-                         save_model, small_for_ratio)
+                         save_model)
 
 torch.set_num_threads(1)
 
@@ -40,34 +38,6 @@ def test_param_counts_of_the_paper_good_model():
     counts = param_counts(llama_config(GOOD, 32000))
     assert round(counts["total"] / 1e6) == 162
     assert round(counts["non_embedding"] / 1e6) == 113
-
-
-def test_paper_small_configs_total_ratios():
-    # PAPER.md 1.4: the released SMALL configs are 2.2 / 3.7 / 7.2 / 8.8 / 11.1x smaller in total
-    names = ["small-10x512", "small-8x384", "small-6x256", "small-5x224", "small-4x192"]
-    cands = tuple(ModelConfig(**MODEL_PRESETS[n]) for n in names)
-    totals = []
-    for c in cands:
-        _, info = small_for_ratio(GOOD, 2.0, 32000, (c,))
-        totals.append(round(info["total_ratio"], 1))
-    assert totals == [2.2, 3.7, 7.2, 8.8, 11.1]
-    shape, info = small_for_ratio(GOOD, 10.0, 32000, cands)
-    assert (shape.layers, shape.hidden) == (8, 384)  # non-embedding ratio ~8.7, the closest to 10
-    assert info["non_embedding_ratio"] > info["total_ratio"]
-
-
-def test_small_for_ratio_search():
-    shape, info = small_for_ratio(GOOD, 10.0, 32000)
-    assert shape.hidden % 64 == 0 and shape.hidden // shape.heads == 64
-    assert shape.ffn == 4 * shape.hidden and shape.context == GOOD.context
-    assert abs(math.log(info["non_embedding_ratio"] / 10.0)) < math.log(1.3)
-    assert set(info) >= {"target_r", "non_embedding_ratio", "total_ratio", "layers", "hidden"}
-    assert info["target_r"] == 10.0 and info["layers"] == shape.layers
-    assert small_for_ratio(GOOD, 10.0, 32000) == (shape, info)  # deterministic
-    big, info1 = small_for_ratio(GOOD, 1.0, 32000)
-    assert (big.layers, big.hidden) == (GOOD.layers, GOOD.hidden) and info1["non_embedding_ratio"] == 1.0
-    with pytest.raises(ValueError):
-        small_for_ratio(GOOD, 0.0, 32000)
 
 
 def test_build_is_seeded_and_leaves_global_rng_alone():
