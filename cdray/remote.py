@@ -110,8 +110,10 @@ class RemoteRoot:
 
     def download(self, rel: str, local: Path, sha256: Optional[str] = None) -> None:
         """Copy one object to `local` through a temporary file; checksum checked before the rename."""
+        from cdray.store import temporary_path  # the store's rule (it imports this module)
+
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".tmp-{local.name}-{os.getpid()}")
+        tmp = temporary_path(local)
         h = hashlib.sha256()
         try:
             with self.fs.open_input_stream(self.path(rel)) as src, open(tmp, "wb") as dst:
