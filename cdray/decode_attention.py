@@ -63,6 +63,17 @@ class KernelConfig:
         return f"{self.block_n},{self.num_warps},{self.num_stages}{tail}"
 
 
+def default_config(fp8_cache: bool, rep: int) -> KernelConfig:
+    """The launch shape a decode step uses unless told otherwise: fixed by the cache's dtype and
+    the model's query heads per kv head (never by the batch, so rows keep their bits)."""
+    # bench/decode_attention.py on an H100 at 3,072 rows (BENCHMARKS.md, seventh session): with an
+    # fp8 cache and one query head per kv head, "32,4,2,vector" took 506 us against 674 us for
+    # "64,4,3"; with a bf16 cache every mma shape ran at copy bandwidth and "vector" 14% slower
+    if fp8_cache and rep == 1:
+        return KernelConfig(32, 4, 2, "vector")
+    return KernelConfig()
+
+
 def unavailable_reason(device: torch.device) -> Optional[str]:
     """Why the kernel cannot run on `device` (None when it can)."""
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

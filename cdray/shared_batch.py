@@ -2,12 +2,30 @@
 another runs take the slots the first one frees, so a shard's tail does not drain the batch."""
 from __future__ import annotations
 
+import atexit
 import itertools
 import threading
+import weakref
 from collections import deque
 from typing import Callable, Optional
 
 from cdray.decoding_engine import Decoder, RowResult
+
+EXIT_WAIT_S = 10.0  # how long an exiting interpreter waits for each serving thread to end
+_open_batches: "weakref.WeakSet[SharedBatch]" = weakref.WeakSet()
+_exit_hook: list[bool] = []  # registered with the first batch, not at import
+
+
+def _close_at_exit() -> None:
+    # a serving thread still inside torch when the interpreter finalizes (even in the engine's
+    # last few calls after its final row was handed back) is killed there: "terminate called
+    # without an active exception" and SIGABRT. atexit runs before that.
+    for batch in list(_open_batches):
+        batch.close(EXIT_WAIT_S)
+
+
+class BatchClosed(RuntimeError):
+    """The SharedBatch was closed while rows of this request were still decoding."""
 
 
 class _Request:
@@ -65,6 +83,12 @@ class SharedBatch:
         self._waiting: deque[tuple[_Request, int]] = deque()
         self._serving = False
         self._error: Optional[BaseException] = None
+        self._closed = False
+        self._thread: Optional[threading.Thread] = None
+        _open_batches.add(self)
+        if not _exit_hook:
+            _exit_hook.append(True)
+            atexit.register(_close_at_exit)
 
     def generate(self, prompts: list[list[int]], seeds: list[int],
                  on_row: Optional[Callable[[int, RowResult], None]] = None,
@@ -82,17 +106,37 @@ class SharedBatch:
             if not 0 < len(p) <= room:
                 raise ValueError(f"prompt {i} has {len(p)} tokens; the batch takes 1 to {room}")
         with self._lock:
+            if self._closed:
+                raise BatchClosed("the decode batch is closed")
             if self._error is not None:
                 raise RuntimeError(f"the decode batch failed earlier: {self._error}") from self._error
             req = _Request(prompts, seeds, on_row)
             self._waiting.extend((req, i) for i in range(len(prompts)))
             if not self._serving:
                 self._serving = True
-                threading.Thread(target=self._serve, name="cdray-decode", daemon=True).start()
+                self._thread = threading.Thread(target=self._serve, name="cdray-decode",
+                                                daemon=True)
+                self._thread.start()
         req.done.wait()
         if req.error is not None:
             raise req.error
         return req.results, req.usage  # type: ignore[return-value]
+
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Take no more requests and wait up to `timeout` s for the serving thread to end (True
+        when it has). Rows still decoding stop as the next row ends; their callers get
+        BatchClosed."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BatchClosed("the decode batch was closed while its rows were decoding")
 
     def _take_waiting(self) -> list[tuple[_Request, int]]:
         with self._lock:
@@ -118,6 +162,7 @@ class SharedBatch:
                     return out
 
                 def more() -> list[tuple[list[int], int]]:
+                    self._check_open()
                     with self._lock:
                         new = list(self._waiting)
                         self._waiting.clear()
@@ -126,6 +171,8 @@ class SharedBatch:
                 def on_row(r: int, res: RowResult) -> None:
                     req, i = running.pop(r)
                     req.add(i, res, self.usage)
+                    if running:
+                        self._check_open()
 
                 first = rows(items)
                 self.decoder.generate([p for p, _ in first], [s for _, s in first], more=more,

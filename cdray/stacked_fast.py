@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from cdray.decode_attention import KernelConfig, decode_attention
+from cdray.decode_attention import KernelConfig, decode_attention, default_config
 from cdray.stacked import _bmm, _rms, _rope
 
 # keys per attention block: a row reads the ceil((position + 1) / FLEX_KV_BLOCK) blocks of its own
@@ -132,7 +132,8 @@ class FastDecode:
             raise ValueError(f"kv_block={kv_block} must be a positive multiple of 16")
         self.s, self.kv_block = stack, kv_block
         self.kernel = stack.fast_kernel
-        self.kernel_config = kernel_config or KernelConfig()
+        self.kernel_config = kernel_config or default_config(stack.kv_fp8,
+                                                             stack.heads // stack.kv_heads)
         if self.kernel == "triton":
             from cdray.decode_attention import unavailable_reason
 

@@ -165,9 +165,13 @@ def gqa_pair():
     return _gqa_llama(0), _gqa_llama(1)
 
 
-@pytest.mark.parametrize("kv_cache", ["model", "fp8"])
-def test_triton_step_computes_the_eager_step(gqa_pair, kv_cache):
-    s = StackedLlama(list(gqa_pair), attention="triton", kv_cache=kv_cache)
+@pytest.mark.parametrize("kv_cache,kv_heads,products", [
+    ("model", 2, "mma"), ("fp8", 2, "mma"), ("model", 4, "mma"), ("fp8", 4, "vector")])
+def test_triton_step_computes_the_eager_step(gqa_pair, kv_cache, kv_heads, products):
+    # the launch shape follows the cache and the head grouping: the vector kernel for an fp8
+    # cache with one query head per kv head (the GOOD shape), the mma kernel otherwise
+    pair = list(gqa_pair) if kv_heads == 2 else [_gqa_llama(i, kv_heads) for i in (0, 1)]
+    s = StackedLlama(pair, attention="triton", kv_cache=kv_cache)
     s.new_cache(6, 100)
     assert s.fast_kernel == "triton" and not s.fixed_batch and s.T == 104
     g = torch.Generator().manual_seed(0)
@@ -181,6 +185,8 @@ def test_triton_step_computes_the_eager_step(gqa_pair, kv_cache):
     ids = torch.randint(4, 64, (6, 1), generator=g)
     positions = torch.tensor([[0], [5], [63], [64], [99], [31]])
     fast = _decode_step(s, caches, ids, positions)
+    assert s._fast.kernel_config == da.default_config(kv_cache == "fp8", 4 // kv_heads)
+    assert s._fast.kernel_config.products == products
     written = [c.float() for c in s.k_cache + s.v_cache + s.k_scale + s.v_scale]
     s.attention = "eager"  # it dequantizes an fp8 cache
     eager = _decode_step(s, caches, ids, positions)

@@ -1,13 +1,17 @@
 """Tests of cdray.shared_batch: concurrent requests through one decode batch."""
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from cdray.config import DecodingConfig
 from cdray.decoding_engine import Decoder
-from cdray.shared_batch import SharedBatch
+from cdray.shared_batch import BatchClosed, SharedBatch
 from tests.test_decoding import tiny_llama
 
 torch.set_num_threads(1)
@@ -88,3 +92,53 @@ def test_a_bad_request_fails_alone_and_an_engine_error_reaches_every_caller(deco
         batch.generate([[1, 2]], [0])
     with pytest.raises(RuntimeError, match="failed earlier: CUDA error"):
         batch.generate([[1, 2]], [0])
+
+
+def test_close_stops_rows_mid_run_and_refuses_new_requests(decoder):
+    (p1, s1), _ = _requests()
+    batch = SharedBatch(decoder, batch_size=4, **KW)
+    closed = {}
+
+    def on_row(i, res):  # on the serving thread, with rows of the request still decoding
+        if not closed:
+            closer = threading.Thread(target=lambda: closed.setdefault("ok", batch.close(30)))
+            closer.start()
+            deadline = time.monotonic() + 30
+            while not batch._closed and time.monotonic() < deadline:
+                time.sleep(0.001)
+            closed["asked"] = True
+
+    with pytest.raises(BatchClosed, match="closed while its rows were decoding"):
+        batch.generate(p1, s1, on_row=on_row)
+    deadline = time.monotonic() + 30
+    while "ok" not in closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert closed["ok"] is True and not batch._thread.is_alive()
+    with pytest.raises(BatchClosed, match="is closed"):
+        batch.generate(p1, s1)
+
+
+def test_an_exiting_interpreter_waits_for_the_serving_thread(tmp_path):
+    # a serving thread still inside torch as the interpreter finalizes aborts the process (seen
+    # on an H100: "terminate called without an active exception"); the exit hook joins it first
+    script = tmp_path / "exit.py"
+    script.write_text(
+        "import atexit, threading\n"
+        "atexit.register(lambda: print('serving threads at exit:', [t.name for t in"
+        " threading.enumerate() if t.name == 'cdray-decode']))\n"  # runs after cdray's hook
+        "from cdray.config import DecodingConfig\n"
+        "from cdray.decoding_engine import Decoder\n"
+        "from cdray.shared_batch import SharedBatch\n"
+        "from tests.test_decoding import tiny_llama\n"
+        "import time\n"
+        "d = Decoder(tiny_llama(0), tiny_llama(1), 'contrastive', DecodingConfig(alpha=0.1))\n"
+        "engine = d.generate\n"  # an engine whose tail outlasts the caller's wake-up, as on a GPU
+        "d.generate = lambda *a, **k: (engine(*a, **k), time.sleep(1.0))[0]\n"
+        "batch = SharedBatch(d, batch_size=2, max_new_tokens=8, stop_at_eos=False, max_len=12)\n"
+        "rows, _ = batch.generate([[1, 2], [1, 3], [1, 4]], [0, 1, 2])\n"
+        "print('rows', len(rows))\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rows 3\nserving threads at exit: []" in done.stdout

@@ -13,11 +13,11 @@ from cdray.decoding import generate
 from cdray.stacked import StackedLlama
 
 
-def _gqa_llama(seed: int) -> LlamaForCausalLM:
-    # grouped-query attention (4 query heads on 2 kv heads) and head dim 16
+def _gqa_llama(seed: int, kv_heads: int = 2) -> LlamaForCausalLM:
+    # grouped-query attention (4 query heads on 2 kv heads by default) and head dim 16
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=256,
                       tie_word_embeddings=False)
     m = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
