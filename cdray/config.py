@@ -288,7 +288,7 @@ class GenerationConfig:
     # fast step only: also compile the layers into fused kernels (BENCHMARKS.md, decoding)
     compile_layers: bool = False
     # KV cache storage (cdray.stacked.KV_CACHE): "model" dtype, or "fp8" (e4m3 + a scale per
-    # vector): half the bytes a bf16 decode step streams (H100: +13-15% tokens/s), at the cost of
+    # vector): half the bytes a bf16 decode step streams (H100: +21% tokens/s), at the cost of
     # rounding keys and values; on CPU the eager step dequantizes it every step (slower there)
     kv_cache: Literal["model", "fp8"] = "model"
     refill: bool = True  # finished rows are replaced from the queue so the batch stays full
