@@ -78,7 +78,7 @@ def shard_intervals(shard_dir: Path) -> list[tuple[float, float]]:
 
 def most_at_once(spans: list[tuple[float, float]]) -> int:
     """The largest number of shards in flight at the same moment (an actor runs up to
-    ray_exec.SHARDS_PER_ACTOR at once, sharing its batch)."""
+    generation.shards_per_actor at once, sharing its batch)."""
     events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
     best = cur = 0
     for _, d in events:

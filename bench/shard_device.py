@@ -6,9 +6,10 @@ Builds the expert and a same-shaped EARLY-like amateur (random weights, sharpene
 demo store's tokenizer and seed prompts (or --tokenizer / --seed-parquet), saves them as the
 train stage does, and loads them through cdray.generation.ShardGenerator, the class each Ray
 Data actor holds: weights read on the CPU and stacked onto the device, a batch planned from
-memory, shards run two at a time through one SharedBatch as an actor runs them. Prints:
+memory, shards run at once through one SharedBatch as an actor runs them. Prints:
 - the engine alone on the same decoder (one fixed-length batch): new tokens/s;
-- every shard, run two at a time: tokens over the wall time, as a fraction of the engine alone
+- every shard, run as many at a time as the stage runs (shards_per_actor, or --calls): tokens
+  over the wall time, as a fraction of the engine alone
   (what the stage's own work costs: tokenizer decode, statistics, decontamination, parquet);
 - the same first shards at another batch size, in a fresh generator: shard files identical or not.
 Last line: `shards_vs_engine=X shard_bytes_identical=True|False`.
@@ -92,6 +93,8 @@ def main() -> None:
     p.add_argument("--new", type=int, default=64, help="max new tokens per row")
     p.add_argument("--tile", type=int, default=1, help="repeat the seed prompts this many times")
     p.add_argument("--shard-prompts", type=int, default=32)
+    p.add_argument("--calls", type=int, default=0,
+                   help="shards run at once (default: the stage's, generation.shards_per_actor)")
     p.add_argument("--store", default=str(ROOT / ".cdray" / "store"))
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--seed-parquet", default=None)
@@ -100,7 +103,7 @@ def main() -> None:
     import torch
 
     from cdray.config import GenerationConfig, to_dict
-    from cdray.generation import ShardGenerator, _shard_paths, shard_plan
+    from cdray.generation import ShardGenerator, _shard_paths, shard_plan, shards_per_actor
     from cdray.tokenizer import load_tokenizer
 
     if args.tokenizer and args.seed_parquet:
@@ -148,12 +151,14 @@ def main() -> None:
     print(f"engine alone: {engine_tok_s:.0f} new tok/s (batch {gen.batch_size}, fixed length)")
 
     plan = shard_plan(n_prompts, args.shard_prompts)
-    manifests, wall = run_shards(gen, plan, threads=2)
+    calls = args.calls or shards_per_actor(gen.batch_size,
+                                           args.shard_prompts * generation.continuations)
+    manifests, wall = run_shards(gen, plan, threads=calls)
     tokens = sum(m["new_tokens"] for m in manifests)
     rates = sorted(m["tokens_per_s"] for m in manifests)
     util = sum(m["row_steps"] for m in manifests) / max(1, sum(m["slot_steps"] for m in manifests))
     shards_tok_s = tokens / wall
-    print(f"shards: {len(plan)} of {args.shard_prompts} prompts, two at a time: {tokens} new tokens "
+    print(f"shards: {len(plan)} of {args.shard_prompts} prompts, {calls} at a time: {tokens} new tokens "
           f"in {wall:.2f} s = {shards_tok_s:.0f} tok/s; manifests' tokens_per_s "
           f"{rates[0]:.0f}..{rates[-1]:.0f}; EOS rate "
           f"{sum(m['stats'].get('eos_rate', 0) * m['rows'] for m in manifests) / sum(m['rows'] for m in manifests):.3f}; "

@@ -33,6 +33,7 @@ SHARD_SCHEMA = pa.schema([
 ])
 
 AMATEUR_KINDS = ("none", "early", "small", "dropout")
+MAX_SHARDS_PER_ACTOR = 8
 STATS_TOKENS = 2_000_000  # repetition rate of a corpus reads its first 2M new tokens
 
 
@@ -58,6 +59,15 @@ def shard_plan(n_prompts: int, shard_prompts: int) -> list[dict]:
         raise ValueError(f"shard_prompts={shard_prompts} must be >= 1")
     return [{"shard_id": i, "start": a, "end": min(a + shard_prompts, n_prompts)}
             for i, a in enumerate(range(0, n_prompts, shard_prompts))]
+
+
+def shards_per_actor(batch_size: int, shard_rows: int) -> int:
+    """Shards an actor runs at once through its one decode batch (ShardGenerator): two when a
+    shard holds a batch's worth of rows, else enough that another batch's worth is still queued
+    when the shards filling the batch end (rows of equal length end in the same step), so the
+    batch stays full while those shards are written."""
+    fill = math.ceil(batch_size / max(1, shard_rows))  # shards it takes to fill the batch
+    return min(MAX_SHARDS_PER_ACTOR, 2 * max(1, fill))
 
 
 def leading_tokens(token_counts: dict[int, int], n_shards: int) -> int:

@@ -187,9 +187,6 @@ def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callback
     return result.return_value
 
 
-SHARDS_PER_ACTOR = 2  # shards an actor runs at once (ShardGenerator: one shared batch)
-
-
 class _StoreShardGenerator:
     """ShardGenerator for a remote store: fetches the models into this node's cache first and
     uploads each committed shard (its manifest last, by write order) for the driver to pull."""
@@ -202,7 +199,7 @@ class _StoreShardGenerator:
             self.store.fetch(stage, key)
         self.push = push
         self.gen = ShardGenerator(**kwargs)
-        self.pushing = threading.Lock()  # calls run in several threads (SHARDS_PER_ACTOR)
+        self.pushing = threading.Lock()  # calls run in several threads (shards_per_actor)
 
     def __call__(self, batch):
         out = self.gen(batch)
@@ -217,9 +214,10 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict],
     """Run generation shards in order on a Ray Data actor pool (each actor holds both models);
     with `enough`, stop the pool once enough(counts) of a committed shard is True (counts: the
     ShardGenerator's output row)."""
-    from cdray.generation import ShardGenerator
+    from cdray.generation import ShardGenerator, shards_per_actor
 
     gen = cfg.generation
+    calls = shards_per_actor(gen.batch_size, gen.shard_prompts * gen.continuations)
     remote = store is not None and store.remote is not None
     callable_cls = ShardGenerator
     if remote:
@@ -238,19 +236,20 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict],
         fn_constructor_kwargs={**kwargs, "torch_threads": max(1, int(gen.actor_cpus)),
                                "device": "cuda" if gen.actor_gpus else "cpu"},
         batch_size=1,
-        # start every actor at once and hand each one two shards at a time, run at once in two
-        # threads that share the actor's decode batch: as one shard's last rows run, the other's
-        # fill the slots they leave (a shard's tail no longer drains the batch). Shards spread
-        # over the whole pool instead of queueing behind the first actor, go out in prompt
-        # order, and a stop at the budget leaves at most two unneeded shards per actor in flight
+        # start every actor at once and hand each one `calls` shards at a time (two, or more
+        # when a shard holds less than a batch), run at once in threads that share the actor's
+        # decode batch: as one shard's last rows run, the next one's fill the slots they leave
+        # (a shard's tail no longer drains the batch). Shards spread over the whole pool
+        # instead of queueing behind the first actor, go out in prompt order, and a stop at the
+        # budget leaves at most `calls` unneeded shards per actor in flight
         compute=ray.data.ActorPoolStrategy(
             min_size=min(max(1, gen.min_actors), actors), max_size=actors, initial_size=actors,
-            max_tasks_in_flight_per_actor=SHARDS_PER_ACTOR,
-            max_concurrent_calls_per_actor=SHARDS_PER_ACTOR, enable_true_multi_threading=True),
+            max_tasks_in_flight_per_actor=calls, max_concurrent_calls_per_actor=calls,
+            enable_true_multi_threading=True),
         **resources,
     )
     # the pool grows (back, after shrinking idle) once every thread of its actors is busy: Ray
-    # Data's default waits for 175% (queued calls), which two calls per actor never reach, and
+    # Data's default waits for 175% (queued calls), which its calls per actor never reach, and
     # warns that such a pool cannot scale up. Set on this dataset's own copy of the context
     out.context.autoscaling_config = dataclasses.replace(
         out.context.autoscaling_config,

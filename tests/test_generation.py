@@ -11,8 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdray import config
 from cdray.config import DecodingConfig, GenerationConfig
-from cdray.generation import (ShardGenerator, committed_tokens, finalize_corpus, leading_tokens,
-                              make_prompts, row_seed, shard_plan, shards_done)
+from cdray.generation import (MAX_SHARDS_PER_ACTOR, ShardGenerator, committed_tokens,
+                              finalize_corpus, leading_tokens, make_prompts, row_seed, shard_plan,
+                              shards_done, shards_per_actor)
 
 torch.set_num_threads(1)
 
@@ -111,6 +112,15 @@ def test_shard_plan_and_leading_tokens():
     assert leading_tokens({0: 10, 2: 10}, 3) == 10  # shard 1 missing: shard 2 is not leading
     assert leading_tokens({1: 10}, 3) == 0
     assert leading_tokens({}, 0) == 0
+
+
+def test_an_actor_runs_enough_shards_at_once_to_keep_its_batch_full():
+    # a shard of at least a batch: one decoding, one queued behind it (the demo, sweeps/paper.yaml)
+    assert shards_per_actor(32, 64) == shards_per_actor(1536, 4096) == shards_per_actor(8, 8) == 2
+    # smaller shards end together when rows are equally long: a second batch's worth is queued
+    # (an H100 ran 768-row shards at batch 1536 two at a time at 0.78 of the engine alone)
+    assert shards_per_actor(1536, 768) == 4 and shards_per_actor(1536, 700) == 6
+    assert shards_per_actor(1536, 8) == MAX_SHARDS_PER_ACTOR
 
 
 def test_shards_resume_finalize_and_determinism(world, tmp_path, monkeypatch):
@@ -427,7 +437,7 @@ def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ra
 
 
 def test_shards_run_at_once_share_a_batch_and_write_the_bytes_of_shards_run_alone(world, tmp_path):
-    """Ray Data runs two calls per actor at once (ray_exec.SHARDS_PER_ACTOR): their rows share
+    """Ray Data runs calls of one actor at once (generation.shards_per_actor): their rows share
     the actor's batch, and each shard still commits exactly what it would alone."""
     import threading
 
