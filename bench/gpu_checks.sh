@@ -7,8 +7,8 @@
 # best and the old mma default; bf16 cache; the engine waiting for each step's tokens before
 # queuing the next, :noahead; the step widening logits to fp32, :float32logits); larger
 # batches (3072, 3584: ~56 and ~65 GiB) with the host's waits counted; rows bit-identical across
-# batch sizes for the triton step with an fp8 cache and the default launch shape (GOOD-shaped at batches 1536, 768 and 1152,
-# and a tiny pair down to batch 5; each also as two requests sharing one batch, as an actor runs
+# batch sizes for the triton step with an fp8 cache and the default launch shape (GOOD-shaped at
+# batches 1536, 768 and 1152, and a tiny pair down to batch 5; each also as two requests sharing one batch, as an actor runs
 # two shards: CUDA graphs recaptured as the batch shrinks and grows back);
 # a kernel profile. FULL=1 adds the ratio line against HF generate and the paper-style loop and
 # the training MFU of GOOD (both recorded before; ~4 more minutes).

@@ -158,11 +158,12 @@ def main() -> None:
     rates = sorted(m["tokens_per_s"] for m in manifests)
     util = sum(m["row_steps"] for m in manifests) / max(1, sum(m["slot_steps"] for m in manifests))
     shards_tok_s = tokens / wall
-    print(f"shards: {len(plan)} of {args.shard_prompts} prompts, {calls} at a time: {tokens} new tokens "
-          f"in {wall:.2f} s = {shards_tok_s:.0f} tok/s; manifests' tokens_per_s "
-          f"{rates[0]:.0f}..{rates[-1]:.0f}; EOS rate "
-          f"{sum(m['stats'].get('eos_rate', 0) * m['rows'] for m in manifests) / sum(m['rows'] for m in manifests):.3f}; "
-          f"batch slots busy (summed over shards) {util:.3f}")
+    eos = sum(m["stats"].get("eos_rate", 0) * m["rows"] for m in manifests) / sum(
+        m["rows"] for m in manifests)
+    print(f"shards: {len(plan)} of {args.shard_prompts} prompts, {calls} at a time: {tokens} new "
+          f"tokens in {wall:.2f} s = {shards_tok_s:.0f} tok/s; manifests' tokens_per_s "
+          f"{rates[0]:.0f}..{rates[-1]:.0f}; EOS rate {eos:.3f}; batch slots busy (summed over "
+          f"shards) {util:.3f}")
     gen.batch.close(30)
 
     other = max(1, gen.batch_size // 3)
