@@ -151,8 +151,8 @@ def main() -> None:
     print(f"engine alone: {engine_tok_s:.0f} new tok/s (batch {gen.batch_size}, fixed length)")
 
     plan = shard_plan(n_prompts, args.shard_prompts)
-    calls = args.calls or shards_per_actor(gen.batch_size,
-                                           args.shard_prompts * generation.continuations)
+    # as the stage decides it: from the batch cap (the driver does not know the planned batch)
+    calls = args.calls or shards_per_actor(args.batch, args.shard_prompts * generation.continuations)
     manifests, wall = run_shards(gen, plan, threads=calls)
     tokens = sum(m["new_tokens"] for m in manifests)
     rates = sorted(m["tokens_per_s"] for m in manifests)

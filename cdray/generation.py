@@ -33,7 +33,7 @@ SHARD_SCHEMA = pa.schema([
 ])
 
 AMATEUR_KINDS = ("none", "early", "small", "dropout")
-MAX_SHARDS_PER_ACTOR = 8
+MAX_SHARDS_PER_ACTOR = 8  # threads an actor's calls may take (each holds a shard's rows)
 STATS_TOKENS = 2_000_000  # repetition rate of a corpus reads its first 2M new tokens
 
 
