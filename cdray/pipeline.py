@@ -119,6 +119,10 @@ class Cell:
     def id(self) -> str:
         return f"{self.arm}|q={self.q:g}|seed={self.seed}"
 
+    def nodes(self) -> tuple[Node, ...]:
+        """The cell's own work in build order: its training run, then its evaluations."""
+        return (self.train, self.evaluate, *self.babylm)
+
     def params(self) -> dict:
         a = self.amateur
         return {
@@ -152,16 +156,49 @@ class SweepGraph:
         """All nodes, inputs before users, each key once."""
         seen: dict[tuple[str, str], Node] = {}
         roots = [self.good, self.prompts, *self.smalls.values(), *self.synthetic.values()]
-        roots += [n for c in self.cells for n in (c.train, c.evaluate, *c.babylm)]
+        roots += [n for c in self.cells for n in c.nodes()]
         for root in roots:
             for node in root.walk():
                 seen.setdefault((node.stage, node.key), node)
         return list(seen.values())
 
     def upstream(self) -> list[Node]:
-        """Nodes that cells depend on but that are not cells themselves."""
-        cell_keys = {(n.stage, n.key) for c in self.cells for n in (c.train, c.evaluate, *c.babylm)}
-        return [n for n in self.nodes() if (n.stage, n.key) not in cell_keys]
+        """What must be built before any cell starts, inputs first: every node that is no cell's
+        own, and every cell node that something outside its cell reads, with all it needs.
+
+        A cell's own train run is shared work when its key is also the GOOD's or a SMALL's (the
+        q=0 BASELINE of the GOOD's seed and shape *is* the GOOD): generation reads it, so it
+        cannot wait for its cell."""
+        owners: dict[tuple[str, str], set[int]] = {}
+        for i, cell in enumerate(self.cells):
+            for node in cell.nodes():
+                owners.setdefault(_ident(node), set()).add(i)
+        shared: set[tuple[str, str]] = set()
+        for node in self.nodes():
+            own = owners.get(_ident(node))
+            if own is None or len(own) > 1:
+                shared.add(_ident(node))
+            for _, dep in node.inputs:
+                if owners.get(_ident(dep)) not in (None, own):
+                    shared.add(_ident(dep))
+        needed = {_ident(a) for n in self.nodes() if _ident(n) in shared for a in n.walk()}
+        return [n for n in self.nodes() if _ident(n) in needed]
+
+
+    def build_order(self) -> list[Node]:
+        """Every node in the order a sweep builds it: upstream(), then each cell's own work."""
+        order = self.upstream()
+        first = {_ident(n) for n in order}
+        for cell in self.cells:
+            for node in cell.nodes():
+                if _ident(node) not in first:
+                    first.add(_ident(node))
+                    order.append(node)
+        return order
+
+
+def _ident(node: Node) -> tuple[str, str]:
+    return node.stage, node.key
 
 
 def _train_node(cfg: SweepConfig, g_inputs: dict, *, model: dict, seed: int, q: float,
@@ -312,7 +349,7 @@ class PlanRow:
 
 
 def plan(graph: SweepGraph, store: Store) -> list[PlanRow]:
-    return [PlanRow(n.stage, n.label, n.key, store.is_done(n.stage, n.key)) for n in graph.nodes()]
+    return [PlanRow(n.stage, n.label, n.key, store.is_done(n.stage, n.key)) for n in graph.build_order()]
 
 
 def format_plan(rows: list[PlanRow]) -> str:

@@ -252,10 +252,25 @@ BUILDERS: dict[str, Callable[[Node, SweepConfig, Store, Path], dict]] = {
 }
 
 
+class MissingInputError(RuntimeError):
+    """A node was asked to build before one of its inputs was committed (a planning bug)."""
+
+
+def require_inputs(node: Node, store: Store) -> None:
+    """Raise MissingInputError naming the first input of `node` that is not built."""
+    for name, dep in node.inputs:
+        if not store.is_done(dep.stage, dep.key):
+            raise MissingInputError(f"{node.label}: its input {name!r} ({dep.label}, "
+                                    f"{dep.stage}/{dep.key}) is not built")
+
+
 def build(node: Node, cfg: SweepConfig, store: Store,
           builder: Optional[Callable[[Node, SweepConfig, Store, Path], dict]] = None,
           extra: Optional[dict] = None) -> dict:
-    """Get-or-build one node in this process; returns its manifest."""
+    """Get-or-build one node in this process once all its inputs are built; returns its manifest."""
+    if store.is_done(node.stage, node.key):
+        return store.manifest(node.stage, node.key)
+    require_inputs(node, store)
     fn = builder or BUILDERS[node.stage]
     return store.get_or_build(node.stage, node.key, lambda out: fn(node, cfg, store, out),
                               config=node.config, inputs=node.input_keys,

@@ -116,15 +116,13 @@ def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConf
     return row
 
 
-def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], parent_id: Optional[str]) -> None:
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    cell = cells[config["cell"]]
-    store = open_store(cfg)
-    tracker = Tracker(cfg.tracking)
+def run_cell(cell: Cell, cfg: SweepConfig, store: Store, tracker: Tracker, parent_id: Optional[str],
+             callbacks: tuple = ()) -> dict:
+    """A cell's own work in order (its training run, then its evaluations: every input it reads
+    from outside the cell is upstream work, built before any cell), logged to its child run."""
     run_id, _ = tracker.child_run(parent_id, cell.id, cell.id)
     try:
-        build_node(cell.train, cfg, store, run_id=run_id, callbacks=(TuneReportCallback(),))
+        build_node(cell.train, cfg, store, run_id=run_id, callbacks=callbacks)
         build_node(cell.evaluate, cfg, store)
         build_nodes(cell.babylm, cfg, store)
         row = log_cell(tracker, run_id, cell, cfg, store)
@@ -132,6 +130,16 @@ def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], paren
         tracker.finish(run_id, "FAILED")
         raise
     tracker.finish(run_id)
+    return row
+
+
+def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], parent_id: Optional[str]) -> None:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cell = cells[config["cell"]]
+    store = open_store(cfg)
+    tracker = Tracker(cfg.tracking)
+    row = run_cell(cell, cfg, store, tracker, parent_id, callbacks=(TuneReportCallback(),))
     tune.report({"final_ppl": row["final_ppl"], "best_ppl": row["best_ppl"], "done": True})
 
 
@@ -231,12 +239,7 @@ def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) ->
             run_cells_with_tune(cfg, pending, parent_id, name=f"sweep-{cfg.name}-{key}")
         else:
             for cell in pending:
-                run_id, _ = tracker.child_run(parent_id, cell.id, cell.id)
-                build_node(cell.train, cfg, store, run_id=run_id)
-                build_node(cell.evaluate, cfg, store)
-                build_nodes(cell.babylm, cfg, store)
-                log_cell(tracker, run_id, cell, cfg, store)
-                tracker.finish(run_id)
+                run_cell(cell, cfg, store, tracker, parent_id)
     results = [row for c in graph.cells if (row := cell_row(c, store)) is not None]
     table = format_table(results)
     echo(table)

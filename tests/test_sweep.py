@@ -139,3 +139,24 @@ def test_live_metrics_survive_a_tracking_failure():
         log({"shards": shards, "leading_tokens": 10 * shards, "tokens_per_s": 5.0})
     assert Down.calls == 1 and len(said) == 1
     assert "generate CD-EARLY-4" in said[0] and "s3cret" not in said[0]
+
+
+@pytest.mark.parametrize("use_tune", [True, False], ids=["sweep", "run"])
+def test_a_grid_seed_that_is_the_goods_runs_end_to_end(micro_cfg_dict, ray_session, tmp_path, use_tune):
+    """The paper's design: GOOD = the BASELINE run of one grid seed (43 here). Generation reads
+    that run, so it is built before the cells, for `cdray sweep` (Tune) and `cdray run` alike."""
+    from cdray.sweep import run_sweep
+
+    seeds = [42, 43] if use_tune else [43]
+    cfg = C.from_dict(micro_cfg_dict | {"grid": {"k": [4], "strategy": ["contrastive"], "q": [0.0, 0.5],
+                                                 "seed": seeds}})
+    graph = build_graph(cfg)
+    assert any(c.train.key == graph.good.key for c in graph.cells)
+    rows = run_sweep(cfg, use_tune=use_tune, echo=lambda line: None)
+    assert sorted((r["arm"], r["seed"]) for r in rows) == sorted(
+        (arm, s) for arm in ("BASELINE", "CD-EARLY-4") for s in seeds)
+    store = Store.at(cfg.store.root)
+    assert all(r.cached for r in plan(graph, store))
+    good = store.manifest("train", graph.good.key)
+    gen = store.manifest("generate", graph.generations["CD-EARLY-4"].key)
+    assert good["created"] <= gen["created"]
