@@ -84,18 +84,15 @@ def _write_yaml(path: Path, doc: dict) -> None:
 
 
 def eval_tokenizer(tokenizer_dir: str | Path):
-    """The cdray tokenizer with `<s>` prepended on encode: lm-eval's contexts then start with BOS.
+    """The sweep's saved tokenizer, which encodes with `<s>` first (as training read every
+    document): lm-eval's contexts then start with BOS, as its own BOS prefix does for empty ones,
+    and continuations are encoded without special tokens."""
+    from cdray.tokenizer import load_tokenizer
 
-    lm-eval puts BOS (prefix_token_id) before an empty context itself and encodes continuations
-    without special tokens, so every scored sequence is `<s> context continuation`.
-    """
-    from tokenizers import processors
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    bos = tok.bos_token
-    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.bos_token_id)])
+    tok = load_tokenizer(Path(tokenizer_dir))
+    if tok("a").input_ids[:1] != [tok.bos_token_id]:
+        raise ValueError(f"{tokenizer_dir}: this tokenizer does not add {tok.bos_token} when it "
+                         f"encodes (saved by an older cdray); re-run the sweep to rebuild it")
     return tok
 
 

@@ -12,7 +12,7 @@ from cdray.store import Store, stage_key
 # Bump a stage's version when its output for the same config changes meaning.
 STAGE_VERSIONS = {
     "corpus": 1,
-    "tokenizer": 1,
+    "tokenizer": 2,  # 2: saved to encode with <s> first, as every training document starts
     "tokens": 1,
     "prompts": 1,
     "train": 1,

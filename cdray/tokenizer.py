@@ -31,7 +31,7 @@ def _iter_texts(parquet: Path, *, keep_empty: bool, batch: int = _READ_BATCH) ->
 
 def train_tokenizer(cfg: TokenizerConfig, train_parquet: Path, out_dir: Path) -> dict:
     """Train a SentencePiece-style BPE (NFKC, Metaspace) on train texts; save it for AutoTokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     # the SentencePieceBPETokenizer recipe, built from public parts
@@ -47,6 +47,12 @@ def train_tokenizer(cfg: TokenizerConfig, train_parquet: Path, out_dir: Path) ->
     for i, tok in enumerate(SPECIALS):
         if bpe.token_to_id(tok) != i:
             raise RuntimeError(f"special token {tok!r} got id {bpe.token_to_id(tok)}, expected {i}")
+    # encode as training saw every document: after <s>. Whoever loads the saved tokenizer (lm-eval,
+    # the official BabyLM pipeline, a plain AutoTokenizer) then scores text as the model read it;
+    # cdray's own streams encode without special tokens and wrap documents themselves
+    bos_id = SPECIALS.index(BOS)
+    bpe.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B:1", special_tokens=[(BOS, bos_id)])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=bpe, unk_token=UNK, bos_token=BOS, eos_token=EOS,
         pad_token=PAD, model_max_length=_MAX_LENGTH, clean_up_tokenization_spaces=False)

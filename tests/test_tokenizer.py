@@ -59,6 +59,25 @@ def test_autotokenizer_loads_with_specials(tok_dir):
     assert ours.model_max_length > 10**6
 
 
+def test_the_saved_tokenizer_encodes_as_training_read_documents(tok_dir, corpus, tmp_path):
+    """Any loader (AutoTokenizer, AutoProcessor: the official BabyLM pipeline's) puts <s> first,
+    once; cdray's own streams wrap each document in <s> ... </s> exactly once."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    text = "The dog ran."
+    plain = encode_texts(load_tokenizer(tok_dir), [text])[0]
+    assert 1 not in plain
+    for loader in (AutoTokenizer, AutoProcessor):
+        tok = loader.from_pretrained(str(tok_dir))
+        assert tok(text).input_ids == [1, *plain]
+        assert tok(text, add_special_tokens=False).input_ids == plain
+    tokenize_parquet(tok_dir, corpus / "train.parquet", tmp_path / "t.npy")
+    arr = read_token_stream(tmp_path / "t.npy")
+    docs = pq.read_metadata(corpus / "train.parquet").num_rows
+    assert int((arr == 1).sum()) == int((arr == 2).sum()) == docs
+    assert arr[0] == 1 and arr[1] != 1
+
+
 def test_round_trip_english(tok_dir):
     tok = load_tokenizer(tok_dir)
     texts = ["The old sailor walked to the river before dinner.",
