@@ -214,3 +214,22 @@ def reference_texts(eval_parquet: Optional[Path], items_dir: Optional[Path]) -> 
                 yield from _item_strings(json.load(f))
             else:
                 yield from f
+
+
+def contamination_stats(corpus_parquet: Path, tokenizer_dir: Path, items_dir: str, n: int) -> dict:
+    """The share of a generated corpus's rows whose continuation shares a word n-gram with the
+    evaluation items under items_dir (what generation flags against the eval split, for the
+    BabyLM items)."""
+    import pyarrow.parquet as pq
+
+    from cdray.tokenizer import decode_texts, load_decoder
+
+    index = NgramIndex(n)
+    for text in reference_texts(None, Path(items_dir)):
+        index.add(text)
+    table = pq.read_table(corpus_parquet, columns=["tokens", "new_tokens"])
+    tokens, new = table.column("tokens").to_pylist(), table.column("new_tokens").to_pylist()
+    texts = decode_texts(load_decoder(Path(tokenizer_dir)), [t[len(t) - k:] for t, k in zip(tokens, new)])
+    flagged = sum(index.overlaps(t) for t in texts)
+    return {"rows": len(texts), "rows_sharing_ngram": int(flagged), "n": n,
+            "eval_items_contamination_rate": flagged / len(texts) if texts else 0.0}

@@ -19,6 +19,7 @@ STAGE_VERSIONS = {
     "generate": 2,  # 2: own decoding engine, telemetry and contamination columns
     "evaluate": 1,
     "babylm": 1,
+    "contamination": 1,
 }
 
 # Execution-only knobs: they change how fast an artifact is built, never what it contains,
@@ -149,13 +150,15 @@ class SweepGraph:
     small_info: dict[float, dict] = field(default_factory=dict)
     generations: dict[str, Node] = field(default_factory=dict)  # by corpus label
     synthetic: dict[str, Node] = field(default_factory=dict)
+    contamination: dict[str, Node] = field(default_factory=dict)  # by corpus label
     cells: list[Cell] = field(default_factory=list)
     babylm_note: Optional[str] = None  # why BabyLM tasks are not evaluated, when they are not
 
     def nodes(self) -> list[Node]:
         """All nodes, inputs before users, each key once."""
         seen: dict[tuple[str, str], Node] = {}
-        roots = [self.good, self.prompts, *self.smalls.values(), *self.synthetic.values()]
+        roots = [self.good, self.prompts, *self.smalls.values(), *self.synthetic.values(),
+                 *self.contamination.values()]
         roots += [n for c in self.cells for n in c.nodes()]
         for root in roots:
             for node in root.walk():
@@ -251,6 +254,10 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
         from cdray.corpus_stats import reference_digest
 
         eval_items = reference_digest(Path(cfg.eval.babylm_dir).expanduser())
+    # only a corpus that drops rows sharing an n-gram with the items depends on them; the others
+    # measure their overlap in a stage of its own, so evaluating a built sweep on BabyLM data
+    # regenerates and retrains nothing
+    drop_on_items = eval_items is not None and cfg.generation.drop_contaminated
 
     def corpus_for(strategy: str, amateur: Optional[Amateur]) -> Node:
         name = arm_name(strategy, amateur, 1.0)
@@ -276,10 +283,14 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
             "expert_step": cfg.expert_step,
             "amateur": amateur_cfg,
         }
-        if eval_items is not None:
+        if drop_on_items:
             config["eval_items"] = eval_items
         gen = Node("generate", config, tuple(inputs), f"generate {name}")
         graph.generations[name] = gen
+        if eval_items not in (None, "missing"):
+            graph.contamination[name] = Node(
+                "contamination", {"n": cfg.generation.decontaminate_n, "eval_items": eval_items},
+                (("generate", gen), ("tokenizer", tokenizer)), f"contamination {name}")
         syn = Node("tokens", {"split": "synthetic"}, (("generate", gen),), f"tokens[{name}]")
         graph.synthetic[name] = syn
         return syn

@@ -211,6 +211,15 @@ def _execute_in_process(kwargs: dict, shards: list[dict],
             return
 
 
+def build_contamination(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+    """How many rows of a synthetic corpus share a word n-gram with the evaluation items."""
+    from cdray.corpus_stats import contamination_stats
+
+    return contamination_stats(input_dir(store, node, "generate") / "corpus.parquet",
+                               input_dir(store, node, "tokenizer"), eval_items_dir(node.config, cfg),
+                               node.config["n"])
+
+
 def build_evaluate(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
     from cdray.evaluation import evaluate_run
 
@@ -249,6 +258,7 @@ BUILDERS: dict[str, Callable[[Node, SweepConfig, Store, Path], dict]] = {
     "generate": build_generate,
     "evaluate": build_evaluate,
     "babylm": build_babylm,
+    "contamination": build_contamination,
 }
 
 

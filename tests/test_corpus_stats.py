@@ -80,3 +80,27 @@ def test_ngram_index_overlap(tmp_path):
     assert any("plain line" in t for t in got) and "ignored" not in got
     with pytest.raises(ValueError, match="nope"):
         list(reference_texts(None, tmp_path / "nope"))
+
+
+def test_contamination_stats_reads_continuations_against_the_items(tmp_path):
+    """The contamination stage: a row counts when its continuation (not its prompt) shares an
+    n-gram with an evaluation item."""
+    from test_generation import WORDS, save_tokenizer
+
+    from cdray.corpus_stats import contamination_stats
+
+    tok = save_tokenizer(tmp_path / "tok")
+    ids = {w: i + 4 for i, w in enumerate(WORDS)}
+    items = tmp_path / "items" / "blimp"
+    items.mkdir(parents=True)
+    seq = " ".join(WORDS[:4])
+    with gzip.open(items / "a.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"sentence_good": seq}) + "\n")
+    prompt = [1, ids[WORDS[0]], ids[WORDS[1]], ids[WORDS[2]], ids[WORDS[3]]]
+    clean = [ids[WORDS[5]], ids[WORDS[6]], ids[WORDS[7]], ids[WORDS[8]]]
+    hit = [ids[w] for w in WORDS[:4]]
+    rows = [prompt + clean, prompt[:1] + hit, prompt + hit[:3]]
+    pq.write_table(pa.table({"tokens": rows, "new_tokens": [4, 4, 3]}), tmp_path / "corpus.parquet")
+    stats = contamination_stats(tmp_path / "corpus.parquet", tok, str(tmp_path / "items"), 4)
+    assert stats == {"rows": 3, "rows_sharing_ngram": 1, "n": 4,
+                     "eval_items_contamination_rate": pytest.approx(1 / 3)}

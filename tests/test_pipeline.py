@@ -148,7 +148,8 @@ def test_decontamination_items_are_keyed_by_content_not_path(micro_cfg_dict, tmp
     (tmp_path / "link").symlink_to(items)
 
     def generate_keys(folder):
-        cfg = C.from_dict(micro_cfg_dict | {"eval": {"babylm_dir": str(folder)}})
+        cfg = C.from_dict(micro_cfg_dict | {"eval": {"babylm_dir": str(folder)},
+                                            "generation": micro_cfg_dict["generation"] | {"drop_contaminated": True}})
         return cfg, {n.key for n in build_graph(cfg).generations.values()}
 
     cfg, keys = generate_keys(items)
@@ -159,3 +160,22 @@ def test_decontamination_items_are_keyed_by_content_not_path(micro_cfg_dict, tmp
     assert generate_keys(items)[1].isdisjoint(keys)  # other items, other corpora
     with pytest.raises(ValueError, match="eval.babylm_dir .* changed since the sweep was planned"):
         eval_items_dir(node.config, cfg)
+
+
+def test_evaluation_data_keys_only_what_reads_it(micro_cfg_dict):
+    """Pointing a built sweep at BabyLM data adds evaluation work and rebuilds nothing: corpora
+    that do not drop contaminated rows measure their overlap with the items in a stage of its own."""
+    from cdray.babylm import data_digest
+
+    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "eval" / "babylm2025"
+    before = build_graph(C.from_dict(micro_cfg_dict))
+    with_items = C.from_dict(micro_cfg_dict | {"eval": micro_cfg_dict["eval"] | {"babylm_dir": str(shared)}})
+    after = build_graph(with_items)
+    old = {(n.stage, n.key) for n in before.nodes()}
+    new = [n for n in after.nodes() if (n.stage, n.key) not in old]
+    assert new and {n.stage for n in new} == {"babylm", "contamination"}
+    assert old <= {(n.stage, n.key) for n in after.nodes()}
+    assert set(after.contamination) == set(after.generations)
+    node = after.contamination["CD-EARLY-4"]
+    assert node.input("generate") is after.generations["CD-EARLY-4"]
+    assert node.config["eval_items"] != "missing" and data_digest(shared, "blimp")
