@@ -22,9 +22,14 @@ FOLDERS = {
     "wug": "wug_adj_nominalization",
     "reading": "reading",
 }
-# the seven scores of the paper's tables, in its column order, and the task that produces each
+# the seven scores of the paper's tables, in its column order (μΔREL averages these), and the
+# task that produces each; WUG is the paper's accuracy of ranking sentence 0 first
 SCORES = ("blimp", "supplement", "entity_tracking", "ewok", "wug", "reading", "eye_tracking")
-SCORE_TASK = {s: s for s in SCORES} | {"eye_tracking": "reading"}
+# shown beside them, never averaged into μΔREL: BabyLM 2025's WUG score, Spearman's ρ between the
+# model's preference for sentence 0 and the human ratio (a coefficient in [-1, 1], as the
+# official pipeline reports it)
+SHOWN_SCORES = ("wug_spearman",)
+SCORE_TASK = {s: s for s in SCORES} | {"eye_tracking": "reading", "wug_spearman": "wug"}
 EYE_TRACKING = ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound")
 SELF_PACED = "self_paced_reading_time"
 READING_COLUMNS = EYE_TRACKING + (SELF_PACED, "Subtlex_log10", "length", "context_length", "prev_length")

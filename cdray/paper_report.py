@@ -5,11 +5,12 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from cdray.babylm import SCORES
+from cdray.babylm import SCORES, SHOWN_SCORES
 from cdray.stats import BASELINE, PPL, ArmSummary, Checkpoint
 
-COLUMNS = {"blimp": "BLiMP", "supplement": "Supp.", "entity_tracking": "ET", "ewok": "EWoK", "wug": "WUG",
-           "reading": "Reading", "eye_tracking": "Eye tracking"}
+COLUMNS = {"blimp": "BLiMP", "supplement": "Supp.", "entity_tracking": "ET", "ewok": "EWoK", "wug": "WUG acc.",
+           "wug_spearman": "WUG ρ", "reading": "Reading", "eye_tracking": "Eye tracking"}
+DIGITS = {"wug_spearman": 3}  # a correlation coefficient, not a percentage
 
 
 def collect(graph, store) -> list[Checkpoint]:
@@ -25,7 +26,7 @@ def collect(graph, store) -> list[Checkpoint]:
                 continue
             st = store.manifest(node.stage, node.key)["stats"]
             c = cps.setdefault(st["step"], Checkpoint(cell.arm, cell.q, cell.seed, st["step"]))
-            c.scores.update({k: v for k, v in st["scores"].items() if k in SCORES})
+            c.scores.update({k: v for k, v in st["scores"].items() if k in SCORES or k in SHOWN_SCORES})
             c.item_dirs[st["task"]] = store.dir(node.stage, node.key) / "items"
         out += cps.values()
     return out
@@ -40,8 +41,10 @@ def cell_text(summary: ArmSummary, score: str) -> str:
     if c is None:
         return "—"
     mark = "*" if c.comparison is not None and c.comparison.significant else ""
-    text = f"{_fmt(c.mean)}±{_fmt(c.se)}{mark}"
-    if summary.arm != BASELINE and math.isfinite(c.rel):
+    digits = DIGITS.get(score, 2)
+    text = f"{_fmt(c.mean, digits)}±{_fmt(c.se, digits)}{mark}"
+    # a relative change of a correlation near 0 says nothing: its Δ and CI are in the bootstrap table
+    if summary.arm != BASELINE and math.isfinite(c.rel) and score not in DIGITS:
         text += f" ({c.rel:+.2f}%)"
     return text
 
@@ -62,8 +65,11 @@ def markdown_table(rows: list[ArmSummary], title: str) -> str:
 def legend(B: int = 1000, seed: int = 42) -> str:
     return ("Cells: mean±se over seeds (relative change vs BASELINE). * = the paired bootstrap's 95% CI of "
             f"(arm − BASELINE) excludes 0 (B={B} index sets per item file, seed {seed}, shared by all models). "
-            "μΔREL = mean relative change over the seven BabyLM scores; PPL Δ = (baseline − arm)/baseline, "
-            "positive is better. Accuracies in %, Reading and Eye tracking are ΔR² × 100.")
+            "μΔREL = mean relative change over the paper's seven BabyLM scores (BLiMP, Supp., ET, EWoK, "
+            "WUG acc., Reading, Eye tracking; WUG ρ is shown, not averaged); PPL Δ = (baseline − arm)/baseline, "
+            "positive is better. Accuracies in %; WUG acc. = sentence 0 ranked first (the paper's score), "
+            "WUG ρ = Spearman's ρ with the human ratio (BabyLM 2025's score); Reading and Eye tracking are "
+            "ΔR² × 100.")
 
 
 def bootstrap_table(rows: list[ArmSummary]) -> str:

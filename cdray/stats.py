@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from cdray.babylm import SCORE_TASK, SCORES, load_item_dir, task_scores
+from cdray.babylm import SCORE_TASK, SCORES, SHOWN_SCORES, load_item_dir, task_scores
 
 PPL = "ppl"
 BASELINE = "BASELINE"
@@ -77,7 +77,8 @@ def relative_change(method: float, baseline: float, score: str) -> float:
 
 
 def mu_delta_rel(rel: dict[str, float]) -> float:
-    """Mean relative change over the seven non-perplexity scores that are present."""
+    """Mean relative change over the paper's seven non-perplexity scores that are present (its
+    definition: WUG counts as accuracy; SHOWN_SCORES stay out)."""
     vals = [rel[s] for s in SCORES if _finite(rel.get(s))]
     return float(np.mean(vals)) if vals else math.nan
 
@@ -236,7 +237,7 @@ def summarize(checkpoints: list[Checkpoint], mode: str = "best", B: int = 1000, 
         return Cell(m, se, len(vals))
 
     out = []
-    all_scores = [*SCORES, PPL]
+    all_scores = [*SCORES, *SHOWN_SCORES, PPL]
     base_cells = {s: stats(base_keys, s) for s in all_scores} if base_keys else {}
     base_boot: dict[str, Optional[np.ndarray]] = {}
     for g in sorted(groups, key=lambda g: (g[0] != BASELINE, g[0], g[1])):

@@ -111,3 +111,25 @@ def test_summarize_means_relative_change_and_bootstrap(tmp_path):
             if c.arm == "BASELINE"]
     x = {r.arm: r for r in stats.summarize(cps + same, B=50)}["X"].cells["blimp"].comparison
     assert x.ci == (0.0, 0.0) and x.p == 1.0 and not x.significant
+
+
+def test_wug_spearman_is_shown_beside_accuracy_and_stays_out_of_mu_delta_rel(tmp_path):
+    from cdray.paper_report import markdown_table
+
+    def wug_dir(path, margins):
+        babylm.write_items(path / "items" / "wug.jsonl",
+                           [{"doc_id": i, "lls": [m, 0.0], "correct": float(m > 0), "ratio": r}
+                            for i, (m, r) in enumerate(zip(margins, [0.1, 0.4, 0.6, 0.9]))])
+        return path / "items"
+
+    cps = []
+    for arm, margins in (("BASELINE", [-1.0, 1.0, -0.5, 2.0]), ("CD", [1.0, 2.0, 3.0, 4.0])):
+        files = babylm.load_item_dir(wug_dir(tmp_path / arm, margins))
+        c = cp(arm, 1, 10, **babylm.task_scores("wug", files))
+        c.item_dirs["wug"] = tmp_path / arm / "items"
+        cps.append(c)
+    rows = {r.arm: r for r in stats.summarize(cps, B=20)}
+    assert rows["CD"].cells["wug_spearman"].mean == pytest.approx(1.0)
+    assert rows["CD"].mu_delta_rel == pytest.approx(rows["CD"].cells["wug"].rel)  # accuracy only
+    table = markdown_table(list(rows.values()), "t")
+    assert "| WUG acc. | WUG ρ |" in table and "1.000±0.000" in table
