@@ -109,10 +109,15 @@ def _num(v) -> float:
 
 
 def reading_docs(path: Path, max_items: Optional[int] = None) -> list[dict]:
-    """The reading CSV as plain string / float records (pandas-free; empty cells are NaN)."""
+    """The reading CSV as plain string / float records (pandas-free; empty numbers are NaN).
+
+    An empty `item` is the context "None", as the official pipeline reads it (the one such row
+    of BabyLM 2025 begins "None of the city people ..."); a row has a previous word where its
+    `prev_item` is not empty."""
     docs = []
     for row in read_rows(path, max_items):
         d = {k: (row.get(k) or "") for k in ("item", "word", "prev_item", "prev_word")}
+        d["item"] = d["item"] or "None"
         d.update({c: _num(row.get(c)) for c in READING_COLUMNS})
         docs.append(d)
     return docs

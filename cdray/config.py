@@ -347,6 +347,11 @@ class EvalConfig:
     max_items: Optional[int] = None  # first N items of every BabyLM file but reading (None: all)
     steps: Optional[tuple[int, ...]] = None  # milestones scored on BabyLM (None: every one)
     scoring_batch_size: int = 64  # lm-eval batch size
+    # reading surprisal of a word split into several tokens: "exact" sums its tokens' log-probs
+    # after the context; "babylm2025" reproduces the official BabyLM 2025 pipeline (each later
+    # piece re-encoded as a word start after the decoded earlier ones), which produced the paper's
+    # numbers
+    reading_mode: Literal["exact", "babylm2025"] = "exact"
     fetch_url: Optional[str] = None  # `cdray data fetch-eval`: the BabyLM 2025 evaluation_data archive
     fetch_sha256: Optional[str] = None  # optional checksum of that archive
 

@@ -52,7 +52,7 @@ def write_task_configs(babylm_dir: str | Path, task: str, out: Path,
             babylm.write_items(out / f"{stem}.jsonl", docs)
             # the previous word's log-prob (spillover predictor) exists only where there is one
             prev = [{"row": i, "prev_item": d["prev_item"], "prev_word": d["prev_word"]}
-                    for i, d in enumerate(docs) if d["prev_word"].strip()]
+                    for i, d in enumerate(docs) if d["prev_item"] and d["prev_word"].strip()]
             babylm.write_items(out / f"{stem}__prev.jsonl", prev)
             for which, (ctx, word) in {"word": ("item", "word"), "prev": ("prev_item", "prev_word")}.items():
                 name = task_name(task, f"{stem}__{which}")
@@ -175,9 +175,11 @@ def mc_records(samples: list[dict], extra: tuple[str, ...]) -> list[dict]:
 
 def evaluate_task(model_dir: str | Path, tokenizer_dir: str | Path, babylm_dir: str | Path, task: str,
                   out: Path, *, max_items: Optional[int], batch_size: int, device: str = "cpu",
-                  lm=None) -> dict:
+                  lm=None, reading_mode: str = "exact") -> dict:
     """Score one BabyLM task on one checkpoint; writes items/<file>.jsonl and scores.json."""
     out = Path(out)
+    if task == "reading" and reading_mode == "babylm2025":
+        return _finish(task, out, _official_reading(model_dir, tokenizer_dir, babylm_dir, out, max_items, device))
     names = write_task_configs(babylm_dir, task, out / "lm_eval_tasks", max_items)
     if not names:
         raise ValueError(f"{babylm_dir}: no {babylm.FOLDERS[task]}/ files for task {task!r}")
@@ -191,24 +193,75 @@ def evaluate_task(model_dir: str | Path, tokenizer_dir: str | Path, babylm_dir: 
             # a first word has no previous word: its spillover predictor stays missing
             prev = {int(s["doc"]["row"]): float(s["filtered_resps"][0][0])
                     for s in samples[task_name(task, f"{stem}__prev")]}
-            recs = []
-            for i, d in enumerate(docs):
-                rec = {"doc_id": i, "pred": word[i], "prev_pred": prev.get(i)}
-                rec.update({c: d[c] for c in babylm.READING_COLUMNS})
-                recs.append(rec)
-            babylm.write_items(out / "items" / f"{stem}.jsonl", recs)
-    else:
-        for name, stem in names.items():
             babylm.write_items(out / "items" / f"{stem}.jsonl",
-                               mc_records(samples[name], EXTRA_FIELDS.get(task, ())))
+                               _reading_records(docs, [word[i] for i in range(len(docs))],
+                                                [prev.get(i) for i in range(len(docs))]))
+        truncated = {}
+    else:
+        truncated = {}
+        for name, stem in names.items():
+            recs = mc_records(samples[name], EXTRA_FIELDS.get(task, ()))
+            cut = cut_to_context(lm, samples[name])
+            for rec in recs:
+                rec["truncated"] = cut[rec["doc_id"]]
+            truncated[stem] = sum(cut.values()) / len(cut) if cut else 0.0
+            babylm.write_items(out / "items" / f"{stem}.jsonl", recs)
+    extra = {"lm_eval_acc": {stem: results["results"][name].get("acc,none") for name, stem in names.items()
+                             if task != "reading"},
+             "truncated": truncated, "lm_eval_version": _lm_eval_version()}
+    return _finish(task, out, extra)
+
+
+def _finish(task: str, out: Path, extra: dict) -> dict:
     files = babylm.load_item_dir(out / "items")
     scores = babylm.task_scores(task, files)
-    lm_eval_acc = {stem: results["results"][name].get("acc,none") for name, stem in names.items()
-                   if task != "reading"}
     summary = {"task": task, "scores": scores, "items": {k: len(v["doc_id"]) for k, v in files.items()},
-               "lm_eval_acc": lm_eval_acc, "lm_eval_version": _lm_eval_version()}
+               **extra}
     (out / "scores.json").write_text(json.dumps(summary, indent=1, allow_nan=True))
     return summary
+
+
+def _reading_records(docs: list[dict], word: list[float], prev: list[Optional[float]]) -> list[dict]:
+    """Per-row records of the reading task: the word's and the previous word's log-probability
+    (`pred`, `prev_pred`; None where there is no previous word) beside the regression columns."""
+    recs = []
+    for i, d in enumerate(docs):
+        rec = {"doc_id": i, "pred": word[i], "prev_pred": prev[i]}
+        rec.update({c: d[c] for c in babylm.READING_COLUMNS})
+        recs.append(rec)
+    return recs
+
+
+def _official_reading(model_dir, tokenizer_dir, babylm_dir, out: Path, max_items, device) -> dict:
+    """The reading task by the official BabyLM 2025 pipeline's surprisal (reading_babylm2025)."""
+    from cdray.reading_babylm2025 import reading_surprisals
+
+    paths = babylm.item_files(babylm_dir, "reading")
+    if not paths:
+        raise ValueError(f"{babylm_dir}: no {babylm.FOLDERS['reading']}/ files for task 'reading'")
+    for path in paths:
+        docs = babylm.reading_docs(path, max_items)
+        word, prev = reading_surprisals(model_dir, tokenizer_dir, docs, device)
+        # stored as log-probabilities, as the exact mode's: the regressions do not see the sign
+        babylm.write_items(out / "items" / f"{babylm.file_stem(path)}.jsonl",
+                           _reading_records(docs, [-w for w in word], [None if p is None else -p for p in prev]))
+    return {"reading_mode": "babylm2025"}
+
+
+def cut_to_context(lm, samples: list[dict]) -> dict[int, bool]:
+    """Per doc_id, whether any of its requests was longer than the model's context, so lm-eval
+    scored it after cutting the context from the left (the official pipeline feeds it whole)."""
+    out = {}
+    for s in samples:
+        cut = False
+        for ctx, cont in s["arguments"]:  # one (context, continuation) per choice
+            if ctx:
+                ctx_enc, cont_enc = lm._encode_pair(ctx, cont)
+            else:
+                ctx_enc, cont_enc = [lm.prefix_token_id], lm.tok_encode(cont)
+            cut = cut or len(ctx_enc) + len(cont_enc) > lm.max_length + 1
+        out[int(s["doc_id"])] = cut
+    return out
 
 
 def evaluate_builtin(model_dir: str | Path, tokenizer_dir: str | Path, task: str, out: Path, *,

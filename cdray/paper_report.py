@@ -32,6 +32,24 @@ def collect(graph, store) -> list[Checkpoint]:
     return out
 
 
+def context_cuts(graph, store) -> Optional[str]:
+    """One line: per task, the share of items longer than the model's context, which lm-eval
+    scored after cutting the context from the left (the official pipeline feeds them whole), or
+    None when no item was cut."""
+    shares: dict[str, list[float]] = {}
+    for cell in graph.cells:
+        for node in cell.babylm:
+            if store.is_done(node.stage, node.key):
+                st = store.manifest(node.stage, node.key)["stats"]
+                shares.setdefault(st["task"], []).extend((st.get("truncated") or {}).values())
+    cut = {t: 100.0 * sum(v) / len(v) for t, v in shares.items() if v and sum(v) > 0}
+    if not cut:
+        return None
+    return ("Items longer than the model's context, scored after lm-eval cut their context from the "
+            "left (the official BabyLM pipeline feeds them whole): "
+            + ", ".join(f"{COLUMNS.get(t, t)} {v:.1f}%" for t, v in sorted(cut.items())) + ".")
+
+
 def _fmt(v: float, digits: int = 2) -> str:
     return "—" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 

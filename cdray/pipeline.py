@@ -32,7 +32,7 @@ EXECUTION_ONLY = {
 }
 # BabyLM settings reach only the babylm nodes, never the perplexity evaluation
 BABYLM_FIELDS = ("babylm_dir", "tasks", "lm_eval_tasks", "max_items", "steps", "scoring_batch_size",
-                 "fetch_url", "fetch_sha256")
+                 "fetch_url", "fetch_sha256", "reading_mode")
 
 
 def _slice(section: str, obj: Any) -> dict:
@@ -340,6 +340,9 @@ def babylm_plan(cfg: SweepConfig) -> tuple[list[dict], Optional[str]]:
             # reading is one regression over all its rows: a prefix of them would only overfit
             tasks += [{"task": t, "data": babylm.data_digest(e.babylm_dir, t),
                        "max_items": None if t == "reading" else e.max_items} for t in e.tasks]
+            for t in tasks:
+                if t["task"] == "reading":
+                    t["mode"] = e.reading_mode
     tasks += [{"task": f"lm_eval:{t}", "data": "hub", "max_items": None} for t in e.lm_eval_tasks]
     return tasks, note
 

@@ -244,9 +244,10 @@ def build_babylm(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
         if not data_dir or babylm.data_digest(data_dir, c["task"]) != c["data"]:
             raise ValueError(f"eval.babylm_dir {data_dir!r}: its {c['task']} files changed since the sweep was planned")
         summary = evaluate_task(model_dir, tokenizer_dir, data_dir, c["task"], out,
-                                max_items=c["max_items"], batch_size=batch)
+                                max_items=c["max_items"], batch_size=batch,
+                                reading_mode=c.get("mode", "exact"))
     return {"task": c["task"], "step": c["step"], "scores": summary["scores"],
-            "items": summary.get("items", {})}
+            "items": summary.get("items", {}), "truncated": summary.get("truncated", {})}
 
 
 BUILDERS: dict[str, Callable[[Node, SweepConfig, Store, Path], dict]] = {

@@ -302,8 +302,13 @@ def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> 
         graph = build_graph(cfg)
         if graph.babylm_note:
             echo(f"[cdray] {cfg.name}: BabyLM scores not evaluated ({graph.babylm_note}): perplexity only")
-        cps = pr.collect(graph, Store.at(cfg.store.root))
+        store = Store.at(cfg.store.root)
+        cps = pr.collect(graph, store)
         best, final = summarize(cps, "best", B=B), summarize(cps, "final", B=B)
+        cuts = pr.context_cuts(graph, store)
+        if cuts:
+            md += [f"{cfg.name}: {cuts}", ""]
+            echo(f"[cdray] {cfg.name}: {cuts}")
         label = pr.truncation_label(cfg)
         settings.append((label, best))
         md += [pr.markdown_table(best, f"{cfg.name} (truncation: {label}): best checkpoint per (arm, task, seed)"),

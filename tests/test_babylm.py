@@ -111,6 +111,8 @@ def test_micro_sweep_scores_seven_tasks_item_for_item(micro_cfg_dict, ray_sessio
     text = report.read_text()
     out = capsys.readouterr().out
     assert "| NO-CONTRAST |" in text and "BLiMP" in text and "Eye tracking" in text and "μΔREL" in out
+    # a 128-token context cuts entity-tracking items (100-400 tokens): the report says how many
+    assert "Items longer than the model's context" in text and "ET " in text and "WUG ρ" in text
     assert (report.parent / "mixing.png").is_file() and (report.parent / "truncation.png").is_file()
 
 

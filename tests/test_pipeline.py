@@ -74,6 +74,7 @@ SKIP = {  # containers covered by dedicated cases below; plumbing never reaches 
     "tokenizer.vocab_size", "eval.babylm_dir",
     # BabyLM settings only reach babylm nodes, which need data: tests/test_babylm.py covers their keys
     "eval.tasks", "eval.lm_eval_tasks", "eval.max_items", "eval.steps", "eval.fetch_url", "eval.fetch_sha256",
+    "eval.reading_mode",
 }
 
 
