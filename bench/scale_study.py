@@ -1,0 +1,222 @@
+"""The scale study of the replication: where do synthetic arms move from hurting to helping?
+
+    .venv/bin/python bench/scale_study.py write             # sweeps/study/*.yaml, one per point
+    .venv/bin/python bench/scale_study.py run [POINT ...]   # `cdray sweep` each (all by default)
+    .venv/bin/python bench/scale_study.py collect           # docs/study/results.json + scale.png
+
+Each point is an ordinary cdray sweep on the offline packaged corpus: BASELINE, NO-CONTRAST and
+CD-EARLY-k at q = 0.3, laid out as the paper's design scaled down (PAPER.md section 6). Only the
+axes below move between points; everything else is fixed here, so every difference in a point's
+numbers comes from its axis:
+
+- words: the real corpus size (before the eval and seed splits),
+- model: the GOOD's (and every student's) shape,
+- epochs: passes over the real train split in one run (the paper: ~16),
+- good: the GOOD's checkpoint as a share of training (the paper: 2500/8000; 1.0 = final).
+
+Fixed: k = 1/16 of training (the paper's 500/8000, about one epoch in its runs); the synthetic
+budget is 0.75 of the real train tokens (the paper's ~97M/130M); q = 0.3, exact mixing; the GOOD
+is the BASELINE run of seed 43, as in the paper; best checkpoint per run (the paper's selection)
+and final checkpoint both recorded. Runs go one point at a time, the log in docs/study/run.log.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SWEEPS = ROOT / "sweeps" / "study"
+OUT = ROOT / "docs" / "study"
+
+TOKENS_PER_WORD = 1.83  # the packaged corpus under a 2,000-token BPE (tokens[train] / train words)
+TRAIN_SHARE = 0.95 * 0.88  # of the words: not eval (5%), then not seed (12%)
+BATCH, SEQ = 8, 128
+MODELS = {
+    "tiny": {"preset": "tiny"},  # 4 x 128: 1.0M non-embedding parameters, 1.6M in all
+    "small": {"layers": 4, "hidden": 256, "heads": 4, "ffn": 1024, "context": 256},  # 4.2M / 5.2M
+}
+# name -> (words, model, epochs, good share); the order they run in (cheapest first)
+POINTS = {
+    "w40k-tiny-e16": (40_000, "tiny", 16, 5 / 16),
+    "w100k-tiny-e4": (100_000, "tiny", 4, 5 / 16),
+    "w100k-tiny-e16": (100_000, "tiny", 16, 5 / 16),
+    "w100k-tiny-e16-goodfinal": (100_000, "tiny", 16, 1.0),
+    "w400k-tiny-e4": (400_000, "tiny", 4, 5 / 16),
+    "w100k-small-e16": (100_000, "small", 16, 5 / 16),
+    "w400k-tiny-e16": (400_000, "tiny", 16, 5 / 16),
+}
+
+
+def point_config(name: str, seeds=(43,)) -> dict:
+    words, model, epochs, good = POINTS[name]
+    real_tokens = words * TRAIN_SHARE * TOKENS_PER_WORD
+    # 16 milestones per run: k = the first (1/16 of training), the GOOD's step another one
+    every = max(1, round(epochs * real_tokens / (BATCH * SEQ) / 16))
+    steps = 16 * every
+    return {
+        "name": f"study-{name}",
+        "store": {"root": ".cdray/store"},
+        "tracking": {"uri": "sqlite:///.cdray/mlflow.db", "experiment": "cdray-study"},
+        "ray": {"num_cpus": 2, "max_concurrent_cells": 2},
+        "corpus": {"sources": [{"kind": "packaged", "name": "packaged"}], "total_words": words,
+                   "eval_fraction": 0.05, "seed_fraction": 0.12, "chunk_min_words": 30,
+                   "chunk_max_words": 60},
+        "tokenizer": {"vocab_size": 2000},
+        "train": {"steps": steps, "batch_size": BATCH, "seq_len": SEQ, "lr": 2.0e-3,
+                  "warmup_steps": max(20, steps // 50), "checkpoint_every": every, "eval_blocks": 32,
+                  "precision": "fp32"},
+        "expert": {"model": MODELS[model], "seed": 43, "step": round(good * 16) * every},
+        "generation": {"prompt_tokens": 16, "continuations": 8, "max_new_tokens": 112,
+                       "token_budget": int(0.75 * real_tokens), "batch_size": 32, "shard_prompts": 32,
+                       "actors": 2, "actor_cpus": 0.5},
+        "eval": {"max_blocks": 64, "batch_size": 16},
+        "grid": {"k": [every], "strategy": ["contrastive", "no_contrast"], "q": [0.0, 0.3],
+                 "seed": list(seeds)},
+    }
+
+
+def write() -> None:
+    SWEEPS.mkdir(parents=True, exist_ok=True)
+    for name in POINTS:
+        words, model, epochs, good = POINTS[name]
+        head = (f"# scale study point {name}: {words:,} words, {model} model, ~{epochs} epochs over the "
+                f"real train split, GOOD at {good:.0%} of training.\n# Written by bench/scale_study.py "
+                f"(`write`); run with `cdray sweep {SWEEPS.relative_to(ROOT) / (name + '.yaml')}`.\n")
+        (SWEEPS / f"{name}.yaml").write_text(head + yaml.safe_dump(point_config(name), sort_keys=False))
+
+
+def run(names: list[str]) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / "run.log", "a") as log:
+        for name in names:
+            path = SWEEPS / f"{name}.yaml"
+            log.write(f"\n=== {name}: cdray sweep {path.relative_to(ROOT)}\n")
+            log.flush()
+            done = subprocess.run([str(ROOT / ".venv" / "bin" / "cdray"), "sweep", str(path)], cwd=ROOT,
+                                  stdout=log, stderr=subprocess.STDOUT)
+            log.write(f"=== {name}: exit {done.returncode}\n")
+            log.flush()
+            collect()
+
+
+def measure(name: str) -> dict:
+    """A point's numbers, read from the store (None where not built yet)."""
+    from cdray import config as C
+    from cdray.pipeline import build_graph
+    from cdray.store import Store
+
+    cfg = C.load(SWEEPS / f"{name}.yaml")
+    graph, store = build_graph(cfg), Store.at(ROOT / cfg.store.root)
+    words, model, epochs, good = POINTS[name]
+    real = store.manifest("tokens", graph.tokens_train.key)["stats"]["tokens"] if store.is_done(
+        "tokens", graph.tokens_train.key) else None
+    run_tokens = cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len
+    out = {"point": name, "words": words, "model": model, "good_share": good, "steps": cfg.train.steps,
+           "k": cfg.grid.k[0], "expert_step": cfg.expert_step, "real_train_tokens": real,
+           "epochs_over_real": run_tokens / real if real else None, "arms": {}}
+    for cell in graph.cells:
+        if not store.is_done("evaluate", cell.evaluate.key):
+            continue
+        ev = store.manifest("evaluate", cell.evaluate.key)["stats"]
+        arm = out["arms"].setdefault(cell.arm, {"best_ppl": {}, "final_ppl": {}})
+        arm["best_ppl"][cell.seed] = ev["best_ppl"]
+        arm["final_ppl"][cell.seed] = ev["final_ppl"]
+        arm["best_step"] = ev["best_step"]
+        if cell.train.key == graph.good.key:
+            curve = {m["step"]: m["ppl"] for m in ev["milestones"]}
+            out["good_ppl"] = curve.get(cfg.expert_step)
+            out["baseline_curve"] = curve
+    for label, gen in graph.generations.items():
+        syn = graph.synthetic[label]
+        if store.is_done("tokens", syn.key):
+            s = store.manifest("tokens", syn.key)["stats"]["tokens"]
+            gstats = store.manifest("generate", gen.key)["stats"]
+            out.setdefault("synthetic", {})[label] = {
+                "tokens": s, "over_real": s / real if real else None,
+                "times_seen_at_q": 0.3 * run_tokens / s, "budget_reached": gstats.get("budget_reached"),
+                "distinct_2": gstats.get("distinct_2"), "expert_nll_mean": gstats.get("expert_nll_mean")}
+    base = out["arms"].get("BASELINE")
+    for arm, v in out["arms"].items():
+        for which in ("best_ppl", "final_ppl"):
+            seeds = sorted(set(v[which]) & set(base[which])) if base else []
+            deltas = [100 * (base[which][s] - v[which][s]) / base[which][s] for s in seeds]
+            v[which.replace("ppl", "delta_pct")] = sum(deltas) / len(deltas) if deltas else None
+    return out
+
+
+def collect() -> list[dict]:
+    rows = []
+    for name in POINTS:
+        if (SWEEPS / f"{name}.yaml").is_file():
+            try:
+                rows.append(measure(name))
+            except Exception as e:  # noqa: BLE001 - a point not built yet has nothing to report
+                rows.append({"point": name, "error": f"{type(e).__name__}: {e}"})
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
+    figure(rows, OUT / "scale.png")
+    return rows
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [("NO-CONTRAST", "NO-CONTRAST"), ("CD-EARLY", "CD-EARLY-k")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    lines: dict[tuple, list] = {}
+    for r in rows:
+        if "arms" not in r or r.get("good_share") != 5 / 16 or r.get("epochs_over_real") is None:
+            continue
+        lines.setdefault((r["model"], r["words"]), []).append(r)
+    for ax, (prefix, title) in zip(axes, arms):
+        for (model, words), pts in sorted(lines.items()):
+            pts = sorted(pts, key=lambda r: r["epochs_over_real"])
+            xs, ys = [], []
+            for r in pts:
+                arm = next((v for a, v in r["arms"].items() if a.startswith(prefix)), None)
+                if arm and arm.get("best_delta_pct") is not None:
+                    xs.append(r["epochs_over_real"]), ys.append(arm["best_delta_pct"])
+            if xs:
+                ax.plot(xs, ys, marker="o", label=f"{model}, {words // 1000}k words")
+        for r in rows:  # the GOOD at its final step: one marker, labelled
+            if r.get("good_share") == 1.0 and "arms" in r:
+                arm = next((v for a, v in r["arms"].items() if a.startswith(prefix)), None)
+                if arm and arm.get("best_delta_pct") is not None:
+                    ax.plot([r["epochs_over_real"]], [arm["best_delta_pct"]], marker="*", markersize=12,
+                            linestyle="none", color="black", label=f"{r['model']}, {r['words'] // 1000}k, GOOD final")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("epochs over the real train split in one run")
+        ax.set_title(f"{title} at q = 0.3")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("perplexity change vs BASELINE, best checkpoint (%; > 0: synthetic helps)")
+    fig.suptitle("Scale study on the offline corpus: where synthetic data stops hurting (paper: ~16 epochs, +3 to +4%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    what = sys.argv[1] if len(sys.argv) > 1 else "collect"
+    if what == "write":
+        write()
+    elif what == "run":
+        write()
+        run(sys.argv[2:] or list(POINTS))
+    else:
+        for r in collect():
+            print(json.dumps({k: v for k, v in r.items() if k != "baseline_curve"}, default=str))
+
+
+if __name__ == "__main__":
+    main()
