@@ -19,6 +19,7 @@ import argparse
 import gzip
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# both sides draw progress bars per file; the comparison lines are what matters
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 OFFICIAL_TASK = {"blimp": "blimp", "supplement": "blimp", "ewok": "ewok", "entity_tracking": "entity_tracking",
                  "wug": "wug_adj"}
@@ -107,7 +111,7 @@ def official_worker(official: Path, hf: Path, data_dir: Path, task: str, dump: P
 def run_official(official: Path, hf: Path, data_dir: Path, task: str, work: Path) -> dict:
     dump = work / f"official_{task}_{data_dir.name}.json"
     cmd = [sys.executable, __file__, "--worker", str(official), str(hf), str(data_dir), task, str(dump)]
-    subprocess.run(cmd, check=True, cwd=official, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, cwd=official, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(dump.read_text())
 
 
@@ -115,7 +119,7 @@ def run_official_reading(official: Path, hf: Path, csv: Path, work: Path) -> dic
     out = work / "official_reading"
     subprocess.run([sys.executable, "-m", "evaluation_pipeline.reading.run", "--model_path_or_name", str(hf),
                     "--backend", "causal", "--data_path", str(csv), "--output_dir", str(out)],
-                   check=True, cwd=official, stdout=subprocess.DEVNULL)
+                   check=True, cwd=official, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     report = next(out.rglob("report.txt")).read_text()
     scores = {line.split(":")[0]: float(line.split(":")[1]) for line in report.splitlines() if ":" in line}
     preds = [json.loads(line) for line in next(out.rglob("prediction.jsonl")).read_text().splitlines()]

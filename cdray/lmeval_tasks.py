@@ -179,7 +179,8 @@ def evaluate_task(model_dir: str | Path, tokenizer_dir: str | Path, babylm_dir: 
     """Score one BabyLM task on one checkpoint; writes items/<file>.jsonl and scores.json."""
     out = Path(out)
     if task == "reading" and reading_mode == "babylm2025":
-        return _finish(task, out, _official_reading(model_dir, tokenizer_dir, babylm_dir, out, max_items, device))
+        return _finish(task, out, _official_reading(model_dir, tokenizer_dir, babylm_dir, out, max_items,
+                                                    device, lm))
     names = write_task_configs(babylm_dir, task, out / "lm_eval_tasks", max_items)
     if not names:
         raise ValueError(f"{babylm_dir}: no {babylm.FOLDERS[task]}/ files for task {task!r}")
@@ -232,16 +233,20 @@ def _reading_records(docs: list[dict], word: list[float], prev: list[Optional[fl
     return recs
 
 
-def _official_reading(model_dir, tokenizer_dir, babylm_dir, out: Path, max_items, device) -> dict:
+def _official_reading(model_dir, tokenizer_dir, babylm_dir, out: Path, max_items, device, lm=None) -> dict:
     """The reading task by the official BabyLM 2025 pipeline's surprisal (reading_babylm2025)."""
+    from cdray.model import load_model
     from cdray.reading_babylm2025 import reading_surprisals
+    from cdray.tokenizer import load_tokenizer
 
     paths = babylm.item_files(babylm_dir, "reading")
     if not paths:
         raise ValueError(f"{babylm_dir}: no {babylm.FOLDERS['reading']}/ files for task 'reading'")
     for path in paths:
         docs = babylm.reading_docs(path, max_items)
-        word, prev = reading_surprisals(model_dir, tokenizer_dir, docs, device)
+        model = lm.model if lm is not None else load_model(Path(model_dir), device=device).eval()
+        tok = lm.tokenizer if lm is not None else load_tokenizer(Path(tokenizer_dir))
+        word, prev = reading_surprisals(model, tok, docs)
         # stored as log-probabilities, as the exact mode's: the regressions do not see the sign
         babylm.write_items(out / "items" / f"{babylm.file_stem(path)}.jsonl",
                            _reading_records(docs, [-w for w in word], [None if p is None else -p for p in prev]))

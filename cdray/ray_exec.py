@@ -117,16 +117,26 @@ def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[s
     return ray.get(_build_task.options(scheduling_strategy=outside).remote(node, cfg))
 
 
+@ray.remote(num_cpus=WORK_CPU)
+def _build_babylm_group_task(nodes: list, cfg: SweepConfig) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(1)
+    return stages.build_babylm_group(nodes, cfg, open_store(cfg))
+
+
 def build_nodes(nodes, cfg: SweepConfig, store: Store) -> list[dict]:
-    """Get-or-build independent nodes (e.g. every (checkpoint, task) pair) as parallel Ray tasks."""
+    """Get-or-build a cell's evaluation nodes: one Ray task per checkpoint, which loads it once and
+    scores every task of it in one process; checkpoints in parallel."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
-    refs = {}
+    groups: dict[tuple, list[Node]] = {}
     for node in nodes:
         if not store.is_done(node.stage, node.key):
-            refs[node.key] = _build_task.options(scheduling_strategy=outside).remote(node, cfg)
-    built = dict(zip(refs, ray.get(list(refs.values()))))
+            groups.setdefault(stages.checkpoint_of(node), []).append(node)
+    refs = [_build_babylm_group_task.options(scheduling_strategy=outside).remote(g, cfg) for g in groups.values()]
+    built = {n.key: m for g, ms in zip(groups.values(), ray.get(refs)) for n, m in zip(g, ms)}
     return [built.get(n.key) or store.manifest(n.stage, n.key) for n in nodes]
 
 

@@ -11,7 +11,6 @@ saved tokenizer, one forward pass per call, the softmax in the model's dtype.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -53,16 +52,11 @@ class OfficialReadingScorer:
         return self._cache[key]
 
 
-def reading_surprisals(model_dir: str | Path, tokenizer_dir: str | Path, docs: list[dict],
-                       device: str = "cpu") -> tuple[list[float], list[Optional[float]]]:
+def reading_surprisals(model, tokenizer, docs: list[dict]) -> tuple[list[float], list[Optional[float]]]:
     """(surprisal of each row's word after its item, of its previous word after the previous
     item, or None where the row has no previous item): the official pipeline's `pred` and
-    `prev_pred` columns."""
-    from cdray.model import load_model
-    from cdray.tokenizer import load_tokenizer
-
-    scorer = OfficialReadingScorer(load_model(Path(model_dir), device=device).eval(),
-                                   load_tokenizer(Path(tokenizer_dir)))
+    `prev_pred` columns, for a model in eval mode and the sweep's saved tokenizer."""
+    scorer = OfficialReadingScorer(model, tokenizer)
     words = [scorer.surprisal(d["item"], d["word"]) for d in docs]
     prev = [None if d["prev_item"] in PANDAS_NA else scorer.surprisal(d["prev_item"], d["prev_word"])
             for d in docs]

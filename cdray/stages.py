@@ -228,8 +228,9 @@ def build_evaluate(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dic
                         seq_len=c["seq_len"], max_blocks=c["max_blocks"], batch_size=cfg.eval.batch_size)
 
 
-def build_babylm(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
-    """One BabyLM (or built-in lm-eval) task on one milestone of a training run."""
+def build_babylm(node: Node, cfg: SweepConfig, store: Store, out: Path, lm=None) -> dict:
+    """One BabyLM (or built-in lm-eval) task on one milestone of a training run (lm: that
+    milestone's model already loaded for lm-eval, build_babylm_group)."""
     from cdray import babylm
     from cdray.lmeval_tasks import evaluate_builtin, evaluate_task
 
@@ -244,10 +245,34 @@ def build_babylm(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
         if not data_dir or babylm.data_digest(data_dir, c["task"]) != c["data"]:
             raise ValueError(f"eval.babylm_dir {data_dir!r}: its {c['task']} files changed since the sweep was planned")
         summary = evaluate_task(model_dir, tokenizer_dir, data_dir, c["task"], out,
-                                max_items=c["max_items"], batch_size=batch,
+                                max_items=c["max_items"], batch_size=batch, lm=lm,
                                 reading_mode=c.get("mode", "exact"))
     return {"task": c["task"], "step": c["step"], "scores": summary["scores"],
             "items": summary.get("items", {}), "truncated": summary.get("truncated", {})}
+
+
+def checkpoint_of(node: Node) -> tuple[str, int]:
+    """The (training run key, step) a babylm node scores: nodes sharing it share a model."""
+    return node.input("run").key, int(node.config["step"])
+
+
+def build_babylm_group(nodes: list[Node], cfg: SweepConfig, store: Store) -> list[dict]:
+    """Every task node of one checkpoint, in this process: the checkpoint is loaded and lm-eval
+    started once for all of them (each task's start-up dominates at small item counts)."""
+    from functools import partial
+
+    from cdray.lmeval_tasks import hf_lm
+
+    if len({checkpoint_of(n) for n in nodes}) > 1:
+        raise ValueError("build_babylm_group: the nodes score different checkpoints")
+    lm, out = None, []
+    for node in nodes:
+        if lm is None and not store.is_done(node.stage, node.key) and not node.config["task"].startswith("lm_eval:"):
+            require_inputs(node, store)
+            model_dir = step_dir(input_dir(store, node, "run"), node.config["step"])
+            lm = hf_lm(model_dir, input_dir(store, node, "tokenizer"), cfg.eval.scoring_batch_size)
+        out.append(build(node, cfg, store, builder=partial(build_babylm, lm=lm)))
+    return out
 
 
 BUILDERS: dict[str, Callable[[Node, SweepConfig, Store, Path], dict]] = {

@@ -165,3 +165,32 @@ def test_an_empty_reading_item_is_the_context_none(tmp_path):
     docs = babylm.reading_docs(tmp_path / "r.csv.gz")
     assert [d["item"] for d in docs] == ["None", "The cat"]
     assert [d["prev_item"] for d in docs] == ["", "The"]
+
+
+def test_every_task_of_a_checkpoint_is_scored_with_one_model_load(world, micro_cfg_dict, tmp_path, monkeypatch):
+    """build_babylm_group: one process, one load of the checkpoint for all its tasks, the same
+    records as scoring each task on its own."""
+    from cdray import config as C
+    from cdray import lmeval_tasks
+    from cdray.pipeline import build_graph
+    from cdray.stages import build_babylm_group
+    from cdray.store import Store
+
+    cfg = C.from_dict(micro_cfg_dict | {"store": {"root": str(tmp_path / "store")},
+                                        "eval": {"babylm_dir": str(world / "babylm"), "max_items": ITEMS,
+                                                 "tasks": ["blimp", "wug", "reading"], "steps": [12]}})
+    store = Store.at(cfg.store.root)
+    cell = build_graph(cfg).cells[0]
+    copy = lambda src, dst: (shutil.copytree(src, dst, dirs_exist_ok=True), {})[1]  # noqa: E731
+    for node, fill in ((cell.train, lambda out: copy(world / "model", out / "step_000012" / "model")),
+                       (cell.babylm[0].input("tokenizer"), lambda out: copy(world / "tokenizer", out))):
+        store.get_or_build(node.stage, node.key, fill, config=node.config, inputs=node.input_keys)
+    alone, _ = _evaluate(world, "wug")
+    loads = []
+    real = lmeval_tasks.hf_lm
+    monkeypatch.setattr(lmeval_tasks, "hf_lm", lambda *a, **k: loads.append(a) or real(*a, **k))
+    manifests = build_babylm_group(list(cell.babylm), cfg, store)
+    assert len(loads) == 1 and [m["stats"]["task"] for m in manifests] == ["blimp", "wug", "reading"]
+    assert manifests[1]["stats"]["scores"] == pytest.approx(alone["scores"], nan_ok=True)
+    again = build_babylm_group(list(cell.babylm), cfg, store)  # all built: nothing is loaded
+    assert [m["key"] for m in again] == [m["key"] for m in manifests] and len(loads) == 1
