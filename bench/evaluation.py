@@ -1,13 +1,18 @@
 """BabyLM evaluation speed: the full sample set (~18k items) with a ~1M-parameter model on 2 CPU cores.
 
 Run: PYTHONPATH=. .venv/bin/python bench/evaluation.py [--max-items N] [--serial] [--compare-stock]
+     PYTHONPATH=. .venv/bin/python bench/evaluation.py --per-checkpoint 4 [--max-items 100]
 It scores every task of ../shared/data/eval/babylm2025 through cdray's babylm stage, one Ray task
 per task on a local 2-CPU Ray cluster (1 torch thread each, as a sweep does), and prints the
 wall time, items, requests and throughput. With --serial it also scores everything in this one
 process and prints the speed-up of the fan-out over it. With --compare-stock it first runs the same
 fan-out as cdray ran it before (lm-eval's stock HFLM, Jinja templates compiled per document) and
 prints each task's CPU seconds against the current code (PrefixSharingHFLM, templates compiled
-once). The model is freshly initialised (scoring cost does not depend on the weights).
+once). With --per-checkpoint N it instead scores every task of N checkpoints both ways a sweep
+could: one Ray task per (checkpoint, task), each loading the checkpoint and starting lm-eval, and
+one Ray task per checkpoint scoring all its tasks with one load (what a sweep does), and prints
+both wall and CPU times and their ratio. The model is freshly initialised (scoring cost does not
+depend on the weights).
 """
 from __future__ import annotations
 
@@ -77,8 +82,62 @@ def score_task(model_dir: str, tok_dir: str, task: str, out: str, max_items, bat
             "cpu": time.process_time() - cpu, "scores": s["scores"]}
 
 
+def score_checkpoint(model_dir: str, tok_dir: str, tasks: list[str], out: str, max_items, batch: int) -> dict:
+    """Every task of one checkpoint in this process with one loaded model (build_babylm_group's way)."""
+    import torch
+
+    from cdray import lmeval_tasks
+
+    torch.set_num_threads(1)
+    started, cpu = time.time(), time.process_time()
+    lm = lmeval_tasks.hf_lm(model_dir, tok_dir, batch)
+    items = 0
+    for task in tasks:
+        s = lmeval_tasks.evaluate_task(model_dir, tok_dir, DATA, task, Path(out) / task, max_items=max_items,
+                                       batch_size=batch, lm=lm)
+        items += sum(s["items"].values())
+    return {"items": items, "seconds": time.time() - started, "cpu": time.process_time() - cpu}
+
+
+def per_checkpoint(args, tmp: Path, tasks: list[str]) -> None:
+    """N checkpoints, all tasks: a Ray task per (checkpoint, task) against a Ray task per checkpoint."""
+    import ray
+
+    from cdray.config import MODEL_PRESETS, ModelConfig
+    from cdray.model import build_model, save_model
+
+    model, tok, _ = make_checkpoint(tmp, args.layers, args.hidden, args.vocab)
+    shape = ModelConfig(**{**MODEL_PRESETS["tiny"], "layers": args.layers, "hidden": args.hidden,
+                           "ffn": 4 * args.hidden})
+    models = []
+    for i in range(args.per_checkpoint):
+        save_model(build_model(shape, args.vocab, i), tmp / f"model{i}")
+        models.append(str(tmp / f"model{i}"))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}})
+    one_task = ray.remote(num_cpus=1)(score_task)
+    one_ckpt = ray.remote(num_cpus=1)(score_checkpoint)
+    ray.get([one_task.remote(models[0], str(tok), "wug", str(tmp / f"warm{i}"), 5, args.batch) for i in range(2)])
+    started = time.time()
+    pairs = ray.get([one_task.remote(m, str(tok), t, str(tmp / f"pair{i}_{t}"), args.max_items, args.batch)
+                     for i, m in enumerate(models) for t in tasks])
+    pair_wall, pair_cpu = time.time() - started, sum(r["cpu"] for r in pairs)
+    started = time.time()
+    grouped = ray.get([one_ckpt.remote(m, str(tok), tasks, str(tmp / f"ckpt{i}"), args.max_items, args.batch)
+                       for i, m in enumerate(models)])
+    group_wall, group_cpu = time.time() - started, sum(r["cpu"] for r in grouped)
+    ray.shutdown()
+    items = sum(r["items"] for r in grouped)
+    print(f"{len(models)} checkpoints x {len(tasks)} tasks, {items} items (max_items={args.max_items}):")
+    print(f"  a Ray task per (checkpoint, task): {pair_wall:6.1f} s wall, {pair_cpu:6.1f} CPU s")
+    print(f"  a Ray task per checkpoint:         {group_wall:6.1f} s wall, {group_cpu:6.1f} CPU s")
+    print(f"RESULT per_checkpoint_cpu_ratio={pair_cpu / group_cpu:.2f} wall_ratio={pair_wall / group_wall:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--per-checkpoint", type=int, default=0, metavar="N",
+                    help="compare a Ray task per (checkpoint, task) with one per checkpoint, N checkpoints")
     ap.add_argument("--max-items", type=int, default=None)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--serial", action="store_true")
@@ -96,6 +155,12 @@ def main() -> None:
     from cdray.config import BABYLM_TASKS
 
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores)")
+    if args.per_checkpoint:
+        with tempfile.TemporaryDirectory() as tmp:
+            per_checkpoint(args, Path(tmp), [t for t in ["blimp", "entity_tracking", "reading", "ewok",
+                                                          "supplement", "wug"] if t in BABYLM_TASKS])
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model, tok, params = make_checkpoint(tmp, args.layers, args.hidden, args.vocab)

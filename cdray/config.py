@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -96,6 +97,8 @@ class CorpusConfig:
             _check(self.total_words > 0, f"{at}.total_words", "must be > 0")
         _in_range(self.eval_fraction, 0, 1, f"{at}.eval_fraction", hi_open=True)
         _in_range(self.seed_fraction, 0, 1, f"{at}.seed_fraction", lo_open=True, hi_open=True)
+        _check(self.split_seed >= 0, f"{at}.split_seed", f"{self.split_seed!r} must be >= 0")
+        _check(self.min_doc_words >= 0, f"{at}.min_doc_words", f"{self.min_doc_words!r} must be >= 0")
         _check(self.chunk_min_words > 0, f"{at}.chunk_min_words", "must be > 0")
         _check(self.chunk_max_words >= self.chunk_min_words, f"{at}.chunk_max_words",
                "must be >= chunk_min_words")
@@ -234,7 +237,7 @@ class DecodingConfig:
     alpha: float = 0.1
     lam: float = 1.0
     temperature: float = 1.0
-    penalty: float = -20.0  # score of tokens outside V_head; -inf allowed
+    penalty: float = field(default=-20.0, metadata={"infinite": True})  # outside V_head; -inf allowed
     top_k: Optional[int] = None
     top_p: Optional[float] = None
     no_repeat_ngram: int = 0  # n > 0: a token that would repeat an n-gram of its row gets -inf
@@ -325,6 +328,7 @@ class GenerationConfig:
                f"{self.min_actors!r} must be in [1, actors={self.actors}]")
         _check(self.actor_cpus > 0, f"{at}.actor_cpus", "must be > 0")
         _check(self.actor_gpus >= 0, f"{at}.actor_gpus", "must be >= 0")
+        _check(self.seed >= 0, f"{at}.seed", f"{self.seed!r} must be >= 0")
 
 
 # ---------------------------------------------------------------- evaluation, grid, plumbing
@@ -378,6 +382,16 @@ class GridConfig:
     strategy: tuple[str, ...] = ("contrastive",)
     q: tuple[float, ...] = (0.0, 0.3)
     seed: tuple[int, ...] = (42,)
+    max_cells: int = 2000  # a guard against a typo that would plan a huge grid
+
+    def cells(self) -> int:
+        """How many cells the grid expands to: per seed one BASELINE (q = 0) and one per
+        (synthetic corpus, q > 0)."""
+        amateurs = len(self.k) + len(self.r) + len(self.p)
+        corpora = sum(1 for s in set(self.strategy) if s in ("no_contrast", "no_contrast_vhead"))
+        corpora += amateurs * sum(1 for s in set(self.strategy) if s in ("contrastive", "contrastive_tail"))
+        per_seed = (1 if 0 in self.q else 0) + corpora * sum(1 for q in set(self.q) if q > 0)
+        return len(set(self.seed)) * per_seed
 
     def validate(self, at: str) -> None:
         for i, k in enumerate(self.k):
@@ -393,6 +407,12 @@ class GridConfig:
         for i, q in enumerate(self.q):
             _in_range(q, 0, 1, f"{at}.q[{i}]")
         _check(len(self.seed) > 0, f"{at}.seed", "at least one seed is required")
+        for i, sd in enumerate(self.seed):
+            _check(sd >= 0, f"{at}.seed[{i}]", f"{sd!r} must be >= 0")
+        _check(self.max_cells >= 1, f"{at}.max_cells", "must be >= 1")
+        _check(self.cells() <= self.max_cells, f"{at}.max_cells",
+               f"the grid has {self.cells()} cells, more than max_cells={self.max_cells} "
+               f"(raise it if you mean it)")
         contrastive = [s for s in self.strategy if s in ("contrastive", "contrastive_tail")]
         if contrastive and any(q > 0 for q in self.q):
             _check(bool(self.k or self.r or self.p), f"{at}.k",
@@ -487,7 +507,10 @@ class SweepConfig:
     grid: GridConfig = GridConfig()
 
     def validate(self) -> "SweepConfig":
-        _check(bool(self.name) and "/" not in self.name, "name", f"{self.name!r} is not a valid name")
+        # it names the report folder and MLflow runs: a plain file name, never a path
+        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name or "") is not None, "name",
+               f"{self.name!r} is not a valid name (letters, digits, '.', '_', '-'; not starting with '.')")
+        _check(self.expert.seed >= 0, "expert.seed", f"{self.expert.seed!r} must be >= 0")
         self.store.validate("store")
         self.ray.validate("ray")
         self.corpus.validate("corpus")
@@ -618,6 +641,12 @@ def _build(cls: type, data: Any, at: str) -> Any:
         _check(key in names, f"{at}.{key}" if at else str(key),
                f"unknown key (allowed: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], f"{at}.{k}" if at else k) for k, v in data.items()}
+    infinite = {f.name for f in dataclasses.fields(cls) if f.metadata.get("infinite")}
+    for k, v in kwargs.items():
+        for i, x in enumerate(v if isinstance(v, tuple) else (v,)):
+            if isinstance(x, float) and not math.isfinite(x) and (k not in infinite or math.isnan(x)):
+                where = (f"{at}.{k}" if at else k) + (f"[{i}]" if isinstance(v, tuple) else "")
+                raise ConfigError(where, f"{x!r} must be a finite number")
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
@@ -638,11 +667,13 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
             _check(part.isdigit() and int(part) < len(node), dotted, f"no list index {part!r}")
             node = node[int(part)]
             continue
+        _check(isinstance(node, dict), dotted, f"{'.'.join(parts[:i])} is not a mapping")
         nxt = node.get(part)
         if nxt is None:
             nxt = node[part] = {}
         node = nxt
     last = parts[-1]
+    _check(isinstance(node, (dict, list)), dotted, f"{'.'.join(parts[:-1])} is not a mapping")
     if isinstance(node, list):
         _check(last.isdigit() and int(last) < len(node), dotted, f"no list index {last!r}")
         node[int(last)] = value

@@ -303,7 +303,7 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
     for seed in cfg.grid.seed:
         for q in cfg.grid.q:
             for strategy in cfg.grid.strategy:
-                needs_amateur = strategy in ("contrastive", "contrastive_tail")
+                needs_amateur = strategy in ("contrastive", "contrastive_tail") and q > 0
                 for amateur in (amateurs if needs_amateur else [None]):
                     if q == 0:
                         strategy_, amateur_ = None, None

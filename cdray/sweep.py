@@ -44,6 +44,7 @@ def sweep_key(cfg: SweepConfig) -> str:
         d.pop(plumbing)
     for where in ("babylm_dir", "fetch_url", "fetch_sha256"):  # the babylm nodes hash the data itself
         d["eval"].pop(where)
+    d["grid"].pop("max_cells")  # a guard on the grid's size, not part of it
     return stage_key("sweep", 1, d, {})
 
 

@@ -54,6 +54,19 @@ CONFIG_CASES = [
     ("local-source-without-path", ["corpus.sources=[{kind: local}]"], "corpus.sources[0].path"),
     ("seq-len-over-context", ["train.seq_len=4096"], "train.seq_len"),
     ("override-without-equals", ["grid.q"], "grid.q"),
+    ("override-below-a-string", ["name.x=1"], "name.x"),
+    ("name-is-a-path", ["name=.."], "'name'"),
+    ("name-has-a-slash", ["name=a/b"], "'name'"),
+    ("r-is-nan", ["grid.r=[.nan]"], "grid.r[0]"),
+    ("rope-theta-infinite", ["expert.model.rope_theta=inf"], "expert.model.rope_theta"),
+    ("lr-infinite", ["train.lr=.inf"], "train.lr"),
+    ("penalty-nan", ["generation.decoding.penalty=nan"], "generation.decoding.penalty"),
+    ("grid-seed-negative", ["grid.seed=[-1]"], "grid.seed[0]"),
+    ("expert-seed-negative", ["expert.seed=-3"], "expert.seed"),
+    ("split-seed-negative", ["corpus.split_seed=-1"], "corpus.split_seed"),
+    ("generation-seed-negative", ["generation.seed=-1"], "generation.seed"),
+    ("min-doc-words-negative", ["corpus.min_doc_words=-5"], "corpus.min_doc_words"),
+    ("grid-over-the-cap", ["grid.seed=[1,2,3]", "grid.max_cells=5"], "grid.max_cells"),
 ]
 
 

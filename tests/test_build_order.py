@@ -63,7 +63,9 @@ def _config(sweep: dict) -> C.SweepConfig:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sweeps())
 def test_build_order_respects_every_dependency(sweep):
-    graph = build_graph(_config(sweep))
+    cfg = _config(sweep)
+    graph = build_graph(cfg)
+    assert cfg.grid.cells() == len(graph.cells)  # what grid.max_cells is checked against
     ident = lambda n: (n.stage, n.key)  # noqa: E731
     upstream = graph.upstream()
     done: set = set()
