@@ -97,6 +97,11 @@ def read_checkpoint(d: Path, model, opt, sched, device: str) -> dict:
     state = json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
     weights = load_file(str(d / "model" / "model.safetensors"))
     inner = getattr(model, "module", model)
+    params = dict(inner.named_parameters())
+    for name, t in weights.items():
+        if name in params and tuple(t.shape) != tuple(params[name].shape):
+            raise ValueError(f"{d / 'model' / 'model.safetensors'}: {name} has shape {list(t.shape)}, "
+                             f"the model being trained has {list(params[name].shape)}")
     missing, unexpected = inner.load_state_dict(weights, strict=False)
     # the HF saver may drop buffers (rotary inv_freq); any missing parameter is an error
     param_names = {n for n, _ in inner.named_parameters()}

@@ -73,13 +73,13 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "mlflow":
-        from cdray.mlflow_server import serve
-
-        return serve(args.root, args.port, args.host, args.artifacts)
-    if args.profile:
-        args.overrides = [f"profile={args.profile}", *args.overrides]
     try:
+        if args.command == "mlflow":
+            from cdray.mlflow_server import serve
+
+            return serve(args.root, args.port, args.host, args.artifacts)
+        if args.profile:
+            args.overrides = [f"profile={args.profile}", *args.overrides]
         cfg = config_mod.load(args.config, args.overrides)
         if args.command in ("sweep", "run") and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
             cfg = _leave_job_working_dir(cfg)

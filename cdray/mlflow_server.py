@@ -77,6 +77,11 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
 
 def serve(root: str, port: int, host: str = "127.0.0.1", artifacts: Optional[str] = None) -> int:
     """`cdray mlflow`: run the server in the foreground until interrupted."""
+    with socket.socket() as probe:  # a busy port is one line now, not a server log later
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror or e})") from None
     proc = start(Path(root), port, host, artifacts)
     url = f"http://{host}:{port}"
     try:

@@ -81,6 +81,9 @@ def load_model(path: Path, *, dtype=torch.float32, device="cpu",
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ValueError(f"{path}: no saved model (config.json missing)")
+    from cdray.weights import check_checkpoint
+
+    check_checkpoint(path)  # names the file of a shape mismatch (transformers prints a table)
     overrides = {} if attention_dropout is None else {"attention_dropout": float(attention_dropout)}
     try:
         model = LlamaForCausalLM.from_pretrained(

@@ -145,7 +145,26 @@ class Store:
         if is_remote(text):
             local = Path(cache).expanduser().resolve() if cache else default_cache(text)
             return cls(local, RemoteRoot(text))
-        return cls(Path(root).expanduser().resolve())
+        path = Path(root).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            from cdray.config import ConfigError
+
+            raise ConfigError("store.root", f"{path} is a file, not a folder")
+        return cls(path)
+
+    def check_writable(self) -> None:
+        """Fail now, naming the folder, if artifacts cannot be written here (a read-only disk or
+        folder), rather than after the first stage's work."""
+        try:
+            (self.root / ".locks").mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".locks" / f"{TEMPORARY_PREFIX}probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            from cdray.config import ConfigError
+
+            raise ConfigError("store.cache" if self.remote else "store.root",
+                              f"{self.root} is not writable ({e.strerror or e})") from None
 
     @property
     def location(self) -> str:

@@ -217,6 +217,7 @@ def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) ->
     """Plan, build shared upstream work once, run missing cells, print and log the arm table."""
     cfg = anchored(cfg)
     store = open_store(cfg)
+    store.check_writable()
     graph = build_graph(cfg)
     tracker = Tracker(cfg.tracking)
     key = sweep_key(cfg)

@@ -85,9 +85,10 @@ def realised_q(counts, batch_size: int) -> float:
 class BlockStream:
     """A token file cut into seq_len blocks, read in per-epoch permutations (memmapped)."""
 
-    def __init__(self, path: str | os.PathLike, seq_len: int, seed: int, stream_id: int, what: str):
+    def __init__(self, path: str | os.PathLike, seq_len: int, seed: int, stream_id: int, what: str,
+                 vocab_size: int | None = None):
         self.path = str(path)
-        self.tokens = open_tokens(path, what)
+        self.tokens = open_tokens(path, what, vocab_size)
         self.seq_len = seq_len
         self.n_blocks = len(self.tokens) // seq_len
         if self.n_blocks < 1:
@@ -121,8 +122,9 @@ class BlockStream:
         return self.read(np.arange(min(n, self.n_blocks), dtype=np.int64))
 
 
-def open_tokens(path, what: str = "token") -> np.ndarray:
-    """Memmap a 1-D integer .npy stream; any problem is a ValueError naming the file."""
+def open_tokens(path, what: str = "token", vocab_size: int | None = None) -> np.ndarray:
+    """Memmap a 1-D integer .npy stream; any problem (ids outside [0, vocab_size) included) is a
+    ValueError naming the file."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{what} token file {p} does not exist")
@@ -133,6 +135,13 @@ def open_tokens(path, what: str = "token") -> np.ndarray:
     if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{what} token file {p} must hold a 1-D integer array "
                          f"(got {getattr(arr, 'dtype', type(arr))} of shape {getattr(arr, 'shape', '?')})")
+    if vocab_size is not None and len(arr):
+        # an id outside the embedding table would fail deep inside a forward pass (or, on a GPU,
+        # read out of bounds): one scan of the memmap says which file instead
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"{what} token file {p} holds token ids in [{lo}, {hi}], outside the "
+                             f"model's vocabulary [0, {vocab_size})")
     return arr
 
 
@@ -149,10 +158,11 @@ class MixedBatches:
         self.offset = rank * self.local
         self.counts = synthetic_counts(job.q, r.batch_size, r.steps, r.mixing)
         self.cum_syn = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-        self.real = BlockStream(job.real_tokens, r.seq_len, job.seed, REAL, "real")
+        vocab = job.model.vocab_size or job.vocab_size
+        self.real = BlockStream(job.real_tokens, r.seq_len, job.seed, REAL, "real", vocab)
         self.syn = None
         if job.q > 0:
-            self.syn = BlockStream(job.synthetic_tokens, r.seq_len, job.seed, SYNTHETIC, "synthetic")
+            self.syn = BlockStream(job.synthetic_tokens, r.seq_len, job.seed, SYNTHETIC, "synthetic", vocab)
 
     def consumed(self, step: int) -> tuple[int, int]:
         """(real, synthetic) sequences used by the global batches of steps 0 .. step-1."""
@@ -298,7 +308,8 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
     lead = rank == 0
     distributed = world_size > 1
     data = MixedBatches(job, rank, world_size)
-    eval_blocks = BlockStream(job.eval_tokens, recipe.seq_len, job.seed, REAL, "eval").first_blocks(
+    eval_blocks = BlockStream(job.eval_tokens, recipe.seq_len, job.seed, REAL, "eval",
+                              job.model.vocab_size or job.vocab_size).first_blocks(
         recipe.eval_blocks)
     milestones = sorted(set(job.milestones) | {recipe.steps})
     if torch.device(device).type == "cpu":

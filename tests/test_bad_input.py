@@ -188,6 +188,16 @@ def test_truncated_token_file_is_named(tmp_path, store):
     _fails_cleanly(store, lambda out: open_tokens(path, "real"), "tokens.npy")
 
 
+def test_token_ids_outside_the_vocabulary_are_named(tmp_path, store):
+    from cdray.training import open_tokens
+
+    path = tmp_path / "tokens.npy"
+    np.save(path, np.array([1, 5, 300, 2], dtype=np.uint16))
+    line = _fails_cleanly(store, lambda out: open_tokens(path, "synthetic", vocab_size=256), "tokens.npy")
+    assert "[1, 300]" in line and "[0, 256)" in line
+    assert open_tokens(path, "synthetic", vocab_size=301).max() == 300
+
+
 # ---------------------------------------------------------------- checkpoints and shards
 
 
@@ -226,6 +236,22 @@ def test_truncated_checkpoint_is_named(gen_world, tmp_path, store):
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     _fails_cleanly(store, lambda out: _generator(gen_world, out, expert=str(broken)), "truncated-expert")
+
+
+def test_a_checkpoint_whose_shapes_do_not_match_its_config_names_the_file(tmp_path, store):
+    import shutil
+
+    from cdray.config import ModelConfig
+    from cdray.model import build_model, load_model, save_model
+    from cdray.weights import load_weights
+
+    for name, hidden in (("mismatched", 32), ("other", 64)):
+        save_model(build_model(ModelConfig(layers=2, hidden=hidden, heads=2, ffn=64, context=64), 100, 0),
+                   tmp_path / name)
+    shutil.copy(tmp_path / "other" / "config.json", tmp_path / "mismatched" / "config.json")
+    for load in (load_model, load_weights):
+        line = _fails_cleanly(store, lambda out: load(tmp_path / "mismatched"), "mismatched/model.safetensors")
+        assert "has shape [100, 32], config.json describes [100, 64]" in line
 
 
 def test_amateur_with_another_vocabulary_is_named(gen_world, store):
@@ -314,3 +340,36 @@ def test_unreachable_ray_cluster_is_one_line_naming_where_its_address_came_from(
 def test_manifest_records_checksums(store):
     manifest = json.loads((store.dir("corpus", "prebuilt") / "manifest.json").read_text())
     assert manifest["files"]["train.txt"]["sha256"]
+
+
+def test_a_store_root_that_is_a_file_is_named(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a store")
+    code, err = _plan(["plan", str(TINY), "--set", f"store.root={tmp_path / 'afile'}"], capsys)
+    _assert_one_line(code, err, "store.root")
+    assert "is a file" in err and (tmp_path / "afile").read_text() == "not a store"
+
+
+def test_a_read_only_store_fails_before_any_work(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(ro)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs ({res.stderr.strip() or 'not root'})")
+    try:
+        code, err = _plan(["run", str(TINY), "--set", f"store.root={ro / 'store'}",
+                           "--set", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"], capsys)
+        _assert_one_line(code, err, "store.root")
+        assert "not writable" in err and not (tmp_path / "m.db").exists()  # nothing was started
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_a_busy_port_for_the_mlflow_server_is_one_line(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, err = _plan(["mlflow", "--root", str(tmp_path / "ml"), "--port", str(port)], capsys)
+    _assert_one_line(code, err, f"--port {port}")
+    assert not (tmp_path / "ml").exists()
