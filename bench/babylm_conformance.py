@@ -130,24 +130,28 @@ def run_official_reading(official: Path, hf: Path, csv: Path, work: Path) -> dic
 # ---------------------------------------------------------------- comparison
 
 
-def compare_choices(task: str, data: Path, ours: dict, theirs: dict) -> tuple[int, float, float]:
-    """(items matched, share picking the same option, largest |Δ log-likelihood|)."""
+def compare_choices(task: str, data: Path, ours: dict, theirs: dict) -> tuple[int, float, float, int]:
+    """(items matched, share picking the same option, largest |Δ log-likelihood|, items left out
+    because lm-eval cut them to the model's context: the official pipeline feeds them whole)."""
     from cdray import babylm
 
     pool: dict[tuple, list] = {}
     for sentences, lls in theirs["items"]:
         pool.setdefault(tuple(sentences), []).append(lls)
-    same, worst, n = 0, 0.0, 0
+    same, worst, n, cut = 0, 0.0, 0, 0
     for path in babylm.item_files(data, task):
         for row, rec in zip(babylm.read_rows(path), ours["items"][babylm.file_stem(path)]):
             key = tuple(_official_sentences(task, row))
             if not pool.get(key):
                 continue
             lls = pool[key].pop(0)
+            if rec.get("truncated"):
+                cut += 1
+                continue
             n += 1
             same += int(np.argmax(lls) == np.argmax(rec["lls"]))
             worst = max(worst, float(np.max(np.abs(np.asarray(lls) - np.asarray(rec["lls"])))))
-    return n, same / n if n else math.nan, worst
+    return n, same / n if n else math.nan, worst, cut
 
 
 def _official_sentences(task: str, row: dict) -> list[str]:
@@ -186,9 +190,11 @@ def main() -> None:
         ours = run_cdray(a.model, a.tokenizer, data, task, work / f"cdray_{task}")
         folder = data / babylm.FOLDERS[task]
         theirs = run_official(a.official, hf, folder, OFFICIAL_TASK[task], work)
-        n, same, worst = compare_choices(task, data, ours, theirs)
+        n, same, worst, cut = compare_choices(task, data, ours, theirs)
         score = ours["scores"]["wug_spearman" if task == "wug" else task]
         what = " (WUG: Spearman's ρ)" if task == "wug" else ""
+        if cut:
+            what += f" ({cut} items longer than the model's context left out of the comparison)"
         print(f"{task:<16} {score:9.4f} {theirs['score']:9.4f} {n:6d} {same:9.4f} {worst:10.2e}{what}")
     if "reading" in a.tasks:
         csv = next((data / babylm.FOLDERS["reading"]).glob("*.csv"))

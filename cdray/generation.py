@@ -135,6 +135,21 @@ def make_prompts(seed_parquet: Path, tokenizer_dir: Path, prompt_tokens: int, ou
     return {"prompts": len(prompts)}
 
 
+def budget_reachable(gen, n_prompts: int) -> None:
+    """A ConfigError naming generation.token_budget when the seed split cannot yield it even if
+    no row stopped early (n_prompts x continuations x max_new_tokens): checked as soon as the
+    prompts exist, before the GOOD is trained."""
+    from cdray.config import ConfigError
+
+    most = n_prompts * gen.continuations * gen.max_new_tokens
+    if most < gen.token_budget:
+        raise ConfigError("generation.token_budget",
+                          f"{gen.token_budget} new tokens cannot come from the seed split: {n_prompts} "
+                          f"prompts x {gen.continuations} continuations x {gen.max_new_tokens} new tokens "
+                          f"= {most} at most; lower the budget or raise corpus.seed_fraction, "
+                          f"generation.continuations or generation.max_new_tokens")
+
+
 # ---------------------------------------------------------------- the generator class
 
 

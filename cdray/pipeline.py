@@ -157,7 +157,8 @@ class SweepGraph:
     def nodes(self) -> list[Node]:
         """All nodes, inputs before users, each key once."""
         seen: dict[tuple[str, str], Node] = {}
-        roots = [self.good, self.prompts, *self.smalls.values(), *self.synthetic.values(),
+        # prompts before the GOOD: a seed split too small for the budget fails before training
+        roots = [self.prompts, self.good, *self.smalls.values(), *self.synthetic.values(),
                  *self.contamination.values()]
         roots += [n for c in self.cells for n in c.nodes()]
         for root in roots:

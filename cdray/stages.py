@@ -153,11 +153,12 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
     """
     import pyarrow.parquet as pq
 
-    from cdray.generation import committed_tokens, finalize_corpus, leading_tokens, shard_plan
+    from cdray.generation import budget_reachable, committed_tokens, finalize_corpus, leading_tokens, shard_plan
 
     gen = cfg.generation
     kwargs = generator_kwargs(node, cfg, store, out)
     n_prompts = pq.read_metadata(kwargs["prompts_path"]).num_rows
+    budget_reachable(gen, n_prompts)
     shards = shard_plan(n_prompts, gen.shard_prompts)
     execute = execute or _execute_in_process
     # rows a corpus drops do not count toward its budget

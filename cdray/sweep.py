@@ -11,6 +11,7 @@ from typing import Callable, Optional
 from ray import tune
 
 from cdray.config import SweepConfig, to_dict
+from cdray.generation import budget_reachable
 from cdray.pipeline import Cell, SweepGraph, build_graph, format_plan, plan
 from cdray.ray_exec import CELL_DRIVER_CPU, build_node, build_nodes, init_ray, open_store, ray_storage
 from cdray.report import format_table
@@ -174,6 +175,14 @@ def build_upstream(graph: SweepGraph, cfg: SweepConfig, store: Store, tracker: T
                               progress=_live_metrics(tracker, parent_id, node, echo))
         echo(f"[cdray]   done in {time.time() - started:.1f}s")
         _log_upstream(tracker, parent_id, node, manifest)
+        if node.stage == "prompts" and graph.generations:
+            budget_reachable(cfg.generation, manifest["stats"]["prompts"])
+        if node.stage == "generate" and not manifest["stats"].get("budget_reached", True):
+            short = cfg.generation.token_budget - manifest["stats"]["new_tokens"]
+            echo(f"[cdray] WARNING: {node.label} holds {manifest['stats']['new_tokens']} new tokens, "
+                 f"{short} short of generation.token_budget={cfg.generation.token_budget} (its rows "
+                 f"stopped early at EOS): its arms train on a smaller synthetic corpus")
+            tracker.log_metrics(parent_id, [(f"{_metric_prefix(node)}.shortfall_tokens", float(short), 0)])
 
 
 def _metric_prefix(node) -> str:

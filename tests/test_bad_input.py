@@ -373,3 +373,31 @@ def test_a_busy_port_for_the_mlflow_server_is_one_line(tmp_path, capsys):
         code, err = _plan(["mlflow", "--root", str(tmp_path / "ml"), "--port", str(port)], capsys)
     _assert_one_line(code, err, f"--port {port}")
     assert not (tmp_path / "ml").exists()
+
+
+def test_a_seed_split_too_small_for_the_budget_is_named_before_any_training():
+    from types import SimpleNamespace
+
+    from cdray.config import ConfigError
+    from cdray.generation import budget_reachable
+
+    gen = SimpleNamespace(continuations=2, max_new_tokens=16, token_budget=1000)
+    with pytest.raises(ConfigError, match=r"generation.token_budget.*30 prompts x 2 continuations x "
+                                          r"16 new tokens = 960 at most"):
+        budget_reachable(gen, 30)
+    budget_reachable(gen, 32)  # 1024 >= 1000
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_seed_split_cannot_meet_the_budget_stops_before_the_good(micro_cfg_dict, ray_session):
+    from cdray import config as C
+    from cdray.config import ConfigError
+    from cdray.pipeline import build_graph
+    from cdray.sweep import run_sweep
+
+    cfg = C.from_dict(micro_cfg_dict | {"generation": micro_cfg_dict["generation"] | {"token_budget": 10**7}})
+    with pytest.raises(ConfigError, match="generation.token_budget"):
+        run_sweep(cfg, use_tune=False, echo=lambda line: None)
+    store = Store.at(cfg.store.root)
+    graph = build_graph(cfg)
+    assert store.is_done("prompts", graph.prompts.key) and not store.is_done("train", graph.good.key)

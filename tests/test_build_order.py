@@ -114,6 +114,9 @@ def test_the_plan_lists_every_node_once_in_build_order(sweep):
     order = [(n.stage, n.key) for n in graph.build_order()]
     assert len(order) == len(set(order)) == len(graph.nodes())
     position = {ident: i for i, ident in enumerate(order)}
+    # the prompts (whose count decides whether the budget is reachable) come before any training
+    assert position[(graph.prompts.stage, graph.prompts.key)] < min(
+        i for (stage, _), i in position.items() if stage == "train")
     for node in graph.nodes():
         for _, dep in node.inputs:
             assert position[(dep.stage, dep.key)] < position[(node.stage, node.key)]
