@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cdray.model import save_model
-from cdray.store import write_json_atomic
+from cdray.store import fsync_dir, fsync_file, write_json_atomic
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -24,18 +24,35 @@ def step_dir(out_dir: Path, step: int) -> Path:
 
 def complete_checkpoints(out_dir: Path, max_step: int | None = None) -> list[tuple[int, Path]]:
     """(step, dir) of every step_XXXXXX dir whose trainer_state.json exists (written last, so
-    complete), in step order."""
+    complete) and whose files still have the sizes it records (a power cut can leave a state file
+    beside empty data files on a disk that reorders writes), in step order."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return []
     found = []
     for d in out_dir.iterdir():
         m = _STEP_DIR.match(d.name)
-        if m and (d / "trainer_state.json").is_file():
+        if m and (d / "trainer_state.json").is_file() and _sizes_hold(d):
             step = int(m.group(1))
             if max_step is None or step <= max_step:
                 found.append((step, d))
     return sorted(found)
+
+
+def _files(d: Path) -> dict[str, int]:
+    return {p.relative_to(d).as_posix(): p.stat().st_size for p in sorted(d.rglob("*"))
+            if p.is_file() and p.name != "trainer_state.json"}
+
+
+def _sizes_hold(d: Path) -> bool:
+    try:
+        recorded = json.loads((d / "trainer_state.json").read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError):
+        return False
+    if recorded is None:  # written before the state file recorded them
+        return True
+    have = _files(d)
+    return all(have.get(rel) == size for rel, size in recorded.items())
 
 
 def latest_checkpoint(out_dir: Path, max_step: int | None = None) -> Path | None:
@@ -82,8 +99,14 @@ def write_checkpoint(d: Path, model, opt, sched, state: dict, device: str) -> No
     groups = [{k: _json_scalar(v) for k, v in g.items() if k != "params"}
               for g in opt.state_dict()["param_groups"]]
     names = [n for n, _ in _unwrap_named(model)]
+    # the data files reach the disk before the state file that marks them complete, and that
+    # file records their sizes, so a reordering disk is caught on resume as well
+    for f in d.rglob("*"):
+        if f.is_file():
+            fsync_file(f)
+    fsync_dir(d / "model")
     full = dict(state, param_groups=groups, param_steps=steps, scheduler=sched.state_dict(),
-                param_names=names)
+                param_names=names, files=_files(d))
     write_json_atomic(d / "trainer_state.json", full)
 
 

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,16 +92,42 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f"{TEMPORARY_PREFIX}{path.name}-{os.getpid()}")
 
 
+def fsync_file(path: Path) -> None:
+    """Force a file's bytes to the disk: after a power cut it is whole, not empty."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Force a folder's entries (a rename into it, a new file) to the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # a platform or file system without directory handles
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory; the rename is all they offer
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def replacing(path: Path):
     """Yield a temporary path to write; on success it replaces `path` in one rename, so readers
-    see the old file or the new one, never half of one. A failed write leaves `path` as it was
-    and its temporary gone, and an OSError names `path`."""
+    see the old file or the new one, never half of one, and the bytes are on the disk before
+    the rename is (a power cut leaves the old file or the whole new one). A failed write leaves
+    `path` as it was and its temporary gone, and an OSError names `path`."""
     tmp = temporary_path(path)
     with writing(path):
         try:
             yield tmp
+            fsync_file(tmp)
             os.replace(tmp, path)
+            fsync_dir(path.parent)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -127,6 +154,20 @@ def _json_bytes(obj: Any) -> bytes:
 
 class StoreError(RuntimeError):
     """A store artifact is missing, incomplete or corrupt."""
+
+
+def member(out: Path, rel: str, where: str) -> Path:
+    """out / rel for a file name read from a manifest or listed from a remote folder, which must
+    be a relative path that stays inside the artifact (a tampered manifest must not write or read
+    anywhere else); anything else is a StoreError naming the artifact."""
+    parts = rel.split("/")
+    if (not rel or rel.startswith(("/", "\\")) or "\\" in rel or ":" in parts[0]
+            or any(p in ("", ".", "..") for p in parts)):
+        raise StoreError(f"{where}: unsafe file name {rel!r} in the artifact's listing")
+    path = out / rel
+    if not path.resolve().is_relative_to(out.resolve()):
+        raise StoreError(f"{where}: file name {rel!r} leads outside the artifact")
+    return path
 
 
 @dataclass(frozen=True)
@@ -180,12 +221,32 @@ class Store:
         return self.remote.url(f"{stage}/{key}") if self.remote else self.dir(stage, key).as_uri()
 
     def _cached(self, stage: str, key: str) -> bool:
-        return (self.dir(stage, key) / MANIFEST).is_file()
+        out = self.dir(stage, key)
+        return (out / MANIFEST).is_file() and self._intact(stage, key, {
+            rel: p.stat().st_size for rel, p in _artifact_files(out)}, json.loads((out / MANIFEST).read_bytes()))
 
     def is_done(self, stage: str, key: str) -> bool:
-        if self._cached(stage, key):
-            return True
-        return self.remote is not None and self.remote.exists(f"{stage}/{key}/{MANIFEST}")
+        """Whether (stage, key) is committed: its manifest exists and every file it names has
+        the size it records (a power cut can leave a manifest beside a truncated file; such an
+        artifact is named on stderr and treated as not built, so it is rebuilt)."""
+        try:
+            if self._cached(stage, key):
+                return True
+        except (OSError, ValueError):
+            return False  # an unreadable manifest is no commit
+        if self.remote is None or not self.remote.exists(f"{stage}/{key}/{MANIFEST}"):
+            return False
+        manifest = json.loads(self.remote.read_bytes(f"{stage}/{key}/{MANIFEST}"))
+        return self._intact(stage, key, self.remote.files(f"{stage}/{key}"), manifest)
+
+    def _intact(self, stage: str, key: str, sizes: dict[str, int], manifest: dict) -> bool:
+        for rel, meta in manifest.get("files", {}).items():
+            if sizes.get(rel) != meta["bytes"]:
+                print(f"[cdray] store: {stage}/{key} is treated as not built: its file {rel} is "
+                      f"{sizes.get(rel, 'missing')} bytes, its manifest says {meta['bytes']}",
+                      file=sys.stderr, flush=True)
+                return False
+        return True
 
     def manifest(self, stage: str, key: str) -> dict:
         path = self.dir(stage, key) / MANIFEST
@@ -221,7 +282,7 @@ class Store:
             manifest = self.manifest(stage, key)
             remove_temporaries(out)  # of a download killed midway
             for rel, meta in manifest.get("files", {}).items():
-                p = out / rel
+                p = member(out, rel, self.url(stage, key))
                 if p.is_file() and p.stat().st_size == meta["bytes"] and file_sha256(p) == meta["sha256"]:
                     continue  # left by an earlier build or an interrupted download
                 self.remote.download(f"{stage}/{key}/{rel}", p, meta["sha256"])
@@ -253,9 +314,9 @@ class Store:
         out = self.dir(stage, key)
         got = 0
         for rel, size in self.remote.files(f"{stage}/{key}").items():
-            p = out / rel
             if rel == MANIFEST or rel.startswith(".") or "/.tmp" in rel:
                 continue
+            p = member(out, rel, self.url(stage, key))
             if not p.is_file() or p.stat().st_size != size:
                 self.remote.download(f"{stage}/{key}/{rel}", p)
                 got += 1
@@ -276,6 +337,7 @@ class Store:
                 return self.manifest(stage, key)
             out = self.dir(stage, key)
             out.mkdir(parents=True, exist_ok=True)
+            (out / MANIFEST).unlink(missing_ok=True)  # of a commit whose files did not survive
             # under the lock no other builder of this key runs here: what an interrupted one
             # left is partial output to resume from, and temporaries that nothing will finish
             remove_temporaries(out)
@@ -296,7 +358,10 @@ class Store:
         self.pull(stage, key)
         files = {}
         for rel, p in _artifact_files(out):
+            fsync_file(p)  # on the disk before the manifest that marks them committed
             files[rel] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        for folder in {p.parent for _, p in _artifact_files(out)}:
+            fsync_dir(folder)
         manifest = {
             "stage": stage,
             "key": key,
@@ -332,7 +397,7 @@ class Store:
                 if not ok:
                     bad.append(self.remote.url(name))
                 continue
-            p = self.dir(stage, key) / rel
+            p = member(self.dir(stage, key), rel, self.url(stage, key))
             if not p.is_file() or p.stat().st_size != meta["bytes"] or file_sha256(p) != meta["sha256"]:
                 bad.append(str(p))
         return bad

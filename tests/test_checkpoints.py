@@ -101,3 +101,16 @@ def test_jsonl_logs_are_trimmed_to_the_resumed_step(tmp_path):
         f.write('{"step": 4, "lo')  # torn by a crash: the log ends before it
     append_jsonl(log, {"step": 5})
     assert [r["step"] for r in read_jsonl(log)] == [1, 2, 3]
+
+
+def test_a_step_whose_files_did_not_survive_a_power_cut_is_not_complete(tmp_path):
+    """trainer_state.json records its step's file sizes: a state file beside a truncated
+    optimizer file (what a disk that reorders writes can leave) does not count as complete."""
+    model, opt, sched = _trained(steps=1)
+    for step in (1, 2):
+        write_checkpoint(step_dir(tmp_path, step), model, opt, sched, {"step": step}, "cpu")
+    state = json.loads((step_dir(tmp_path, 2) / "trainer_state.json").read_text())
+    assert state["files"]["optimizer.safetensors"] > 0 and "model/model.safetensors" in state["files"]
+    assert latest_checkpoint(tmp_path).name == "step_000002"
+    (step_dir(tmp_path, 2) / "optimizer.safetensors").write_bytes(b"")
+    assert latest_checkpoint(tmp_path).name == "step_000001"

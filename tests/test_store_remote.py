@@ -112,3 +112,17 @@ def test_local_store_is_unchanged(tmp_path):
     assert store.remote is None and store.location == str(tmp_path / "s")
     store.get_or_build("demo", "k", lambda out: {}, config={}, inputs={})
     assert store.fetch("demo", "k") == store.dir("demo", "k") and store.list() == [("demo", "k")]
+
+
+def test_a_tampered_remote_manifest_writes_nothing_outside_the_cache(uri, tmp_path):
+    import json
+
+    Store.at(uri, cache=tmp_path / "a").get_or_build(
+        "demo", "t", lambda out: (out / "w.txt").write_text("weights") and {}, config={}, inputs={})
+    other = Store.at(uri, cache=tmp_path / "cache" / "b")
+    manifest = json.loads(other.remote.read_bytes(f"demo/t/{MANIFEST}"))
+    manifest["files"]["a/../../../../escaped.txt"] = manifest["files"].pop("w.txt")
+    other.remote.write_bytes(f"demo/t/{MANIFEST}", json.dumps(manifest).encode())
+    with pytest.raises(StoreError, match=r"demo/t: unsafe file name 'a/../../../../escaped.txt'"):
+        other.fetch("demo", "t")
+    assert not list(tmp_path.rglob("escaped.txt"))
