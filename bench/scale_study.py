@@ -14,10 +14,14 @@ numbers comes from its axis:
 - epochs: passes over the real train split in one run (the paper: ~16),
 - good: the GOOD's checkpoint as a share of training (the paper: 2500/8000; 1.0 = final).
 
-Fixed: k = 1/16 of training (the paper's 500/8000, about one epoch in its runs); the synthetic
-budget is 0.75 of the real train tokens (the paper's ~97M/130M); q = 0.3, exact mixing; the GOOD
-is the BASELINE run of seed 43, as in the paper; best checkpoint per run (the paper's selection)
-and final checkpoint both recorded. Runs go one point at a time, the log in docs/study/run.log.
+Fixed: the real corpus is Wikipedia lead sections (the packaged `wiki` text: many short documents,
+so even 40k words split into sizeable eval and seed sets); k = 1/16 of training (the paper's
+500/8000, about one epoch in its runs); the synthetic budget is 0.75 of the real train tokens (the
+paper's ~97M/130M), measured on the built token stream before the sweep file is written; rows run
+their full length without stopping at EOS, as the paper's loop did, so the budget is always met;
+q = 0.3, exact mixing; the GOOD is the BASELINE run of seed 43, as in the paper; best checkpoint
+per run (the paper's selection) and final checkpoint both recorded. Runs go one point at a time,
+the log in docs/study/run.log.
 """
 from __future__ import annotations
 
@@ -34,8 +38,6 @@ sys.path.insert(0, str(ROOT))
 SWEEPS = ROOT / "sweeps" / "study"
 OUT = ROOT / "docs" / "study"
 
-TOKENS_PER_WORD = 1.83  # the packaged corpus under a 2,000-token BPE (tokens[train] / train words)
-TRAIN_SHARE = 0.95 * 0.88  # of the words: not eval (5%), then not seed (12%)
 BATCH, SEQ = 8, 128
 MODELS = {
     "tiny": {"preset": "tiny"},  # 4 x 128: 1.0M non-embedding parameters, 1.6M in all
@@ -43,6 +45,7 @@ MODELS = {
 }
 # name -> (words, model, epochs, good share); the order they run in (cheapest first)
 POINTS = {
+    "w40k-tiny-e4": (40_000, "tiny", 4, 5 / 16),
     "w40k-tiny-e16": (40_000, "tiny", 16, 5 / 16),
     "w100k-tiny-e4": (100_000, "tiny", 4, 5 / 16),
     "w100k-tiny-e16": (100_000, "tiny", 16, 5 / 16),
@@ -53,9 +56,10 @@ POINTS = {
 }
 
 
-def point_config(name: str, seeds=(43,)) -> dict:
+def point_config(name: str, real_tokens: int = 0, seeds=(43,)) -> dict:
+    """The point's sweep; real_tokens: the measured train split (0: a provisional file whose
+    corpus, tokenizer and token keys are already final)."""
     words, model, epochs, good = POINTS[name]
-    real_tokens = words * TRAIN_SHARE * TOKENS_PER_WORD
     # 16 milestones per run: k = the first (1/16 of training), the GOOD's step another one
     every = max(1, round(epochs * real_tokens / (BATCH * SEQ) / 16))
     steps = 16 * every
@@ -64,31 +68,48 @@ def point_config(name: str, seeds=(43,)) -> dict:
         "store": {"root": ".cdray/store"},
         "tracking": {"uri": "sqlite:///.cdray/mlflow.db", "experiment": "cdray-study"},
         "ray": {"num_cpus": 2, "max_concurrent_cells": 2},
-        "corpus": {"sources": [{"kind": "packaged", "name": "packaged"}], "total_words": words,
-                   "eval_fraction": 0.05, "seed_fraction": 0.12, "chunk_min_words": 30,
-                   "chunk_max_words": 60},
+        "corpus": {"sources": [{"kind": "packaged", "name": "wiki", "packages": ["wiki"]}],
+                   "total_words": words, "eval_fraction": 0.1, "seed_fraction": 0.1,
+                   "chunk_min_words": 20, "chunk_max_words": 60},
         "tokenizer": {"vocab_size": 2000},
         "train": {"steps": steps, "batch_size": BATCH, "seq_len": SEQ, "lr": 2.0e-3,
                   "warmup_steps": max(20, steps // 50), "checkpoint_every": every, "eval_blocks": 32,
                   "precision": "fp32"},
         "expert": {"model": MODELS[model], "seed": 43, "step": round(good * 16) * every},
         "generation": {"prompt_tokens": 16, "continuations": 8, "max_new_tokens": 112,
-                       "token_budget": int(0.75 * real_tokens), "batch_size": 32, "shard_prompts": 32,
-                       "actors": 2, "actor_cpus": 0.5},
+                       "stop_at_eos": False, "token_budget": max(1, int(0.75 * real_tokens)),
+                       "batch_size": 32, "shard_prompts": 32, "actors": 2, "actor_cpus": 0.5},
         "eval": {"max_blocks": 64, "batch_size": 16},
         "grid": {"k": [every], "strategy": ["contrastive", "no_contrast"], "q": [0.0, 0.3],
                  "seed": list(seeds)},
     }
 
 
+def real_train_tokens(name: str) -> int:
+    """Build the point's corpus, tokenizer and train tokens (seconds, in this process) and count
+    the train split's tokens: steps and budget are set from the measured number."""
+    from cdray import config as C
+    from cdray.pipeline import build_graph
+    from cdray.stages import build
+    from cdray.store import Store
+
+    cfg = C.from_dict(point_config(name, real_tokens=BATCH * SEQ * 16))
+    graph, store = build_graph(cfg), Store.at(ROOT / cfg.store.root)
+    for node in (graph.corpus, graph.tokenizer, graph.tokens_train):
+        build(node, cfg, store)
+    return store.manifest("tokens", graph.tokens_train.key)["stats"]["tokens"]
+
+
 def write() -> None:
     SWEEPS.mkdir(parents=True, exist_ok=True)
     for name in POINTS:
         words, model, epochs, good = POINTS[name]
+        real = real_train_tokens(name)
         head = (f"# scale study point {name}: {words:,} words, {model} model, ~{epochs} epochs over the "
-                f"real train split, GOOD at {good:.0%} of training.\n# Written by bench/scale_study.py "
-                f"(`write`); run with `cdray sweep {SWEEPS.relative_to(ROOT) / (name + '.yaml')}`.\n")
-        (SWEEPS / f"{name}.yaml").write_text(head + yaml.safe_dump(point_config(name), sort_keys=False))
+                f"real train split ({real:,} tokens), GOOD at {good:.0%} of training.\n# Written by "
+                f"bench/scale_study.py (`write`); run with `cdray sweep "
+                f"{SWEEPS.relative_to(ROOT) / (name + '.yaml')}`.\n")
+        (SWEEPS / f"{name}.yaml").write_text(head + yaml.safe_dump(point_config(name, real), sort_keys=False))
 
 
 def run(names: list[str]) -> None:
