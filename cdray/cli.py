@@ -112,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and a non-zero exit
         line = error_line(exc)
         if line is None:
-            raise
+            _raise_masked(exc)
         print(line, file=sys.stderr)
         return 2
     return 0
@@ -124,11 +124,28 @@ KNOWN_ERRORS = (config_mod.ConfigError, ValueError, OSError, RuntimeError, Looku
 
 
 def error_line(exc: BaseException) -> Optional[str]:
-    """The one line `cdray: error: ...` a user sees for exc, or None for an unexpected bug."""
+    """The one line `cdray: error: ...` a user sees for exc, or None for an unexpected bug.
+
+    Every URI in it is masked: pyarrow, urllib and MLflow quote the addresses they failed on,
+    credentials included. MLflow's own errors (a refused request, a bad store) are the user's
+    to fix, not cdray bugs, so they are one line too."""
+    from cdray.redaction import mask_text
+
     cause = _root_cause(exc)
-    if not isinstance(cause, KNOWN_ERRORS):
-        return None
-    return f"cdray: error: {_one_line(cause)}"
+    if isinstance(cause, KNOWN_ERRORS):
+        return f"cdray: error: {mask_text(_one_line(cause))}"
+    if type(cause).__module__.startswith("mlflow"):
+        return f"cdray: error: MLflow: {mask_text(_one_line(cause))}"
+    return None
+
+
+def _raise_masked(exc: BaseException) -> None:
+    """Re-raise an unexpected error for its traceback, its message's URIs masked first."""
+    from cdray.redaction import mask_text
+
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (mask_text(exc.args[0]), *exc.args[1:])
+    raise exc
 
 
 def _leave_job_working_dir(cfg):

@@ -147,7 +147,9 @@ def _train_loop(config: dict) -> dict:
     from cdray.training import train
 
     ctx = ray.train.get_context()
-    store = Store.at(*config["store"]) if config["store"] else None
+    # a remote store's address arrives by object reference: Ray records a train loop config in
+    # its run state, and the address may carry credentials
+    store = Store.at(*ray.get(config["store"])) if config["store"] is not None else None
     for stage, key in config["fetch"]:  # inputs into this node's cache (a no-op on the driver's)
         store.fetch(stage, key)
     device = "cpu"
@@ -183,7 +185,7 @@ def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callback
         _train_loop,
         train_loop_config={"job": stages.train_job(node, cfg, store), "out": str(out),
                            "use_gpu": recipe.use_gpu, "threads": recipe.torch_threads,
-                           "store": (store.location, cfg.store.cache) if remote else None,
+                           "store": ray.put((store.location, cfg.store.cache)) if remote else None,
                            "fetch": fetch, "push": (node.stage, node.key)},
         torch_config=TorchConfig(backend="nccl" if recipe.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=recipe.num_workers, use_gpu=recipe.use_gpu,

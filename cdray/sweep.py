@@ -16,7 +16,8 @@ from cdray.pipeline import Cell, SweepGraph, build_graph, format_plan, plan
 from cdray.ray_exec import CELL_DRIVER_CPU, build_node, build_nodes, init_ray, open_store, ray_storage
 from cdray.report import format_table
 from cdray.store import Store, stage_key
-from cdray.tracking import Tracker, redact
+from cdray.redaction import redact
+from cdray.tracking import Tracker
 
 Echo = Callable[[str], None]
 
@@ -297,6 +298,14 @@ def report_from_mlflow(cfg: SweepConfig, echo: Echo = print) -> list[dict]:
 
 
 
+def report_dir(cfg: SweepConfig) -> Path:
+    """Where a sweep's report goes: beside a local store, or in a remote store's local cache,
+    never a path made from the remote URI (its query may hold credentials)."""
+    opened = Store.at(cfg.store.root, cfg.store.cache)
+    base = opened.root / "_reports" if opened.remote else opened.root.parent / "reports"
+    return base / cfg.name
+
+
 def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> Path:
     """The paper's table (best and final checkpoint), bootstrap details and figures of one or more
     sweeps (several sweeps = the settings of a truncation sweep); logged to the first one's parent run."""
@@ -305,7 +314,7 @@ def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> 
 
     cfgs = [anchored(c) for c in cfgs]
     main = cfgs[0]
-    out = Path(main.store.root).parent / "reports" / main.name
+    out = report_dir(main)
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# cdray report: {', '.join(c.name for c in cfgs)}", "", pr.legend(B), ""]
     settings = []

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 from cdray.config import TrackingConfig
+from cdray.redaction import mask_uri, without_userinfo
 
 SWEEP_TAG = "cdray.sweep_key"
 CELL_TAG = "cdray.cell_id"
@@ -38,42 +38,12 @@ def probe(uri: str, timeout: float = 5.0) -> None:
         return
     try:
         # /health answers without credentials; any HTTP status proves a server is listening
-        urllib.request.urlopen(_without_userinfo(uri).rstrip("/") + "/health", timeout=timeout).close()
+        urllib.request.urlopen(without_userinfo(uri).rstrip("/") + "/health", timeout=timeout).close()
     except urllib.error.HTTPError:
         return
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise TrackingError(f"tracking.uri {_redact(uri)!r}: cannot reach the MLflow server ({reason})") from None
-
-
-def _without_userinfo(uri: str, mark: str = "") -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if not (parts.username or parts.password):
-        return uri
-    host = parts.hostname or ""
-    netloc = mark + host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-_SECRET_PARAM = re.compile(r"(?i)([?&][^=&]*(?:key|secret|token|password|credential)[^=&]*=)[^&]*")
-
-
-def _redact(uri: str) -> str:
-    """The URI without user:password or secret query values, so credentials never reach logs."""
-    return _SECRET_PARAM.sub(r"\1***", _without_userinfo(uri, "***@"))
-
-
-def redact(obj: Any) -> Any:
-    """A config tree (dicts, lists, strings) with every URI's credentials masked."""
-    if isinstance(obj, dict):
-        return {k: redact(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact(v) for v in obj]
-    if isinstance(obj, str) and "://" in obj:
-        return _redact(obj)
-    return obj
+        raise TrackingError(f"tracking.uri {mask_uri(uri)!r}: cannot reach the MLflow server ({reason})") from None
 
 
 class Tracker:
@@ -98,7 +68,7 @@ class Tracker:
                 self._experiment_id = (exp.experiment_id if exp is not None
                                        else self.client.create_experiment(self.experiment_name))
             except Exception as e:  # noqa: BLE001 - any backend failure means the URI is unusable
-                raise TrackingError(f"tracking.uri {_redact(self.uri)!r}: cannot reach MLflow ({type(e).__name__})") from None
+                raise TrackingError(f"tracking.uri {mask_uri(self.uri)!r}: cannot reach MLflow ({type(e).__name__})") from None
         return self._experiment_id
 
     def _find(self, filter_string: str) -> Optional[Any]:
