@@ -186,7 +186,7 @@ def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callback
         train_loop_config={"job": stages.train_job(node, cfg, store), "out": str(out),
                            "use_gpu": recipe.use_gpu, "threads": recipe.torch_threads,
                            "store": ray.put((store.location, cfg.store.cache)) if remote else None,
-                           "fetch": fetch, "push": (node.stage, node.key)},
+                           "fetch": fetch, "push": (node.stage, node.key, store.attempt(node.stage, node.key))},
         torch_config=TorchConfig(backend="nccl" if recipe.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=recipe.num_workers, use_gpu=recipe.use_gpu,
                                      resources_per_worker=resources),
@@ -234,7 +234,8 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict],
     callable_cls = ShardGenerator
     if remote:
         callable_cls = _StoreShardGenerator
-        kwargs = {**kwargs, "store": (store.location, cfg.store.cache), "push": (node.stage, node.key),
+        kwargs = {**kwargs, "store": (store.location, cfg.store.cache),
+                  "push": (node.stage, node.key, store.attempt(node.stage, node.key)),
                   "fetch": [(n.stage, n.key) for _, n in node.inputs]}
     # one block per shard, so the pool can hand shards to several actors (set at creation: a
     # repartition would add an all-to-all stage before the first shard starts)

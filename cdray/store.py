@@ -10,9 +10,11 @@ import hashlib
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,10 @@ from cdray.remote import RemoteRoot, default_cache, is_remote
 
 MANIFEST = "manifest.json"
 KEY_LENGTH = 16
+# a remote build uploads under {stage}/{key}/attempts/<id>/ and its manifest names <id>: two hosts
+# building one key never mix files, whichever manifest lands last (the id is kept locally beside
+# the key's lock, outside the artifact)
+ATTEMPTS = "attempts"
 
 
 def canonical_json(obj: Any) -> str:
@@ -237,7 +243,8 @@ class Store:
         if self.remote is None or not self.remote.exists(f"{stage}/{key}/{MANIFEST}"):
             return False
         manifest = json.loads(self.remote.read_bytes(f"{stage}/{key}/{MANIFEST}"))
-        return self._intact(stage, key, self.remote.files(f"{stage}/{key}"), manifest)
+        return self._intact(stage, key, self.remote.files(_prefix(stage, key, manifest.get("attempt"))),
+                            manifest)
 
     def _intact(self, stage: str, key: str, sizes: dict[str, int], manifest: dict) -> bool:
         for rel, meta in manifest.get("files", {}).items():
@@ -285,42 +292,75 @@ class Store:
                 p = member(out, rel, self.url(stage, key))
                 if p.is_file() and p.stat().st_size == meta["bytes"] and file_sha256(p) == meta["sha256"]:
                     continue  # left by an earlier build or an interrupted download
-                self.remote.download(f"{stage}/{key}/{rel}", p, meta["sha256"])
+                self.remote.download(f"{_prefix(stage, key, manifest.get('attempt'))}/{rel}", p, meta["sha256"])
             write_json_atomic(out / MANIFEST, manifest)
         return out
 
-    def push(self, stage: str, key: str) -> int:
-        """Upload the local files of an unfinished artifact (never the manifest); returns how many.
+    def attempt(self, stage: str, key: str) -> Optional[str]:
+        """The id of this host's build of (stage, key) in progress, for workers that upload
+        into it (None for a local store)."""
+        marker = self._attempt_file(stage, key)
+        return marker.read_text().strip() if self.remote is not None and marker.is_file() else None
+
+    def _attempt_file(self, stage: str, key: str) -> Path:
+        return self.root / ".locks" / f"{stage}-{key}.attempt"
+
+    def _begin_attempt(self, stage: str, key: str) -> str:
+        attempt = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._attempt_file(stage, key).parent.mkdir(parents=True, exist_ok=True)
+        self._attempt_file(stage, key).write_text(attempt + "\n")
+        return attempt
+
+    def push(self, stage: str, key: str, attempt: Optional[str] = None) -> int:
+        """Upload the local files of an unfinished artifact (never the manifest) into its build
+        attempt's prefix (`attempt`, else this host's: Store.attempt); returns how many.
 
         Objects already there with the same size are skipped: an object store makes a write
         visible only once complete, so a same-sized object is a finished upload of this file."""
         if self.remote is None:
             return 0
+        attempt = attempt or self.attempt(stage, key)
+        if attempt is None:
+            raise StoreError(f"{self.url(stage, key)}: no build attempt to upload into")
+        prefix = _prefix(stage, key, attempt)
         out = self.dir(stage, key)
-        there = self.remote.files(f"{stage}/{key}")
+        there = self.remote.files(prefix)
         sent = 0
         # in write order: a stage's own per-part manifests (written after their part) stay last
         for rel, p in sorted(_artifact_files(out), key=lambda item: item[1].stat().st_mtime_ns):
             if there.get(rel) != p.stat().st_size:
-                self.remote.upload(p, f"{stage}/{key}/{rel}")
+                self.remote.upload(p, f"{prefix}/{rel}")
                 sent += 1
         return sent
 
-    def pull(self, stage: str, key: str) -> int:
-        """Download files of an unfinished remote artifact missing locally (a build resumed on
-        another host, or outputs written by workers on other nodes); returns how many."""
+    def pull(self, stage: str, key: str, attempt: Optional[str] = None) -> int:
+        """Download files of an unfinished remote artifact missing locally; returns how many.
+        With `attempt`, only that build's (outputs its workers wrote on other nodes); without,
+        every earlier attempt's (a build resumed on another host: parts already uploaded)."""
         if self.remote is None:
             return 0
         out = self.dir(stage, key)
         got = 0
-        for rel, size in self.remote.files(f"{stage}/{key}").items():
-            if rel == MANIFEST or rel.startswith(".") or "/.tmp" in rel:
-                continue
+        for rel, (source, size) in self._uploaded(stage, key, attempt).items():
             p = member(out, rel, self.url(stage, key))
             if not p.is_file() or p.stat().st_size != size:
-                self.remote.download(f"{stage}/{key}/{rel}", p)
+                self.remote.download(source, p)
                 got += 1
         return got
+
+    def _uploaded(self, stage: str, key: str, attempt: Optional[str]) -> dict[str, tuple[str, int]]:
+        """{relative name: (remote path, size)} of the uploaded parts of an unfinished artifact."""
+        found: dict[str, tuple[str, int]] = {}
+        prefixes = [attempt] if attempt else [None, *self.remote.children(f"{stage}/{key}/{ATTEMPTS}")]
+        for att in prefixes:
+            base = _prefix(stage, key, att)
+            for rel, size in self.remote.files(base).items():
+                if att is None and (rel.startswith(f"{ATTEMPTS}/") or rel == MANIFEST):
+                    continue  # the flat listing of a key holds the attempts and its manifest
+                if rel.startswith(".") or "/.tmp" in rel or rel.rsplit("/", 1)[-1].startswith(TEMPORARY_PREFIX):
+                    continue
+                found.setdefault(rel, (f"{base}/{rel}", size))
+        return found
 
     def get_or_build(self, stage: str, key: str, builder: Callable[[Path], dict], *,
                      config: Any, inputs: dict[str, str], extra: Optional[dict] = None) -> dict:
@@ -341,7 +381,9 @@ class Store:
             # under the lock no other builder of this key runs here: what an interrupted one
             # left is partial output to resume from, and temporaries that nothing will finish
             remove_temporaries(out)
-            self.pull(stage, key)
+            if self.remote is not None:
+                self.pull(stage, key)  # parts any earlier attempt uploaded
+                self._begin_attempt(stage, key)
             started = time.time()
             stats = builder(out) or {}
             remove_temporaries(out)  # of writers stopped midway (a pool stopped at the budget)
@@ -355,7 +397,10 @@ class Store:
         Remote: files written on other nodes are pulled, every file is uploaded, and only then
         the manifest goes up; the local copy of the manifest marks the cache complete."""
         out = self.dir(stage, key)
-        self.pull(stage, key)
+        attempt = self.attempt(stage, key)
+        if self.remote is not None:
+            attempt = attempt or self._begin_attempt(stage, key)
+            self.pull(stage, key, attempt)  # what this build's workers wrote on other nodes
         files = {}
         for rel, p in _artifact_files(out):
             fsync_file(p)  # on the disk before the manifest that marks them committed
@@ -377,7 +422,8 @@ class Store:
             **(extra or {}),
         }
         if self.remote is not None:
-            self.push(stage, key)
+            manifest["attempt"] = attempt
+            self.push(stage, key, attempt)
             self.remote.write_bytes(f"{stage}/{key}/{MANIFEST}", _json_bytes(manifest))
         write_json_atomic(out / MANIFEST, manifest)
         return manifest
@@ -389,7 +435,7 @@ class Store:
         bad = []
         for rel, meta in manifest.get("files", {}).items():
             if self.remote is not None:
-                name = f"{stage}/{key}/{rel}"
+                name = f"{_prefix(stage, key, manifest.get('attempt'))}/{rel}"
                 try:
                     ok = hashlib.sha256(self.remote.read_bytes(name)).hexdigest() == meta["sha256"]
                 except OSError:
@@ -418,6 +464,12 @@ class Store:
             if d.is_dir():
                 found += [(s, k.name) for k in sorted(d.iterdir()) if (k / MANIFEST).is_file()]
         return found
+
+
+def _prefix(stage: str, key: str, attempt: Optional[str]) -> str:
+    """Where an artifact's files are in a remote store: its build attempt's prefix (None: the
+    key's own folder, where artifacts committed before attempts existed keep them)."""
+    return f"{stage}/{key}/{ATTEMPTS}/{attempt}" if attempt else f"{stage}/{key}"
 
 
 def _artifact_files(out: Path) -> list[tuple[str, Path]]:

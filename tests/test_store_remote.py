@@ -53,9 +53,12 @@ def test_build_uploads_files_then_manifest(uri, tmp_path):
         return {"n": 2}
 
     m = store.get_or_build("demo", "k1", builder, config={"x": 1}, inputs={})
-    assert log == ["demo/k1/a.txt", "demo/k1/sub/b.bin", f"demo/k1/{MANIFEST}"]  # manifest last
+    prefix = f"demo/k1/attempts/{m['attempt']}"  # this build's own folder in the bucket
+    assert log == [f"{prefix}/a.txt", f"{prefix}/sub/b.bin", f"demo/k1/{MANIFEST}"]  # manifest last
     assert m["files"]["sub/b.bin"]["bytes"] == 1000
-    assert store.remote.files("demo/k1") == {"a.txt": 5, "sub/b.bin": 1000, MANIFEST: len(store.remote.read_bytes(f"demo/k1/{MANIFEST}"))}
+    assert store.remote.files("demo/k1") == {f"attempts/{m['attempt']}/a.txt": 5,
+                                             f"attempts/{m['attempt']}/sub/b.bin": 1000,
+                                             MANIFEST: len(store.remote.read_bytes(f"demo/k1/{MANIFEST}"))}
     assert store.list() == [("demo", "k1")] and store.verify("demo", "k1") == []
 
 
@@ -71,11 +74,12 @@ def test_another_host_reuses_and_fetches_verified(uri, tmp_path):
     assert (d / "w.txt").read_text() == "weights" and (d / MANIFEST).is_file()
 
     third = Store.at(uri, cache=tmp_path / "c")
-    third.remote.write_bytes("demo/k/w.txt", b"WEIGHTS")  # corrupted in the bucket
+    obj = f"demo/k/attempts/{third.manifest('demo', 'k')['attempt']}/w.txt"
+    third.remote.write_bytes(obj, b"WEIGHTS")  # corrupted in the bucket
     with pytest.raises(OSError, match="checksum mismatch"):
         third.fetch("demo", "k")
     assert not (tmp_path / "c" / "demo" / "k" / MANIFEST).exists()
-    assert third.verify("demo", "k") == [third.remote.url("demo/k/w.txt")]
+    assert third.verify("demo", "k") == [third.remote.url(obj)]
 
 
 def test_interrupted_upload_is_not_done_and_resumes_on_another_host(uri, tmp_path):
@@ -88,7 +92,7 @@ def test_interrupted_upload_is_not_done_and_resumes_on_another_host(uri, tmp_pat
 
     with pytest.raises(OSError, match="before the manifest"):
         a.get_or_build("demo", "r", first, config={}, inputs={})
-    assert log == ["demo/r/part1.txt"]
+    assert len(log) == 1 and log[0].startswith("demo/r/attempts/") and log[0].endswith("/part1.txt")
     assert not a.is_done("demo", "r") and a.list() == []
     with pytest.raises(StoreError, match="not built"):
         Store.at(uri, cache=tmp_path / "x").manifest("demo", "r")
@@ -105,6 +109,7 @@ def test_interrupted_upload_is_not_done_and_resumes_on_another_host(uri, tmp_pat
     assert seen == [["part1.txt"]]  # the uploaded part came back from the bucket
     assert sorted(m["files"]) == ["part1.txt", "part2.txt"]
     assert b.list() == [("demo", "r")] and b.verify("demo", "r") == []
+    assert m["attempt"] not in log[0]  # b committed its own upload of every file, a's part included
 
 
 def test_local_store_is_unchanged(tmp_path):
@@ -126,3 +131,22 @@ def test_a_tampered_remote_manifest_writes_nothing_outside_the_cache(uri, tmp_pa
     with pytest.raises(StoreError, match=r"demo/t: unsafe file name 'a/../../../../escaped.txt'"):
         other.fetch("demo", "t")
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_two_hosts_building_one_key_never_mix_their_files(uri, tmp_path):
+    """Each build uploads under its own attempt prefix and its manifest names it: whichever
+    manifest lands last, every file it names is one that same host uploaded."""
+    a, b = Store.at(uri, cache=tmp_path / "a"), Store.at(uri, cache=tmp_path / "b")
+    for host in (a, b):  # both start before either commits (no lock across hosts)
+        host.dir("demo", "race").mkdir(parents=True)
+        host._begin_attempt("demo", "race")
+    (a.dir("demo", "race") / "w.bin").write_bytes(b"A" * 64)
+    (b.dir("demo", "race") / "w.bin").write_bytes(b"B" * 80)
+    ma = a.commit("demo", "race", config={}, inputs={}, stats={})
+    b.push("demo", "race")  # b still uploading after a committed: a's files are untouched
+    assert Store.at(uri, cache=tmp_path / "c").verify("demo", "race") == []
+    mb = b.commit("demo", "race", config={}, inputs={}, stats={})
+    assert ma["attempt"] != mb["attempt"]
+    reader = Store.at(uri, cache=tmp_path / "d")
+    assert reader.verify("demo", "race") == []
+    assert (reader.fetch("demo", "race") / "w.bin").read_bytes() == b"B" * 80
