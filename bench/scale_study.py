@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,8 +120,11 @@ def run(names: list[str]) -> None:
             path = SWEEPS / f"{name}.yaml"
             log.write(f"\n=== {name}: cdray sweep {path.relative_to(ROOT)}\n")
             log.flush()
-            done = subprocess.run([str(ROOT / ".venv" / "bin" / "cdray"), "sweep", str(path)], cwd=ROOT,
-                                  stdout=log, stderr=subprocess.STDOUT)
+            # this checkout's cdray, whatever the venv has installed (a study can run from a
+            # worktree of its own while the main checkout changes)
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            done = subprocess.run([sys.executable, "-m", "cdray.cli", "sweep", str(path)], cwd=ROOT,
+                                  stdout=log, stderr=subprocess.STDOUT, env=env)
             log.write(f"=== {name}: exit {done.returncode}\n")
             log.flush()
             collect()
