@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from typing import Optional, Sequence
 
 from cdray import config as config_mod
+from cdray.signals import sigterm_interrupts
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +75,23 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    previous = sigterm_interrupts()
+    try:
+        return _main(args)
+    finally:
+        _stop_local_ray()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_local_ray() -> None:
+    """Shut down the Ray cluster this process started or attached to (a no-op without Ray)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        ray.shutdown()
+
+
+def _main(args) -> int:
     try:
         if args.command == "mlflow":
             from cdray.mlflow_server import serve

@@ -14,6 +14,7 @@ import ray
 from cdray import stages
 from cdray.config import ConfigError, RayConfig, SweepConfig
 from cdray.pipeline import Node
+from cdray.signals import sigterm_interrupts
 from cdray.store import Store
 
 
@@ -31,6 +32,13 @@ def init_ray(rcfg: RayConfig) -> None:
     """Attach to ray.address / $RAY_ADDRESS if given, else start a local cluster."""
     if ray.is_initialized():
         return
+    try:
+        _init_ray(rcfg)
+    finally:
+        sigterm_interrupts()  # Ray's own handler aborts the driver and orphans a local cluster
+
+
+def _init_ray(rcfg: RayConfig) -> None:
     address = rcfg.address or os.environ.get("RAY_ADDRESS")
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # inside `ray job submit`: the job's runtime_env (working_dir, env_vars) already applies

@@ -58,3 +58,32 @@ def test_plan_summarizes_a_large_grid_in_one_short_line(tmp_path):
     last = res.stdout.strip().splitlines()[-1]
     assert last.startswith("cells: 160: 16 arms (BASELINE q=0, CD-EARLY-500 q=0.3,"), last
     assert last.endswith("x 10 seeds (42, 43, 44, 45, 46, 47, 48, 49, 50, 51)") and len(last) < 400
+
+
+@pytest.mark.slow
+def test_a_killed_run_shuts_down_the_local_ray_cluster_it_started(micro_cfg_dict, tmp_path):
+    """SIGTERM (`kill`, a scheduler's stop) stops cdray as Ctrl-C does: the local Ray cluster goes
+    with it instead of running on, orphaned."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(micro_cfg_dict))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cdray.cli", "run", "sweep.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # Ray is up once the first stage is being built
+        if "[cdray] building" in line:
+            break
+    started = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+               if p.name() in ("gcs_server", "raylet")}
+    assert started, "no local Ray cluster was started"
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(120) == 130, rest[-3000:]
+    deadline = time.time() + 60
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in started):
+        assert time.time() < deadline, "the local Ray cluster outlived the run"
+        time.sleep(1)
