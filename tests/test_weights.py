@@ -46,15 +46,22 @@ def test_tied_embeddings_and_defaults(tmp_path):
     w = load_weights(path)
     assert torch.equal(w.get_parameter("lm_head.weight"), w.get_parameter("model.embed_tokens.weight"))
     assert torch.equal(_logits([w]), _logits([load_model(path)]))
-    # fields a config.json leaves out take transformers' Llama defaults
-    cfg = json.loads((path / "config.json").read_text())
+    # fields a config.json leaves out take transformers' Llama defaults (one kv head per head)
+    full = _save(tmp_path / "full", 2, num_key_value_heads=4)
+    cfg = json.loads((full / "config.json").read_text())
     for key in ("num_key_value_heads", "head_dim", "rms_norm_eps", "hidden_act"):
         cfg.pop(key, None)
-    (path / "config.json").write_text(json.dumps(cfg))
-    w = load_weights(path)
+    (full / "config.json").write_text(json.dumps(cfg))
+    w = load_weights(full)
     assert w.config.num_key_value_heads == 4 and w.config.rms_norm_eps == 1e-6
     with pytest.raises(ValueError, match="no tensor 'model.nope'"):
         w.get_parameter("model.nope")
+    # a default that contradicts the saved tensors (two kv heads saved, none written) is named
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.pop("num_key_value_heads")
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"k_proj.weight has shape \[16, 32\], config.json describes \[32, 32\]"):
+        load_weights(path)
 
 
 def test_unreadable_checkpoints_name_their_folder(tmp_path):
