@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def _save(path, seed, **kw):
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      **{"tie_word_embeddings": False, **kw})
+                      num_attention_heads=4, max_position_embeddings=64,
+                      **{"tie_word_embeddings": False, "num_key_value_heads": 2, **kw})
     LlamaForCausalLM(cfg).save_pretrained(path)
     return path
 
