@@ -6,9 +6,9 @@ Every Ray Data generation actor is a fresh process that imports its libraries, l
 the amateur, builds the stacked decoder and loads the tokenizer before its first shard. Each side
 runs that in a fresh Python process, timed from launch to "decoder ready", in turns (A B B A ...)
 so the host's drift cancels:
-  transformers  cdray.model.load_model (LlamaForCausalLM.from_pretrained) and load_tokenizer
+  transformers  cdray.models.llama.load_model (LlamaForCausalLM.from_pretrained) and load_tokenizer
                 (PreTrainedTokenizerFast): the actor as it was
-  light         cdray.weights.load_weights (config.json + safetensors) and tokenizer.load_decoder
+  light         cdray.models.weights.load_weights (config.json + safetensors) and tokenizer.load_decoder
                 (the tokenizers library's own Tokenizer): the actor now
 Models: the demo's GOOD shape (4x128, vocab 2000) with random weights, and --preset good (12x768,
 vocab 32000, 162M) for the paper's. Last line: light_vs_transformers=X (start-up seconds, light /
@@ -33,16 +33,16 @@ import sys, torch
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from cdray.config import DecodingConfig
-from cdray.decoding_engine import Decoder
+from cdray.decode.engine import Decoder
 torch.set_num_threads(1)
 good, early, tok = Path({good!r}), Path({early!r}), Path({tok!r})
 if {light!r}:
-    from cdray.tokenizer import load_decoder
-    from cdray.weights import load_weights
+    from cdray.data.tokenizer import load_decoder
+    from cdray.models.weights import load_weights
     expert, amateur, tokenizer = load_weights(good), load_weights(early), load_decoder(tok)
 else:
-    from cdray.model import load_model
-    from cdray.tokenizer import load_tokenizer
+    from cdray.models.llama import load_model
+    from cdray.data.tokenizer import load_tokenizer
     expert, amateur, tokenizer = load_model(good), load_model(early), load_tokenizer(tok)
 decoder = Decoder(expert, amateur, "contrastive", DecodingConfig())
 print("imported transformers' Llama:", "transformers.models.llama.modeling_llama" in sys.modules)

@@ -40,7 +40,7 @@ OFFICIAL_TASK = {"blimp": "blimp", "supplement": "blimp", "ewok": "ewok", "entit
 
 def prepare(model: Path, tokenizer: Path, data: Path, work: Path, max_items) -> tuple[Path, Path]:
     """(one folder with the model and its tokenizer, the data gunzipped into the official layout)."""
-    from cdray import babylm
+    from cdray.eval import babylm
 
     hf = work / "checkpoint"
     hf.mkdir(parents=True)
@@ -64,8 +64,8 @@ def prepare(model: Path, tokenizer: Path, data: Path, work: Path, max_items) -> 
 
 
 def run_cdray(model: Path, tokenizer: Path, data: Path, task: str, out: Path, mode: str = "exact") -> dict:
-    from cdray import babylm
-    from cdray.lmeval_tasks import evaluate_task
+    from cdray.eval import babylm
+    from cdray.eval.tasks import evaluate_task
 
     summary = evaluate_task(model, tokenizer, data, task, out, max_items=None, batch_size=64, reading_mode=mode)
     items = {p.stem: babylm.read_items(p) for p in sorted((out / "items").glob("*.jsonl"))}
@@ -79,7 +79,6 @@ def official_worker(official: Path, hf: Path, data_dir: Path, task: str, dump: P
     """Runs inside a subprocess: the official zero-shot evaluation, its log-likelihoods recorded."""
     sys.path.insert(0, str(official))
     import torch
-
     from evaluation_pipeline.sentence_zero_shot import compute_results as cr
     from evaluation_pipeline.sentence_zero_shot import run as official_run
 
@@ -133,7 +132,7 @@ def run_official_reading(official: Path, hf: Path, csv: Path, work: Path) -> dic
 def compare_choices(task: str, data: Path, ours: dict, theirs: dict) -> tuple[int, float, float, int]:
     """(items matched, share picking the same option, largest |Δ log-likelihood|, items left out
     because lm-eval cut them to the model's context: the official pipeline feeds them whole)."""
-    from cdray import babylm
+    from cdray.eval import babylm
 
     pool: dict[tuple, list] = {}
     for sentences, lls in theirs["items"]:
@@ -177,7 +176,7 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["blimp", "supplement", "ewok", "entity_tracking", "wug", "reading"])
     a = p.parse_args()
 
-    from cdray import babylm
+    from cdray.eval import babylm
 
     work = Path(tempfile.mkdtemp(prefix="cdray-conformance-"))
     hf, data = prepare(a.model, a.tokenizer, a.data, work, a.max_items)

@@ -11,7 +11,7 @@ def start_ray(num_cpus: int = 2, attempts: int = 3) -> None:
     import ray
 
     from cdray.config import RayConfig
-    from cdray.ray_exec import init_ray
+    from cdray.shell.ray_exec import init_ray
 
     for attempt in range(1, attempts + 1):
         try:

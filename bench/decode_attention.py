@@ -46,8 +46,8 @@ def check_step(dev) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cdray.decode_attention import quantize
-    from cdray.stacked import StackedLlama
+    from cdray.decode.attention import quantize
+    from cdray.decode.stacked import StackedLlama
 
     cfg = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -99,7 +99,7 @@ def main() -> None:
 
     import torch
 
-    from cdray.decode_attention import KernelConfig, decode_attention, dequantize, quantize
+    from cdray.decode.attention import KernelConfig, decode_attention, dequantize, quantize
 
     dev = torch.device("cuda")
     print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
@@ -163,7 +163,7 @@ def main() -> None:
             if secs < best.get(cache, (float("inf"),))[0]:
                 best[cache] = (secs, shape)
     try:
-        from cdray.stacked_fast import FLEX_KV_BLOCK, _block_mask, _kernels
+        from cdray.decode.fast_step import FLEX_KV_BLOCK, _block_mask, _kernels
 
         kv_blocks = ((lengths - 1) // FLEX_KV_BLOCK + 1)[:, None, None].contiguous()
         kv_indices = torch.arange(T // FLEX_KV_BLOCK, dtype=torch.int32, device=dev)

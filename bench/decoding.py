@@ -111,7 +111,7 @@ def main() -> None:
     p.add_argument("--skip-baselines", action="store_true",
                    help="time cdray's engine only (no ratio line); with --sweep-batches")
     p.add_argument("--attention", default="auto",
-                   help="comma list of cdray.stacked.ATTENTION kinds; the batch sweep times each, "
+                   help="comma list of cdray.decode.stacked.ATTENTION kinds; the batch sweep times each, "
                         "the ratio line uses the first. Fast-step options after colons, e.g. "
                         "triton:fp8:compiled, triton:cfg=64.4.2, flex:nographs, flex:kv128 "
                         "(see set_attention)")
@@ -129,8 +129,8 @@ def main() -> None:
     import torch
 
     from cdray.config import DecodingConfig
-    from cdray.decoding_engine import Decoder
-    from cdray.model import param_counts
+    from cdray.decode.engine import Decoder
+    from cdray.models.llama import param_counts
 
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
@@ -204,7 +204,7 @@ def set_attention(decoder, spec: str) -> None:
     (the triton kernel's launch shape), float32logits (the triton step's logits widened to fp32
     before the fused sampler: the step as it was, for an A/B), noahead (the engine waits for each
     step's tokens before it queues the next, as it did before, for an A/B)."""
-    from cdray.decode_attention import KernelConfig
+    from cdray.decode.attention import KernelConfig
 
     kind, *opts = spec.split(":")
     options, fp8 = {}, False

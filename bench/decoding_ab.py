@@ -47,11 +47,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     args = p.parse_args()
 
+    import decoding as bench_decoding
     import torch
 
-    import decoding as bench_decoding
     from cdray.config import DecodingConfig
-    from cdray.decoding_engine import Decoder
+    from cdray.decode.engine import Decoder
 
     torch.set_num_threads(2)
     shape = argparse.Namespace(vocab=8000, hidden=256, layers=6, heads=4, device="cpu")

@@ -37,8 +37,8 @@ def make_checkpoint(tmp: Path, layers: int, hidden: int, vocab: int) -> tuple[Pa
     from conftest import synthetic_document
 
     from cdray.config import MODEL_PRESETS, ModelConfig, TokenizerConfig
-    from cdray.model import build_model, llama_config, param_counts, save_model
-    from cdray.tokenizer import train_tokenizer
+    from cdray.data.tokenizer import train_tokenizer
+    from cdray.models.llama import build_model, llama_config, param_counts, save_model
 
     rng = random.Random(0)
     pq.write_table(pa.table({"text": [synthetic_document(rng, 30) for _ in range(400)]}), tmp / "train.parquet")
@@ -52,8 +52,8 @@ def stock_lm(model_dir: str, tok_dir: str, batch: int):
     """lm-eval's own HFLM over the same checkpoint (what cdray used before PrefixSharingHFLM)."""
     from lm_eval.models.huggingface import HFLM
 
-    from cdray.lmeval_tasks import eval_tokenizer
-    from cdray.model import load_model
+    from cdray.eval.tasks import eval_tokenizer
+    from cdray.models.llama import load_model
 
     model = load_model(Path(model_dir)).eval()
     return HFLM(pretrained=model, tokenizer=eval_tokenizer(tok_dir), batch_size=batch, add_bos_token=True,
@@ -64,7 +64,7 @@ def score_task(model_dir: str, tok_dir: str, task: str, out: str, max_items, bat
                stock: bool = False) -> dict:
     import torch
 
-    from cdray import lmeval_tasks
+    from cdray.eval import tasks as lmeval_tasks
 
     torch.set_num_threads(1)
     started, cpu = time.time(), time.process_time()
@@ -86,7 +86,7 @@ def score_checkpoint(model_dir: str, tok_dir: str, tasks: list[str], out: str, m
     """Every task of one checkpoint in this process with one loaded model (build_babylm_group's way)."""
     import torch
 
-    from cdray import lmeval_tasks
+    from cdray.eval import tasks as lmeval_tasks
 
     torch.set_num_threads(1)
     started, cpu = time.time(), time.process_time()
@@ -104,7 +104,7 @@ def per_checkpoint(args, tmp: Path, tasks: list[str]) -> None:
     import ray
 
     from cdray.config import MODEL_PRESETS, ModelConfig
-    from cdray.model import build_model, save_model
+    from cdray.models.llama import build_model, save_model
 
     model, tok, _ = make_checkpoint(tmp, args.layers, args.hidden, args.vocab)
     shape = ModelConfig(**{**MODEL_PRESETS["tiny"], "layers": args.layers, "hidden": args.hidden,

@@ -37,10 +37,10 @@ def setup(tmp: Path, n_docs: int) -> tuple:
     from conftest import micro_sweep_dict, write_text_corpus
 
     from cdray import config as C
-    from cdray import stages
-    from cdray.model import build_model, save_model
-    from cdray.pipeline import build_graph
-    from cdray.store import Store
+    from cdray.dag import builders as stages
+    from cdray.dag.graph import build_graph
+    from cdray.dag.store import Store
+    from cdray.models.llama import build_model, save_model
 
     d = micro_sweep_dict(write_text_corpus(tmp / "text", n_docs=n_docs), tmp)
     d["corpus"]["seed_fraction"] = 0.5  # plenty of prompts
@@ -93,11 +93,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import pyarrow.parquet as pq
+    from common import load_line, start_ray
 
     from cdray import config as C
-    from cdray.generation import shard_plan
-    from cdray.ray_exec import generate_with_ray_data
-    from common import load_line, start_ray
+    from cdray.decode.synthetic import shard_plan
+    from cdray.shell.ray_exec import generate_with_ray_data
 
     print(load_line())
     with tempfile.TemporaryDirectory(prefix="cdray-bench-gen-") as tmp:

@@ -28,7 +28,7 @@ CFG=$(grep -o 'best_config=[0-9a-z,]*' "$OUT/decode_attention.txt" | cut -d= -f2
 CFG16=$(grep -o 'best bf16: [0-9a-z,]*' "$OUT/decode_attention.txt" | cut -d' ' -f3 | tr , .)
 T="triton:cfg=${CFG:-64.4.3}"
 T16="triton:cfg=${CFG16:-64.4.3}"
-# triton:fp8 is the engine's default (cdray.decode_attention.default_config)
+# triton:fp8 is the engine's default (cdray.decode.attention.default_config)
 timeout 240 $D --skip-baselines --new 400 --sweep-batches 1536 --attention "triton:fp8,$T:fp8,triton:cfg=64.4.3:fp8,triton:fp8:noahead,triton:fp8:float32logits,$T16" 2>&1 | tee "$OUT/decoding_400.txt"
 timeout 120 $D --skip-baselines --new 400 --sweep-batches 3072,3584 --count-syncs --attention triton:fp8 2>&1 | tee "$OUT/decoding_400_3072.txt"
 timeout 90 $R --kv-cache fp8 --good 1536 2>&1 | tee "$OUT/row_determinism_fp8_good.txt"

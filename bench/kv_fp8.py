@@ -46,9 +46,9 @@ def main() -> None:
     import torch
 
     from cdray.config import DecodingConfig
-    from cdray.decoding import generate
-    from cdray.model import load_model
-    from cdray.stacked import StackedLlama
+    from cdray.decode.scores import generate
+    from cdray.decode.stacked import StackedLlama
+    from cdray.models.llama import load_model
 
     torch.set_num_threads(2)
     expert_dir, amateur_dir = (args.expert, args.amateur) if args.expert else demo_pair(args.store)

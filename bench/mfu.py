@@ -5,7 +5,7 @@ Run from the repo root on a GPU machine (after `make setup TORCH=...` with a CUD
     .venv/bin/python bench/mfu.py --batch 32 --no-compile
     .venv/bin/python bench/mfu.py --smoke              # tiny shape on CPU: checks the code path only
 
-It runs cdray.training.train (the same function Ray Train runs in each worker) on a random
+It runs cdray.models.training.train (the same function Ray Train runs in each worker) on a random
 pre-tokenized stream and reads the loop's own StepClock from the summary (steady-state steps only:
 the first step, which carries torch.compile, is timed apart).
 MFU = model FLOPs per token x tokens/s / peak bf16 dense FLOP/s of the card, with two FLOP counts:
@@ -16,7 +16,6 @@ Last line: mfu=X  (the 6N figure; the target is >= 0.40 on one H100)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -40,7 +39,7 @@ def peak_for(name: str) -> float | None:
 
 
 def flops_per_token(model_cfg, vocab: int, seq_len: int) -> tuple[float, float, int]:
-    from cdray.model import llama_config, param_counts
+    from cdray.models.llama import llama_config, param_counts
 
     counts = param_counts(llama_config(model_cfg, vocab))
     n_matmul = counts["non_embedding"] + vocab * model_cfg.hidden  # + lm_head, - input embedding
@@ -66,7 +65,7 @@ def main() -> None:
     import torch
 
     from cdray import config as C
-    from cdray.training import TrainJob, train
+    from cdray.models.training import TrainJob, train
 
     if args.smoke:
         device, model_cfg, vocab = "cpu", C.ModelConfig(**C.MODEL_PRESETS["micro"]), 256
@@ -114,12 +113,12 @@ def main() -> None:
 
 
 def profile_step(model_cfg, vocab: int, recipe, device: str) -> None:
-    """The training step of cdray.training.train (model, AdamW, autocast, compile) under torch.profiler."""
+    """The training step of cdray.models.training.train (model, AdamW, autocast, compile) under torch.profiler."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from cdray.model import build_model
-    from cdray.training import _autocast, make_optimizer
+    from cdray.models.llama import build_model
+    from cdray.models.training import _autocast, make_optimizer
 
     model = build_model(model_cfg, vocab, 0).to(device).train()
     opt, sched = make_optimizer(model, recipe)

@@ -5,7 +5,7 @@ tests/test_decoding.py proves this on the CPU; GPU kernels (cuBLAS, attention) m
 algorithms for other row or key counts, so this repeats the test's idea on any device, where
 pytest may be missing: one expert/amateur pair, rows ending early at a frequent EOS, generated at
 several batch sizes, with and without refill, in reverse order, and as two concurrent requests
-sharing one batch (cdray.shared_batch, as a generation actor runs two shards). Last line:
+sharing one batch (cdray.decode.shared_batch, as a generation actor runs two shards). Last line:
 `rows_identical=True|False` (tokens and float telemetry equal, bit for bit).
 """
 from __future__ import annotations
@@ -22,12 +22,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--attention", default="auto", help="one of cdray.stacked.ATTENTION")
+    p.add_argument("--attention", default="auto", help="one of cdray.decode.stacked.ATTENTION")
     p.add_argument("--quick", action="store_true",
                    help="two other batch sizes, not four (each batch size compiles the flex step)")
     p.add_argument("--compile-layers", action="store_true",
                    help="fast step: also compile the layers (generation.compile_layers)")
-    p.add_argument("--kv-cache", default="model", help="one of cdray.stacked.KV_CACHE")
+    p.add_argument("--kv-cache", default="model", help="one of cdray.decode.stacked.KV_CACHE")
     p.add_argument("--good", type=int, default=0, metavar="ROWS",
                    help="GOOD-shaped models (162M, random weights), ROWS rows of 64 new tokens at "
                         "batch ROWS against ROWS/2 with refill and 3*ROWS/4 reversed: row bits "
@@ -40,8 +40,8 @@ def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from cdray.config import DecodingConfig
-    from cdray.decode_attention import KernelConfig
-    from cdray.decoding_engine import Decoder
+    from cdray.decode.attention import KernelConfig
+    from cdray.decode.engine import Decoder
 
     good = args.good > 0
     shape = (dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -111,7 +111,7 @@ def main() -> None:
         import threading
         import time
 
-        from cdray.shared_batch import SharedBatch
+        from cdray.decode.shared_batch import SharedBatch
 
         batch = SharedBatch(decoder("contrastive", DecodingConfig(alpha=0.1)),
                             batch_size=batch_size, max_len=max_len, **kw)

@@ -26,7 +26,6 @@ the log in docs/study/run.log.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -90,9 +89,9 @@ def real_train_tokens(name: str) -> int:
     """Build the point's corpus, tokenizer and train tokens (seconds, in this process) and count
     the train split's tokens: steps and budget are set from the measured number."""
     from cdray import config as C
-    from cdray.pipeline import build_graph
-    from cdray.stages import build
-    from cdray.store import Store
+    from cdray.dag.builders import build
+    from cdray.dag.graph import build_graph
+    from cdray.dag.store import Store
 
     cfg = C.from_dict(point_config(name, real_tokens=BATCH * SEQ * 16))
     graph, store = build_graph(cfg), Store.at(ROOT / cfg.store.root)
@@ -133,8 +132,8 @@ def run(names: list[str]) -> None:
 def measure(name: str) -> dict:
     """A point's numbers, read from the store (None where not built yet)."""
     from cdray import config as C
-    from cdray.pipeline import build_graph
-    from cdray.store import Store
+    from cdray.dag.graph import build_graph
+    from cdray.dag.store import Store
 
     cfg = C.load(SWEEPS / f"{name}.yaml")
     graph, store = build_graph(cfg), Store.at(ROOT / cfg.store.root)

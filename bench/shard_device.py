@@ -4,7 +4,7 @@ Run: PYTHONPATH=. .venv/bin/python bench/shard_device.py --preset tiny   (CPU, a
 GPU: python3 bench/shard_device.py --device cuda --preset good --precision bf16 --kv-cache fp8
 Builds the expert and a same-shaped EARLY-like amateur (random weights, sharpened heads) with the
 demo store's tokenizer and seed prompts (or --tokenizer / --seed-parquet), saves them as the
-train stage does, and loads them through cdray.generation.ShardGenerator, the class each Ray
+train stage does, and loads them through cdray.decode.synthetic.ShardGenerator, the class each Ray
 Data actor holds: weights read on the CPU and stacked onto the device, a batch planned from
 memory, shards run at once through one SharedBatch as an actor runs them. Prints:
 - the engine alone on the same decoder (one fixed-length batch): new tokens/s;
@@ -17,6 +17,7 @@ Last line: `shards_vs_engine=X shard_bytes_identical=True|False`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -45,7 +46,7 @@ def save_pair(args, vocab: int, out: Path) -> tuple[Path, Path]:
     import torch
 
     from cdray.config import ModelConfig
-    from cdray.model import build_model, save_model
+    from cdray.models.llama import build_model, save_model
 
     shape = ModelConfig(**PRESETS[args.preset], context=1024)
     dirs = []
@@ -64,7 +65,7 @@ def tiled_prompts(seed_parquet: Path, tokenizer: Path, tile: int, out: Path) -> 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cdray.generation import make_prompts
+    from cdray.decode.synthetic import make_prompts
 
     make_prompts(seed_parquet, tokenizer, 20, out.with_suffix(".once.parquet"))
     once = pq.read_table(out.with_suffix(".once.parquet"))
@@ -102,9 +103,9 @@ def main() -> None:
 
     import torch
 
-    from cdray.config import GenerationConfig, to_dict
-    from cdray.generation import ShardGenerator, _shard_paths, shard_plan, shards_per_actor
-    from cdray.tokenizer import load_tokenizer
+    from cdray.config import GenerationConfig
+    from cdray.data.tokenizer import load_tokenizer
+    from cdray.decode.synthetic import ShardGenerator, _shard_paths, shard_plan, shards_per_actor
 
     if args.tokenizer and args.seed_parquet:
         tokenizer, seed_parquet = Path(args.tokenizer), Path(args.seed_parquet)
@@ -119,8 +120,7 @@ def main() -> None:
                                   kv_cache=args.kv_cache, memory_fraction=0.7, progress=False)
 
     def generator(batch: int, out: str) -> ShardGenerator:
-        g = to_dict(generation)
-        g["batch_size"] = batch
+        g = dataclasses.replace(generation, batch_size=batch)
         return ShardGenerator(expert_dir=str(expert), amateur={"kind": "early",
                                                                "model_dir": str(amateur)},
                               strategy="contrastive", generation=g,

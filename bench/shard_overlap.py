@@ -4,7 +4,7 @@ Run (after `make demo`, whose store holds the trained models):
     PYTHONPATH=. .venv/bin/python bench/shard_overlap.py     (about a minute on 2 CPU cores)
 
 A Ray Data generation actor now runs two shards at once (two concurrent calls) whose rows share
-its decode batch (cdray.shared_batch): the next shard's rows take the slots that the last rows of
+its decode batch (cdray.decode.shared_batch): the next shard's rows take the slots that the last rows of
 the previous one free, where a shard run alone drains the batch at its end. This times one
 ShardGenerator of the demo's CD-EARLY-50 arm (its GOOD and step-50 checkpoints, its prompts and
 generation settings, EOS stops) over the same shards both ways, in turns (A B A B ...), after a
@@ -32,7 +32,7 @@ def run(kwargs: dict, shards: int, prompts: int, at_once: int) -> tuple[float, f
     """(slot utilization, new tokens/s) of `shards` shards after a warm-up one."""
     import numpy as np
 
-    from cdray.generation import ShardGenerator
+    from cdray.decode.synthetic import ShardGenerator
 
     def spec(i: int) -> dict:
         return {"shard_id": np.array([i]), "start": np.array([i * prompts]),
@@ -72,9 +72,9 @@ def main() -> None:
     args = p.parse_args()
 
     from cdray.config import load
-    from cdray.pipeline import build_graph
-    from cdray.stages import generator_kwargs
-    from cdray.sweep import anchored, open_store
+    from cdray.dag.builders import generator_kwargs
+    from cdray.dag.graph import build_graph
+    from cdray.dag.plan import anchored, open_store
 
     cfg = anchored(load(args.sweep))
     cfg = replace(cfg, generation=replace(cfg.generation, progress=False))

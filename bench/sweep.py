@@ -46,9 +46,9 @@ def main() -> None:
     from conftest import micro_sweep_dict, write_text_corpus
 
     from cdray import config as C
-    from cdray.pipeline import build_graph
-    from cdray.store import Store
-    from cdray.sweep import run_sweep
+    from cdray.dag.graph import build_graph
+    from cdray.dag.store import Store
+    from cdray.shell.sweep import run_sweep
 
     with tempfile.TemporaryDirectory(prefix="cdray-bench-sweep-") as tmp:
         tmp = Path(tmp)

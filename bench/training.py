@@ -33,15 +33,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from common import load_line, start_ray  # noqa: E402
 
 from cdray import config as C  # noqa: E402
-from cdray.model import build_model, llama_config, param_counts  # noqa: E402
-from cdray.pipeline import Node  # noqa: E402
-from cdray.store import Store  # noqa: E402
-from cdray.step_clock import StepClock  # noqa: E402
-from cdray.training import TrainJob, train  # noqa: E402
+from cdray.dag.graph import Node  # noqa: E402
+from cdray.dag.store import Store  # noqa: E402
+from cdray.models.llama import build_model, llama_config, param_counts  # noqa: E402
+from cdray.models.step_clock import StepClock  # noqa: E402
+from cdray.models.training import TrainJob, train  # noqa: E402
 
 MODEL_10M = C.ModelConfig(layers=6, hidden=256, heads=4, ffn=1024, context=256)
 VOCAB_10M = 8192
@@ -133,7 +132,7 @@ def train_node(job: TrainJob, store: Store) -> Node:
 
 def ray_train_stage(job: TrainJob, store: Store, node: Node) -> tuple[dict, float]:
     """Build one train node exactly as a sweep does (ray_exec.build_node -> TorchTrainer.fit)."""
-    from cdray.ray_exec import build_node
+    from cdray.shell.ray_exec import build_node
 
     cfg = dataclasses.replace(C.SweepConfig(), train=job.recipe)
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ import tempfile
 from typing import Optional, Sequence
 
 from cdray import config as config_mod
-from cdray.signals import sigterm_interrupts
+from cdray.common.signals import sigterm_interrupts
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,7 +94,7 @@ def _stop_local_ray() -> None:
 def _main(args) -> int:
     try:
         if args.command == "mlflow":
-            from cdray.mlflow_server import serve
+            from cdray.tracking.server import serve
 
             return serve(args.root, args.port, args.host, args.artifacts)
         if args.profile:
@@ -103,19 +103,19 @@ def _main(args) -> int:
         if args.command in ("sweep", "run") and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
             cfg = _leave_job_working_dir(cfg)
         if args.command == "plan":
-            from cdray.sweep import print_plan
+            from cdray.dag.plan import print_plan
 
             print_plan(cfg)
         elif args.command == "sweep":
-            from cdray.sweep import run_sweep
+            from cdray.shell.sweep import run_sweep
 
             run_sweep(cfg, use_tune=True)
         elif args.command == "run":
-            from cdray.sweep import run_sweep
+            from cdray.shell.sweep import run_sweep
 
             run_sweep(cfg, use_tune=False)
         elif args.command == "report":
-            from cdray.sweep import report_from_mlflow, write_report
+            from cdray.eval.reporting import report_from_mlflow, write_report
 
             report_from_mlflow(cfg)
             write_report([cfg, *(config_mod.load(p, args.overrides) for p in args.more)])
@@ -148,7 +148,7 @@ def error_line(exc: BaseException) -> Optional[str]:
     Every URI in it is masked: pyarrow, urllib and MLflow quote the addresses they failed on,
     credentials included. MLflow's own errors (a refused request, a bad store) are the user's
     to fix, not cdray bugs, so they are one line too."""
-    from cdray.redaction import mask_text
+    from cdray.common.redaction import mask_text
 
     cause = _root_cause(exc)
     if isinstance(cause, KNOWN_ERRORS):
@@ -160,7 +160,7 @@ def error_line(exc: BaseException) -> Optional[str]:
 
 def _raise_masked(exc: BaseException) -> None:
     """Re-raise an unexpected error for its traceback, its message's URIs masked first."""
-    from cdray.redaction import mask_text
+    from cdray.common.redaction import mask_text
 
     if exc.args and isinstance(exc.args[0], str):
         exc.args = (mask_text(exc.args[0]), *exc.args[1:])
@@ -173,7 +173,7 @@ def _leave_job_working_dir(cfg):
     Ray unpacks a job's working dir once per node, deleting and re-creating it; where nodes share a
     disk (the fake multi-node cluster, some NFS set-ups) that deletes the driver's cwd mid-run, and
     every later os.getcwd() fails. Imports keep working through the absolute sys.path entry."""
-    from cdray.sweep import anchored
+    from cdray.dag.plan import anchored
 
     here = os.getcwd()
     cfg = anchored(cfg)
@@ -185,11 +185,11 @@ def _leave_job_working_dir(cfg):
 
 
 def _fetch_eval(cfg) -> int:
-    from cdray.fetch_eval import DOCS_HINT, fetch_eval
+    from cdray.eval.fetch import DOCS_HINT, fetch_eval
 
     if not cfg.eval.babylm_dir:
         raise config_mod.ConfigError("eval.babylm_dir", "set it to where the evaluation data should go")
-    from cdray.babylm import FOLDERS, missing_reason
+    from cdray.eval.babylm import FOLDERS, missing_reason
 
     if missing_reason(cfg.eval.babylm_dir, FOLDERS) is None:
         print(f"BabyLM evaluation data already complete at {cfg.eval.babylm_dir}")
@@ -203,7 +203,7 @@ def _fetch_eval(cfg) -> int:
 
 
 def _verify(cfg) -> int:
-    from cdray.store import Store
+    from cdray.dag.store import Store
 
     store = Store.at(cfg.store.root, cfg.store.cache)
     bad_total = 0

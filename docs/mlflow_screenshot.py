@@ -21,8 +21,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from cdray import mlflow_server
-
+from cdray.tracking import server as mlflow_server
 
 # the assistant side panel hides part of the comparison: close it (the rightmost button of the
 # top bar); show only the parameters that

@@ -86,7 +86,7 @@ def generation_world(root: Path, n_docs: int, words: int, prompt_tokens: int) ->
     import pyarrow.parquet as pq
     from test_generation import save_llama, save_tokenizer
 
-    from cdray.generation import make_prompts
+    from cdray.decode.synthetic import make_prompts
 
     tok = save_tokenizer(root / "tok")
     texts = [" ".join(f"w{4 + (7 * i + j) % 60}" for j in range(words)) for i in range(n_docs)]

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from cdray import babylm
-from cdray import config as C
 from conftest import SHARED_EVAL
+
+from cdray import config as C
+from cdray.eval import babylm
 
 needs_data = pytest.mark.skipif(not SHARED_EVAL.is_dir(),
                                 reason=f"BabyLM 2025 sample data not found at {SHARED_EVAL}")
@@ -26,7 +26,7 @@ def independent_score(model, ids_ctx: list[int], ids_cont: list[int]) -> float:
 
 
 def test_babylm_plan_says_why_when_data_is_missing(micro_cfg_dict, tmp_path):
-    from cdray.pipeline import build_graph
+    from cdray.dag.graph import build_graph
 
     graph = build_graph(C.from_dict(micro_cfg_dict))
     assert graph.babylm_note == "eval.babylm_dir is not set" and not graph.cells[0].babylm
@@ -37,7 +37,7 @@ def test_babylm_plan_says_why_when_data_is_missing(micro_cfg_dict, tmp_path):
 
 @needs_data
 def test_babylm_keys_follow_tasks_items_steps_and_data(micro_cfg_dict):
-    from cdray.pipeline import build_graph
+    from cdray.dag.graph import build_graph
 
     base = micro_cfg_dict | {"eval": {"babylm_dir": str(SHARED_EVAL), "max_items": 5}}
     g = build_graph(C.from_dict(base))
@@ -60,10 +60,11 @@ def test_babylm_keys_follow_tasks_items_steps_and_data(micro_cfg_dict):
 def test_micro_sweep_scores_seven_tasks_item_for_item(micro_cfg_dict, ray_session, tmp_path, capsys):
     from transformers import AutoTokenizer
 
-    from cdray.model import load_model
-    from cdray.pipeline import build_graph
-    from cdray.store import Store
-    from cdray.sweep import run_sweep, write_report
+    from cdray.dag.graph import build_graph
+    from cdray.dag.store import Store
+    from cdray.eval.reporting import write_report
+    from cdray.models.llama import load_model
+    from cdray.shell.sweep import run_sweep
 
     d = micro_cfg_dict | {"eval": {"max_blocks": 8, "babylm_dir": str(SHARED_EVAL), "max_items": 30,
                                    "steps": [8, 12]},
@@ -117,7 +118,7 @@ def test_micro_sweep_scores_seven_tasks_item_for_item(micro_cfg_dict, ray_sessio
 
 
 def test_builtin_lm_eval_tasks_are_nodes_without_babylm_data(micro_cfg_dict):
-    from cdray.pipeline import build_graph
+    from cdray.dag.graph import build_graph
 
     d = micro_cfg_dict | {"eval": {"lm_eval_tasks": ["blimp", "hellaswag"], "steps": [12]}}
     nodes = build_graph(C.from_dict(d)).cells[0].babylm

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from cdray import babylm
 from conftest import SHARED_EVAL, synthetic_document
+
+from cdray.eval import babylm
 
 pytestmark = pytest.mark.skipif(not SHARED_EVAL.is_dir(), reason=f"no BabyLM sample at {SHARED_EVAL}")
 ITEMS = 4
@@ -25,8 +25,8 @@ def world(tmp_path_factory):
     """A saved micro checkpoint , its
     tokenizer, and two item files per task of the shared sample."""
     from cdray.config import ModelConfig, TokenizerConfig
-    from cdray.model import build_model, save_model
-    from cdray.tokenizer import train_tokenizer
+    from cdray.data.tokenizer import train_tokenizer
+    from cdray.models.llama import build_model, save_model
 
     tmp = tmp_path_factory.mktemp("conformance")
     rng = random.Random(0)
@@ -71,7 +71,7 @@ def plain(world):
 
 
 def _evaluate(world, task, **kw):
-    from cdray.lmeval_tasks import evaluate_task
+    from cdray.eval.tasks import evaluate_task
 
     out = world / f"out_{task}_{kw.get('reading_mode', 'exact')}"
     summary = evaluate_task(world / "model", world / "tokenizer", world / "babylm", task, out,
@@ -104,8 +104,8 @@ def test_multiple_choice_log_likelihoods_equal_a_plain_forward(world, plain, tas
 def test_items_longer_than_the_context_are_counted(world):
     """lm-eval cuts a request longer than the model's context from the left (the official
     pipeline feeds it whole): the share of such items is reported per file."""
-    from cdray.lmeval_tasks import evaluate_task, hf_lm
-    from cdray.prefix_lm import PrefixSharingHFLM
+    from cdray.eval.prefix_lm import PrefixSharingHFLM
+    from cdray.eval.tasks import evaluate_task, hf_lm
 
     full = hf_lm(world / "model", world / "tokenizer", batch_size=4)
     short = PrefixSharingHFLM(pretrained=full.model, tokenizer=full.tokenizer, batch_size=4,
@@ -171,10 +171,10 @@ def test_every_task_of_a_checkpoint_is_scored_with_one_model_load(world, micro_c
     """build_babylm_group: one process, one load of the checkpoint for all its tasks, the same
     records as scoring each task on its own."""
     from cdray import config as C
-    from cdray import lmeval_tasks
-    from cdray.pipeline import build_graph
-    from cdray.stages import build_babylm_group
-    from cdray.store import Store
+    from cdray.dag.builders import build_babylm_group
+    from cdray.dag.graph import build_graph
+    from cdray.dag.store import Store
+    from cdray.eval import tasks as lmeval_tasks
 
     cfg = C.from_dict(micro_cfg_dict | {"store": {"root": str(tmp_path / "store")},
                                         "eval": {"babylm_dir": str(world / "babylm"), "max_items": ITEMS,

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdray.cli import error_line, main
-from cdray.store import Store
+from cdray.dag.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "sweeps" / "tiny.yaml"
@@ -135,7 +135,7 @@ def _fails_cleanly(store: Store, build, expected: str) -> str:
 
 def _local_corpus(directory: Path):
     from cdray.config import SourceConfig
-    from cdray.corpus_sources import iter_documents
+    from cdray.data.sources import iter_documents
 
     src = SourceConfig(kind="local", name="mine", path=str(directory))
     return lambda out: list(iter_documents(src, out))
@@ -180,7 +180,7 @@ def test_missing_corpus_directory_is_named(tmp_path, store):
 
 
 def test_truncated_token_file_is_named(tmp_path, store):
-    from cdray.training import open_tokens
+    from cdray.models.training import open_tokens
 
     path = tmp_path / "tokens.npy"
     np.save(path, np.arange(1000, dtype=np.int32))
@@ -189,7 +189,7 @@ def test_truncated_token_file_is_named(tmp_path, store):
 
 
 def test_token_ids_outside_the_vocabulary_are_named(tmp_path, store):
-    from cdray.training import open_tokens
+    from cdray.models.training import open_tokens
 
     path = tmp_path / "tokens.npy"
     np.save(path, np.array([1, 5, 300, 2], dtype=np.uint16))
@@ -212,10 +212,10 @@ def gen_world(tmp_path_factory):
 
 def _generator(world, out_dir, expert=None, amateur=None):
     from cdray import config
-    from cdray.generation import ShardGenerator
+    from cdray.decode.synthetic import ShardGenerator
 
-    gen = config.to_dict(config.GenerationConfig(prompt_tokens=4, continuations=2, max_new_tokens=6,
-                                                 batch_size=4, shard_prompts=2))
+    gen = config.GenerationConfig(prompt_tokens=4, continuations=2, max_new_tokens=6, batch_size=4,
+                                  shard_prompts=2)
     return ShardGenerator(expert_dir=expert or world["expert"],
                           amateur={"kind": "small", "model_dir": amateur or world["amateur"], "dropout": 0.0},
                           strategy="contrastive", generation=gen,
@@ -242,8 +242,8 @@ def test_a_checkpoint_whose_shapes_do_not_match_its_config_names_the_file(tmp_pa
     import shutil
 
     from cdray.config import ModelConfig
-    from cdray.model import build_model, load_model, save_model
-    from cdray.weights import load_weights
+    from cdray.models.llama import build_model, load_model, save_model
+    from cdray.models.weights import load_weights
 
     for name, hidden in (("mismatched", 32), ("other", 64)):
         save_model(build_model(ModelConfig(layers=2, hidden=hidden, heads=2, ffn=64, context=64), 100, 0),
@@ -259,7 +259,7 @@ def test_amateur_with_another_vocabulary_is_named(gen_world, store):
 
 
 def test_corrupted_shard_is_named(gen_world, tmp_path, store):
-    from cdray.generation import finalize_corpus
+    from cdray.decode.synthetic import finalize_corpus
 
     out = tmp_path / "gen"
     _generator(gen_world, out).run_shard(0, 0, 2)
@@ -313,7 +313,7 @@ def test_unreachable_mlflow_is_one_line_and_quick(tmp_path, store):
     import time
 
     from cdray.config import TrackingConfig
-    from cdray.tracking import Tracker
+    from cdray.tracking.runs import Tracker
 
     uri = f"http://user:s3cret@127.0.0.1:{_free_port()}"
     started = time.time()
@@ -325,7 +325,7 @@ def test_unreachable_mlflow_is_one_line_and_quick(tmp_path, store):
 def test_unreachable_ray_cluster_is_one_line_naming_where_its_address_came_from():
     """ray.init retries a host:port nothing answers at for minutes; init_ray probes it first."""
     from cdray.config import ConfigError
-    from cdray.ray_exec import probe_address
+    from cdray.shell.ray_exec import probe_address
 
     address = f"127.0.0.1:{_free_port()}"
     with pytest.raises(ConfigError) as e:
@@ -379,7 +379,7 @@ def test_a_seed_split_too_small_for_the_budget_is_named_before_any_training():
     from types import SimpleNamespace
 
     from cdray.config import ConfigError
-    from cdray.generation import budget_reachable
+    from cdray.decode.synthetic import budget_reachable
 
     gen = SimpleNamespace(continuations=2, max_new_tokens=16, token_budget=1000)
     with pytest.raises(ConfigError, match=r"generation.token_budget.*30 prompts x 2 continuations x "
@@ -392,8 +392,8 @@ def test_a_seed_split_too_small_for_the_budget_is_named_before_any_training():
 def test_a_sweep_whose_seed_split_cannot_meet_the_budget_stops_before_the_good(micro_cfg_dict, ray_session):
     from cdray import config as C
     from cdray.config import ConfigError
-    from cdray.pipeline import build_graph
-    from cdray.sweep import run_sweep
+    from cdray.dag.graph import build_graph
+    from cdray.shell.sweep import run_sweep
 
     cfg = C.from_dict(micro_cfg_dict | {"generation": micro_cfg_dict["generation"] | {"token_budget": 10**7}})
     with pytest.raises(ConfigError, match="generation.token_budget"):

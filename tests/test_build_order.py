@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdray import config as C
-from cdray.pipeline import build_graph
-from cdray.stages import MissingInputError, build
-from cdray.store import Store
+from cdray.dag.builders import MissingInputError, build
+from cdray.dag.graph import build_graph
+from cdray.dag.store import Store
 
 STEPS = 12
 MILESTONES = (4, 8, 12)

@@ -1,15 +1,23 @@
-"""Tests of cdray.checkpoints: pickle-free round trip, newest complete step dir, resume check, jsonl logs."""
+"""Tests of cdray.models.checkpoints: pickle-free round trip, newest complete step dir, resume check, jsonl logs."""
 import dataclasses
 import json
 
 import pytest
 import torch
 
-from cdray.checkpoints import (append_jsonl, latest_checkpoint, read_checkpoint, read_jsonl, resume,
-                               step_dir, truncate_jsonl, write_checkpoint)
 from cdray.config import ModelConfig, TrainConfig
-from cdray.model import build_model
-from cdray.training import make_optimizer
+from cdray.models.checkpoints import (
+    append_jsonl,
+    latest_checkpoint,
+    read_checkpoint,
+    read_jsonl,
+    resume,
+    step_dir,
+    truncate_jsonl,
+    write_checkpoint,
+)
+from cdray.models.llama import build_model
+from cdray.models.training import make_optimizer
 
 torch.set_num_threads(1)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdray import mlflow_server
+from cdray.tracking import server as mlflow_server
 from tests.conftest import S3_ENV, micro_sweep_dict, s3_uri
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,7 +223,7 @@ def test_job_submit_sweep_on_fake_autoscaling_cluster(tmp_path, text_corpus_dir,
         assert "final_ppl" in {m["key"] for m in child["data"]["metrics"]}
 
     # the artifacts are in the bucket, each with its manifest
-    from cdray.store import MANIFEST, Store
+    from cdray.dag.store import MANIFEST, Store
 
     store = Store.at(store_uri, cache=tmp_path / "check-cache")
     built = store.list()

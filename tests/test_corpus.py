@@ -10,11 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cdray.config import CorpusConfig, SourceConfig
-from cdray.corpus import build_corpus, chunk_words
-from cdray.config import PACKAGED_TEXT_NAMES
-from cdray.corpus_sources import (PACKAGED_TEXTS, CorpusError, fetch_package, iter_documents,
-                                  normalize_whitespace, strip_gutenberg)
+from cdray.config import PACKAGED_TEXT_NAMES, CorpusConfig, SourceConfig
+from cdray.data.corpus import build_corpus, chunk_words
+from cdray.data.sources import (
+    PACKAGED_TEXTS,
+    CorpusError,
+    fetch_package,
+    iter_documents,
+    normalize_whitespace,
+    strip_gutenberg,
+)
 
 ASSETS = Path(__file__).parent / "assets"
 BABYLM = SourceConfig(kind="babylm", name="babylm", path=str(ASSETS / "babylm"))

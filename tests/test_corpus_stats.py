@@ -1,4 +1,4 @@
-"""Tests of cdray.corpus_stats: distinct-n, diversity, repetition, histograms, n-gram decontamination."""
+"""Tests of cdray.data.telemetry: distinct-n, diversity, repetition, histograms, n-gram decontamination."""
 import gzip
 import json
 
@@ -7,8 +7,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cdray.corpus_stats import (NgramIndex, distinct_n, first_words, length_histogram,
-                                reference_texts, repetition_rate, row_stats, text_stats, words)
+from cdray.data.telemetry import (
+    NgramIndex,
+    distinct_n,
+    first_words,
+    length_histogram,
+    reference_texts,
+    repetition_rate,
+    row_stats,
+    text_stats,
+    words,
+)
 
 
 def test_words_and_distinct_n():
@@ -87,7 +96,7 @@ def test_contamination_stats_reads_continuations_against_the_items(tmp_path):
     n-gram with an evaluation item."""
     from test_generation import WORDS, save_tokenizer
 
-    from cdray.corpus_stats import contamination_stats
+    from cdray.data.telemetry import contamination_stats
 
     tok = save_tokenizer(tmp_path / "tok")
     ids = {w: i + 4 for i, w in enumerate(WORDS)}

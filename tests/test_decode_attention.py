@@ -1,4 +1,4 @@
-"""cdray.decode_attention's Triton kernel, run by Triton's CPU interpreter: exact attention over each
+"""cdray.decode.attention's Triton kernel, run by Triton's CPU interpreter: exact attention over each
 row's own keys (model-dtype and fp8 caches), the decode step built on it, and its rows batch-free.
 
 The compiled kernel and its CUDA graph need a GPU: bench/row_determinism.py and bench/decoding.py
@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-import cdray.decode_attention as da
+import cdray.decode.attention as da
 from cdray.config import DecodingConfig, GenerationConfig
-from cdray.decode_fused import fused_sample, silu_mul
-from cdray.decoding import generate, sample_inverse_cdf, step_scores
-from cdray.decoding_engine import Decoder, _nll
-from cdray.stacked import StackedLlama
+from cdray.decode.engine import Decoder, _nll
+from cdray.decode.fused import fused_sample, silu_mul
+from cdray.decode.scores import generate, sample_inverse_cdf, step_scores
+from cdray.decode.stacked import StackedLlama
 from tests.test_stacked_fast import _decode_step, _gqa_llama
 
 pytest.importorskip("triton")  # installed by `make setup` (the interpreter needs no GPU)
@@ -151,7 +151,7 @@ def test_fused_sampler_reads_model_dtype_logits_as_their_fp32_widening():
 def test_fused_sampler_goes_with_the_triton_step_only():
     m = _gqa_llama(0)
     assert Decoder(m, m, "contrastive", DecodingConfig(), attention="triton").fused_sampler
-    # strategies and options it does not compute take cdray.decoding's path
+    # strategies and options it does not compute take cdray.decode.scores's path
     for strategy, d in [("contrastive_tail", DecodingConfig()), ("contrastive", DecodingConfig(top_k=50)),
                         ("contrastive", DecodingConfig(top_p=0.9)),
                         ("contrastive", DecodingConfig(no_repeat_ngram=3))]:
@@ -214,7 +214,7 @@ def test_triton_fp8_rows_do_not_depend_on_batch_or_refill(gqa_pair, monkeypatch)
                      **kw)[::-1]
     assert kept and [r.tokens for r in other] == [r.tokens for r in base]
     assert [r.expert_nll_mean for r in other] == [r.expert_nll_mean for r in base]
-    # rows fed in as a shared batch takes them (cdray.shared_batch): the triton step's batch
+    # rows fed in as a shared batch takes them (cdray.decode.shared_batch): the triton step's batch
     # starts at 2 slots, widens to 4, shrinks in a drain and widens again for a late row
     dec = Decoder(expert, amateur, "contrastive", d, attention="triton", kv_cache="fp8")
     rows = {i: (prompts[i], seeds[i]) for i in range(6)}

@@ -1,4 +1,4 @@
-"""Tests of cdray.decoding: hand-computed scores, truncation, sampling and the two-model loop."""
+"""Tests of cdray.decode.scores: hand-computed scores, truncation, sampling and the two-model loop."""
 import math
 
 import pytest
@@ -6,9 +6,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdray.config import DecodingConfig
-from cdray.decoding import (NgramBlocker, generate, head_size, sample_inverse_cdf,
-                            strategy_scores, truncate)
-from cdray.decoding_engine import Decoder
+from cdray.decode.engine import Decoder
+from cdray.decode.scores import NgramBlocker, generate, head_size, sample_inverse_cdf, strategy_scores, truncate
 
 torch.set_num_threads(1)
 
@@ -372,7 +371,7 @@ def test_amateur_not_run_without_contrast(pair):
 
 
 def test_hf_dropout_is_active_only_in_train_mode(tmp_path):
-    from cdray.model import load_model
+    from cdray.models.llama import load_model
 
     tiny_llama(5).save_pretrained(tmp_path / "m")
     expert = load_model(tmp_path / "m", dtype=torch.float32, device="cpu").eval()
@@ -387,7 +386,7 @@ def test_hf_dropout_is_active_only_in_train_mode(tmp_path):
 
 
 def test_engine_dropout_only_in_amateur_and_deterministic(pair):
-    from cdray.stacked import StackedLlama
+    from cdray.decode.stacked import StackedLlama
 
     expert, _ = pair
     ids, pos = torch.tensor([[1, 5, 6, 7, 8, 9]]), torch.arange(6)[None]
@@ -419,7 +418,7 @@ def test_true_position_ids(pair, attention):
     # RoPE is shift-invariant, so check positions directly: logits at a slot equal HF logits of
     # the row alone, for prompts of different lengths prefilled and decoded together, with every
     # way of attending (auto is eager)
-    from cdray.stacked import StackedLlama
+    from cdray.decode.stacked import StackedLlama
 
     expert, amateur = pair
     s = StackedLlama([expert, amateur], attention=attention)
@@ -450,7 +449,7 @@ def _wide_llama(seed: int):
 def test_row_bits_do_not_depend_on_how_much_cache_a_step_reads(pair, attention, shape):
     # a decode step reads the cache up to its longest row (rounded to a key step); a row's
     # logits must not change by one bit with that length, or rows would depend on neighbours
-    from cdray.stacked import StackedLlama
+    from cdray.decode.stacked import StackedLlama
 
     models = list(pair) if shape == "tiny" else [_wide_llama(0), _wide_llama(1)]
     s = StackedLlama(models, attention=attention)
@@ -468,7 +467,7 @@ def test_row_bits_do_not_depend_on_how_much_cache_a_step_reads(pair, attention, 
 
 
 def test_unknown_attention_kind_is_refused(pair):
-    from cdray.stacked import StackedLlama
+    from cdray.decode.stacked import StackedLlama
 
     with pytest.raises(ValueError, match="unknown attention 'flash'"):
         StackedLlama([pair[0]], attention="flash")
@@ -505,8 +504,8 @@ def test_no_repeat_ngram_in_generation(pair):
 
 
 def test_plan_batch_size():
-    from cdray.decoding_engine import plan_batch_size
-    from cdray.stacked import StackedLlama
+    from cdray.decode.engine import plan_batch_size
+    from cdray.decode.stacked import StackedLlama
 
     m = tiny_llama(0)
     g = StackedLlama([m, m])
@@ -524,7 +523,7 @@ def test_new_cache_frees_the_old_cache_before_allocating(pair, monkeypatch):
     # the memory the batch planner budgeted for one
     import weakref
 
-    from cdray.stacked import StackedLlama
+    from cdray.decode.stacked import StackedLlama
 
     s = StackedLlama(list(pair))
     s.new_cache(2, 16)

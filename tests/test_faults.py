@@ -1,6 +1,6 @@
 """Nothing lost: killed builders, Ray Train workers, generation actors and drivers resume to the same bytes.
 
-Kill points are drawn from seeded RNGs; `cdray.faults` triggers kill a process with SIGKILL at an
+Kill points are drawn from seeded RNGs; `cdray.common.faults` triggers kill a process with SIGKILL at an
 exact step or shard (a kill from outside would race with steps that take milliseconds), and the
 driver kills come from outside, as a preempted machine would.
 """
@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cdray import faults
-from cdray.store import MANIFEST, Store
+from cdray.common import faults
+from cdray.dag.store import MANIFEST, Store
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> bool:
 
 BUILDER = """
 import sys, time
-from cdray.store import Store
+from cdray.dag.store import Store
 def build(out):
     for i in range(20):
         (out / f"part_{i:02d}.txt").write_text(str(i) * 1000)
@@ -105,8 +105,8 @@ def train_world(tmp_path_factory, text_corpus_dir):
     from conftest import micro_sweep_dict
 
     from cdray import config as C
-    from cdray import stages
-    from cdray.pipeline import build_graph
+    from cdray.dag import builders as stages
+    from cdray.dag.graph import build_graph
 
     root = tmp_path_factory.mktemp("faults-train")
     d = micro_sweep_dict(text_corpus_dir, root)
@@ -134,8 +134,8 @@ def _assert_same_weights(a: Path, b: Path, step: int) -> None:
 
 @pytest.fixture(scope="module")
 def reference_run(train_world, tmp_path_factory):
-    from cdray import stages
-    from cdray.training import train
+    from cdray.dag import builders as stages
+    from cdray.models.training import train
 
     node, cfg, store = train_world
     out = tmp_path_factory.mktemp("faults-ref") / "run"
@@ -145,7 +145,7 @@ def reference_run(train_world, tmp_path_factory):
 
 
 def test_killed_train_workers_resume_to_identical_weights(train_world, reference_run, ray_session, tmp_path):
-    from cdray.ray_exec import fit_training
+    from cdray.shell.ray_exec import fit_training
 
     node, cfg, store = train_world
     out = tmp_path / "run"
@@ -162,10 +162,11 @@ def test_killed_train_workers_resume_to_identical_weights(train_world, reference
 
 TRAIN_DRIVER = """
 import sys, torch
-from cdray import config as C, stages
-from cdray.pipeline import build_graph
-from cdray.store import Store
-from cdray.training import train
+from cdray import config as C
+from cdray.dag import builders as stages
+from cdray.dag.graph import build_graph
+from cdray.dag.store import Store
+from cdray.models.training import train
 torch.set_num_threads(1)
 cfg = C.load(sys.argv[1])
 store = Store.at(cfg.store.root)
@@ -208,7 +209,7 @@ def _gen_setup(world, out_dir: Path, text_corpus_dir: Path, tmp_path: Path):
     from conftest import micro_sweep_dict
 
     from cdray import config as C
-    from cdray.generation import shard_plan
+    from cdray.decode.synthetic import shard_plan
 
     d = micro_sweep_dict(text_corpus_dir, tmp_path)
     d["generation"] |= {"prompt_tokens": 5, "continuations": 2, "max_new_tokens": 24, "batch_size": 4,
@@ -216,14 +217,14 @@ def _gen_setup(world, out_dir: Path, text_corpus_dir: Path, tmp_path: Path):
     cfg = C.from_dict(d)
     kwargs = {"expert_dir": world["expert"], "amateur": {"kind": "small", "model_dir": world["amateur"],
                                                           "dropout": 0.0},
-              "strategy": "contrastive", "generation": C.to_dict(cfg.generation),
+              "strategy": "contrastive", "generation": cfg.generation,
               "prompts_path": str(world["root"] / "prompts.parquet"), "tokenizer_dir": world["tok"],
               "out_dir": str(out_dir)}
     return cfg, kwargs, shard_plan(16, 2)
 
 
 def _corpus(out_dir: Path, n_shards: int) -> bytes:
-    from cdray.generation import finalize_corpus
+    from cdray.decode.synthetic import finalize_corpus
 
     finalize_corpus(out_dir, n_shards, 10**6)
     table = pq.read_table(out_dir / "corpus.parquet")
@@ -234,7 +235,7 @@ def _corpus(out_dir: Path, n_shards: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def reference_corpus(gen_world, text_corpus_dir, tmp_path_factory):
-    from cdray.stages import _execute_in_process
+    from cdray.dag.builders import _execute_in_process
 
     tmp = tmp_path_factory.mktemp("faults-gen-ref")
     torch.set_num_threads(1)
@@ -245,7 +246,7 @@ def reference_corpus(gen_world, text_corpus_dir, tmp_path_factory):
 
 def test_killed_generation_actors_restart_to_identical_corpus(gen_world, reference_corpus, text_corpus_dir,
                                                               ray_session, tmp_path):
-    from cdray.ray_exec import generate_with_ray_data
+    from cdray.shell.ray_exec import generate_with_ray_data
 
     out = tmp_path / "gen"
     cfg, kwargs, shards = _gen_setup(gen_world, out, text_corpus_dir, tmp_path)
@@ -259,7 +260,7 @@ def test_killed_generation_actors_restart_to_identical_corpus(gen_world, referen
 GEN_DRIVER = """
 import json, sys, ray, torch
 from cdray import config as C
-from cdray.ray_exec import generate_with_ray_data
+from cdray.shell.ray_exec import generate_with_ray_data
 kwargs, shards, cfg = json.loads(sys.argv[1]), json.loads(sys.argv[2]), C.from_dict(json.loads(sys.argv[3]))
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
          runtime_env={"env_vars": {"PYTHONPATH": sys.argv[4], "OMP_NUM_THREADS": "1"}})
@@ -286,8 +287,8 @@ def test_killed_generation_driver_reruns_to_identical_corpus(seed, gen_world, re
 
 
 def test_corrupt_shard_is_reported_not_used(gen_world, text_corpus_dir, tmp_path):
-    from cdray.generation import finalize_corpus
-    from cdray.stages import _execute_in_process
+    from cdray.dag.builders import _execute_in_process
+    from cdray.decode.synthetic import finalize_corpus
 
     out = tmp_path / "gen"
     _, kwargs, shards = _gen_setup(gen_world, out, text_corpus_dir, tmp_path)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cdray import babylm
 from cdray.cli import main
-from cdray.fetch_eval import fetch_eval
+from cdray.eval import babylm
+from cdray.eval.fetch import fetch_eval
 
 
 def write_layout(root: Path) -> Path:

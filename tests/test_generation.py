@@ -1,4 +1,4 @@
-"""Tests of cdray.generation: prompts, seeds, shard plan, ShardGenerator with resume, finalisation."""
+"""Tests of cdray.decode.synthetic: prompts, seeds, shard plan, ShardGenerator with resume, finalisation."""
 import json
 import time
 
@@ -11,9 +11,18 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdray import config
 from cdray.config import DecodingConfig, GenerationConfig
-from cdray.generation import (MAX_SHARDS_PER_ACTOR, ShardGenerator, committed_tokens,
-                              finalize_corpus, leading_tokens, make_prompts, row_seed, shard_plan,
-                              shards_done, shards_per_actor)
+from cdray.decode.synthetic import (
+    MAX_SHARDS_PER_ACTOR,
+    ShardGenerator,
+    committed_tokens,
+    finalize_corpus,
+    leading_tokens,
+    make_prompts,
+    row_seed,
+    shard_plan,
+    shards_done,
+    shards_per_actor,
+)
 
 torch.set_num_threads(1)
 
@@ -64,17 +73,16 @@ def world(tmp_path_factory):
     }
 
 
-def gen_dict(**kw):
-    g = GenerationConfig(decoding=DecodingConfig(alpha=0.1, penalty=-20.0), prompt_tokens=5,
-                         continuations=2, max_new_tokens=10, batch_size=3, shard_prompts=3,
-                         seed=11, **kw)
-    return config.to_dict(g)
+def gen_config(**kw):
+    return GenerationConfig(decoding=DecodingConfig(alpha=0.1, penalty=-20.0), prompt_tokens=5,
+                            continuations=2, max_new_tokens=10, batch_size=3, shard_prompts=3,
+                            seed=11, **kw)
 
 
 def make_gen(world, out_dir, amateur=None, strategy="contrastive", **kw):
     amateur = amateur or {"kind": "small", "model_dir": world["amateur"], "dropout": 0.0}
     return ShardGenerator(expert_dir=world["expert"], amateur=amateur, strategy=strategy,
-                          generation=gen_dict(**kw), prompts_path=str(world["root"] / "prompts.parquet"),
+                          generation=gen_config(**kw), prompts_path=str(world["root"] / "prompts.parquet"),
                           out_dir=str(out_dir), tokenizer_dir=world["tok"])
 
 
@@ -150,12 +158,12 @@ def test_shards_resume_finalize_and_determinism(world, tmp_path, monkeypatch):
     assert manifest["rows"] == 6 and len(manifest["sha256"]) == 64
 
     # resume: a committed shard is skipped without generating
-    import cdray.decoding_engine
+    import cdray.decode.engine
 
     def boom(*a, **k):
         raise AssertionError("committed shard regenerated")
 
-    monkeypatch.setattr(cdray.decoding_engine.Decoder, "generate", boom)
+    monkeypatch.setattr(cdray.decode.engine.Decoder, "generate", boom)
     again = gen(batch(plan[0]))
     assert again["rows"].tolist() == [6] and again["new_tokens"].tolist() == res["new_tokens"].tolist()
     monkeypatch.undo()
@@ -201,14 +209,14 @@ def test_shards_resume_finalize_and_determinism(world, tmp_path, monkeypatch):
 def test_generate_stage_stops_once_the_leading_shards_hold_the_budget(world, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from cdray import stages
     from cdray.config import SweepConfig
+    from cdray.dag import builders as stages
 
     plan = shard_plan(7, 3)  # shards of 6, 6 and 2 rows
-    g = config.parse_section(GenerationConfig, gen_dict(token_budget=1), "generation")
+    g = gen_config(token_budget=1)
     kwargs = dict(expert_dir=world["expert"], strategy="contrastive",
                   amateur={"kind": "small", "model_dir": world["amateur"], "dropout": 0.0},
-                  generation=config.to_dict(g), prompts_path=str(world["root"] / "prompts.parquet"),
+                  generation=g, prompts_path=str(world["root"] / "prompts.parquet"),
                   tokenizer_dir=world["tok"])
     monkeypatch.setattr(stages, "generator_kwargs",
                         lambda node, cfg, store, out: {**kwargs, "out_dir": str(out)})
@@ -252,8 +260,8 @@ def test_generate_stage_counts_only_kept_rows_when_dropping_contaminated(world, 
                                                                         monkeypatch):
     from types import SimpleNamespace
 
-    from cdray import stages
     from cdray.config import SweepConfig
+    from cdray.dag import builders as stages
 
     plan = shard_plan(7, 3)
     probe = tmp_path / "probe"
@@ -263,11 +271,10 @@ def test_generate_stage_counts_only_kept_rows_when_dropping_contaminated(world, 
     texts = [" ".join(WORDS[t - 4] for t in r["tokens"][-r["new_tokens"]:] if t >= 4) for r in rows0]
     pq.write_table(pa.table({"text": texts}), tmp_path / "eval.parquet")
     raw0 = sum(r["new_tokens"] for r in rows0)
-    g = config.parse_section(GenerationConfig, gen_dict(token_budget=raw0, decontaminate_n=3,
-                                                        drop_contaminated=True), "generation")
+    g = gen_config(token_budget=raw0, decontaminate_n=3, drop_contaminated=True)
     kwargs = dict(expert_dir=world["expert"], strategy="contrastive",
                   amateur={"kind": "small", "model_dir": world["amateur"], "dropout": 0.0},
-                  generation=config.to_dict(g), prompts_path=str(world["root"] / "prompts.parquet"),
+                  generation=g, prompts_path=str(world["root"] / "prompts.parquet"),
                   tokenizer_dir=world["tok"], eval_parquet=str(tmp_path / "eval.parquet"))
     monkeypatch.setattr(stages, "generator_kwargs",
                         lambda node, cfg, store, out: {**kwargs, "out_dir": str(out)})
@@ -282,7 +289,8 @@ def test_generate_stage_counts_only_kept_rows_when_dropping_contaminated(world, 
 def test_a_write_stopped_midway_leaves_nothing_in_the_artifact(tmp_path):
     """The stage stops its actor pool at the budget, maybe mid-write: a shard's temporaries are
     neither committed shards nor files of the stage's artifact."""
-    from cdray.store import _artifact_files, temporary_path
+    from cdray.common.files import temporary_path
+    from cdray.dag.store import _artifact_files
 
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -355,14 +363,14 @@ def test_shard_telemetry_and_decontamination(world, tmp_path):
     long_rows = [r for r in rows if r["new_tokens"] >= 6]
     assert long_rows
     # an eval split holding one generated continuation flags exactly the rows sharing a 3-gram
-    tok = __import__("cdray.tokenizer", fromlist=["load_tokenizer"]).load_tokenizer(world["tok"])
+    tok = __import__("cdray.data.tokenizer", fromlist=["load_tokenizer"]).load_tokenizer(world["tok"])
     prompt_len = len(long_rows[0]["tokens"]) - long_rows[0]["new_tokens"]
     leaked = tok.decode(long_rows[0]["tokens"][prompt_len:], skip_special_tokens=True)
     pq.write_table(pa.table({"text": [leaked]}), tmp_path / "eval.parquet")
     dirty = tmp_path / "dirty"
     g = ShardGenerator(expert_dir=world["expert"],
                        amateur={"kind": "small", "model_dir": world["amateur"], "dropout": 0.0},
-                       strategy="contrastive", generation=gen_dict(decontaminate_n=3),
+                       strategy="contrastive", generation=gen_config(decontaminate_n=3),
                        prompts_path=str(world["root"] / "prompts.parquet"), out_dir=str(dirty),
                        tokenizer_dir=world["tok"], eval_parquet=str(tmp_path / "eval.parquet"))
     g(batch(*plan))
@@ -401,18 +409,18 @@ def test_paper_compat_rows_run_full_length(world, tmp_path):
 @pytest.mark.slow
 def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ray_session):
     from cdray.config import SweepConfig
-    from cdray.ray_exec import generate_with_ray_data
+    from cdray.shell.ray_exec import generate_with_ray_data
 
     plan = shard_plan(7, 2)
     outs = {}
     for name, actors, bs in (("one", 1, 3), ("two", 2, 5)):
-        g = config.parse_section(GenerationConfig, gen_dict(actors=actors, actor_cpus=0.5),
+        g = config.parse_section(GenerationConfig, gen_config(actors=actors, actor_cpus=0.5),
                                  "generation")
         g = config.parse_section(GenerationConfig, {**config.to_dict(g), "batch_size": bs},
                                  "generation")
         kwargs = dict(expert_dir=world["expert"], strategy="contrastive",
                       amateur={"kind": "early", "model_dir": world["amateur_same"], "dropout": 0.0},
-                      generation=config.to_dict(g), prompts_path=str(world["root"] / "prompts.parquet"),
+                      generation=g, prompts_path=str(world["root"] / "prompts.parquet"),
                       out_dir=str(tmp_path / name), tokenizer_dir=world["tok"])
         generate_with_ray_data(kwargs, plan, cfg=SweepConfig(generation=g))
         outs[name] = tmp_path / name
@@ -430,7 +438,7 @@ def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ra
                            cfg=SweepConfig(generation=g1))
     assert len(seen) == 2 and set(seen) <= shards_done(tmp_path / "stopped")
     # a write an actor was stopped in leaves at most a temporary the store leaves out
-    from cdray.store import _artifact_files
+    from cdray.dag.store import _artifact_files
 
     names = {rel for rel, _ in _artifact_files(tmp_path / "stopped")}
     assert all(n.endswith((".parquet", ".json")) for n in names), names

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cdray import mlflow_server
+from cdray.tracking import server as mlflow_server
 
 
 def test_server_command_is_lean_loopback_sqlite_and_proxied(tmp_path):

@@ -1,10 +1,9 @@
-"""Tests of cdray.model: configs, parameter counts, save/load."""
+"""Tests of cdray.models.llama: configs, parameter counts, save/load."""
 import pytest
 import torch
 
 from cdray.config import MODEL_PRESETS, ModelConfig
-from cdray.model import (BOS, EOS, PAD, UNK, build_model, llama_config, load_model, param_counts,
-                         save_model)
+from cdray.models.llama import BOS, EOS, PAD, UNK, build_model, llama_config, load_model, param_counts, save_model
 
 torch.set_num_threads(1)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from cdray import config as C
-from cdray.pipeline import EXECUTION_ONLY, build_graph, format_plan, plan
-from cdray.store import Store
+from cdray.dag.graph import EXECUTION_ONLY, build_graph
+from cdray.dag.plan import format_plan, plan
+from cdray.dag.store import Store
 
 SWEEPS = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
 
@@ -141,7 +142,7 @@ def test_keys_are_stable_across_loads(micro_cfg_dict):
 
 
 def test_decontamination_items_are_keyed_by_content_not_path(micro_cfg_dict, tmp_path):
-    from cdray.stages import eval_items_dir
+    from cdray.dag.builders import eval_items_dir
 
     items = tmp_path / "items"
     (items / "blimp").mkdir(parents=True)
@@ -166,7 +167,7 @@ def test_decontamination_items_are_keyed_by_content_not_path(micro_cfg_dict, tmp
 def test_evaluation_data_keys_only_what_reads_it(micro_cfg_dict):
     """Pointing a built sweep at BabyLM data adds evaluation work and rebuilds nothing: corpora
     that do not drop contaminated rows measure their overlap with the items in a stage of its own."""
-    from cdray.babylm import data_digest
+    from cdray.eval.babylm import data_digest
 
     shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "eval" / "babylm2025"
     before = build_graph(C.from_dict(micro_cfg_dict))

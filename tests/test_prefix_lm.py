@@ -7,7 +7,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import SHARED_EVAL, synthetic_document
 
 
@@ -17,10 +16,10 @@ def tiny(tmp_path_factory):
     from lm_eval.models.huggingface import HFLM
 
     from cdray.config import ModelConfig, TokenizerConfig
-    from cdray.lmeval_tasks import eval_tokenizer, hf_lm
-    from cdray.model import build_model, save_model
-    from cdray.prefix_lm import PrefixSharingHFLM
-    from cdray.tokenizer import train_tokenizer
+    from cdray.data.tokenizer import train_tokenizer
+    from cdray.eval.prefix_lm import PrefixSharingHFLM
+    from cdray.eval.tasks import eval_tokenizer, hf_lm
+    from cdray.models.llama import build_model, save_model
 
     tmp = tmp_path_factory.mktemp("prefix_lm")
     rng = random.Random(0)
@@ -44,7 +43,7 @@ def greedy_continuation(model, ctx: list[int], n: int) -> list[int]:
 
 
 def test_prefix_sharing_equals_stock_hflm_request_by_request(tiny, monkeypatch):
-    from cdray.prefix_lm import split_request
+    from cdray.eval.prefix_lm import split_request
 
     rng = random.Random(1)
     tok = lambda n: [rng.randrange(4, 300) for _ in range(n)]  # noqa: E731
@@ -78,7 +77,7 @@ def test_prefix_sharing_equals_stock_hflm_request_by_request(tiny, monkeypatch):
 
 
 def test_split_request_is_the_stock_input():
-    from cdray.prefix_lm import split_request
+    from cdray.eval.prefix_lm import split_request
 
     for ctx, cont, window in (([1, 2, 3], [4, 5], 10), ([1], [7], 10), ([1, 2, 3, 4, 5, 6], [7, 8, 9], 5)):
         prefix, query = split_request(ctx, cont, window)
@@ -89,7 +88,7 @@ def test_split_request_is_the_stock_input():
 @pytest.mark.skipif(not SHARED_EVAL.is_dir(), reason=f"BabyLM 2025 sample data not found at {SHARED_EVAL}")
 @pytest.mark.parametrize("task", ["entity_tracking", "ewok"])
 def test_babylm_task_records_equal_stock_hflm(tiny, task, tmp_path):
-    from cdray.lmeval_tasks import evaluate_task
+    from cdray.eval.tasks import evaluate_task
 
     recs = {}
     for which in ("ours", "stock"):

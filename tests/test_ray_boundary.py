@@ -1,11 +1,17 @@
-"""Only the Ray shell modules may import ray: the core stays plain functions over files."""
+"""Only the Ray shell (cdray/shell/) may import ray: the core stays plain functions over files, and
+the commands that run no stage (plan, report, verify) never load Ray."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
-RAY_SHELL = {"ray_exec.py", "sweep.py"}
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "cdray"
+SHELL = PACKAGE / "shell"
+MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
 def imports_ray(path: Path) -> bool:
@@ -19,15 +25,28 @@ def imports_ray(path: Path) -> bool:
 
 
 def test_only_shell_modules_import_ray():
-    offenders = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in RAY_SHELL and imports_ray(p))
+    offenders = sorted(str(p.relative_to(PACKAGE)) for p in MODULES
+                       if SHELL not in p.parents and imports_ray(p))
     assert offenders == [], f"modules outside the Ray shell import ray: {offenders}"
 
 
 def test_the_shell_really_uses_ray():
-    assert all(imports_ray(PACKAGE / name) for name in RAY_SHELL)
+    assert all(imports_ray(p) for p in SHELL.glob("*.py") if p.name != "__init__.py")
 
 
-def test_every_module_has_a_docstring():
-    missing = [p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"
-               and not ast.get_docstring(ast.parse(p.read_text()))]
+def test_every_module_and_package_has_a_docstring():
+    missing = [str(p.relative_to(PACKAGE)) for p in MODULES if not ast.get_docstring(ast.parse(p.read_text()))
+               and not (p.name == "__init__.py" and p.parent == PACKAGE)]
     assert missing == []
+
+
+@pytest.mark.parametrize("command", ["plan", "report", "verify"])
+def test_commands_that_run_no_stage_never_import_ray(command, tmp_path):
+    root = PACKAGE.parent
+    code = (f"import sys; from cdray.cli import main; "
+            f"code = main([{command!r}, {str(root / 'sweeps' / 'tiny.yaml')!r}, '--set', "
+            f"'store.root={tmp_path / 'store'}', '--set', 'tracking.uri=sqlite:///{tmp_path / 'm.db'}']); "
+            f"print('RAY' if 'ray' in sys.modules else 'NO RAY', code)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert "NO RAY" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cdray import reading
+from cdray.eval import reading
 
 
 def test_r_squared_of_one_predictor_is_squared_correlation():

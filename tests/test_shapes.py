@@ -1,4 +1,4 @@
-"""Tests of cdray.shapes: parameter counts without a model, SMALL-r selection."""
+"""Tests of cdray.models.shapes: parameter counts without a model, SMALL-r selection."""
 import math
 import subprocess
 import sys
@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from cdray.config import MODEL_PRESETS, ModelConfig
-from cdray.model import llama_config, param_counts
-from cdray.shapes import shape_params, small_for_ratio
+from cdray.models.llama import llama_config, param_counts
+from cdray.models.shapes import shape_params, small_for_ratio
 
 GOOD = ModelConfig(**MODEL_PRESETS["good"])
 
@@ -21,7 +21,7 @@ def test_shape_params_are_the_hf_configs_counts(name):
 
 
 def test_planning_shapes_imports_no_torch_or_transformers():
-    code = ("import sys; from cdray.shapes import small_for_ratio; from cdray.config import "
+    code = ("import sys; from cdray.models.shapes import small_for_ratio; from cdray.config import "
             "MODEL_PRESETS, ModelConfig; small_for_ratio(ModelConfig(**MODEL_PRESETS['good']), 10.0, "
             "32000); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

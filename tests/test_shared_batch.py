@@ -1,4 +1,4 @@
-"""Tests of cdray.shared_batch: concurrent requests through one decode batch."""
+"""Tests of cdray.decode.shared_batch: concurrent requests through one decode batch."""
 import os
 import subprocess
 import sys
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cdray.config import DecodingConfig
-from cdray.decoding_engine import Decoder
-from cdray.shared_batch import BatchClosed, SharedBatch
+from cdray.decode.engine import Decoder
+from cdray.decode.shared_batch import BatchClosed, SharedBatch
 from tests.test_decoding import tiny_llama
 
 torch.set_num_threads(1)
@@ -127,8 +127,8 @@ def test_an_exiting_interpreter_waits_for_the_serving_thread(tmp_path):
         "atexit.register(lambda: print('serving threads at exit:', [t.name for t in"
         " threading.enumerate() if t.name == 'cdray-decode']))\n"  # runs after cdray's hook
         "from cdray.config import DecodingConfig\n"
-        "from cdray.decoding_engine import Decoder\n"
-        "from cdray.shared_batch import SharedBatch\n"
+        "from cdray.decode.engine import Decoder\n"
+        "from cdray.decode.shared_batch import SharedBatch\n"
         "from tests.test_decoding import tiny_llama\n"
         "import time\n"
         "d = Decoder(tiny_llama(0), tiny_llama(1), 'contrastive', DecodingConfig(alpha=0.1))\n"

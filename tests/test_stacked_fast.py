@@ -1,4 +1,4 @@
-"""The flex decode step (cdray.stacked_fast) on CPU: same function as the eager step, rows batch-free.
+"""The flex decode step (cdray.decode.fast_step) on CPU: same function as the eager step, rows batch-free.
 
 On CUDA the step is also captured as a CUDA graph; that part needs a GPU and is checked by
 bench/row_determinism.py and bench/decoding.py on the device machine (BENCHMARKS.md).
@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import cdray.stacked_fast as stacked_fast
+import cdray.decode.fast_step as stacked_fast
 from cdray.config import DecodingConfig, GenerationConfig
-from cdray.decoding import generate
-from cdray.stacked import StackedLlama
+from cdray.decode.scores import generate
+from cdray.decode.stacked import StackedLlama
 
 
 def _gqa_llama(seed: int, kv_heads: int = 2) -> LlamaForCausalLM:

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from cdray import babylm, stats
-from cdray.stats import Checkpoint
+from cdray.eval import babylm, stats
+from cdray.eval.stats import Checkpoint
 
 
 def cp(arm, seed, step, **scores):
@@ -114,7 +114,7 @@ def test_summarize_means_relative_change_and_bootstrap(tmp_path):
 
 
 def test_wug_spearman_is_shown_beside_accuracy_and_stays_out_of_mu_delta_rel(tmp_path):
-    from cdray.paper_report import markdown_table
+    from cdray.eval.report import markdown_table
 
     def wug_dir(path, margins):
         babylm.write_items(path / "items" / "wug.jsonl",

@@ -1,9 +1,9 @@
-"""Tests of cdray.step_clock: the first step is timed apart, rates and data-wait share."""
+"""Tests of cdray.models.step_clock: the first step is timed apart, rates and data-wait share."""
 import time
 
 import pytest
 
-from cdray.step_clock import StepClock
+from cdray.models.step_clock import StepClock
 
 
 def test_step_clock_keeps_the_first_step_apart():

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from cdray.store import (MANIFEST, Store, StoreError, _artifact_files, canonical_json, replacing,
-                         stage_key, write_json_atomic)
+from cdray.common.files import replacing, write_json_atomic
+from cdray.dag.keys import canonical_json, stage_key
+from cdray.dag.store import MANIFEST, Store, StoreError, _artifact_files
 
 
 def test_key_is_stable_and_sensitive():

@@ -6,11 +6,11 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_EVAL
 
 from cdray import config as C
-from cdray.pipeline import build_graph
-from cdray.sweep import sweep_key
-from conftest import SHARED_EVAL
+from cdray.dag.graph import build_graph
+from cdray.dag.plan import sweep_key
 
 TINY = Path(__file__).resolve().parent.parent / "sweeps" / "tiny.yaml"
 

@@ -5,8 +5,8 @@ import uuid
 
 import pytest
 
-from cdray.remote import RemoteRoot, check_uri, is_remote
-from cdray.store import MANIFEST, Store, StoreError
+from cdray.dag.remote import RemoteRoot, check_uri, is_remote
+from cdray.dag.store import MANIFEST, Store, StoreError
 from tests.conftest import s3_uri
 
 

@@ -6,8 +6,9 @@ import json
 import pytest
 
 from cdray import config as C
-from cdray.pipeline import build_graph, plan
-from cdray.store import Store
+from cdray.dag.graph import build_graph
+from cdray.dag.plan import plan
+from cdray.dag.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,9 @@ def _killed_mid_sweep(cfg_dict: dict, cwd, store_dir) -> dict:
 def test_micro_sweep_killed_resumed_then_cached(micro_cfg_dict, ray_session, capsys, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from cdray.sweep import anchored, report_from_mlflow, run_sweep, sweep_key
+    from cdray.dag.plan import anchored, sweep_key
+    from cdray.eval.reporting import report_from_mlflow
+    from cdray.shell.sweep import run_sweep
 
     # relative paths, as in the README recipes: trials run in other directories
     monkeypatch.chdir(tmp_path)
@@ -124,7 +127,7 @@ def test_live_metrics_survive_a_tracking_failure():
     """A tracking error mid-stage is reported once; the stage's progress callback never raises."""
     from types import SimpleNamespace
 
-    from cdray.sweep import _live_metrics
+    from cdray.tracking.cells import live_metrics
 
     class Down:
         calls = 0
@@ -134,7 +137,7 @@ def test_live_metrics_survive_a_tracking_failure():
             raise ConnectionError("http://user:s3cret@host: refused")
 
     said = []
-    log = _live_metrics(Down(), "run", SimpleNamespace(label="generate CD-EARLY-4"), said.append)
+    log = live_metrics(Down(), "run", SimpleNamespace(label="generate CD-EARLY-4"), said.append)
     for shards in (1, 2, 3):
         log({"shards": shards, "leading_tokens": 10 * shards, "tokens_per_s": 5.0})
     assert Down.calls == 1 and len(said) == 1
@@ -145,7 +148,7 @@ def test_live_metrics_survive_a_tracking_failure():
 def test_a_grid_seed_that_is_the_goods_runs_end_to_end(micro_cfg_dict, ray_session, tmp_path, use_tune):
     """The paper's design: GOOD = the BASELINE run of one grid seed (43 here). Generation reads
     that run, so it is built before the cells, for `cdray sweep` (Tune) and `cdray run` alike."""
-    from cdray.sweep import run_sweep
+    from cdray.shell.sweep import run_sweep
 
     seeds = [42, 43] if use_tune else [43]
     cfg = C.from_dict(micro_cfg_dict | {"grid": {"k": [4], "strategy": ["contrastive"], "q": [0.0, 0.5],

@@ -10,10 +10,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdray.config import CorpusConfig, SourceConfig, TokenizerConfig
-from cdray.corpus import build_corpus
-from cdray.tokenizer import (SPECIALS, decode_texts, encode_texts, load_decoder, load_tokenizer,
-                             read_token_stream, tokenize_parquet, train_tokenizer,
-                             write_token_stream)
+from cdray.data.corpus import build_corpus
+from cdray.data.tokenizer import (
+    SPECIALS,
+    decode_texts,
+    encode_texts,
+    load_decoder,
+    load_tokenizer,
+    read_token_stream,
+    tokenize_parquet,
+    train_tokenizer,
+    write_token_stream,
+)
 
 ASSETS = Path(__file__).parent / "assets"
 VOCAB = 300

@@ -1,4 +1,4 @@
-"""Tests of cdray.training: mixing counts, step-addressed data, decay groups, bitwise resume."""
+"""Tests of cdray.models.training: mixing counts, step-addressed data, decay groups, bitwise resume."""
 import dataclasses
 import json
 
@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from cdray.config import ModelConfig, TrainConfig
-from cdray.checkpoints import latest_checkpoint
-from cdray.model import build_model
-from cdray.training import (MixedBatches, TrainJob, lr_factor, make_optimizer, realised_q,
-                            synthetic_counts, train)
+from cdray.models.checkpoints import latest_checkpoint
+from cdray.models.llama import build_model
+from cdray.models.training import MixedBatches, TrainJob, lr_factor, make_optimizer, realised_q, synthetic_counts, train
 
 torch.set_num_threads(1)
 

@@ -65,7 +65,7 @@ def compile_all() -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from cdray import triton_kernels
+    from cdray.decode import kernels as triton_kernels
 
     target = GPUTarget("cuda", 90, 32)
     for label, name, signature, constexprs in specializations():

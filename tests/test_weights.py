@@ -1,4 +1,4 @@
-"""Tests of cdray.weights: a saved checkpoint as plain tensors decodes exactly as the loaded model."""
+"""Tests of cdray.models.weights: a saved checkpoint as plain tensors decodes exactly as the loaded model."""
 import json
 import subprocess
 import sys
@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cdray.model import load_model
-from cdray.stacked import StackedLlama, same_shape
-from cdray.weights import load_weights
+from cdray.decode.stacked import StackedLlama, same_shape
+from cdray.models.llama import load_model
+from cdray.models.weights import load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def test_generation_actor_skips_transformers_modeling(tmp_path):
     """What the light loaders are for: a generation actor imports no transformers at all."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from test_generation import gen_dict, save_tokenizer
+    from test_generation import save_tokenizer
 
     _save(tmp_path / "good", 0)
     tok = save_tokenizer(tmp_path / "tok")
@@ -86,14 +86,18 @@ def test_generation_actor_skips_transformers_modeling(tmp_path):
     (tok / "tokenizer_config.json").write_text(json.dumps({**cfg, "clean_up_tokenization_spaces": False}))
     pq.write_table(pa.table({"prompt_id": [0], "prompt": [[1, 5, 6]]}), tmp_path / "prompts.parquet")
     kwargs = dict(expert_dir=str(tmp_path / "good"), amateur={"kind": "dropout", "dropout": 0.1},
-                  strategy="contrastive", generation=gen_dict(),
+                  strategy="contrastive",
                   prompts_path=str(tmp_path / "prompts.parquet"), out_dir=str(tmp_path / "out"),
                   tokenizer_dir=str(tok))
+    generation = {"prompt_tokens": 5, "continuations": 2, "max_new_tokens": 10, "batch_size": 3,
+                  "shard_prompts": 3, "seed": 11}
     code = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT)!r})
-from cdray.generation import ShardGenerator
-gen = ShardGenerator(**json.loads({json.dumps(kwargs)!r}))
+from cdray.config import GenerationConfig
+from cdray.decode.synthetic import ShardGenerator
+gen = ShardGenerator(**json.loads({json.dumps(kwargs)!r}),
+                     generation=GenerationConfig(**json.loads({json.dumps(generation)!r})))
 gen.run_shard(0, 0, 1)
 print(sorted(m for m in sys.modules if m.startswith("transformers")))
 """

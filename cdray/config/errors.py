@@ -1,0 +1,23 @@
+"""Config errors and the checks each field's validate() makes: one line naming the field."""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; `field` is the dotted path of the offending key."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"config field '{field}': {message}")
+
+
+def check(cond: bool, field_name: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(field_name, message)
+
+
+def in_range(value, lo, hi, field_name, *, lo_open=False, hi_open=False):
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    lb = "(" if lo_open else "["
+    rb = ")" if hi_open else "]"
+    check(ok_lo and ok_hi, field_name, f"{value!r} is outside {lb}{lo}, {hi}{rb}")

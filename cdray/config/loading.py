@@ -1,0 +1,205 @@
+"""Loading a sweep file: strict coercion to the typed tree, presets, profiles, dotted overrides."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from cdray.config.errors import ConfigError, check
+from cdray.config.generation import PAPER_COMPAT, PAPER_COMPAT_PENALTY, GenerationConfig
+from cdray.config.models import MODEL_PRESETS, ModelConfig
+from cdray.config.sweep import ProfileConfig, SweepConfig
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
+        return tp.__name__
+    return str(tp).replace("typing.", "").replace("cdray.config.", "")
+
+
+def _coerce(value: Any, tp: Any, at: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming `at`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(value, a, at)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        check(value in args, at, f"{value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]  # a scalar where a list is expected is a one-element list
+        item_tp = args[0]
+        return tuple(_coerce(v, item_tp, f"{at}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, at)
+    if tp is bool:
+        check(isinstance(value, bool), at, f"{value!r} is not a boolean")
+        return value
+    if tp is int:
+        check(isinstance(value, int) and not isinstance(value, bool), at, f"{value!r} is not an integer")
+        return value
+    if tp is float:
+        if isinstance(value, str) and value.strip().lower() in ("-inf", "-.inf", "inf", ".inf", "nan"):
+            value = float(value.replace(".", ""))
+        check(isinstance(value, (int, float)) and not isinstance(value, bool), at,
+               f"{value!r} is not a number")
+        return float(value)
+    if tp is str:
+        check(isinstance(value, str), at, f"{value!r} is not a string")
+        return value
+    raise ConfigError(at, f"unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: Any, at: str) -> Any:
+    if data is None:
+        data = {}
+    check(isinstance(data, dict), at or "<root>", f"expected a mapping, got {type(data).__name__}")
+    data = dict(data)
+    if cls is ModelConfig and "preset" in data:
+        preset = data.pop("preset")
+        where = f"{at}.preset" if at else "preset"
+        check(preset in MODEL_PRESETS, where, f"{preset!r} is not one of {sorted(MODEL_PRESETS)}")
+        data = {**MODEL_PRESETS[preset], **data}
+    if cls is GenerationConfig and data.get("paper_compat") is True:
+        # the switch fills in the paper's values; explicit conflicting ones fail in validate()
+        data = {**PAPER_COMPAT, **data}
+        dec = dict(data.get("decoding") or {})
+        dec.setdefault("penalty", PAPER_COMPAT_PENALTY)
+        data["decoding"] = dec
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        check(key in names, f"{at}.{key}" if at else str(key),
+               f"unknown key (allowed: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{at}.{k}" if at else k) for k, v in data.items()}
+    infinite = {f.name for f in dataclasses.fields(cls) if f.metadata.get("infinite")}
+    for k, v in kwargs.items():
+        for i, x in enumerate(v if isinstance(v, tuple) else (v,)):
+            if isinstance(x, float) and not math.isfinite(x) and (k not in infinite or math.isnan(x)):
+                where = (f"{at}.{k}" if at else k) + (f"[{i}]" if isinstance(v, tuple) else "")
+                raise ConfigError(where, f"{x!r} must be a finite number")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(at or "<root>", str(e)) from None
+
+
+def parse_section(cls: type, data: Any, at: str) -> Any:
+    """Build one config dataclass from its raw mapping, strictly (as load() does for the whole tree)."""
+    return _build(cls, data, at)
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Apply one `a.b.c=value` override to a raw YAML tree (lists by index: a.0.b)."""
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            check(part.isdigit() and int(part) < len(node), dotted, f"no list index {part!r}")
+            node = node[int(part)]
+            continue
+        check(isinstance(node, dict), dotted, f"{'.'.join(parts[:i])} is not a mapping")
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        node = nxt
+    last = parts[-1]
+    check(isinstance(node, (dict, list)), dotted, f"{'.'.join(parts[:-1])} is not a mapping")
+    if isinstance(node, list):
+        check(last.isdigit() and int(last) < len(node), dotted, f"no list index {last!r}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    check("=" in text, text, "an override must look like a.b=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_raw(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(path), "config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(str(path), f"malformed YAML{where}") from None
+    if data is None:
+        data = {}
+    check(isinstance(data, dict), str(path), "the top level must be a mapping")
+    return data
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    out = dict(base)
+    for k, v in patch.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_profile(data: dict, name: Optional[str] = None) -> dict:
+    """Pop `profiles:` from a raw tree, check every profile strictly, merge the selected one
+    (`name`, else the tree's own `profile:` key; none selected: the tree as written)."""
+    data = dict(data)
+    if name is None and "profiles" not in data:
+        return data  # no profiles, or a tree whose profile is already applied (to_dict round trip)
+    profiles = data.pop("profiles", None) or {}
+    check(isinstance(profiles, dict), "profiles", "expected a mapping of profile name -> settings")
+    for pname, body in profiles.items():
+        _build(ProfileConfig, body, f"profiles.{pname}")
+    name = name if name is not None else data.get("profile")
+    if name is None:
+        return data
+    check(name in profiles, "profile", f"{name!r} is not one of the sweep file's profiles {sorted(profiles)}")
+    merged = _merge(data, profiles[name] or {})
+    merged["profile"] = name
+    return merged
+
+
+def from_dict(data: dict, profile: Optional[str] = None) -> SweepConfig:
+    return _build(SweepConfig, apply_profile(data, profile), "").validate()
+
+
+def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> SweepConfig:
+    """Load a sweep/config YAML strictly, apply the selected profile, then `a.b=v` overrides
+    (`profile=NAME` selects the profile), validate, return it frozen."""
+    data = load_raw(path)
+    parsed = [parse_override(text) for text in overrides]
+    chosen = [v for k, v in parsed if k == "profile"]
+    data = apply_profile(data, str(chosen[-1]) if chosen else None)
+    for key, value in parsed:
+        if key != "profile":
+            set_dotted(data, key, value)
+    return _build(SweepConfig, data, "").validate()
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain JSON-able form of a config (tuples become lists; -inf stays a float)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj

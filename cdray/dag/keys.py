@@ -1,0 +1,31 @@
+"""Content keys of stage outputs: sha256 over canonical JSON of the stage, its version, its whole
+config slice and its inputs' keys."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+KEY_LENGTH = 16
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON (sorted keys, no whitespace; infinities spelled out) used for hashing."""
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return {"__float__": repr(v)}
+        if isinstance(v, dict):
+            return {str(k): norm(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        return v
+
+    return json.dumps(norm(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def stage_key(stage: str, version: int, config: Any, input_keys: dict[str, str]) -> str:
+    """sha256 over stage name, stage version, the whole config slice and the input keys."""
+    payload = canonical_json({"stage": stage, "version": version, "config": config, "inputs": input_keys})
+    return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]

@@ -1,0 +1,81 @@
+"""Planning a sweep without running it: paths anchored to the driver, the sweep's identity,
+every stage in build order with its key and whether it is built, and a line about the cells."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from cdray.config import SweepConfig, to_dict
+from cdray.dag.graph import SweepGraph, build_graph
+from cdray.dag.keys import stage_key
+from cdray.dag.store import Store
+from cdray.tracking.runs import resolve_uri
+
+Echo = Callable[[str], None]
+
+
+def open_store(cfg: SweepConfig) -> Store:
+    return Store.at(cfg.store.root, cfg.store.cache)
+
+
+def anchored(cfg: SweepConfig) -> SweepConfig:
+    """Resolve relative store / tracking paths against the driver's cwd (trials run elsewhere)."""
+    opened = Store.at(cfg.store.root, cfg.store.cache)
+    store = replace(cfg.store, root=opened.location, cache=str(opened.root) if opened.remote else None)
+    tracking = replace(cfg.tracking, uri=resolve_uri(cfg.tracking.uri))
+    ev = cfg.eval
+    if ev.babylm_dir:
+        ev = replace(ev, babylm_dir=str(Path(ev.babylm_dir).expanduser().resolve()))
+    return replace(cfg, store=store, tracking=tracking, eval=ev)
+
+
+def sweep_key(cfg: SweepConfig) -> str:
+    """Identity of a sweep for MLflow: everything but where it runs and is stored."""
+    d = to_dict(cfg)
+    for plumbing in ("store", "tracking", "ray", "profile"):
+        d.pop(plumbing)
+    for where in ("babylm_dir", "fetch_url", "fetch_sha256"):  # the babylm nodes hash the data itself
+        d["eval"].pop(where)
+    d["grid"].pop("max_cells")  # a guard on the grid's size, not part of it
+    return stage_key("sweep", 1, d, {})
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    stage: str
+    label: str
+    key: str
+    cached: bool
+
+
+def plan(graph: SweepGraph, store: Store) -> list[PlanRow]:
+    return [PlanRow(n.stage, n.label, n.key, store.is_done(n.stage, n.key)) for n in graph.build_order()]
+
+
+def format_plan(rows: list[PlanRow]) -> str:
+    width = max(len(r.label) for r in rows)
+    lines = [f"{'stage':<10} {'what':<{width}} {'key':<16} status"]
+    for r in rows:
+        lines.append(f"{r.stage:<10} {r.label:<{width}} {r.key:<16} {'cached' if r.cached else 'to build'}")
+    todo = sum(not r.cached for r in rows)
+    lines.append(f"{len(rows)} stages: {len(rows) - todo} cached, {todo} to build")
+    return "\n".join(lines)
+
+
+def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
+    graph = build_graph(cfg)
+    echo(format_plan(plan(graph, open_store(cfg))))
+    if graph.babylm_note:
+        echo(f"BabyLM evaluation skipped ({graph.babylm_note}): perplexity only")
+    echo(cells_summary(graph.cells))
+
+
+def cells_summary(cells, list_up_to: int = 8) -> str:
+    """One line: every cell id for a small sweep, else its arms (with their q) and seeds."""
+    if len(cells) <= list_up_to:
+        return f"cells: {len(cells)} ({', '.join(c.id for c in cells)})"
+    arms = dict.fromkeys(f"{c.arm} q={c.q:g}" for c in cells)
+    seeds = dict.fromkeys(c.seed for c in cells)
+    return (f"cells: {len(cells)}: {len(arms)} arms ({', '.join(arms)}) "
+            f"x {len(seeds)} seeds ({', '.join(map(str, seeds))})")

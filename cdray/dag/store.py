@@ -1,0 +1,378 @@
+"""Content-addressed artifact store: stage keys, manifests written last, get-or-build under a lock.
+
+A root is a local path or any pyarrow.fs URI. A remote store builds into a per-node local cache
+(same layout), uploads the files and writes manifest.json last; inputs are downloaded into the
+cache and checked against the manifest's checksums before a stage reads them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from filelock import FileLock
+
+from cdray.common.files import (
+    TEMPORARY_PREFIX,
+    file_sha256,
+    fsync_dir,
+    fsync_file,
+    json_bytes,
+    remove_temporaries,
+    write_json_atomic,
+)
+from cdray.dag.remote import RemoteRoot, default_cache, is_remote
+
+MANIFEST = "manifest.json"
+# a remote build uploads under {stage}/{key}/attempts/<id>/ and its manifest names <id>: two hosts
+# building one key never mix files, whichever manifest lands last (the id is kept locally beside
+# the key's lock, outside the artifact)
+ATTEMPTS = "attempts"
+
+
+def _git_sha() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cdray")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class StoreError(RuntimeError):
+    """A store artifact is missing, incomplete or corrupt."""
+
+
+def member(out: Path, rel: str, where: str) -> Path:
+    """out / rel for a file name read from a manifest or listed from a remote folder, which must
+    be a relative path that stays inside the artifact (a tampered manifest must not write or read
+    anywhere else); anything else is a StoreError naming the artifact."""
+    parts = rel.split("/")
+    if (not rel or rel.startswith(("/", "\\")) or "\\" in rel or ":" in parts[0]
+            or any(p in ("", ".", "..") for p in parts)):
+        raise StoreError(f"{where}: unsafe file name {rel!r} in the artifact's listing")
+    path = out / rel
+    if not path.resolve().is_relative_to(out.resolve()):
+        raise StoreError(f"{where}: file name {rel!r} leads outside the artifact")
+    return path
+
+
+@dataclass(frozen=True)
+class Store:
+    """Artifacts live at {root}/{stage}/{key}/; an artifact exists iff its manifest exists.
+
+    `root` is always local: the store itself, or the cache of `remote` when the store is remote.
+    """
+
+    root: Path
+    remote: Optional[RemoteRoot] = None
+
+    @classmethod
+    def at(cls, root: str | os.PathLike, cache: Optional[str | os.PathLike] = None) -> "Store":
+        text = str(root)
+        if is_remote(text):
+            local = Path(cache).expanduser().resolve() if cache else default_cache(text)
+            return cls(local, RemoteRoot(text))
+        path = Path(root).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            from cdray.config import ConfigError
+
+            raise ConfigError("store.root", f"{path} is a file, not a folder")
+        return cls(path)
+
+    def check_writable(self) -> None:
+        """Fail now, naming the folder, if artifacts cannot be written here (a read-only disk or
+        folder), rather than after the first stage's work."""
+        try:
+            (self.root / ".locks").mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".locks" / f"{TEMPORARY_PREFIX}probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            from cdray.config import ConfigError
+
+            raise ConfigError("store.cache" if self.remote else "store.root",
+                              f"{self.root} is not writable ({e.strerror or e})") from None
+
+    @property
+    def location(self) -> str:
+        """What `Store.at` needs to open this store again (in another process or node)."""
+        return self.remote.uri if self.remote else str(self.root)
+
+    def dir(self, stage: str, key: str) -> Path:
+        """The local directory of an artifact (for a remote store: its cache / build directory)."""
+        return self.root / stage / key
+
+    def url(self, stage: str, key: str) -> str:
+        """Where an artifact really lives, as a URI (for MLflow dataset sources and messages)."""
+        return self.remote.url(f"{stage}/{key}") if self.remote else self.dir(stage, key).as_uri()
+
+    def _cached(self, stage: str, key: str) -> bool:
+        out = self.dir(stage, key)
+        return (out / MANIFEST).is_file() and self._intact(stage, key, {
+            rel: p.stat().st_size for rel, p in _artifact_files(out)}, json.loads((out / MANIFEST).read_bytes()))
+
+    def is_done(self, stage: str, key: str) -> bool:
+        """Whether (stage, key) is committed: its manifest exists and every file it names has
+        the size it records (a power cut can leave a manifest beside a truncated file; such an
+        artifact is named on stderr and treated as not built, so it is rebuilt)."""
+        try:
+            if self._cached(stage, key):
+                return True
+        except (OSError, ValueError):
+            return False  # an unreadable manifest is no commit
+        if self.remote is None or not self.remote.exists(f"{stage}/{key}/{MANIFEST}"):
+            return False
+        manifest = json.loads(self.remote.read_bytes(f"{stage}/{key}/{MANIFEST}"))
+        return self._intact(stage, key, self.remote.files(_prefix(stage, key, manifest.get("attempt"))),
+                            manifest)
+
+    def _intact(self, stage: str, key: str, sizes: dict[str, int], manifest: dict) -> bool:
+        for rel, meta in manifest.get("files", {}).items():
+            if sizes.get(rel) != meta["bytes"]:
+                print(f"[cdray] store: {stage}/{key} is treated as not built: its file {rel} is "
+                      f"{sizes.get(rel, 'missing')} bytes, its manifest says {meta['bytes']}",
+                      file=sys.stderr, flush=True)
+                return False
+        return True
+
+    def manifest(self, stage: str, key: str) -> dict:
+        path = self.dir(stage, key) / MANIFEST
+        where = str(path)
+        try:
+            if self.remote is not None and not path.is_file():
+                where = self.remote.url(f"{stage}/{key}/{MANIFEST}")
+                if not self.remote.exists(f"{stage}/{key}/{MANIFEST}"):
+                    raise FileNotFoundError
+                return json.loads(self.remote.read_bytes(f"{stage}/{key}/{MANIFEST}"))
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise StoreError(f"{where}: artifact not built (no manifest)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise StoreError(f"{where}: corrupt manifest") from None
+
+    def lock(self, stage: str, key: str) -> FileLock:
+        """Serialises builders and downloads of one key on this host. Across hosts a remote store
+        has no lock (object stores lack an atomic create); the sweep driver plans each key once,
+        and two hosts building one key anyway write the same content with the manifest last."""
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(locks / f"{stage}-{key}.lock"))
+
+    def fetch(self, stage: str, key: str) -> Path:
+        """The local directory of a built artifact, downloaded (and checksum-verified) if remote."""
+        out = self.dir(stage, key)
+        if self.remote is None or self._cached(stage, key):
+            return out
+        with self.lock(stage, key):
+            if self._cached(stage, key):
+                return out
+            manifest = self.manifest(stage, key)
+            remove_temporaries(out)  # of a download killed midway
+            for rel, meta in manifest.get("files", {}).items():
+                p = member(out, rel, self.url(stage, key))
+                if p.is_file() and p.stat().st_size == meta["bytes"] and file_sha256(p) == meta["sha256"]:
+                    continue  # left by an earlier build or an interrupted download
+                self.remote.download(f"{_prefix(stage, key, manifest.get('attempt'))}/{rel}", p, meta["sha256"])
+            write_json_atomic(out / MANIFEST, manifest)
+        return out
+
+    def attempt(self, stage: str, key: str) -> Optional[str]:
+        """The id of this host's build of (stage, key) in progress, for workers that upload
+        into it (None for a local store)."""
+        marker = self._attempt_file(stage, key)
+        return marker.read_text().strip() if self.remote is not None and marker.is_file() else None
+
+    def _attempt_file(self, stage: str, key: str) -> Path:
+        return self.root / ".locks" / f"{stage}-{key}.attempt"
+
+    def _begin_attempt(self, stage: str, key: str) -> str:
+        attempt = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._attempt_file(stage, key).parent.mkdir(parents=True, exist_ok=True)
+        self._attempt_file(stage, key).write_text(attempt + "\n")
+        return attempt
+
+    def push(self, stage: str, key: str, attempt: Optional[str] = None) -> int:
+        """Upload the local files of an unfinished artifact (never the manifest) into its build
+        attempt's prefix (`attempt`, else this host's: Store.attempt); returns how many.
+
+        Objects already there with the same size are skipped: an object store makes a write
+        visible only once complete, so a same-sized object is a finished upload of this file."""
+        if self.remote is None:
+            return 0
+        attempt = attempt or self.attempt(stage, key)
+        if attempt is None:
+            raise StoreError(f"{self.url(stage, key)}: no build attempt to upload into")
+        prefix = _prefix(stage, key, attempt)
+        out = self.dir(stage, key)
+        there = self.remote.files(prefix)
+        sent = 0
+        # in write order: a stage's own per-part manifests (written after their part) stay last
+        for rel, p in sorted(_artifact_files(out), key=lambda item: item[1].stat().st_mtime_ns):
+            if there.get(rel) != p.stat().st_size:
+                self.remote.upload(p, f"{prefix}/{rel}")
+                sent += 1
+        return sent
+
+    def pull(self, stage: str, key: str, attempt: Optional[str] = None) -> int:
+        """Download files of an unfinished remote artifact missing locally; returns how many.
+        With `attempt`, only that build's (outputs its workers wrote on other nodes); without,
+        every earlier attempt's (a build resumed on another host: parts already uploaded)."""
+        if self.remote is None:
+            return 0
+        out = self.dir(stage, key)
+        got = 0
+        for rel, (source, size) in self._uploaded(stage, key, attempt).items():
+            p = member(out, rel, self.url(stage, key))
+            if not p.is_file() or p.stat().st_size != size:
+                self.remote.download(source, p)
+                got += 1
+        return got
+
+    def _uploaded(self, stage: str, key: str, attempt: Optional[str]) -> dict[str, tuple[str, int]]:
+        """{relative name: (remote path, size)} of the uploaded parts of an unfinished artifact."""
+        found: dict[str, tuple[str, int]] = {}
+        prefixes = [attempt] if attempt else [None, *self.remote.children(f"{stage}/{key}/{ATTEMPTS}")]
+        for att in prefixes:
+            base = _prefix(stage, key, att)
+            for rel, size in self.remote.files(base).items():
+                if att is None and (rel.startswith(f"{ATTEMPTS}/") or rel == MANIFEST):
+                    continue  # the flat listing of a key holds the attempts and its manifest
+                if rel.startswith(".") or "/.tmp" in rel or rel.rsplit("/", 1)[-1].startswith(TEMPORARY_PREFIX):
+                    continue
+                found.setdefault(rel, (f"{base}/{rel}", size))
+        return found
+
+    def get_or_build(self, stage: str, key: str, builder: Callable[[Path], dict], *,
+                     config: Any, inputs: dict[str, str], extra: Optional[dict] = None) -> dict:
+        """Return the manifest of (stage, key), building it first if needed.
+
+        The lock makes concurrent builders of one key wait and then reuse; the builder may find
+        partial output of an interrupted earlier attempt in its directory and resume from it
+        (for a remote store, partial files already uploaded are pulled back first).
+        """
+        if self.is_done(stage, key):
+            return self.manifest(stage, key)
+        with self.lock(stage, key):
+            if self.is_done(stage, key):
+                return self.manifest(stage, key)
+            out = self.dir(stage, key)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / MANIFEST).unlink(missing_ok=True)  # of a commit whose files did not survive
+            # under the lock no other builder of this key runs here: what an interrupted one
+            # left is partial output to resume from, and temporaries that nothing will finish
+            remove_temporaries(out)
+            if self.remote is not None:
+                self.pull(stage, key)  # parts any earlier attempt uploaded
+                self._begin_attempt(stage, key)
+            started = time.time()
+            stats = builder(out) or {}
+            remove_temporaries(out)  # of writers stopped midway (a pool stopped at the budget)
+            return self.commit(stage, key, config=config, inputs=inputs, stats=stats,
+                               seconds=time.time() - started, extra=extra)
+
+    def commit(self, stage: str, key: str, *, config: Any, inputs: dict[str, str], stats: dict,
+               seconds: float = 0.0, extra: Optional[dict] = None) -> dict:
+        """Write the manifest (file sizes and checksums included) last, atomically.
+
+        Remote: files written on other nodes are pulled, every file is uploaded, and only then
+        the manifest goes up; the local copy of the manifest marks the cache complete."""
+        out = self.dir(stage, key)
+        attempt = self.attempt(stage, key)
+        if self.remote is not None:
+            attempt = attempt or self._begin_attempt(stage, key)
+            self.pull(stage, key, attempt)  # what this build's workers wrote on other nodes
+        files = {}
+        for rel, p in _artifact_files(out):
+            fsync_file(p)  # on the disk before the manifest that marks them committed
+            files[rel] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        for folder in {p.parent for _, p in _artifact_files(out)}:
+            fsync_dir(folder)
+        manifest = {
+            "stage": stage,
+            "key": key,
+            "config": config,
+            "inputs": inputs,
+            "stats": stats,
+            "files": files,
+            "bytes": sum(f["bytes"] for f in files.values()),
+            "seconds": round(seconds, 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cdray_version": _package_version(),
+            "git_sha": _git_sha(),
+            **(extra or {}),
+        }
+        if self.remote is not None:
+            manifest["attempt"] = attempt
+            self.push(stage, key, attempt)
+            self.remote.write_bytes(f"{stage}/{key}/{MANIFEST}", json_bytes(manifest))
+        write_json_atomic(out / MANIFEST, manifest)
+        return manifest
+
+    def verify(self, stage: str, key: str) -> list[str]:
+        """Names of files of a built artifact that are missing or whose checksum changed
+        (remote: the objects are downloaded and checked, nothing is taken from the cache)."""
+        manifest = self.manifest(stage, key)
+        bad = []
+        for rel, meta in manifest.get("files", {}).items():
+            if self.remote is not None:
+                name = f"{_prefix(stage, key, manifest.get('attempt'))}/{rel}"
+                try:
+                    ok = hashlib.sha256(self.remote.read_bytes(name)).hexdigest() == meta["sha256"]
+                except OSError:
+                    ok = False
+                if not ok:
+                    bad.append(self.remote.url(name))
+                continue
+            p = member(self.dir(stage, key), rel, self.url(stage, key))
+            if not p.is_file() or p.stat().st_size != meta["bytes"] or file_sha256(p) != meta["sha256"]:
+                bad.append(str(p))
+        return bad
+
+    def list(self, stage: Optional[str] = None) -> list[tuple[str, str]]:
+        """(stage, key) of every built artifact."""
+        if self.remote is not None:
+            stages = [stage] if stage else [s for s in self.remote.children() if not s.startswith((".", "_"))]
+            return [(s, k) for s in stages for k in self.remote.children(s)
+                    if self.remote.exists(f"{s}/{k}/{MANIFEST}")]
+        found: list[tuple[str, str]] = []
+        if not self.root.is_dir():
+            return found
+        stages = [stage] if stage else sorted(p.name for p in self.root.iterdir()
+                                               if p.is_dir() and not p.name.startswith((".", "_")))
+        for s in stages:
+            d = self.root / s
+            if d.is_dir():
+                found += [(s, k.name) for k in sorted(d.iterdir()) if (k / MANIFEST).is_file()]
+        return found
+
+
+def _prefix(stage: str, key: str, attempt: Optional[str]) -> str:
+    """Where an artifact's files are in a remote store: its build attempt's prefix (None: the
+    key's own folder, where artifacts committed before attempts existed keep them)."""
+    return f"{stage}/{key}/{ATTEMPTS}/{attempt}" if attempt else f"{stage}/{key}"
+
+
+def _artifact_files(out: Path) -> list[tuple[str, Path]]:
+    """(relative name, path) of the files of an artifact, manifest and temporaries excluded."""
+    if not out.is_dir():
+        return []
+    return [(p.relative_to(out).as_posix(), p) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != MANIFEST and not p.name.startswith(TEMPORARY_PREFIX)]

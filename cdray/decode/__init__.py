@@ -1,0 +1,1 @@
+"""Synthetic text: contrastive scores -> the batched engine -> shared batch -> stacked models -> GPU step -> kernels."""

@@ -1,0 +1,476 @@
+"""The generate stage's pure parts: prompts, shard plan, the per-shard generator class, finalisation."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cdray.common.faults import crash_point
+from cdray.common.files import file_sha256, replacing, write_json_atomic
+from cdray.config import GenerationConfig
+
+VERSION = 2
+BOS_ID = 1
+
+SHARD_SCHEMA = pa.schema([
+    ("prompt_id", pa.int64()),
+    ("continuation", pa.int32()),
+    ("tokens", pa.list_(pa.int32())),
+    ("new_tokens", pa.int32()),
+    ("text", pa.string()),
+    ("eos", pa.bool_()),
+    ("head_size_mean", pa.float32()),
+    ("expert_nll_mean", pa.float32()),
+    ("amateur_nll_mean", pa.float32()),  # NaN without an amateur
+    ("contaminated", pa.bool_()),  # shares a word n-gram with the eval split / eval items
+])
+
+AMATEUR_KINDS = ("none", "early", "small", "dropout")
+MAX_SHARDS_PER_ACTOR = 8  # threads an actor's calls may take (each holds a shard's rows)
+STATS_TOKENS = 2_000_000  # repetition rate of a corpus reads its first 2M new tokens
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    # through the store's temporary names: the stage stops its actor pool at the budget, maybe
+    # mid-write, and a temporary must never be taken for part of the artifact
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def row_seed(seed: int, prompt_id: int, continuation: int) -> int:
+    """A stable 63-bit seed per (run seed, prompt, continuation); Python's hash() is salted."""
+    digest = hashlib.blake2b(f"{seed}:{prompt_id}:{continuation}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & ((1 << 63) - 1)
+
+
+def shard_plan(n_prompts: int, shard_prompts: int) -> list[dict]:
+    """Contiguous prompt ranges [start, end) of at most shard_prompts each."""
+    if shard_prompts < 1:
+        raise ValueError(f"shard_prompts={shard_prompts} must be >= 1")
+    return [{"shard_id": i, "start": a, "end": min(a + shard_prompts, n_prompts)}
+            for i, a in enumerate(range(0, n_prompts, shard_prompts))]
+
+
+def shards_per_actor(batch_size: int, shard_rows: int) -> int:
+    """Shards an actor runs at once through its one decode batch (ShardGenerator): two when a
+    shard holds a batch's worth of rows, else enough that another batch's worth is still queued
+    when the shards filling the batch end (rows of equal length end in the same step), so the
+    batch stays full while those shards are written."""
+    fill = math.ceil(batch_size / max(1, shard_rows))  # shards it takes to fill the batch
+    return min(MAX_SHARDS_PER_ACTOR, 2 * max(1, fill))
+
+
+def leading_tokens(token_counts: dict[int, int], n_shards: int) -> int:
+    """New tokens of the leading run of committed shards 0, 1, ... up to the first missing one
+    (token_counts: shard id -> new tokens of each committed shard), the ones a corpus is cut from."""
+    total = 0
+    for sid in range(n_shards):
+        if sid not in token_counts:
+            break
+        total += token_counts[sid]
+    return total
+
+
+def _shards_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / "shards"
+
+
+def _shard_paths(out_dir: Path, shard_id: int) -> tuple[Path, Path]:
+    base = _shards_dir(out_dir) / f"shard_{shard_id:05d}"
+    return base.with_suffix(".parquet"), base.with_suffix(".json")
+
+
+def shards_done(out_dir: Path) -> set[int]:
+    """Ids of committed shards (those whose manifest exists: it is written last)."""
+    d = _shards_dir(out_dir)
+    if not d.is_dir():
+        return set()
+    return {int(p.stem.split("_")[1]) for p in d.glob("shard_*.json")}
+
+
+def committed_tokens(out_dir: Path, count: str = "new_tokens") -> dict[int, int]:
+    """New tokens of every committed shard, by shard id, from the shards' manifests: all of them,
+    or with count="clean_tokens" those of rows not flagged as contaminated (what a corpus that
+    drops such rows keeps; a manifest written before it had that count gives all its tokens)."""
+    out = {}
+    for sid in shards_done(out_dir):
+        manifest = json.loads(_shard_paths(out_dir, sid)[1].read_text())
+        out[sid] = int(manifest.get(count, manifest["new_tokens"]))
+    return out
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def make_prompts(seed_parquet: Path, tokenizer_dir: Path, prompt_tokens: int, out_path: Path) -> dict:
+    """Cut each seed chunk to [BOS] + its first prompt_tokens-1 tokens; write prompts.parquet."""
+    from cdray.data.tokenizer import load_tokenizer
+
+    if prompt_tokens < 1:
+        raise ValueError(f"prompt_tokens={prompt_tokens} must be >= 1")
+    seed = pq.read_table(seed_parquet, columns=["doc_id", "text"])
+    texts = seed.column("text").to_pylist()
+    tok = load_tokenizer(Path(tokenizer_dir))
+    # BOS is added by hand so the prompt doesn't depend on the tokenizer's post-processor
+    encoded = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+    prompts = [[BOS_ID] + list(ids[: prompt_tokens - 1]) for ids in encoded]
+    table = pa.table({
+        "prompt_id": pa.array(np.arange(len(prompts), dtype=np.int64)),
+        "doc_id": seed.column("doc_id"),
+        "prompt": pa.array(prompts, type=pa.list_(pa.int32())),
+    })
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_parquet_atomic(table, out_path)
+    return {"prompts": len(prompts)}
+
+
+def budget_reachable(gen, n_prompts: int) -> None:
+    """A ConfigError naming generation.token_budget when the seed split cannot yield it even if
+    no row stopped early (n_prompts x continuations x max_new_tokens): checked as soon as the
+    prompts exist, before the GOOD is trained."""
+    from cdray.config import ConfigError
+
+    most = n_prompts * gen.continuations * gen.max_new_tokens
+    if most < gen.token_budget:
+        raise ConfigError("generation.token_budget",
+                          f"{gen.token_budget} new tokens cannot come from the seed split: {n_prompts} "
+                          f"prompts x {gen.continuations} continuations x {gen.max_new_tokens} new tokens "
+                          f"= {most} at most; lower the budget or raise corpus.seed_fraction, "
+                          f"generation.continuations or generation.max_new_tokens")
+
+
+# ---------------------------------------------------------------- the generator class
+
+
+def _torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+
+
+class ShardGenerator:
+    """Ray Data map_batches callable: generates and commits whole shards, skipping committed ones.
+
+    Every row depends only on (prompt, prompt id, continuation, models, config), so re-running a
+    shard writes the same parquet bytes (up to float nondeterminism of batched matmuls).
+    Calls may run in several threads at once (Ray Data's max_concurrent_calls_per_actor): their
+    shards share one decode batch (SharedBatch), and each commits as its own rows end.
+    """
+
+    def __init__(self, *, expert_dir: str, amateur: dict, strategy: str, generation: GenerationConfig,
+                 prompts_path: str, out_dir: str, tokenizer_dir: str, device: str = "cpu",
+                 torch_threads: int = 1, eval_parquet: str | None = None,
+                 eval_items_dir: str | None = None):
+        import torch
+
+        from cdray.data.tokenizer import load_decoder
+        from cdray.decode.engine import Decoder, plan_batch_size
+        from cdray.decode.scores import NEEDS_AMATEUR
+        from cdray.decode.shared_batch import SharedBatch
+        from cdray.models.weights import load_weights
+
+        if device == "cpu":
+            torch.set_num_threads(torch_threads)
+        self.g = generation
+        self.strategy = strategy
+        self.device = device
+        self.dtype = _torch_dtype(self.g.precision)
+        self.out_dir = Path(out_dir)
+        kind = amateur.get("kind", "none")
+        if kind not in AMATEUR_KINDS:
+            raise ValueError(f"amateur kind {kind!r} is not one of {list(AMATEUR_KINDS)}")
+        if strategy in NEEDS_AMATEUR and kind == "none":
+            raise ValueError(f"strategy {strategy!r} needs an amateur (got kind 'none')")
+
+        # plain tensors on the CPU: the decoder stacks them onto the device in its dtype
+        self.expert = load_weights(Path(expert_dir))
+        self.amateur = None
+        self.amateur_dropout = kind == "dropout"
+        # a no-contrast strategy never reads amateur logits: don't load one
+        if kind != "none" and strategy in NEEDS_AMATEUR:
+            if kind == "dropout":
+                # GOOD's own weights: the decoder drops attention in the amateur's half only
+                amateur_dir = Path(expert_dir)
+                self.amateur = self.expert
+            else:
+                amateur_dir = Path(amateur["model_dir"])
+                self.amateur = load_weights(amateur_dir)
+            ev, av = self.expert.config.vocab_size, self.amateur.config.vocab_size
+            if ev != av:
+                raise ValueError(f"amateur {amateur_dir} has vocab size {av}, expert {expert_dir} "
+                                 f"has {ev}")
+        self.tokenizer = load_decoder(Path(tokenizer_dir))
+        self.prompts = pq.read_table(prompts_path, columns=["prompt_id", "prompt"])
+        drop = float(amateur.get("dropout", 0.0)) if self.amateur_dropout else 0.0
+        self.decoder = Decoder(self.expert, self.amateur, strategy, self.g.decoding, device=device,
+                               dtype=self.dtype, amateur_dropout=drop, engine=self.g.engine,
+                               attention=self.g.attention, compile_layers=self.g.compile_layers,
+                               kv_cache=self.g.kv_cache)
+        # a fixed cache length: rows never depend on the prompts they share a batch with
+        self.max_len = self.g.prompt_tokens + self.g.max_new_tokens
+        self.batch_size = plan_batch_size(self.decoder.groups, self.max_len, self.g.batch_size,
+                                          self.g.memory_fraction, device)
+        # the shards this actor runs at once share one batch: the next shard's rows fill the
+        # slots the last rows of the previous one leave
+        self.batch = SharedBatch(self.decoder, max_new_tokens=self.g.max_new_tokens,
+                                 stop_at_eos=self.g.stop_at_eos, batch_size=self.batch_size,
+                                 max_len=self.max_len, refill=self.g.refill)
+        self.contamination = None
+        if self.g.decontaminate_n > 0 and (eval_parquet or eval_items_dir):
+            from cdray.data.telemetry import NgramIndex, reference_texts
+
+            self.contamination = NgramIndex(self.g.decontaminate_n)
+            for text in reference_texts(Path(eval_parquet) if eval_parquet else None,
+                                        Path(eval_items_dir) if eval_items_dir else None):
+                self.contamination.add(text)
+        # the decoder holds its own (stacked) copy of the weights: free the loaded ones
+        self.expert = self.amateur = None
+        self._log(f"actor ready: strategy={strategy} amateur={kind} engine="
+                  f"{'stacked' if len(self.decoder.groups) == 1 and self.decoder.groups[0].G == 2 else 'separate'}"
+                  f" batch={self.batch_size} (cap {self.g.batch_size}) device={device}")
+
+    def _log(self, msg: str) -> None:
+        if self.g.progress:
+            print(f"[cdray.generate] {msg}", file=sys.stderr, flush=True)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {"shard_id": [], "rows": [], "new_tokens": [], "clean_tokens": []}
+        for sid, start, end in zip(batch["shard_id"], batch["start"], batch["end"]):
+            manifest = self.run_shard(int(sid), int(start), int(end))
+            for key in ("shard_id", "rows", "new_tokens"):
+                out[key].append(manifest[key])
+            out["clean_tokens"].append(manifest.get("clean_tokens", manifest["new_tokens"]))
+        return {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
+
+    def run_shard(self, shard_id: int, start: int, end: int) -> dict:
+        """Generate and commit one shard, or return its manifest when already committed."""
+        from cdray.data.telemetry import row_stats, text_stats
+        from cdray.data.tokenizer import decode_texts
+
+        parquet_path, manifest_path = _shard_paths(self.out_dir, shard_id)
+        if manifest_path.exists():
+            return json.loads(manifest_path.read_text())
+        t0 = time.perf_counter()
+        g = self.g
+        part = self.prompts.slice(start, max(0, end - start))
+        ids = part.column("prompt_id").to_pylist()
+        prompts = part.column("prompt").to_pylist()
+        keys = [(pid, c) for pid in ids for c in range(g.continuations)]
+        row_prompts = [p for p in prompts for _ in range(g.continuations)]
+        seeds = [row_seed(g.seed, pid, c) for pid, c in keys]
+        progress = {"rows": 0, "tokens": 0, "seconds": 0.0, "last": t0}
+
+        def on_row(_i, r) -> None:
+            progress["rows"] += 1
+            progress["tokens"] += len(r.tokens)
+            progress["seconds"] += r.seconds
+            now = time.perf_counter()
+            if now - progress["last"] >= 30.0:
+                progress["last"] = now
+                rate = progress["tokens"] / max(progress["seconds"], 1e-9)
+                self._log(f"shard {shard_id}: {progress['rows']}/{len(keys)} rows, "
+                          f"{progress['tokens']} tokens, {rate:.0f} tok/s")
+
+        results, usage = self.batch.generate(row_prompts, seeds, on_row=on_row)
+        crash_point(self.out_dir, "shard", shard_id)  # mid-shard: generated, nothing written yet
+        full = [p + r.tokens for p, r in zip(row_prompts, results)]
+        texts = decode_texts(self.tokenizer, full)
+        conts = [r.tokens for r in results]
+        cont_texts = decode_texts(self.tokenizer, conts)
+        if self.contamination is not None:
+            contaminated = [self.contamination.overlaps(t) for t in cont_texts]
+        else:
+            contaminated = [False] * len(results)
+        table = pa.table({
+            "prompt_id": pa.array([k[0] for k in keys], type=pa.int64()),
+            "continuation": pa.array([k[1] for k in keys], type=pa.int32()),
+            "tokens": pa.array(full, type=pa.list_(pa.int32())),
+            "new_tokens": pa.array([len(r.tokens) for r in results], type=pa.int32()),
+            "text": pa.array(texts, type=pa.string()),
+            "eos": pa.array([r.stopped_at_eos for r in results], type=pa.bool_()),
+            "head_size_mean": pa.array([r.head_size_mean for r in results], type=pa.float32()),
+            "expert_nll_mean": pa.array([r.expert_nll_mean for r in results], type=pa.float32()),
+            "amateur_nll_mean": pa.array([r.amateur_nll_mean for r in results], type=pa.float32()),
+            "contaminated": pa.array(contaminated, type=pa.bool_()),
+        }, schema=SHARD_SCHEMA)
+        parquet_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_parquet_atomic(table, parquet_path)
+        new_tokens = int(sum(len(r.tokens) for r in results))
+        clean_tokens = int(sum(len(r.tokens) for r, c in zip(results, contaminated) if not c))
+        seconds = time.perf_counter() - t0
+        # the shard's share of its actor's decode batch (a shard beside it has the rest)
+        decode_seconds = float(sum(r.seconds for r in results))
+        stats = row_stats(np.array([len(r.tokens) for r in results]),
+                          np.array([r.stopped_at_eos for r in results]),
+                          np.array([r.head_size_mean for r in results]),
+                          np.array([r.expert_nll_mean for r in results]),
+                          np.array([r.amateur_nll_mean for r in results]), conts, g.max_new_tokens)
+        stats.update(text_stats(cont_texts))
+        stats["contamination_rate"] = float(np.mean(contaminated)) if contaminated else 0.0
+        stats["slot_utilization"] = _utilization(usage["row_steps"], usage["slot_steps"])
+        manifest = {
+            "shard_id": shard_id,
+            "rows": table.num_rows,
+            "new_tokens": new_tokens,
+            "clean_tokens": clean_tokens,  # of rows not flagged as contaminated
+            "sha256": file_sha256(parquet_path),
+            "seconds": round(seconds, 3),  # from the call to the commit
+            "decode_seconds": round(decode_seconds, 3),
+            "tokens_per_s": round(new_tokens / decode_seconds, 1) if decode_seconds > 0 else 0.0,
+            "batch_size": self.batch_size,
+            # slots computed over the decode steps while this shard ran, and the tokens they
+            # sampled (of every row in the batch then: a shard running beside it shares them)
+            "slot_steps": usage["slot_steps"],
+            "row_steps": usage["row_steps"],
+            "stats": _json_safe(stats),
+        }
+        # the manifest is the commit: written only after the parquet is in place
+        write_json_atomic(manifest_path, manifest)
+        self._log(f"shard {shard_id} committed: {table.num_rows} rows, {new_tokens} tokens, "
+                  f"{manifest['tokens_per_s']:.0f} tok/s, batch slots "
+                  f"{stats['slot_utilization']:.0%} busy")
+        return manifest
+
+
+def _utilization(row_steps: int, slot_steps: int) -> float:
+    """Share of the computed batch slots that sampled a token (1.0: the batch was always full)."""
+    return row_steps / slot_steps if slot_steps else 1.0
+
+
+def _json_safe(obj):
+    """NaN/inf become None so manifests stay strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------- finalisation
+
+
+def _read_committed(out_dir: Path, shard_id: int) -> pa.Table:
+    parquet_path, manifest_path = _shard_paths(out_dir, shard_id)
+    manifest = json.loads(manifest_path.read_text())
+    if not parquet_path.is_file():
+        raise ValueError(f"committed shard {parquet_path} is missing")
+    if file_sha256(parquet_path) != manifest["sha256"]:
+        raise ValueError(f"shard {parquet_path} does not match the sha256 in its manifest")
+    return pq.read_table(parquet_path).cast(SHARD_SCHEMA).sort_by(
+        [("prompt_id", "ascending"), ("continuation", "ascending")])
+
+
+def finalize_corpus(out_dir: Path, n_shards_planned: int, token_budget: int, *,
+                    drop_contaminated: bool = False, tokenizer_dir: Path | None = None,
+                    max_new_tokens: int | None = None) -> dict:
+    """Concatenate committed shards into corpus.parquet, cut at token_budget new tokens.
+
+    Only the leading run of committed shards (0, 1, ... up to the first missing one) is used, so
+    the corpus does not depend on which shards happened to finish first. With drop_contaminated,
+    rows flagged `contaminated` are left out before counting. The row whose new tokens cross the
+    budget is kept; everything after it is dropped. Means of per-row telemetry are
+    token-weighted (i.e. means over all decoding steps); text statistics (distinct-n, diversity)
+    read the continuations of the first 100K words (decoded with tokenizer_dir when given).
+    """
+    out_dir = Path(out_dir)
+    done = shards_done(out_dir)
+    tables, total, used, considered, flagged = [], 0, 0, 0, 0
+    gen_seconds, gen_tokens, slot_steps, row_steps = 0.0, 0, 0, 0
+    for sid in range(n_shards_planned):
+        if total >= token_budget or sid not in done:
+            break
+        table = _read_committed(out_dir, sid)
+        used += 1
+        meta = json.loads(_shard_paths(out_dir, sid)[1].read_text())
+        # older shards have no decode_seconds: they ran one per actor at a time
+        gen_seconds += float(meta.get("decode_seconds", meta.get("seconds", 0.0)))
+        gen_tokens += int(meta.get("new_tokens", 0))
+        if "slot_steps" in meta:  # shards committed before cdray counted slots have neither
+            slot_steps += int(meta["slot_steps"])
+            row_steps += int(meta["row_steps"])
+        flags = np.asarray(table.column("contaminated").to_numpy(zero_copy_only=False), dtype=bool)
+        counts = np.asarray(table.column("new_tokens").to_numpy(), dtype=np.int64)
+        if drop_contaminated:
+            counts = np.where(flags, 0, counts)  # dropped rows do not count toward the budget
+        crossing = np.nonzero(total + np.cumsum(counts) >= token_budget)[0]
+        cut = int(crossing[0]) + 1 if len(crossing) else table.num_rows
+        table, flags = table.slice(0, cut), flags[:cut]
+        considered += cut
+        flagged += int(flags.sum())
+        if drop_contaminated:
+            table = table.filter(pa.array(~flags))
+        total += int(counts[:cut].sum())
+        tables.append(table)
+    corpus = pa.concat_tables(tables) if tables else SHARD_SCHEMA.empty_table()
+    _write_parquet_atomic(corpus, out_dir / "corpus.parquet")
+    summary = corpus_summary(corpus, tokenizer_dir, max_new_tokens)
+    summary.update({
+        "shards_used": used,
+        "budget_reached": summary["new_tokens"] >= token_budget,
+        "contamination_rate": flagged / considered if considered else 0.0,
+        "contaminated_dropped": flagged if drop_contaminated else 0,
+        # actor-seconds the shards used took of their actors' decode batches (several actors
+        # run at once: wall time is less)
+        "generate_seconds": round(gen_seconds, 3),
+        "tokens_per_actor_s": gen_tokens / gen_seconds if gen_seconds > 0 else 0.0,
+        # how full the actors' batches were while those shards ran: below 1, a batch drained
+        # (no rows left to refill with: at the stage's end, or a shard an actor ran alone)
+        "slot_utilization": _utilization(row_steps, slot_steps),
+    })
+    return _json_safe(summary)
+
+
+def corpus_summary(corpus: pa.Table, tokenizer_dir: Path | None = None,
+                   max_new_tokens: int | None = None) -> dict:
+    """Counts and telemetry of a generated corpus table (see cdray.data.telemetry)."""
+    from cdray.data.telemetry import DIVERSITY_WORDS, row_stats, text_stats
+
+    rows = corpus.num_rows
+    new_tokens = np.asarray(corpus.column("new_tokens").to_numpy(), dtype=np.int64)
+    lengths = pc.list_value_length(corpus.column("tokens")).to_numpy(zero_copy_only=False)
+    # sequence-level statistics read a leading window, not the whole (possibly 100M-token) corpus
+    window = int(np.searchsorted(np.cumsum(new_tokens), STATS_TOKENS)) + 1 if rows else 0
+    tokens = corpus.column("tokens").slice(0, window).to_pylist()
+    conts = [t[len(t) - n:] if n else [] for t, n in zip(tokens, new_tokens[:window].tolist())]
+
+    def col(name):
+        return np.asarray(corpus.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+    out = {
+        "rows": rows,
+        "new_tokens": int(new_tokens.sum()),
+        "tokens_total": int(np.asarray(lengths, dtype=np.int64).sum()) if rows else 0,
+        "mean_new_tokens": float(new_tokens.sum()) / rows if rows else 0.0,
+    }
+    out.update(row_stats(new_tokens, col("eos") > 0, col("head_size_mean"), col("expert_nll_mean"),
+                         col("amateur_nll_mean"), conts,
+                         max_new_tokens or int(new_tokens.max(initial=1))))
+    if tokenizer_dir is not None:
+        from cdray.data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(Path(tokenizer_dir))
+        # continuations are decoded only until the diversity window is full
+        texts, n_words = [], 0
+        for c in conts:
+            if n_words >= DIVERSITY_WORDS:
+                break
+            texts.append(tok.decode(c, skip_special_tokens=True))
+            n_words += len(texts[-1].split())
+    else:
+        texts = corpus.column("text").to_pylist()
+    out.update(text_stats(texts))
+    return out

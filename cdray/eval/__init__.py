@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, the BabyLM tasks through lm-eval, reading, statistics, reports and figures."""

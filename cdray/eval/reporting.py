@@ -1,0 +1,86 @@
+"""`cdray report`: the arm table from MLflow, and the paper's tables and figures of one or more
+sweeps written to markdown and PNG and logged to the sweep's parent run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from cdray.config import SweepConfig
+from cdray.dag.graph import build_graph
+from cdray.dag.plan import anchored, sweep_key
+from cdray.dag.store import Store
+from cdray.eval.arm_table import format_table
+from cdray.tracking.runs import Tracker, TrackingError
+
+Echo = Callable[[str], None]
+
+
+def report_from_mlflow(cfg: SweepConfig, echo: Echo = print) -> list[dict]:
+    """Re-print the arm table from the sweep's MLflow child runs."""
+    cfg = anchored(cfg)
+    tracker = Tracker(cfg.tracking)
+    parent_id = tracker.find_parent(sweep_key(cfg))
+    if parent_id is None:
+        raise TrackingError(f"no MLflow run for sweep {cfg.name!r} in {tracker.uri}; run `cdray sweep` first")
+    rows = []
+    for run in tracker.children(parent_id):
+        p, m = run.data.params, run.data.metrics
+        if "final_ppl" not in m:
+            continue
+        rows.append({"arm": p["arm"], "q": float(p["q"]), "seed": int(p["seed"]),
+                     "final_ppl": m["final_ppl"], "best_ppl": m.get("best_ppl"),
+                     "realised_q": m.get("realised_q")})
+    echo(format_table(rows))
+    return rows
+
+
+def report_dir(cfg: SweepConfig) -> Path:
+    """Where a sweep's report goes: beside a local store, or in a remote store's local cache,
+    never a path made from the remote URI (its query may hold credentials)."""
+    opened = Store.at(cfg.store.root, cfg.store.cache)
+    base = opened.root / "_reports" if opened.remote else opened.root.parent / "reports"
+    return base / cfg.name
+
+
+def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> Path:
+    """The paper's table (best and final checkpoint), bootstrap details and figures of one or more
+    sweeps (several sweeps = the settings of a truncation sweep); logged to the first one's parent run."""
+    from cdray.eval import report as pr
+    from cdray.eval.stats import summarize
+
+    cfgs = [anchored(c) for c in cfgs]
+    main = cfgs[0]
+    out = report_dir(main)
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# cdray report: {', '.join(c.name for c in cfgs)}", "", pr.legend(B), ""]
+    settings = []
+    for cfg in cfgs:
+        graph = build_graph(cfg)
+        if graph.babylm_note:
+            echo(f"[cdray] {cfg.name}: BabyLM scores not evaluated ({graph.babylm_note}): perplexity only")
+        store = Store.at(cfg.store.root)
+        cps = pr.collect(graph, store)
+        best, final = summarize(cps, "best", B=B), summarize(cps, "final", B=B)
+        cuts = pr.context_cuts(graph, store)
+        if cuts:
+            md += [f"{cfg.name}: {cuts}", ""]
+            echo(f"[cdray] {cfg.name}: {cuts}")
+        label = pr.truncation_label(cfg)
+        settings.append((label, best))
+        md += [pr.markdown_table(best, f"{cfg.name} (truncation: {label}): best checkpoint per (arm, task, seed)"),
+               "", pr.markdown_table(final, f"{cfg.name} (truncation: {label}): final checkpoint"), "",
+               f"#### {cfg.name}: paired bootstrap vs BASELINE (best checkpoints)", "", pr.bootstrap_table(best), ""]
+    figures = [pr.truncation_figure(settings, out / "truncation.png"), pr.mixing_figure(settings[0][1], out / "mixing.png")]
+    figures = [f for f in figures if f is not None]
+    md += [f"![{f.stem}]({f.name})" for f in figures]
+    report = out / "report.md"
+    report.write_text("\n".join(md) + "\n", encoding="utf-8")
+    echo(pr.markdown_table(settings[0][1], f"{main.name}: best checkpoint per (arm, task, seed)"))
+    echo(f"[cdray] report: {report}" + "".join(f", {f}" for f in figures))
+    tracker = Tracker(main.tracking)
+    parent_id = tracker.find_parent(sweep_key(main)) if tracker.enabled else None
+    if parent_id is not None:
+        for f in [report, *figures]:
+            tracker.log_file(parent_id, f, "report")
+        echo(f"[cdray] logged to MLflow run {parent_id}")
+    return report

@@ -1,0 +1,1 @@
+"""Llama models: shapes, building and loading, checkpoints, and the training loop."""

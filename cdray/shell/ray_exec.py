@@ -1,0 +1,293 @@
+"""Ray shell around the stages: Ray Train for training, Ray Data for generation, tasks for the rest."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import threading
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+import ray
+
+from cdray.common.signals import sigterm_interrupts
+from cdray.config import ConfigError, RayConfig, SweepConfig
+from cdray.dag import builders as stages
+from cdray.dag.graph import Node
+from cdray.dag.store import Store
+
+# progress bars of every model load in every worker drown the sweep's own progress lines
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "TOKENIZERS_PARALLELISM": "false"}
+
+
+# forwarded to the workers of a cluster cdray attaches to (outside a job, whose runtime_env rules)
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "CDRAY_CACHE")
+
+
+def init_ray(rcfg: RayConfig) -> None:
+    """Attach to ray.address / $RAY_ADDRESS if given, else start a local cluster."""
+    if ray.is_initialized():
+        return
+    try:
+        _init_ray(rcfg)
+    finally:
+        sigterm_interrupts()  # Ray's own handler aborts the driver and orphans a local cluster
+
+
+def _init_ray(rcfg: RayConfig) -> None:
+    address = rcfg.address or os.environ.get("RAY_ADDRESS")
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # inside `ray job submit`: the job's runtime_env (working_dir, env_vars) already applies
+        ray.init(address=address or "auto", log_to_driver=rcfg.log_to_driver)
+        return
+    # workers of a local cluster must import cdray from this checkout even if it is not installed
+    root = str(Path(__file__).resolve().parents[2])
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+                        **QUIET_ENV}}
+    if address:
+        probe_address(address, "ray.address" if rcfg.address else None)
+        forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        ray.init(address=address, log_to_driver=rcfg.log_to_driver,
+                 runtime_env={"env_vars": {**QUIET_ENV, **forwarded}})
+    else:
+        ray.init(address="local", num_cpus=rcfg.num_cpus, include_dashboard=False,
+                 runtime_env=env, log_to_driver=rcfg.log_to_driver)
+
+
+def probe_address(address: str, field: Optional[str], timeout: float = 5.0) -> None:
+    """Fail in seconds, naming where the address came from (`field`, else $RAY_ADDRESS), when
+    nothing listens at a host:port (or ray://host[:port]) cluster address: ray.init would
+    retry it for minutes. Other forms ("auto") are left to ray.init, which fails fast."""
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "ray"):
+        return
+    host, colon, port = rest.rpartition(":")
+    if not colon:
+        host, port = rest, "10001" if scheme == "ray" else ""
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        message = f"no Ray cluster answers at {address} ({e.strerror or e})"
+        if field:
+            raise ConfigError(field, message) from None
+        raise ConnectionError(f"$RAY_ADDRESS: {message}") from None
+
+
+# A sweep cell's Tune trial only drives its trainer and holds this much CPU; the work it starts
+# takes the rest of a core, so N concurrent cells fit on N cores instead of N - 1.
+CELL_DRIVER_CPU = 0.01
+WORK_CPU = 1 - CELL_DRIVER_CPU
+
+
+def open_store(cfg: SweepConfig) -> Store:
+    return Store.at(cfg.store.root, cfg.store.cache)
+
+
+def ray_storage(store: Store, name: str) -> dict:
+    """RunConfig storage of Ray Train / Tune: beside the artifacts, on the remote fs if remote
+    (a multi-node cluster needs shared storage: head-node syncing is gone)."""
+    if store.remote is not None:
+        return {"storage_path": store.remote.path(name), "storage_filesystem": store.remote.fs}
+    return {"storage_path": str(store.root / name)}
+
+
+@ray.remote(num_cpus=WORK_CPU)
+def _build_task(node: Node, cfg: SweepConfig) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    return stages.build(node, cfg, open_store(cfg))
+
+
+def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[str] = None,
+               callbacks: tuple = (), progress: Optional[Callable[[dict], None]] = None) -> dict:
+    """Get-or-build a node with the Ray executor that suits its stage (progress: a generate
+    stage's figures as each shard commits, stages.build_generate)."""
+    if store.is_done(node.stage, node.key):
+        return store.manifest(node.stage, node.key)
+    if node.stage == "train":
+        builder = partial(fit_training, callbacks=callbacks)
+        return stages.build(node, cfg, store, builder=builder, extra={"mlflow_run_id": run_id})
+    if node.stage == "generate":
+        builder = partial(stages.build_generate, progress=progress,
+                          execute=partial(generate_with_ray_data, cfg=cfg, store=store, node=node))
+        return stages.build(node, cfg, store, builder=builder)
+    # inside a Tune trial, tasks would inherit the trial's 0.01-CPU placement group: escape it
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    outside = PlacementGroupSchedulingStrategy(placement_group=None)
+    return ray.get(_build_task.options(scheduling_strategy=outside).remote(node, cfg))
+
+
+@ray.remote(num_cpus=WORK_CPU)
+def _build_babylm_group_task(nodes: list, cfg: SweepConfig) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(1)
+    return stages.build_babylm_group(nodes, cfg, open_store(cfg))
+
+
+def build_nodes(nodes, cfg: SweepConfig, store: Store) -> list[dict]:
+    """Get-or-build a cell's evaluation nodes: one Ray task per checkpoint, which loads it once and
+    scores every task of it in one process; checkpoints in parallel."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    outside = PlacementGroupSchedulingStrategy(placement_group=None)
+    groups: dict[tuple, list[Node]] = {}
+    for node in nodes:
+        if not store.is_done(node.stage, node.key):
+            groups.setdefault(stages.checkpoint_of(node), []).append(node)
+    refs = [_build_babylm_group_task.options(scheduling_strategy=outside).remote(g, cfg) for g in groups.values()]
+    built = {n.key: m for g, ms in zip(groups.values(), ray.get(refs)) for n, m in zip(g, ms)}
+    return [built.get(n.key) or store.manifest(n.stage, n.key) for n in nodes]
+
+
+def _train_loop(config: dict) -> dict:
+    import ray.train
+    import torch
+
+    from cdray.models.training import train
+
+    ctx = ray.train.get_context()
+    # a remote store's address arrives by object reference: Ray records a train loop config in
+    # its run state, and the address may carry credentials
+    store = Store.at(*ray.get(config["store"])) if config["store"] is not None else None
+    for stage, key in config["fetch"]:  # inputs into this node's cache (a no-op on the driver's)
+        store.fetch(stage, key)
+    device = "cpu"
+    if config["use_gpu"]:
+        device = str(ray.train.torch.get_device())
+    else:
+        torch.set_num_threads(config["threads"])
+
+    def report(metrics: dict) -> None:
+        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    result = train(config["job"], Path(config["out"]), rank=ctx.get_world_rank(),
+                   world_size=ctx.get_world_size(), device=device, report=report)
+    if store is not None and ctx.get_world_rank() == 0:
+        store.push(*config["push"])  # rank 0 wrote `out` on its node; the driver commits it
+    return result
+
+
+def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callbacks: tuple = ()) -> dict:
+    """Run a train node as a Ray Train TorchTrainer (gloo on CPU, nccl on GPU).
+
+    Resume is the loop's own: it restarts from the last complete milestone in `out`, whether
+    Ray restarted the worker group (FailureConfig) or the whole driver was re-run.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    recipe = cfg.train
+    remote = store.remote is not None
+    fetch = [(n.stage, n.key) for _, n in node.inputs] if remote else []
+    resources = None if recipe.use_gpu else {"CPU": recipe.torch_threads - CELL_DRIVER_CPU}
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"job": stages.train_job(node, cfg, store), "out": str(out),
+                           "use_gpu": recipe.use_gpu, "threads": recipe.torch_threads,
+                           "store": ray.put((store.location, cfg.store.cache)) if remote else None,
+                           "fetch": fetch, "push": (node.stage, node.key, store.attempt(node.stage, node.key))},
+        torch_config=TorchConfig(backend="nccl" if recipe.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=recipe.num_workers, use_gpu=recipe.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=f"train-{node.key}", **ray_storage(store, "_ray"),
+                             failure_config=FailureConfig(max_failures=2), callbacks=list(callbacks)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return result.return_value
+
+
+class _StoreShardGenerator:
+    """ShardGenerator for a remote store: fetches the models into this node's cache first and
+    uploads each committed shard (its manifest last, by write order) for the driver to pull."""
+
+    def __init__(self, *, store: tuple, fetch: list, push: tuple, **kwargs):
+        from cdray.decode.synthetic import ShardGenerator
+
+        self.store = Store.at(*store)
+        for stage, key in fetch:
+            self.store.fetch(stage, key)
+        self.push = push
+        self.gen = ShardGenerator(**kwargs)
+        self.pushing = threading.Lock()  # calls run in several threads (shards_per_actor)
+
+    def __call__(self, batch):
+        out = self.gen(batch)
+        with self.pushing:
+            self.store.push(*self.push)
+        return out
+
+
+def generate_with_ray_data(kwargs: dict, shards: list[dict],
+                           enough: Optional[Callable[[dict], bool]] = None, *, cfg: SweepConfig,
+                           store: Optional[Store] = None, node: Optional[Node] = None) -> None:
+    """Run generation shards in order on a Ray Data actor pool (each actor holds both models);
+    with `enough`, stop the pool once enough(counts) of a committed shard is True (counts: the
+    ShardGenerator's output row)."""
+    from cdray.decode.synthetic import ShardGenerator, shards_per_actor
+
+    gen = cfg.generation
+    calls = shards_per_actor(gen.batch_size, gen.shard_prompts * gen.continuations)
+    remote = store is not None and store.remote is not None
+    callable_cls = ShardGenerator
+    if remote:
+        callable_cls = _StoreShardGenerator
+        kwargs = {**kwargs, "store": (store.location, cfg.store.cache),
+                  "push": (node.stage, node.key, store.attempt(node.stage, node.key)),
+                  "fetch": [(n.stage, n.key) for _, n in node.inputs]}
+    # one block per shard, so the pool can hand shards to several actors (set at creation: a
+    # repartition would add an all-to-all stage before the first shard starts)
+    ds = ray.data.from_items(shards, override_num_blocks=len(shards))
+    actors = max(1, min(gen.actors, len(shards)))
+    resources = {"num_cpus": gen.actor_cpus}
+    if gen.actor_gpus:
+        resources["num_gpus"] = gen.actor_gpus
+    out = ds.map_batches(
+        callable_cls,
+        fn_constructor_kwargs={**kwargs, "torch_threads": max(1, int(gen.actor_cpus)),
+                               "device": "cuda" if gen.actor_gpus else "cpu"},
+        batch_size=1,
+        # start every actor at once and hand each one `calls` shards at a time (two, or more
+        # when a shard holds less than a batch), run at once in threads that share the actor's
+        # decode batch: as one shard's last rows run, the next one's fill the slots they leave
+        # (a shard's tail no longer drains the batch). Shards spread over the whole pool
+        # instead of queueing behind the first actor, go out in prompt order, and a stop at the
+        # budget leaves at most `calls` unneeded shards per actor in flight
+        compute=ray.data.ActorPoolStrategy(
+            min_size=min(max(1, gen.min_actors), actors), max_size=actors, initial_size=actors,
+            max_tasks_in_flight_per_actor=calls, max_concurrent_calls_per_actor=calls,
+            enable_true_multi_threading=True),
+        **resources,
+    )
+    # the pool grows (back, after shrinking idle) once every thread of its actors is busy: Ray
+    # Data's default waits for 175% (queued calls), which its calls per actor never reach, and
+    # warns that such a pool cannot scale up. Set on this dataset's own copy of the context
+    out.context.autoscaling_config = dataclasses.replace(
+        out.context.autoscaling_config,
+        actor_pool_util_upscaling_threshold=min(
+            1.0, out.context.autoscaling_config.actor_pool_util_upscaling_threshold))
+    if enough is None:
+        out.materialize()
+    else:
+        rows = iter(out.iter_rows())
+        try:
+            for row in rows:
+                if enough({k: int(v) for k, v in row.items()}):
+                    break
+        finally:
+            # closing the stream shuts the pool down now: shards in flight past the budget are
+            # not needed (one killed mid-shard has committed nothing)
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
+    if remote:
+        store.pull(node.stage, node.key)  # shards committed by actors on other nodes

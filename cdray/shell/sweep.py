@@ -1,0 +1,125 @@
+"""The sweep driver on Ray: shared upstream work once, the missing cells as a Ray Tune run (each
+trial drives a TorchTrainer and the cell's evaluations), MLflow parent and child runs."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+from ray import tune
+
+from cdray.common.redaction import redact
+from cdray.config import SweepConfig, to_dict
+from cdray.dag.graph import Cell, SweepGraph, build_graph
+from cdray.dag.plan import anchored, open_store, plan, sweep_key
+from cdray.dag.store import Store
+from cdray.decode.synthetic import budget_reachable
+from cdray.eval.arm_table import format_table
+from cdray.shell.ray_exec import CELL_DRIVER_CPU, build_node, build_nodes, init_ray, ray_storage
+from cdray.tracking.cells import cell_row, live_metrics, log_cell, log_upstream, metric_prefix
+from cdray.tracking.runs import Tracker
+
+Echo = Callable[[str], None]
+
+
+def run_cell(cell: Cell, cfg: SweepConfig, store: Store, tracker: Tracker, parent_id: Optional[str],
+             callbacks: tuple = ()) -> dict:
+    """A cell's own work in order (its training run, then its evaluations: every input it reads
+    from outside the cell is upstream work, built before any cell), logged to its child run."""
+    run_id, _ = tracker.child_run(parent_id, cell.id, cell.id)
+    try:
+        build_node(cell.train, cfg, store, run_id=run_id, callbacks=callbacks)
+        build_node(cell.evaluate, cfg, store)
+        build_nodes(cell.babylm, cfg, store)
+        row = log_cell(tracker, run_id, cell, cfg, store)
+    except BaseException:
+        tracker.finish(run_id, "FAILED")
+        raise
+    tracker.finish(run_id)
+    return row
+
+
+def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], parent_id: Optional[str]) -> None:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cell = cells[config["cell"]]
+    store = open_store(cfg)
+    tracker = Tracker(cfg.tracking)
+    row = run_cell(cell, cfg, store, tracker, parent_id, callbacks=(TuneReportCallback(),))
+    tune.report({"final_ppl": row["final_ppl"], "best_ppl": row["best_ppl"], "done": True})
+
+
+def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional[str], name: str) -> None:
+    """One Tune trial per missing cell; each trial drives a TorchTrainer and the evaluation."""
+    trainable = tune.with_resources(
+        tune.with_parameters(_cell_trial, cfg=cfg, cells={c.id: c for c in cells}, parent_id=parent_id),
+        {"CPU": CELL_DRIVER_CPU},  # the trial only drives a TorchTrainer, whose worker holds the real CPU
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cell": tune.grid_search([c.id for c in cells])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_cells),
+        run_config=tune.RunConfig(name=name, **ray_storage(open_store(cfg), "_ray"),
+                                  verbose=1),
+    )
+    results = tuner.fit()
+    errors = [r.error for r in results if r.error is not None]
+    if errors:
+        raise RuntimeError(f"{len(errors)} sweep cell(s) failed; first: {errors[0]}")
+
+
+def build_upstream(graph: SweepGraph, cfg: SweepConfig, store: Store, tracker: Tracker,
+                   parent_id: Optional[str], echo: Echo) -> None:
+    for node in graph.upstream():
+        if store.is_done(node.stage, node.key):
+            continue
+        started = time.time()
+        echo(f"[cdray] building {node.label} ({node.stage}/{node.key}) ...")
+        manifest = build_node(node, cfg, store, run_id=parent_id,
+                              progress=live_metrics(tracker, parent_id, node, echo))
+        echo(f"[cdray]   done in {time.time() - started:.1f}s")
+        log_upstream(tracker, parent_id, node, manifest)
+        if node.stage == "prompts" and graph.generations:
+            budget_reachable(cfg.generation, manifest["stats"]["prompts"])
+        if node.stage == "generate" and not manifest["stats"].get("budget_reached", True):
+            short = cfg.generation.token_budget - manifest["stats"]["new_tokens"]
+            echo(f"[cdray] WARNING: {node.label} holds {manifest['stats']['new_tokens']} new tokens, "
+                 f"{short} short of generation.token_budget={cfg.generation.token_budget} (its rows "
+                 f"stopped early at EOS): its arms train on a smaller synthetic corpus")
+            tracker.log_metrics(parent_id, [(f"{metric_prefix(node)}.shortfall_tokens", float(short), 0)])
+
+
+def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) -> list[dict]:
+    """Plan, build shared upstream work once, run missing cells, print and log the arm table."""
+    cfg = anchored(cfg)
+    store = open_store(cfg)
+    store.check_writable()
+    graph = build_graph(cfg)
+    tracker = Tracker(cfg.tracking)
+    key = sweep_key(cfg)
+    parent_id = tracker.parent_run(cfg.name, key, {"sweep": redact(to_dict(cfg))})  # creates the DB in the driver
+    rows = plan(graph, store)
+    todo = sum(not r.cached for r in rows)
+    echo(f"[cdray] sweep {cfg.name!r} ({key}): {len(graph.cells)} cells, {len(rows)} stages, {todo} to build")
+    for r, info in graph.small_info.items():
+        tracker.log_params(parent_id, {f"small_r{r:g}": info})
+    if graph.babylm_note:
+        echo(f"[cdray] BabyLM evaluation skipped ({graph.babylm_note}): perplexity only")
+    pending = [c for c in graph.cells
+               if not (all(store.is_done(n.stage, n.key) for n in (c.evaluate, *c.babylm))
+                       and tracker.child_finished(parent_id, c.id))]
+    if todo or pending:
+        init_ray(cfg.ray)
+        build_upstream(graph, cfg, store, tracker, parent_id, echo)
+    if pending:
+        echo(f"[cdray] running {len(pending)} cell(s)" + (" as a Ray Tune run" if use_tune else ""))
+        if use_tune:
+            run_cells_with_tune(cfg, pending, parent_id, name=f"sweep-{cfg.name}-{key}")
+        else:
+            for cell in pending:
+                run_cell(cell, cfg, store, tracker, parent_id)
+    results = [row for c in graph.cells if (row := cell_row(c, store)) is not None]
+    table = format_table(results)
+    echo(table)
+    tracker.log_text(parent_id, table, "arm_table.txt")
+    tracker.finish(parent_id)
+    return results

@@ -1,0 +1,1 @@
+"""MLflow: one parent run per sweep, one child per cell, and a lean tracking server."""

@@ -1,0 +1,120 @@
+"""What a sweep logs to MLflow: a finished cell's child run, and the shared stages' numbers and
+live progress on the parent run."""
+from __future__ import annotations
+
+import calendar
+import json
+import re
+import time
+from typing import Callable, Optional
+
+from cdray.config import ModelConfig, SweepConfig, parse_section
+from cdray.dag.graph import Cell
+from cdray.dag.store import Store
+from cdray.models.shapes import shape_params
+from cdray.tracking.runs import Tracker
+
+Echo = Callable[[str], None]
+
+
+def model_sizes(model_cfg: dict, vocab: int) -> dict:
+    counts = shape_params(parse_section(ModelConfig, model_cfg, "model"), vocab)
+    return {"params_total": counts["total"], "params_non_embedding": counts["non_embedding"]}
+
+
+def cell_row(cell: Cell, store: Store) -> Optional[dict]:
+    """The numbers of a finished cell, read from the store (None if not built)."""
+    if not store.is_done(cell.evaluate.stage, cell.evaluate.key):
+        return None
+    ev = store.manifest(cell.evaluate.stage, cell.evaluate.key)["stats"]
+    tr = store.manifest(cell.train.stage, cell.train.key)["stats"]
+    return {**cell.params(), "final_ppl": ev["final_ppl"], "best_ppl": ev["best_ppl"],
+            "best_step": ev["best_step"], "realised_q": tr.get("realised_q")}
+
+
+def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConfig, store: Store) -> dict:
+    """Params, metrics, tags and dataset inputs of a finished cell's child run."""
+    row = cell_row(cell, store)
+    train_dir = store.fetch(cell.train.stage, cell.train.key)
+    tr = store.manifest(cell.train.stage, cell.train.key)["stats"]
+    params = {**cell.params(), **model_sizes(cell.train.config["model"], cfg.tokenizer.vocab_size),
+              "model": cell.train.config["model"], "steps": cfg.train.steps,
+              "batch_size": cfg.train.batch_size, "seq_len": cfg.train.seq_len,
+              "realised_q": tr.get("realised_q"), "mixing": cfg.train.mixing}
+    tracker.log_params(run_id, params)
+    metrics = []
+    curve = train_dir / "metrics.jsonl"
+    if curve.is_file():
+        for line in curve.read_text().splitlines():
+            m = json.loads(line)
+            metrics.append(("train_loss", m["loss"], m["step"]))
+            metrics.append(("lr", m["lr"], m["step"]))
+    ms = train_dir / "milestones.jsonl"
+    if ms.is_file():
+        for line in ms.read_text().splitlines():
+            m = json.loads(line)
+            metrics.append(("eval_loss", m.get("eval_loss"), m["step"]))
+    ev = store.manifest(cell.evaluate.stage, cell.evaluate.key)["stats"]
+    for m in ev["milestones"]:
+        metrics.append(("eval_ppl", m["ppl"], m["step"]))
+    for node in cell.babylm:
+        if store.is_done(node.stage, node.key):
+            stats = store.manifest(node.stage, node.key)["stats"]
+            for name, value in stats["scores"].items():
+                metrics.append((f"babylm.{name}", value, stats["step"]))
+    metrics += [("final_ppl", row["final_ppl"], 0), ("best_ppl", row["best_ppl"], 0),
+                ("realised_q", tr.get("realised_q"), 0)]
+    speed = tr.get("throughput") or {}  # the loop's own step clock (steady-state steps only)
+    metrics += [(f"train_{k}", speed[k], 0) for k in ("tokens_per_s", "data_wait_share")
+                if speed.get(k) is not None]
+    created = store.manifest(cell.evaluate.stage, cell.evaluate.key)["created"]
+    stamp = int(calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) * 1000)
+    tracker.log_metrics(run_id, metrics, timestamp_ms=stamp)  # idempotent: a re-run logs no duplicates
+    tags = {"cdray.train_key": cell.train.key, "cdray.evaluate_key": cell.evaluate.key,
+            "cdray.arm": cell.arm}
+    real = cell.train.input("real")
+    tracker.log_dataset(run_id, "real-train", store.url(real.stage, real.key), real.key, "training")
+    if cell.train.has_input("synthetic"):
+        syn = cell.train.input("synthetic")
+        tags["cdray.synthetic_key"] = syn.key
+        tracker.log_dataset(run_id, f"synthetic {cell.arm}", store.url(syn.stage, syn.key),
+                            syn.key, "training")
+    tracker.set_tags(run_id, tags)
+    return row
+
+
+def metric_prefix(node) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", node.label).strip("_")
+
+
+def live_metrics(tracker: Tracker, parent_id: Optional[str], node,
+                  echo: Echo) -> Callable[[dict], None]:
+    """A shared stage's progress figures as parent-run metric histories, step = the "shards"
+    committed: a long generate stage can be watched in MLflow. A tracking failure mid-stage is
+    reported once and never stops the stage (its committed work would survive, but the pool
+    would be stopped)."""
+    prefix, failed = metric_prefix(node), []
+
+    def log(figures: dict) -> None:
+        if failed:
+            return
+        try:
+            tracker.log_metrics(parent_id, [(f"{prefix}.progress.{k}", v, figures["shards"])
+                                            for k, v in figures.items() if k != "shards"])
+        except Exception as e:  # noqa: BLE001 - any tracking error; the stage matters more
+            failed.append(e)
+            # the error's type only: its text may hold the tracking URI's credentials
+            echo(f"[cdray] MLflow: progress of {node.label} is not logged from here on "
+                 f"({type(e).__name__})")
+
+    return log
+
+
+def log_upstream(tracker: Tracker, parent_id: Optional[str], node, manifest: dict) -> None:
+    """Numbers of a shared stage as parent-run metrics, its key as a parameter."""
+    stats = manifest.get("stats", {})
+    prefix = metric_prefix(node)
+    numbers = [(f"{prefix}.{k}", float(v), 0) for k, v in stats.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    tracker.log_metrics(parent_id, numbers)
+    tracker.log_params(parent_id, {f"{prefix}.key": node.key})
