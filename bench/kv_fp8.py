@@ -46,7 +46,7 @@ def main() -> None:
     import torch
 
     from cdray.config import DecodingConfig
-    from cdray.decode.scores import generate
+    from cdray.decode.sample import generate
     from cdray.decode.stacked import StackedLlama
     from cdray.models.llama import load_model
 

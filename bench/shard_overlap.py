@@ -74,7 +74,7 @@ def main() -> None:
     from cdray.config import load
     from cdray.dag.builders import generator_kwargs
     from cdray.dag.graph import build_graph
-    from cdray.dag.plan import anchored, open_store
+    from cdray.sweep.plan import anchored, open_store
 
     cfg = anchored(load(args.sweep))
     cfg = replace(cfg, generation=replace(cfg.generation, progress=False))

@@ -48,7 +48,7 @@ def main() -> None:
     from cdray import config as C
     from cdray.dag.graph import build_graph
     from cdray.dag.store import Store
-    from cdray.shell.sweep import run_sweep
+    from cdray.shell.driver import run_sweep
 
     with tempfile.TemporaryDirectory(prefix="cdray-bench-sweep-") as tmp:
         tmp = Path(tmp)

@@ -103,19 +103,19 @@ def _main(args) -> int:
         if args.command in ("sweep", "run") and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
             cfg = _leave_job_working_dir(cfg)
         if args.command == "plan":
-            from cdray.dag.plan import print_plan
+            from cdray.sweep.plan import print_plan
 
             print_plan(cfg)
         elif args.command == "sweep":
-            from cdray.shell.sweep import run_sweep
+            from cdray.shell.driver import run_sweep
 
             run_sweep(cfg, use_tune=True)
         elif args.command == "run":
-            from cdray.shell.sweep import run_sweep
+            from cdray.shell.driver import run_sweep
 
             run_sweep(cfg, use_tune=False)
         elif args.command == "report":
-            from cdray.eval.reporting import report_from_mlflow, write_report
+            from cdray.sweep.report import report_from_mlflow, write_report
 
             report_from_mlflow(cfg)
             write_report([cfg, *(config_mod.load(p, args.overrides) for p in args.more)])
@@ -173,7 +173,7 @@ def _leave_job_working_dir(cfg):
     Ray unpacks a job's working dir once per node, deleting and re-creating it; where nodes share a
     disk (the fake multi-node cluster, some NFS set-ups) that deletes the driver's cwd mid-run, and
     every later os.getcwd() fails. Imports keep working through the absolute sys.path entry."""
-    from cdray.dag.plan import anchored
+    from cdray.sweep.plan import anchored
 
     here = os.getcwd()
     cfg = anchored(cfg)

@@ -62,9 +62,9 @@ def test_micro_sweep_scores_seven_tasks_item_for_item(micro_cfg_dict, ray_sessio
 
     from cdray.dag.graph import build_graph
     from cdray.dag.store import Store
-    from cdray.eval.reporting import write_report
     from cdray.models.llama import load_model
-    from cdray.shell.sweep import run_sweep
+    from cdray.shell.driver import run_sweep
+    from cdray.sweep.report import write_report
 
     d = micro_cfg_dict | {"eval": {"max_blocks": 8, "babylm_dir": str(SHARED_EVAL), "max_items": 30,
                                    "steps": [8, 12]},

@@ -393,7 +393,7 @@ def test_a_sweep_whose_seed_split_cannot_meet_the_budget_stops_before_the_good(m
     from cdray import config as C
     from cdray.config import ConfigError
     from cdray.dag.graph import build_graph
-    from cdray.shell.sweep import run_sweep
+    from cdray.shell.driver import run_sweep
 
     cfg = C.from_dict(micro_cfg_dict | {"generation": micro_cfg_dict["generation"] | {"token_budget": 10**7}})
     with pytest.raises(ConfigError, match="generation.token_budget"):

@@ -13,7 +13,8 @@ import cdray.decode.attention as da
 from cdray.config import DecodingConfig, GenerationConfig
 from cdray.decode.engine import Decoder, _nll
 from cdray.decode.fused import fused_sample, silu_mul
-from cdray.decode.scores import generate, sample_inverse_cdf, step_scores
+from cdray.decode.sample import generate
+from cdray.decode.scores import sample_inverse_cdf, step_scores
 from cdray.decode.stacked import StackedLlama
 from tests.test_stacked_fast import _decode_step, _gqa_llama
 

@@ -7,7 +7,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdray.config import DecodingConfig
 from cdray.decode.engine import Decoder
-from cdray.decode.scores import NgramBlocker, generate, head_size, sample_inverse_cdf, strategy_scores, truncate
+from cdray.decode.sample import generate
+from cdray.decode.scores import NgramBlocker, head_size, sample_inverse_cdf, strategy_scores, truncate
 
 torch.set_num_threads(1)
 

@@ -9,8 +9,8 @@ import pytest
 
 from cdray import config as C
 from cdray.dag.graph import EXECUTION_ONLY, build_graph
-from cdray.dag.plan import format_plan, plan
 from cdray.dag.store import Store
+from cdray.sweep.plan import format_plan, plan
 
 SWEEPS = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
 

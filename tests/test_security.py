@@ -90,7 +90,7 @@ def test_mlflow_errors_are_one_masked_line():
 
 def test_a_remote_stores_report_folder_is_not_made_of_its_uri(tmp_path):
     from cdray import config as C
-    from cdray.eval.reporting import report_dir
+    from cdray.sweep.report import report_dir
 
     cfg = C.from_dict({"name": "r", "store": {"root": "s3://b/p?endpoint_override=h:9&secret_key=zz",
                                               "cache": str(tmp_path / "cache")}})

@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import cdray.decode.fast_step as stacked_fast
 from cdray.config import DecodingConfig, GenerationConfig
-from cdray.decode.scores import generate
+from cdray.decode.sample import generate
 from cdray.decode.stacked import StackedLlama
 
 

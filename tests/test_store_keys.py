@@ -10,7 +10,7 @@ from conftest import SHARED_EVAL
 
 from cdray import config as C
 from cdray.dag.graph import build_graph
-from cdray.dag.plan import sweep_key
+from cdray.sweep.plan import sweep_key
 
 TINY = Path(__file__).resolve().parent.parent / "sweeps" / "tiny.yaml"
 

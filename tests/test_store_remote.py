@@ -5,7 +5,8 @@ import uuid
 
 import pytest
 
-from cdray.dag.remote import RemoteRoot, check_uri, is_remote
+from cdray.common.uris import check_uri, is_remote
+from cdray.dag.remote import RemoteRoot
 from cdray.dag.store import MANIFEST, Store, StoreError
 from tests.conftest import s3_uri
 

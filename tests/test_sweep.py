@@ -7,8 +7,8 @@ import pytest
 
 from cdray import config as C
 from cdray.dag.graph import build_graph
-from cdray.dag.plan import plan
 from cdray.dag.store import Store
+from cdray.sweep.plan import plan
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +46,9 @@ def _killed_mid_sweep(cfg_dict: dict, cwd, store_dir) -> dict:
 def test_micro_sweep_killed_resumed_then_cached(micro_cfg_dict, ray_session, capsys, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from cdray.dag.plan import anchored, sweep_key
-    from cdray.eval.reporting import report_from_mlflow
-    from cdray.shell.sweep import run_sweep
+    from cdray.shell.driver import run_sweep
+    from cdray.sweep.plan import anchored, sweep_key
+    from cdray.sweep.report import report_from_mlflow
 
     # relative paths, as in the README recipes: trials run in other directories
     monkeypatch.chdir(tmp_path)
@@ -127,7 +127,7 @@ def test_live_metrics_survive_a_tracking_failure():
     """A tracking error mid-stage is reported once; the stage's progress callback never raises."""
     from types import SimpleNamespace
 
-    from cdray.tracking.cells import live_metrics
+    from cdray.sweep.cell_runs import live_metrics
 
     class Down:
         calls = 0
@@ -148,7 +148,7 @@ def test_live_metrics_survive_a_tracking_failure():
 def test_a_grid_seed_that_is_the_goods_runs_end_to_end(micro_cfg_dict, ray_session, tmp_path, use_tune):
     """The paper's design: GOOD = the BASELINE run of one grid seed (43 here). Generation reads
     that run, so it is built before the cells, for `cdray sweep` (Tune) and `cdray run` alike."""
-    from cdray.shell.sweep import run_sweep
+    from cdray.shell.driver import run_sweep
 
     seeds = [42, 43] if use_tune else [43]
     cfg = C.from_dict(micro_cfg_dict | {"grid": {"k": [4], "strategy": ["contrastive"], "q": [0.0, 0.5],

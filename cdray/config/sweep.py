@@ -103,7 +103,7 @@ class StoreConfig:
     cache: Optional[str] = None  # remote roots: per-node local cache (None: ~/.cache/cdray or $CDRAY_CACHE)
 
     def validate(self, at: str) -> None:
-        from cdray.dag.remote import check_uri
+        from cdray.common.uris import check_uri
 
         check(bool(self.root), f"{at}.root", "must not be empty")
         problem = check_uri(self.root)

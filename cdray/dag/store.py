@@ -29,7 +29,8 @@ from cdray.common.files import (
     remove_temporaries,
     write_json_atomic,
 )
-from cdray.dag.remote import RemoteRoot, default_cache, is_remote
+from cdray.common.uris import is_remote
+from cdray.dag.remote import RemoteRoot, default_cache
 
 MANIFEST = "manifest.json"
 # a remote build uploads under {stage}/{key}/attempts/<id>/ and its manifest names <id>: two hosts

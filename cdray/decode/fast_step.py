@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from cdray.decode.attention import KernelConfig, decode_attention, default_config
-from cdray.decode.stacked import _bmm, _rms, _rope
+from cdray.decode.ops import bmm, rms, rope
 
 # keys per attention block: a row reads the ceil((position + 1) / FLEX_KV_BLOCK) blocks of its own
 # cache and nothing of its neighbours', so its bits never depend on their lengths
@@ -31,8 +31,8 @@ def _pre(x: Tensor, ln1: Tensor, wqkv: Tensor, cos: Tensor, sin: Tensor, eps: fl
     """RMSNorm, the q/k/v projection and RoPE of one token per row: x [G, b, H] -> q, k, v."""
     G, b, _ = x.shape
     hd = cos.shape[-1]
-    qkv = _bmm(_rms(x, ln1, eps), wqkv).reshape(G, b, nh + 2 * nkv, hd)
-    qk = _rope(qkv[:, :, :nh + nkv], cos, sin)
+    qkv = bmm(rms(x, ln1, eps), wqkv).reshape(G, b, nh + 2 * nkv, hd)
+    qk = rope(qkv[:, :, :nh + nkv], cos, sin)
     return qk[:, :, :nh], qk[:, :, nh:], qkv[:, :, nh + nkv:]
 
 
@@ -40,15 +40,15 @@ def _post(att: Tensor, x: Tensor, wo: Tensor, ln2: Tensor, wgu: Tensor, wdown: T
           eps: float) -> Tensor:
     """Output projection, residual, RMSNorm and the SwiGLU MLP with its residual.
 
-    Products go through stacked._bmm, which pads to MIN_ROWS rows as the eager step does (BLAS
+    Products go through ops.bmm, which pads to MIN_ROWS rows as the eager step does (BLAS
     takes another path for a handful of rows, which rounds differently)."""
-    x = _bmm(att, wo, residual=x)
-    gate, up = _bmm(_rms(x, ln2, eps), wgu).chunk(2, dim=-1)
-    return _bmm(torch.nn.functional.silu(gate) * up, wdown, residual=x)
+    x = bmm(att, wo, residual=x)
+    gate, up = bmm(rms(x, ln2, eps), wgu).chunk(2, dim=-1)
+    return bmm(torch.nn.functional.silu(gate) * up, wdown, residual=x)
 
 
 def _final(x: Tensor, norm: Tensor, lm_head: Tensor, eps: float) -> Tensor:
-    return _bmm(_rms(x, norm, eps), lm_head).float()
+    return bmm(rms(x, norm, eps), lm_head).float()
 
 
 @functools.cache
@@ -256,7 +256,7 @@ class FastDecode:
 
     def _fused_step(self, st: _State) -> Tensor:
         """The triton step: Triton kernels for RMSNorm, RoPE with the cache write, attention and
-        the SwiGLU gate; the products stay in BLAS (stacked._bmm)."""
+        the SwiGLU gate; the products stay in BLAS (ops.bmm)."""
         from cdray.decode.fused import rms_norm, rope_and_write, silu_mul
 
         s = self.s
@@ -266,14 +266,14 @@ class FastDecode:
         for li, blk in enumerate(s.blocks):
             kc, vc = s.k_cache[li], s.v_cache[li]
             ks, vs = (s.k_scale[li], s.v_scale[li]) if s.kv_fp8 else (None, None)
-            qkv = _bmm(rms_norm(x, blk["ln1"], s.eps), blk["qkv"])
+            qkv = bmm(rms_norm(x, blk["ln1"], s.eps), blk["qkv"])
             q = rope_and_write(qkv, st.pos, s.inv_freq, nh, nkv, kc, vc, ks, vs)
             att = decode_attention(q.view(G * b, nh, hd), kc.view(G * b, nkv, T, hd),
                                    vc.view(G * b, nkv, T, hd), st.lengths,
                                    *((ks.view(G * b, nkv, T), vs.view(G * b, nkv, T))
                                      if s.kv_fp8 else ()), config=self.kernel_config)
-            x = _bmm(att.view(G, b, nh * hd), blk["o"], residual=x)
-            gate_up = _bmm(rms_norm(x, blk["ln2"], s.eps), blk["gate_up"])
-            x = _bmm(silu_mul(gate_up), blk["down"], residual=x)
-        logits = _bmm(rms_norm(x, s.final_norm, s.eps), s.lm_head)
+            x = bmm(att.view(G, b, nh * hd), blk["o"], residual=x)
+            gate_up = bmm(rms_norm(x, blk["ln2"], s.eps), blk["gate_up"])
+            x = bmm(silu_mul(gate_up), blk["down"], residual=x)
+        logits = bmm(rms_norm(x, s.final_norm, s.eps), s.lm_head)
         return logits.float() if self.float_logits else logits

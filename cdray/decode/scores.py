@@ -187,31 +187,3 @@ class NgramBlocker:
         # a row whose whole support got banned keeps its unbanned scores
         dead = torch.isinf(out).all(dim=-1) & ~torch.isinf(scores).all(dim=-1)
         return torch.where(dead[:, None], scores, out)
-
-
-# ---------------------------------------------------------------- the public loop
-
-
-def generate(expert, amateur, prompts: list[list[int]], row_seeds: list[int], strategy: str,
-             d: DecodingConfig, *, max_new_tokens: int, stop_at_eos: bool, eos_id: int = 2,
-             pad_id: int = 3, batch_size: int = 64, device="cpu", dtype=torch.float32,
-             amateur_dropout: float = 0.0, max_len: int | None = None, engine: str = "auto",
-             refill: bool = True, attention: str = "auto", compile_layers: bool = False,
-             kv_cache: str = "model"):
-    """Sample one continuation per prompt (see cdray.decode.engine.Decoder.generate).
-
-    Row j uses uniforms from seed row_seeds[j]. The HF models are read, not modified: the engine
-    copies their weights (stacked when expert and amateur share a shape) into `dtype` on
-    `device`; logits are upcast to fp32 before scoring. amateur_dropout = p > 0 runs the
-    amateur with attention dropout p (a DROP-p amateur); the expert never drops. attention is
-    one of cdray.decode.stacked.ATTENTION; compile_layers applies to its fast step; kv_cache is one of
-    cdray.decode.stacked.KV_CACHE.
-    """
-    from cdray.decode.engine import Decoder
-
-    dec = Decoder(expert, amateur, strategy, d, device=device, dtype=dtype,
-                  amateur_dropout=float(amateur_dropout), engine=engine, attention=attention,
-                  compile_layers=compile_layers, kv_cache=kv_cache)
-    return dec.generate(prompts, row_seeds, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
-                        eos_id=eos_id, pad_id=pad_id, batch_size=batch_size, max_len=max_len,
-                        refill=refill)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from cdray.decode.ops import bmm, rms, rope
+
 _M32 = 0xFFFFFFFF
 
 
@@ -23,10 +25,6 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-# BLAS takes a different (matrix-vector) path for a handful of rows, which rounds differently;
-# padding every product to at least this many rows keeps a row's logits bit-identical whatever
-# the batch around it (checked on MKL/OpenBLAS CPUs by tests/test_decoding.py)
-MIN_ROWS = 8
 # attention reads a prefix of the cache: enough keys for the longest row, rounded up to a key
 # step, and at least a floor. Keys past a row's position are masked to exact zeros, but kernels
 # still sum in an order that can depend on the key count, so a row keeps its bits only across
@@ -66,29 +64,6 @@ def _sdpa_backends(kind: str):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-def _bmm(x: Tensor, w: Tensor, residual: Tensor | None = None) -> Tensor:
-    """x @ w, batched over the stack, plus `residual` when given (one fused call)."""
-    rows = x.shape[1]
-    if rows < MIN_ROWS:
-        def pad(t: Tensor) -> Tensor:
-            return torch.cat([t, t.new_zeros((t.shape[0], MIN_ROWS - rows, t.shape[2]))], dim=1)
-
-        return _bmm(pad(x), w, None if residual is None else pad(residual))[:, :rows]
-    return torch.bmm(x, w) if residual is None else torch.baddbmm(residual, x, w)
-
-
-def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
-    """RMSNorm in fp32, rounded back to x's dtype before the weight (as HF's Llama does)."""
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return w * xf.to(x.dtype)
-
-
-def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
 def _cache_len(max_len: int, step: int = CACHE_LEN_STEP) -> int:
@@ -404,9 +379,9 @@ class StackedLlama:
             lo, hi = seeds & _M32, (seeds >> 32) & _M32
             drop_base = _mix32(_mix32(lo ^ _mix32(hi))[:, None] ^ (positions & _M32))
         for li, blk in enumerate(self.blocks):
-            hidden = _rms(x, blk["ln1"], self.eps)
-            qkv = _bmm(hidden, blk["qkv"]).reshape(G, b, Q, nh + 2 * nkv, hd).transpose(2, 3)
-            qk = _rope(qkv[:, :, :nh + nkv], cos, sin)  # queries and keys in one pass
+            hidden = rms(x, blk["ln1"], self.eps)
+            qkv = bmm(hidden, blk["qkv"]).reshape(G, b, Q, nh + 2 * nkv, hd).transpose(2, 3)
+            qk = rope(qkv[:, :, :nh + nkv], cos, sin)  # queries and keys in one pass
             q, k = qk[:, :, :nh], qk[:, :, nh:]  # [G, b, nh, Q, hd], [G, b, nkv, Q, hd]
             v = qkv[:, :, nh + nkv:]
             kc, vc = self.write_kv(li, row_idx, positions, k.permute(1, 3, 0, 2, 4),
@@ -419,14 +394,14 @@ class StackedLlama:
                         q.reshape(G * b, nh, Q, hd), kc.reshape(G * b, nkv, t_used, hd),
                         vc.reshape(G * b, nkv, t_used, hd), attn_mask=sdpa_mask, enable_gqa=rep > 1)
             out = out.reshape(G, b, nh, Q, hd).transpose(2, 3).reshape(G, b * Q, nh * hd)
-            x = _bmm(out, blk["o"], residual=x)
-            hidden = _rms(x, blk["ln2"], self.eps)
-            gate, up = _bmm(hidden, blk["gate_up"]).chunk(2, dim=-1)
-            x = _bmm(torch.nn.functional.silu(gate) * up, blk["down"], residual=x)
+            x = bmm(out, blk["o"], residual=x)
+            hidden = rms(x, blk["ln2"], self.eps)
+            gate, up = bmm(hidden, blk["gate_up"]).chunk(2, dim=-1)
+            x = bmm(torch.nn.functional.silu(gate) * up, blk["down"], residual=x)
         x = x.reshape(G, b, Q, H)
         if last is None:
             x = x[:, :, -1]
         else:
             x = x[:, torch.arange(b, device=ids.device), last]
-        x = _rms(x, self.final_norm, self.eps)
-        return _bmm(x, self.lm_head).float()
+        x = rms(x, self.final_norm, self.eps)
+        return bmm(x, self.lm_head).float()

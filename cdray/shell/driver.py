@@ -10,12 +10,12 @@ from ray import tune
 from cdray.common.redaction import redact
 from cdray.config import SweepConfig, to_dict
 from cdray.dag.graph import Cell, SweepGraph, build_graph
-from cdray.dag.plan import anchored, open_store, plan, sweep_key
 from cdray.dag.store import Store
 from cdray.decode.synthetic import budget_reachable
 from cdray.eval.arm_table import format_table
 from cdray.shell.ray_exec import CELL_DRIVER_CPU, build_node, build_nodes, init_ray, ray_storage
-from cdray.tracking.cells import cell_row, live_metrics, log_cell, log_upstream, metric_prefix
+from cdray.sweep.cell_runs import cell_row, live_metrics, log_cell, log_upstream, metric_prefix
+from cdray.sweep.plan import anchored, open_store, plan, sweep_key
 from cdray.tracking.runs import Tracker
 
 Echo = Callable[[str], None]

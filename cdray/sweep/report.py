@@ -7,9 +7,9 @@ from typing import Callable
 
 from cdray.config import SweepConfig
 from cdray.dag.graph import build_graph
-from cdray.dag.plan import anchored, sweep_key
 from cdray.dag.store import Store
 from cdray.eval.arm_table import format_table
+from cdray.sweep.plan import anchored, sweep_key
 from cdray.tracking.runs import Tracker, TrackingError
 
 Echo = Callable[[str], None]
