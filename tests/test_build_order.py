@@ -120,3 +120,14 @@ def test_the_plan_lists_every_node_once_in_build_order(sweep):
     for node in graph.nodes():
         for _, dep in node.inputs:
             assert position[(dep.stage, dep.key)] < position[(node.stage, node.key)]
+
+
+def test_the_stage_table_names_every_builder():
+    from cdray.dag.builders import BUILDERS
+    from cdray.dag.stages import STAGES
+
+    assert set(BUILDERS) == set(STAGES)
+    with pytest.raises(ValueError, match="stage 'tokenizer' reads no input 'prompts'"):
+        from cdray.dag.graph import Node
+
+        Node("tokenizer", {}, (("prompts", Node("corpus", {}, (), "corpus")),), "tokenizer")

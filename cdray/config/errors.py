@@ -21,3 +21,12 @@ def in_range(value, lo, hi, field_name, *, lo_open=False, hi_open=False):
     lb = "(" if lo_open else "["
     rb = ")" if hi_open else "]"
     check(ok_lo and ok_hi, field_name, f"{value!r} is outside {lb}{lo}, {hi}{rb}")
+
+
+# Field metadata a stage's key reads (cdray.dag.keys.key_slice): an execution-only knob changes how
+# fast an artifact is built, never what it holds, so it stays out of every key; a BabyLM setting
+# reaches only the BabyLM evaluation nodes (their keys hold what of it they use), never the
+# perplexity evaluation's
+EXECUTION = {"key": False}
+BABYLM = {"scope": "babylm"}
+BABYLM_EXECUTION = {"key": False, "scope": "babylm"}

@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from cdray.config.errors import check, in_range
+from cdray.config.errors import EXECUTION, check, in_range
 
 STRATEGIES = ("no_contrast", "no_contrast_vhead", "contrastive", "contrastive_tail")
 
@@ -55,15 +55,16 @@ class GenerationConfig:
     token_budget: int = 100_000_000  # total new tokens of the corpus
     batch_size: int = 64
     shard_prompts: int = 256  # prompts per shard (the unit of resume)
-    actors: int = 1  # max actors of the pool
+    actors: int = field(default=1, metadata=EXECUTION)  # max actors of the pool
     # all `actors` start at once; Ray Data may stop idle ones down to this floor near the end
-    min_actors: int = 1
-    actor_cpus: float = 0.5
-    actor_gpus: float = 0.0
+    min_actors: int = field(default=1, metadata=EXECUTION)
+    actor_cpus: float = field(default=0.5, metadata=EXECUTION)
+    actor_gpus: float = field(default=0.0, metadata=EXECUTION)
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
     paper_compat: bool = False  # the released code's settings (see PAPER_COMPAT)
-    engine: Literal["auto", "stacked", "separate"] = "auto"  # auto: stack same-shaped models
+    # auto: stack same-shaped models
+    engine: Literal["auto", "stacked", "separate"] = field(default="auto", metadata=EXECUTION)
     # how a decode step attends (cdray.decode.stacked.ATTENTION); auto: on CUDA the fast step (cdray's
     # Triton kernel over each row's own keys + a CUDA graph per batch), eager matmul-softmax-matmul
     # on CPU and for DROP-p amateurs
@@ -74,11 +75,14 @@ class GenerationConfig:
     # vector): half the bytes a bf16 decode step streams (H100: +21% tokens/s), at the cost of
     # rounding keys and values; on CPU the eager step dequantizes it every step (slower there)
     kv_cache: Literal["model", "fp8"] = "model"
-    refill: bool = True  # finished rows are replaced from the queue so the batch stays full
-    memory_fraction: float = 0.5  # of free RAM / GPU memory the two KV caches may take
+    # finished rows are replaced from the queue so the batch stays full
+    refill: bool = field(default=True, metadata=EXECUTION)
+    # of free RAM / GPU memory the two KV caches may take
+    memory_fraction: float = field(default=0.5, metadata=EXECUTION)
     decontaminate_n: int = 13  # n-gram length of the eval-overlap check (0: off)
     drop_contaminated: bool = False  # drop rows sharing an n-gram with the eval split
-    progress: bool = True  # per-shard log lines (rows, tokens, tokens/s)
+    # per-shard log lines (rows, tokens, tokens/s)
+    progress: bool = field(default=True, metadata=EXECUTION)
 
     def validate(self, at: str) -> None:
         self.decoding.validate(f"{at}.decoding")

@@ -1,10 +1,10 @@
 """Config of the models (shapes, presets), the training recipe, the GOOD run and SMALL amateurs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from cdray.config.errors import check, in_range
+from cdray.config.errors import EXECUTION, check, in_range
 
 MODEL_PRESETS: dict[str, dict[str, int]] = {
     # the paper's GOOD / BASELINE model (162M params with a 32k vocabulary)
@@ -65,10 +65,10 @@ class TrainConfig:
     mixing: Literal["exact", "paper16"] = "exact"  # paper16: floor(16q) of every 16 sequences
     num_workers: int = 1  # Ray Train workers (data parallel)
     use_gpu: bool = False
-    torch_threads: int = 1  # per worker, on CPU
+    torch_threads: int = field(default=1, metadata=EXECUTION)  # per worker, on CPU
     # torch.compile the training step: pays off on GPU and for larger CPU models, not for the tiny
     # CPU presets (compile time > time saved; see BENCHMARKS.md, issue 6)
-    compile: bool = False
+    compile: bool = field(default=False, metadata=EXECUTION)
 
     def validate(self, at: str) -> None:
         check(self.steps >= 1, f"{at}.steps", f"{self.steps!r} must be >= 1")

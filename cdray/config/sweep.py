@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from cdray.config.data import CorpusConfig, TokenizerConfig
-from cdray.config.errors import check, in_range
+from cdray.config.errors import BABYLM, BABYLM_EXECUTION, EXECUTION, check, in_range
 from cdray.config.generation import STRATEGIES, GenerationConfig
 from cdray.config.models import ExpertConfig, ModelConfig, SmallConfig, TrainConfig
 
@@ -20,20 +20,27 @@ class EvalConfig:
 
     perplexity: bool = True
     max_blocks: Optional[int] = None  # cap on eval-split blocks for perplexity (None: all)
-    batch_size: int = 8
-    babylm_dir: Optional[str] = None  # a directory in the BabyLM 2025 evaluation layout
-    tasks: tuple[str, ...] = BABYLM_TASKS  # BabyLM tasks scored when babylm_dir is set
-    lm_eval_tasks: tuple[str, ...] = ()  # built-in lm-eval task names (need the HF hub)
-    max_items: Optional[int] = None  # first N items of every BabyLM file but reading (None: all)
-    steps: Optional[tuple[int, ...]] = None  # milestones scored on BabyLM (None: every one)
-    scoring_batch_size: int = 64  # lm-eval batch size
+    batch_size: int = field(default=8, metadata=EXECUTION)
+    # a directory in the BabyLM 2025 evaluation layout
+    babylm_dir: Optional[str] = field(default=None, metadata=BABYLM)
+    # BabyLM tasks scored when babylm_dir is set
+    tasks: tuple[str, ...] = field(default=BABYLM_TASKS, metadata=BABYLM)
+    # built-in lm-eval task names (need the HF hub)
+    lm_eval_tasks: tuple[str, ...] = field(default=(), metadata=BABYLM)
+    # first N items of every BabyLM file but reading (None: all)
+    max_items: Optional[int] = field(default=None, metadata=BABYLM)
+    # milestones scored on BabyLM (None: every one)
+    steps: Optional[tuple[int, ...]] = field(default=None, metadata=BABYLM)
+    scoring_batch_size: int = field(default=64, metadata=BABYLM_EXECUTION)  # lm-eval batch size
     # reading surprisal of a word split into several tokens: "exact" sums its tokens' log-probs
     # after the context; "babylm2025" reproduces the official BabyLM 2025 pipeline (each later
     # piece re-encoded as a word start after the decoded earlier ones), which produced the paper's
     # numbers
-    reading_mode: Literal["exact", "babylm2025"] = "exact"
-    fetch_url: Optional[str] = None  # `cdray data fetch-eval`: the BabyLM 2025 evaluation_data archive
-    fetch_sha256: Optional[str] = None  # optional checksum of that archive
+    reading_mode: Literal["exact", "babylm2025"] = field(default="exact", metadata=BABYLM)
+    # `cdray data fetch-eval`: the BabyLM 2025 evaluation_data archive
+    fetch_url: Optional[str] = field(default=None, metadata=BABYLM)
+    # optional checksum of that archive
+    fetch_sha256: Optional[str] = field(default=None, metadata=BABYLM)
 
     def validate(self, at: str) -> None:
         check(self.batch_size >= 1, f"{at}.batch_size", "must be >= 1")

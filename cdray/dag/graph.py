@@ -7,39 +7,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from cdray.config import SweepConfig, to_dict
-from cdray.dag.keys import stage_key
-
-# Bump a stage's version when its output for the same config changes meaning.
-STAGE_VERSIONS = {
-    "corpus": 1,
-    "tokenizer": 2,  # 2: saved to encode with <s> first, as every training document starts
-    "tokens": 1,
-    "prompts": 1,
-    "train": 1,
-    "generate": 2,  # 2: own decoding engine, telemetry and contamination columns
-    "evaluate": 1,
-    "babylm": 1,
-    "contamination": 1,
-}
-
-# Execution-only knobs: they change how fast an artifact is built, never what it contains,
-# so they are left out of the key (everything else in a slice is hashed).
-EXECUTION_ONLY = {
-    "train": ("torch_threads", "compile"),
-    "generation": ("actors", "min_actors", "actor_cpus", "actor_gpus", "engine", "refill",
-                   "memory_fraction", "progress"),
-    "eval": ("batch_size", "scoring_batch_size"),
-}
-# BabyLM settings reach only the babylm nodes, never the perplexity evaluation
-BABYLM_FIELDS = ("babylm_dir", "tasks", "lm_eval_tasks", "max_items", "steps", "scoring_batch_size",
-                 "fetch_url", "fetch_sha256", "reading_mode")
-
-
-def _slice(section: str, obj: Any) -> dict:
-    d = to_dict(obj)
-    for name in EXECUTION_ONLY.get(section, ()):
-        d.pop(name, None)
-    return d
+from cdray.dag.keys import key_slice, stage_key
+from cdray.dag.stages import stage
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,9 +20,14 @@ class Node:
     inputs: tuple[tuple[str, "Node"], ...] = ()
     label: str = ""
 
+    def __post_init__(self):
+        unknown = [n for n, _ in self.inputs if n not in stage(self.stage).inputs]
+        if unknown:
+            raise ValueError(f"{self.label or self.stage}: stage {self.stage!r} reads no input {unknown[0]!r}")
+
     @cached_property
     def key(self) -> str:
-        return stage_key(self.stage, STAGE_VERSIONS[self.stage], self.config, self.input_keys)
+        return stage_key(self.stage, stage(self.stage).version, self.config, self.input_keys)
 
     @property
     def input_keys(self) -> dict[str, str]:
@@ -213,7 +187,7 @@ def _train_node(cfg: SweepConfig, g_inputs: dict, *, model: dict, seed: int, q: 
     config = {
         "model": model,
         "vocab_size": cfg.tokenizer.vocab_size,
-        "recipe": _slice("train", cfg.train),
+        "recipe": key_slice(cfg.train),
         "seed": seed,
         "q": q,
         "milestones": list(milestones),
@@ -225,8 +199,8 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
     """Expand the grid into nodes and deduplicated cells."""
     from cdray.models.shapes import small_for_ratio
 
-    corpus = Node("corpus", _slice("corpus", cfg.corpus), (), "corpus")
-    tokenizer = Node("tokenizer", _slice("tokenizer", cfg.tokenizer), (("corpus", corpus),), "tokenizer")
+    corpus = Node("corpus", key_slice(cfg.corpus), (), "corpus")
+    tokenizer = Node("tokenizer", key_slice(cfg.tokenizer), (("corpus", corpus),), "tokenizer")
     split_inputs = (("corpus", corpus), ("tokenizer", tokenizer))
     tokens_train = Node("tokens", {"split": "train"}, split_inputs, "tokens[train]")
     tokens_eval = Node("tokens", {"split": "eval"}, split_inputs, "tokens[eval]")
@@ -279,7 +253,7 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
             else:
                 amateur_cfg["dropout"] = amateur.value
         config = {
-            "generation": _slice("generation", cfg.generation),
+            "generation": key_slice(cfg.generation),
             "strategy": strategy,
             "expert_step": cfg.expert_step,
             "amateur": amateur_cfg,
@@ -297,7 +271,7 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
         return syn
 
     mixed_model = to_dict(cfg.mixed_model or cfg.expert.model)
-    eval_cfg = {k: v for k, v in _slice("eval", cfg.eval).items() if k not in BABYLM_FIELDS}
+    eval_cfg = key_slice(cfg.eval, leave_scope="babylm")
     eval_cfg["seq_len"] = cfg.train.seq_len
     babylm_tasks, graph.babylm_note = babylm_plan(cfg)
     seen: set[str] = set()

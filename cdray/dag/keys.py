@@ -2,6 +2,7 @@
 config slice and its inputs' keys."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -29,3 +30,17 @@ def stage_key(stage: str, version: int, config: Any, input_keys: dict[str, str])
     """sha256 over stage name, stage version, the whole config slice and the input keys."""
     payload = canonical_json({"stage": stage, "version": version, "config": config, "inputs": input_keys})
     return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def key_slice(section: Any, leave_scope: str | None = None) -> dict:
+    """A config section as it enters a stage's key: every field but the execution-only ones
+    (metadata {"key": False}) and, with `leave_scope`, those of that scope (BabyLM settings in the
+    perplexity evaluation's key). Nested sections are kept whole."""
+    from cdray.config import to_dict
+
+    out = {}
+    for f in dataclasses.fields(section):
+        if f.metadata.get("key") is False or (leave_scope and f.metadata.get("scope") == leave_scope):
+            continue
+        out[f.name] = to_dict(getattr(section, f.name))
+    return out

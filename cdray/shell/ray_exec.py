@@ -13,8 +13,9 @@ import ray
 
 from cdray.common.signals import sigterm_interrupts
 from cdray.config import ConfigError, RayConfig, SweepConfig
-from cdray.dag import builders as stages
+from cdray.dag import builders
 from cdray.dag.graph import Node
+from cdray.dag.stages import stage
 from cdray.dag.store import Store
 
 # progress bars of every model load in every worker drown the sweep's own progress lines
@@ -101,27 +102,34 @@ def _build_task(node: Node, cfg: SweepConfig) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    return stages.build(node, cfg, open_store(cfg))
+    return builders.build(node, cfg, open_store(cfg))
 
 
 def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[str] = None,
                callbacks: tuple = (), progress: Optional[Callable[[dict], None]] = None) -> dict:
-    """Get-or-build a node with the Ray executor that suits its stage (progress: a generate
-    stage's figures as each shard commits, stages.build_generate)."""
+    """Get-or-build a node on the executor its stage runs on (cdray.dag.stages): Ray Train, a Ray
+    Data actor pool (progress: its figures as each shard commits, builders.build_generate), or a
+    task; a checkpoint's BabyLM tasks go through build_nodes."""
     if store.is_done(node.stage, node.key):
         return store.manifest(node.stage, node.key)
-    if node.stage == "train":
+    runs_on = stage(node.stage).runs_on
+    if runs_on == "train":
         builder = partial(fit_training, callbacks=callbacks)
-        return stages.build(node, cfg, store, builder=builder, extra={"mlflow_run_id": run_id})
-    if node.stage == "generate":
-        builder = partial(stages.build_generate, progress=progress,
+        return builders.build(node, cfg, store, builder=builder, extra={"mlflow_run_id": run_id})
+    if runs_on == "data":
+        builder = partial(builders.build_generate, progress=progress,
                           execute=partial(generate_with_ray_data, cfg=cfg, store=store, node=node))
-        return stages.build(node, cfg, store, builder=builder)
+        return builders.build(node, cfg, store, builder=builder)
+    if runs_on == "checkpoint":
+        return build_nodes([node], cfg, store)[0]
     # inside a Tune trial, tasks would inherit the trial's 0.01-CPU placement group: escape it
+    return ray.get(_build_task.options(scheduling_strategy=_outside_trial()).remote(node, cfg))
+
+
+def _outside_trial():
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    outside = PlacementGroupSchedulingStrategy(placement_group=None)
-    return ray.get(_build_task.options(scheduling_strategy=outside).remote(node, cfg))
+    return PlacementGroupSchedulingStrategy(placement_group=None)
 
 
 @ray.remote(num_cpus=WORK_CPU)
@@ -129,20 +137,18 @@ def _build_babylm_group_task(nodes: list, cfg: SweepConfig) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
-    return stages.build_babylm_group(nodes, cfg, open_store(cfg))
+    return builders.build_babylm_group(nodes, cfg, open_store(cfg))
 
 
 def build_nodes(nodes, cfg: SweepConfig, store: Store) -> list[dict]:
     """Get-or-build a cell's evaluation nodes: one Ray task per checkpoint, which loads it once and
     scores every task of it in one process; checkpoints in parallel."""
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    outside = PlacementGroupSchedulingStrategy(placement_group=None)
     groups: dict[tuple, list[Node]] = {}
     for node in nodes:
         if not store.is_done(node.stage, node.key):
-            groups.setdefault(stages.checkpoint_of(node), []).append(node)
-    refs = [_build_babylm_group_task.options(scheduling_strategy=outside).remote(g, cfg) for g in groups.values()]
+            groups.setdefault(builders.checkpoint_of(node), []).append(node)
+    refs = [_build_babylm_group_task.options(scheduling_strategy=_outside_trial()).remote(g, cfg)
+            for g in groups.values()]
     built = {n.key: m for g, ms in zip(groups.values(), ray.get(refs)) for n, m in zip(g, ms)}
     return [built.get(n.key) or store.manifest(n.stage, n.key) for n in nodes]
 
@@ -190,7 +196,7 @@ def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callback
     resources = None if recipe.use_gpu else {"CPU": recipe.torch_threads - CELL_DRIVER_CPU}
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"job": stages.train_job(node, cfg, store), "out": str(out),
+        train_loop_config={"job": builders.train_job(node, cfg, store), "out": str(out),
                            "use_gpu": recipe.use_gpu, "threads": recipe.torch_threads,
                            "store": ray.put((store.location, cfg.store.cache)) if remote else None,
                            "fetch": fetch, "push": (node.stage, node.key, store.attempt(node.stage, node.key))},
