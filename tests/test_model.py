@@ -2,8 +2,12 @@
 import pytest
 import torch
 
+from cdray.common.special_tokens import BOS_ID as BOS
+from cdray.common.special_tokens import EOS_ID as EOS
+from cdray.common.special_tokens import PAD_ID as PAD
+from cdray.common.special_tokens import UNK_ID as UNK
 from cdray.config import MODEL_PRESETS, ModelConfig
-from cdray.models.llama import BOS, EOS, PAD, UNK, build_model, llama_config, load_model, param_counts, save_model
+from cdray.models.llama import build_model, llama_config, load_model, param_counts, save_model
 
 torch.set_num_threads(1)
 

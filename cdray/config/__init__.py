@@ -2,7 +2,14 @@
 each field is defined, loaded strictly from YAML with presets, profiles and dotted overrides."""
 from cdray.config.data import PACKAGED_TEXT_NAMES, CorpusConfig, SourceConfig, TokenizerConfig
 from cdray.config.errors import ConfigError
-from cdray.config.generation import PAPER_COMPAT, PAPER_COMPAT_PENALTY, STRATEGIES, DecodingConfig, GenerationConfig
+from cdray.config.generation import (
+                                     NEEDS_AMATEUR,
+                                     PAPER_COMPAT,
+                                     PAPER_COMPAT_PENALTY,
+                                     STRATEGIES,
+                                     DecodingConfig,
+                                     GenerationConfig,
+)
 from cdray.config.loading import (
                                      apply_profile,
                                      from_dict,
@@ -30,7 +37,7 @@ from cdray.config.sweep import (
 
 __all__ = [
     "PACKAGED_TEXT_NAMES", "CorpusConfig", "SourceConfig", "TokenizerConfig", "ConfigError", "PAPER_COMPAT",
-    "PAPER_COMPAT_PENALTY", "STRATEGIES", "DecodingConfig", "GenerationConfig", "apply_profile", "from_dict",
+    "NEEDS_AMATEUR", "PAPER_COMPAT_PENALTY", "STRATEGIES", "DecodingConfig", "GenerationConfig", "apply_profile", "from_dict",
     "load", "load_raw", "parse_override", "parse_section", "set_dotted", "to_dict", "MODEL_PRESETS",
     "ExpertConfig", "ModelConfig", "SmallConfig", "TrainConfig", "field_reference", "reference_markdown",
     "BABYLM_TASKS", "EvalConfig", "GridConfig", "ProfileConfig", "ProfileGenerationConfig", "ProfileTrainConfig",

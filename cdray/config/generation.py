@@ -7,7 +7,9 @@ from typing import Literal, Optional
 
 from cdray.config.errors import EXECUTION, check, in_range
 
-STRATEGIES = ("no_contrast", "no_contrast_vhead", "contrastive", "contrastive_tail")
+# what the sampler is fed (PAPER.md section 2); the contrastive ones read an amateur's logits
+NEEDS_AMATEUR = ("contrastive", "contrastive_tail")
+STRATEGIES = ("no_contrast", "no_contrast_vhead", *NEEDS_AMATEUR)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 from cdray.config.data import CorpusConfig, TokenizerConfig
 from cdray.config.errors import BABYLM, BABYLM_EXECUTION, EXECUTION, check, in_range
-from cdray.config.generation import STRATEGIES, GenerationConfig
+from cdray.config.generation import NEEDS_AMATEUR, STRATEGIES, GenerationConfig
 from cdray.config.models import ExpertConfig, ModelConfig, SmallConfig, TrainConfig
 
 # BabyLM 2025 zero-shot tasks (cdray.eval.babylm scores them through lm-eval; PAPER.md section 3)
@@ -71,8 +71,8 @@ class GridConfig:
         """How many cells the grid expands to: per seed one BASELINE (q = 0) and one per
         (synthetic corpus, q > 0)."""
         amateurs = len(self.k) + len(self.r) + len(self.p)
-        corpora = sum(1 for s in set(self.strategy) if s in ("no_contrast", "no_contrast_vhead"))
-        corpora += amateurs * sum(1 for s in set(self.strategy) if s in ("contrastive", "contrastive_tail"))
+        corpora = sum(1 for s in set(self.strategy) if s not in NEEDS_AMATEUR)
+        corpora += amateurs * sum(1 for s in set(self.strategy) if s in NEEDS_AMATEUR)
         per_seed = (1 if 0 in self.q else 0) + corpora * sum(1 for q in set(self.q) if q > 0)
         return len(set(self.seed)) * per_seed
 
@@ -96,7 +96,7 @@ class GridConfig:
         check(self.cells() <= self.max_cells, f"{at}.max_cells",
                f"the grid has {self.cells()} cells, more than max_cells={self.max_cells} "
                f"(raise it if you mean it)")
-        contrastive = [s for s in self.strategy if s in ("contrastive", "contrastive_tail")]
+        contrastive = [s for s in self.strategy if s in NEEDS_AMATEUR]
         if contrastive and any(q > 0 for q in self.q):
             check(bool(self.k or self.r or self.p), f"{at}.k",
                    f"strategy {contrastive[0]!r} needs an amateur: set grid.k, grid.r or grid.p")

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from cdray.common.special_tokens import BOS_ID, EOS_ID
 from cdray.config import SweepConfig
 from cdray.dag.graph import Node
 from cdray.dag.store import Store
@@ -45,9 +46,9 @@ def build_tokens(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
         # BOS / trailing EOS so write_token_stream's wrapping does not double them
         def docs():
             for toks in table.column("tokens").to_pylist():
-                if toks and toks[0] == 1:
+                if toks and toks[0] == BOS_ID:
                     toks = toks[1:]
-                if toks and toks[-1] == 2:
+                if toks and toks[-1] == EOS_ID:
                     toks = toks[:-1]
                 yield toks
 

@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from cdray.config import SweepConfig, to_dict
+from cdray.config import NEEDS_AMATEUR, SweepConfig, to_dict
 from cdray.dag.keys import key_slice, stage_key
 from cdray.dag.stages import stage
 
@@ -278,7 +278,7 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
     for seed in cfg.grid.seed:
         for q in cfg.grid.q:
             for strategy in cfg.grid.strategy:
-                needs_amateur = strategy in ("contrastive", "contrastive_tail") and q > 0
+                needs_amateur = strategy in NEEDS_AMATEUR and q > 0
                 for amateur in (amateurs if needs_amateur else [None]):
                     if q == 0:
                         strategy_, amateur_ = None, None

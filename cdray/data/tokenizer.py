@@ -10,12 +10,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from cdray.common.files import replacing
+from cdray.common.special_tokens import BOS, BOS_ID, EOS, EOS_ID, PAD, SPECIALS, UNK
 from cdray.config import TokenizerConfig
 
 VERSION = 1
 
-SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")  # ids 0, 1, 2, 3
-UNK, BOS, EOS, PAD = SPECIALS
 _MAX_LENGTH = 1 << 30  # documents are streamed and cut into blocks later, never truncated here
 _READ_BATCH = 1000
 
@@ -50,9 +49,8 @@ def train_tokenizer(cfg: TokenizerConfig, train_parquet: Path, out_dir: Path) ->
     # encode as training saw every document: after <s>. Whoever loads the saved tokenizer (lm-eval,
     # the official BabyLM pipeline, a plain AutoTokenizer) then scores text as the model read it;
     # cdray's own streams encode without special tokens and wrap documents themselves
-    bos_id = SPECIALS.index(BOS)
     bpe.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B:1", special_tokens=[(BOS, bos_id)])
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B:1", special_tokens=[(BOS, BOS_ID)])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=bpe, unk_token=UNK, bos_token=BOS, eos_token=EOS,
         pad_token=PAD, model_max_length=_MAX_LENGTH, clean_up_tokenization_spaces=False)
@@ -128,7 +126,7 @@ def stream_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size < (1 << 16) else np.uint32)
 
 
-def write_token_stream(token_lists: Iterable[list[int]], path: Path, *, bos: int = 1, eos: int = 2,
+def write_token_stream(token_lists: Iterable[list[int]], path: Path, *, bos: int = BOS_ID, eos: int = EOS_ID,
                        vocab_size: int | None = None) -> dict:
     """Write one flat 1-D .npy where every document is `bos ... eos`; dtype from the vocabulary.
 

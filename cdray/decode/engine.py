@@ -11,8 +11,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from cdray.config import STRATEGIES, DecodingConfig
-from cdray.decode.scores import NEEDS_AMATEUR, NgramBlocker, sample_inverse_cdf, step_scores, truncate
+from cdray.common.special_tokens import EOS_ID, PAD_ID
+from cdray.config import NEEDS_AMATEUR, STRATEGIES, DecodingConfig
+from cdray.decode.scores import NgramBlocker, sample_inverse_cdf, step_scores, truncate
 from cdray.decode.stacked import StackedLlama, same_shape
 
 
@@ -124,7 +125,7 @@ class Decoder:
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], row_seeds: list[int], *, max_new_tokens: int,
-                 stop_at_eos: bool, eos_id: int = 2, pad_id: int = 3, batch_size: int = 64,
+                 stop_at_eos: bool, eos_id: int = EOS_ID, pad_id: int = PAD_ID, batch_size: int = 64,
                  max_len: Optional[int] = None, refill: bool = True,
                  on_row: Optional[Callable[[int, RowResult], None]] = None,
                  usage: Optional[dict] = None,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from cdray.common.special_tokens import EOS_ID, PAD_ID
 from cdray.config import DecodingConfig
 from cdray.decode.engine import Decoder
 
 
 def generate(expert, amateur, prompts: list[list[int]], row_seeds: list[int], strategy: str,
-             d: DecodingConfig, *, max_new_tokens: int, stop_at_eos: bool, eos_id: int = 2,
-             pad_id: int = 3, batch_size: int = 64, device="cpu", dtype=torch.float32,
+             d: DecodingConfig, *, max_new_tokens: int, stop_at_eos: bool, eos_id: int = EOS_ID,
+             pad_id: int = PAD_ID, batch_size: int = 64, device="cpu", dtype=torch.float32,
              amateur_dropout: float = 0.0, max_len: int | None = None, engine: str = "auto",
              refill: bool = True, attention: str = "auto", compile_layers: bool = False,
              kv_cache: str = "model"):

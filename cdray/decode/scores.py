@@ -8,9 +8,6 @@ from torch import Tensor
 
 from cdray.config import STRATEGIES, DecodingConfig
 
-NEEDS_AMATEUR = ("contrastive", "contrastive_tail")
-
-
 # ---------------------------------------------------------------- one decoding step
 
 

@@ -9,6 +9,7 @@ import weakref
 from collections import deque
 from typing import Callable, Optional
 
+from cdray.common.special_tokens import EOS_ID, PAD_ID
 from cdray.decode.engine import Decoder, RowResult
 
 EXIT_WAIT_S = 10.0  # how long an exiting interpreter waits for each serving thread to end
@@ -72,8 +73,8 @@ class SharedBatch:
     """
 
     def __init__(self, decoder: Decoder, *, max_new_tokens: int, stop_at_eos: bool,
-                 batch_size: int, max_len: int, refill: bool = True, eos_id: int = 2,
-                 pad_id: int = 3):
+                 batch_size: int, max_len: int, refill: bool = True, eos_id: int = EOS_ID,
+                 pad_id: int = PAD_ID):
         self.decoder = decoder
         self.kwargs = dict(max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
                            batch_size=batch_size, max_len=max_len, refill=refill, eos_id=eos_id,

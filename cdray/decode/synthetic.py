@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 
 from cdray.common.faults import crash_point
 from cdray.common.files import file_sha256, replacing, write_json_atomic
-from cdray.config import GenerationConfig
+from cdray.common.special_tokens import BOS_ID
+from cdray.config import NEEDS_AMATEUR, GenerationConfig
 
 VERSION = 2
-BOS_ID = 1
 
 SHARD_SCHEMA = pa.schema([
     ("prompt_id", pa.int64()),
@@ -177,7 +177,6 @@ class ShardGenerator:
 
         from cdray.data.tokenizer import load_decoder
         from cdray.decode.engine import Decoder, plan_batch_size
-        from cdray.decode.scores import NEEDS_AMATEUR
         from cdray.decode.shared_batch import SharedBatch
         from cdray.models.weights import load_weights
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from cdray.common.special_tokens import BOS_ID, EOS_ID, PAD_ID
 from cdray.config import ModelConfig
 from cdray.models.shapes import count_params
 
 # the tokenizer's special ids (PAPER.md 1.2)
-UNK, BOS, EOS, PAD = 0, 1, 2, 3
 
 
 def llama_config(m: ModelConfig, vocab_size: int, *, attention_dropout: float = 0.0) -> LlamaConfig:
@@ -33,9 +33,9 @@ def llama_config(m: ModelConfig, vocab_size: int, *, attention_dropout: float = 
         attention_bias=False,
         mlp_bias=False,
         attention_dropout=float(attention_dropout),
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
     )
 
 
@@ -94,5 +94,5 @@ def load_model(path: Path, *, dtype=torch.float32, device="cpu",
     return model.to(device)
 
 
-__all__ = ["UNK", "BOS", "EOS", "PAD", "llama_config", "param_counts", "small_for_ratio",
+__all__ = ["llama_config", "param_counts", "small_for_ratio",
            "build_model", "save_model", "load_model"]
