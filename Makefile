@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.cdray-installed
 SWEEP  ?= sweeps/tiny.yaml
 
-.PHONY: setup demo test test-slow plan report clean-store mlflow
+.PHONY: setup demo test test-slow plan report replicate clean-store mlflow
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ plan: setup
 
 report: setup
 	$(BIN)/cdray report $(SWEEP)
+
+# the laptop replication of the paper's design (docs/replication.md): under 90 minutes on 2 cores
+replicate: setup
+	$(BIN)/cdray sweep sweeps/replicate.yaml
+	$(BIN)/cdray report sweeps/replicate.yaml
 
 # the fast suite (about 5 minutes on 2 cores); `make test-slow` adds the end-to-end and fault
 # tests that start Ray clusters and kill processes (CI runs both)
