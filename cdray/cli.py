@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="override one config value (repeatable)")
         sp.add_argument("--profile", metavar="NAME",
                         help="apply the sweep file's profiles.NAME (same as --set profile=NAME)")
+        if name in ("sweep", "run"):
+            sp.add_argument("--verbose", action="store_true",
+                            help="show Ray's, Tune's and MLflow's own output here instead of in the log file")
     text = "run a lean MLflow tracking server (sqlite backend, proxied artifacts) in the foreground"
     ml = sub.add_parser("mlflow", help=text, description=text)
     ml.add_argument("--root", default=".cdray/mlflow-server", help="directory of mlflow.db and artifacts")
@@ -106,14 +109,11 @@ def _main(args) -> int:
             from cdray.sweep.plan import print_plan
 
             print_plan(cfg)
-        elif args.command == "sweep":
+        elif args.command in ("sweep", "run"):
             from cdray.shell.driver import run_sweep
 
-            run_sweep(cfg, use_tune=True)
-        elif args.command == "run":
-            from cdray.shell.driver import run_sweep
-
-            run_sweep(cfg, use_tune=False)
+            run_sweep(cfg, use_tune=args.command == "sweep", verbose=args.verbose)
+            _next_steps(args.config, cfg)
         elif args.command == "report":
             from cdray.sweep.report import report_from_mlflow, write_report
 
@@ -156,6 +156,15 @@ def error_line(exc: BaseException) -> Optional[str]:
     if type(cause).__module__.startswith("mlflow"):
         return f"cdray: error: MLflow: {mask_text(_one_line(cause))}"
     return None
+
+
+def _next_steps(config: str, cfg) -> None:
+    from cdray.common.redaction import mask_uri
+    from cdray.tracking.runs import resolve_uri
+
+    uri = mask_uri(os.environ.get("MLFLOW_TRACKING_URI") or resolve_uri(cfg.tracking.uri))
+    print(f"next: cdray report {config}   (the paper's tables and figures)\n"
+          f"      mlflow ui --backend-store-uri {uri}   (compare the arms: open a sweep's run, select its children)")
 
 
 def _raise_masked(exc: BaseException) -> None:

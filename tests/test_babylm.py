@@ -114,7 +114,9 @@ def test_micro_sweep_scores_seven_tasks_item_for_item(micro_cfg_dict, ray_sessio
     assert "| NO-CONTRAST |" in text and "BLiMP" in text and "Eye tracking" in text and "μΔREL" in out
     # a 128-token context cuts entity-tracking items (100-400 tokens): the report says how many
     assert "Items longer than the model's context" in text and "ET " in text and "WUG ρ" in text
-    assert (report.parent / "mixing.png").is_file() and (report.parent / "truncation.png").is_file()
+    # one panel per measured score; no q curve (one q) and no truncation sweep (one setting)
+    assert (report.parent / "arms.png").is_file()
+    assert not (report.parent / "mixing.png").exists() and not (report.parent / "truncation.png").exists()
 
 
 def test_builtin_lm_eval_tasks_are_nodes_without_babylm_data(micro_cfg_dict):

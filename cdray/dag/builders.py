@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from cdray.common import console
 from cdray.common.special_tokens import BOS_ID, EOS_ID
 from cdray.config import SweepConfig
 from cdray.dag.graph import Node
@@ -171,9 +172,9 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
         if have >= gen.token_budget or not todo:
             break
         if gen.progress:
-            print(f"[cdray.generate] {node.label}: {len(tokens)}/{len(shards)} shards, "
-                  f"{have}/{gen.token_budget} tokens; generating the {len(todo)} left, in order, "
-                  f"until the budget is met", flush=True)
+            console.progress(node.label, f"{len(tokens)}/{len(shards)} shards committed, {have:,}/"
+                             f"{gen.token_budget:,} tokens; generating the rest in order until the budget is met",
+                             final=True)
 
         def enough(counts: dict) -> bool:
             seen[int(counts["shard_id"])] = int(counts[count])
@@ -183,10 +184,10 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
             if progress is not None:
                 progress({"shards": len(seen), "leading_tokens": leading, "tokens_per_s": rate})
             if gen.progress:
-                print(f"[cdray.generate] {node.label}: shard {counts['shard_id']} done "
-                      f"({counts['rows']} rows, {counts['new_tokens']} tokens); the leading shards "
-                      f"hold {leading}/{gen.token_budget} tokens; {rate:.0f} tok/s so far "
-                      f"(actor start-up included)", flush=True)
+                eta = (gen.token_budget - leading) / rate if rate > 0 and leading < gen.token_budget else 0
+                console.progress(node.label, f"{min(leading, gen.token_budget):,}/{gen.token_budget:,} tokens "
+                                 f"({100 * min(1.0, leading / gen.token_budget):.0f}%), {rate:,.0f} tok/s, "
+                                 f"ETA {int(eta // 60)}:{int(eta % 60):02d}")
             return leading >= gen.token_budget
 
         seen = dict(tokens)

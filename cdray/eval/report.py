@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Optional
 
 from cdray.eval.babylm import SCORES, SHOWN_SCORES
@@ -101,106 +100,6 @@ def bootstrap_table(rows: list[ArmSummary]) -> str:
             lines.append(f"| {r.arm} | {r.q:g} | {COLUMNS[s]} | {b.diff:+.3f} | "
                          f"[{_fmt(b.ci[0], 3)}, {_fmt(b.ci[1], 3)}] | {_fmt(b.p, 4)} |")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- figures
-
-
-def _series_key(arm: str) -> str:
-    return "NO-CONTRAST" if arm.startswith("NO-CONTRAST") and arm == "NO-CONTRAST" else arm
-
-
-def truncation_figure(settings: list[tuple[str, list[ArmSummary]]], path: Path) -> Optional[Path]:
-    """Grouped bars: μΔREL and PPL Δ per truncation setting, one bar per arm (CD vs no-contrast)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    arms = sorted({(r.arm, r.q) for _, rows in settings for r in rows if r.arm != BASELINE},
-                  key=lambda a: (not a[0].startswith("NO-CONTRAST"), a[0], a[1]))
-    if not arms:
-        return None
-    multi_q = len({q for _, q in arms}) > 1
-    labels = [s for s, _ in settings]
-    x = np.arange(len(labels))
-    width = min(0.8 / len(arms), 0.3)
-    fig, axes = plt.subplots(1, 2, figsize=(max(9, 0.9 * len(labels) + 5), 4.2))
-    for ax, what, ylabel in ((axes[0], "mu", "μΔREL vs BASELINE (%)"), (axes[1], "ppl", "PPL Δ vs BASELINE (%)")):
-        for i, (arm, q) in enumerate(arms):
-            vals, errs = [], []
-            for _, rows in settings:
-                r = next((r for r in rows if (r.arm, r.q) == (arm, q)), None)
-                if r is None:
-                    vals.append(np.nan), errs.append(0)
-                elif what == "mu":
-                    vals.append(r.mu_delta_rel), errs.append(_nz(r.mu_delta_rel_se))
-                else:
-                    c, base = r.cells.get(PPL), next((b for b in rows if b.arm == BASELINE), None)
-                    bm = base.cells[PPL].mean if base and PPL in base.cells else math.nan
-                    vals.append(c.rel if c else np.nan)
-                    errs.append(_nz(100 * c.se / bm) if c and bm else 0)
-            label = f"{arm} (q={q:g})" if multi_q else arm
-            bars = ax.bar(x + (i - (len(arms) - 1) / 2) * width, vals, width, yerr=errs, capsize=3, label=label)
-            ax.bar_label(bars, fmt="%+.2f", fontsize=7, padding=2)
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(x, labels)
-        ax.set_xlabel("truncation setting")
-        ax.set_ylabel(ylabel)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_title("BabyLM tasks: μΔREL (higher is better)")
-    axes[1].set_title("Perplexity change (higher is better)")
-    for ax in axes:
-        ax.margins(y=0.15)
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
-    fig.suptitle("Truncation sweep: synthetic-data arms vs BASELINE (error bars: se over seeds)")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _nz(v: float) -> float:
-    return v if v is not None and math.isfinite(v) else 0.0
-
-
-def mixing_figure(rows: list[ArmSummary], path: Path) -> Optional[Path]:
-    """μΔREL and PPL Δ against the synthetic fraction q, one line per arm (q = 0 is BASELINE)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arms = sorted({r.arm for r in rows if r.arm != BASELINE})
-    base = next((r for r in rows if r.arm == BASELINE), None)
-    if not arms or base is None:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for arm in arms:
-        pts = sorted((r for r in rows if r.arm == arm), key=lambda r: r.q)
-        qs = [0.0] + [r.q for r in pts]
-        mu = [0.0] + [r.mu_delta_rel for r in pts]
-        mu_err = [0.0] + [_nz(r.mu_delta_rel_se) for r in pts]
-        bm = base.cells[PPL].mean if PPL in base.cells else math.nan
-        ppl = [0.0] + [r.cells[PPL].rel if PPL in r.cells else math.nan for r in pts]
-        ppl_err = [0.0] + [_nz(100 * r.cells[PPL].se / bm) if PPL in r.cells else 0.0 for r in pts]
-        axes[0].errorbar(qs, mu, yerr=mu_err, marker="o", capsize=3, label=arm)
-        axes[1].errorbar(qs, ppl, yerr=ppl_err, marker="o", capsize=3, label=arm)
-    for ax, ylabel, title in ((axes[0], "μΔREL vs BASELINE (%)", "BabyLM tasks: μΔREL"),
-                              (axes[1], "PPL Δ vs BASELINE (%)", "Perplexity change")):
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xlabel("synthetic fraction q")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title + " (higher is better)")
-        ax.grid(alpha=0.3)
-    axes[1].legend(loc="best", fontsize=8)
-    fig.suptitle("Mixing ratio: arms vs BASELINE (q = 0); error bars: se over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def truncation_label(cfg) -> str:

@@ -7,15 +7,17 @@ from typing import Callable, Optional
 
 from ray import tune
 
+from cdray.common import console
 from cdray.common.redaction import redact
 from cdray.config import SweepConfig, to_dict
 from cdray.dag.graph import Cell, SweepGraph, build_graph
 from cdray.dag.store import Store
 from cdray.decode.synthetic import budget_reachable
-from cdray.eval.arm_table import format_table
+from cdray.eval.arm_table import format_table, regime_line
 from cdray.shell.ray_exec import CELL_DRIVER_CPU, build_node, build_nodes, init_ray, ray_storage
-from cdray.sweep.cell_runs import cell_row, live_metrics, log_cell, log_upstream, metric_prefix
+from cdray.sweep.cell_runs import cell_row, live_metrics, log_arm_table, log_cell, log_upstream, metric_prefix
 from cdray.sweep.plan import anchored, open_store, plan, sweep_key
+from cdray.sweep.progress import Watcher, log_path
 from cdray.tracking.runs import Tracker
 
 Echo = Callable[[str], None]
@@ -25,7 +27,7 @@ def run_cell(cell: Cell, cfg: SweepConfig, store: Store, tracker: Tracker, paren
              callbacks: tuple = ()) -> dict:
     """A cell's own work in order (its training run, then its evaluations: every input it reads
     from outside the cell is upstream work, built before any cell), logged to its child run."""
-    run_id, _ = tracker.child_run(parent_id, cell.id, cell.id)
+    run_id, _ = tracker.child_run(parent_id, cell.id, f"{cell.arm} q={cell.q:g} seed={cell.seed}")
     try:
         build_node(cell.train, cfg, store, run_id=run_id, callbacks=callbacks)
         build_node(cell.evaluate, cfg, store)
@@ -58,8 +60,8 @@ def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional
         trainable,
         param_space={"cell": tune.grid_search([c.id for c in cells])},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_cells),
-        run_config=tune.RunConfig(name=name, **ray_storage(open_store(cfg), "_ray"),
-                                  verbose=1),
+        # cdray reports the cells itself (sweep.progress); Tune's trial tables go to the log
+        run_config=tune.RunConfig(name=name, **ray_storage(open_store(cfg), "_ray"), verbose=0),
     )
     results = tuner.fit()
     errors = [r.error for r in results if r.error is not None]
@@ -68,15 +70,19 @@ def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional
 
 
 def build_upstream(graph: SweepGraph, cfg: SweepConfig, store: Store, tracker: Tracker,
-                   parent_id: Optional[str], echo: Echo) -> None:
+                   parent_id: Optional[str], echo: Echo, watch: Optional[Watcher] = None) -> None:
     for node in graph.upstream():
         if store.is_done(node.stage, node.key):
             continue
         started = time.time()
         echo(f"[cdray] building {node.label} ({node.stage}/{node.key}) ...")
+        if watch is not None and node.stage == "train":
+            watch.watch_run(node.label, node)
         manifest = build_node(node, cfg, store, run_id=parent_id,
                               progress=live_metrics(tracker, parent_id, node, echo))
-        echo(f"[cdray]   done in {time.time() - started:.1f}s")
+        if watch is not None:
+            watch.forget_run(node.label)
+        echo(f"[cdray]   {node.label}: done in {time.time() - started:.1f}s")
         log_upstream(tracker, parent_id, node, manifest)
         if node.stage == "prompts" and graph.generations:
             budget_reachable(cfg.generation, manifest["stats"]["prompts"])
@@ -88,12 +94,21 @@ def build_upstream(graph: SweepGraph, cfg: SweepConfig, store: Store, tracker: T
             tracker.log_metrics(parent_id, [(f"{metric_prefix(node)}.shortfall_tokens", float(short), 0)])
 
 
-def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) -> list[dict]:
-    """Plan, build shared upstream work once, run missing cells, print and log the arm table."""
+def run_sweep(cfg: SweepConfig, *, echo: Optional[Echo] = None, use_tune: bool = True,
+              verbose: bool = False) -> list[dict]:
+    """Plan, build shared upstream work once, run missing cells, print and log the arm table.
+    Ray's, Tune's and MLflow's own output goes to a log file under the store unless `verbose`
+    (or ray.log_to_driver); cdray's lines and progress stay on the terminal."""
+    echo = echo or console.say
     cfg = anchored(cfg)
     store = open_store(cfg)
     store.check_writable()
     graph = build_graph(cfg)
+    with console.quiet(log_path(store, cfg.name), verbose=verbose or cfg.ray.log_to_driver):
+        return _run(cfg, store, graph, echo, use_tune)
+
+
+def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune: bool) -> list[dict]:
     tracker = Tracker(cfg.tracking)
     key = sweep_key(cfg)
     parent_id = tracker.parent_run(cfg.name, key, {"sweep": redact(to_dict(cfg))})  # creates the DB in the driver
@@ -107,19 +122,31 @@ def run_sweep(cfg: SweepConfig, *, echo: Echo = print, use_tune: bool = True) ->
     pending = [c for c in graph.cells
                if not (all(store.is_done(n.stage, n.key) for n in (c.evaluate, *c.babylm))
                        and tracker.child_finished(parent_id, c.id))]
-    if todo or pending:
-        init_ray(cfg.ray)
-        build_upstream(graph, cfg, store, tracker, parent_id, echo)
-    if pending:
-        echo(f"[cdray] running {len(pending)} cell(s)" + (" as a Ray Tune run" if use_tune else ""))
-        if use_tune:
-            run_cells_with_tune(cfg, pending, parent_id, name=f"sweep-{cfg.name}-{key}")
-        else:
-            for cell in pending:
-                run_cell(cell, cfg, store, tracker, parent_id)
+    tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
+    with Watcher(store, cfg.train.steps, tokens_per_step) as watch:
+        if todo or pending:
+            init_ray(cfg.ray)
+            build_upstream(graph, cfg, store, tracker, parent_id, echo, watch)
+        if pending:
+            echo(f"[cdray] running {len(pending)} cell(s)" + (" as a Ray Tune run" if use_tune else ""))
+            watch.watch_cells(pending)
+            if use_tune:
+                run_cells_with_tune(cfg, pending, parent_id, name=f"sweep-{cfg.name}-{key}")
+            else:
+                for cell in pending:
+                    run_cell(cell, cfg, store, tracker, parent_id)
+            watch.tick()  # the last cells' lines
     results = [row for c in graph.cells if (row := cell_row(c, store)) is not None]
     table = format_table(results)
     echo(table)
-    tracker.log_text(parent_id, table, "arm_table.txt")
+    echo(regime_line(epochs_over_real(graph, store, cfg), len({r["seed"] for r in results})))
+    log_arm_table(tracker, parent_id, results, cfg.name)
     tracker.finish(parent_id)
     return results
+
+
+def epochs_over_real(graph: SweepGraph, store: Store, cfg: SweepConfig) -> float:
+    """Passes over the real train split one run makes (what the paper's regime is about)."""
+    node = graph.tokens_train
+    real = store.manifest(node.stage, node.key)["stats"]["tokens"] if store.is_done(node.stage, node.key) else 0
+    return cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len / real if real else 0.0

@@ -5,12 +5,16 @@ from __future__ import annotations
 import calendar
 import json
 import re
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 from cdray.config import ModelConfig, SweepConfig, parse_section
 from cdray.dag.graph import Cell
 from cdray.dag.store import Store
+from cdray.eval.arm_table import aggregate, format_markdown, format_table
+from cdray.eval.figures import arm_table_figure
 from cdray.models.shapes import shape_params
 from cdray.tracking.runs import Tracker
 
@@ -118,3 +122,20 @@ def log_upstream(tracker: Tracker, parent_id: Optional[str], node, manifest: dic
                if isinstance(v, (int, float)) and not isinstance(v, bool)]
     tracker.log_metrics(parent_id, numbers)
     tracker.log_params(parent_id, {f"{prefix}.key": node.key})
+
+
+def log_arm_table(tracker: Tracker, parent_id: Optional[str], results: list[dict], name: str) -> None:
+    """The arm table on the sweep's parent run: text, markdown and a picture as artifacts, and as
+    the run's description (MLflow shows it on the run's page, above its children to compare)."""
+    if not tracker.enabled or parent_id is None:
+        return
+    tracker.log_text(parent_id, format_table(results), "arm_table.txt")
+    markdown = format_markdown(results)
+    tracker.log_text(parent_id, markdown, "arm_table.md")
+    with tempfile.TemporaryDirectory() as tmp:
+        png = arm_table_figure(aggregate(results), Path(tmp) / "arm_table.png", name)
+        if png is not None:
+            tracker.log_file(parent_id, png)
+    tracker.set_tags(parent_id, {"mlflow.note.content": f"## {name}: the arm table\n\n{markdown}\n\n"
+                                 "To compare the arms: select this run's child runs (one per arm and seed) "
+                                 "and click Compare."})

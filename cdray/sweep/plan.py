@@ -64,11 +64,17 @@ def format_plan(rows: list[PlanRow]) -> str:
 
 
 def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
-    graph = build_graph(cfg)
-    echo(format_plan(plan(graph, open_store(cfg))))
+    """Every stage in build order with its key and status, the cells, and what building costs."""
+    from cdray.sweep.estimate import estimate
+
+    graph, store = build_graph(cfg), open_store(cfg)
+    rows = plan(graph, store)
+    echo(format_plan(rows))
     if graph.babylm_note:
         echo(f"BabyLM evaluation skipped ({graph.babylm_note}): perplexity only")
     echo(cells_summary(graph.cells))
+    todo = [n for n, r in zip(graph.build_order(), rows) if not r.cached]
+    echo(estimate(graph, cfg, store, todo))
 
 
 def cells_summary(cells, list_up_to: int = 8) -> str:

@@ -9,6 +9,7 @@ from cdray.config import SweepConfig
 from cdray.dag.graph import build_graph
 from cdray.dag.store import Store
 from cdray.eval.arm_table import format_table
+from cdray.eval.figures import arms_figure, mixing_figure, truncation_figure
 from cdray.sweep.plan import anchored, sweep_key
 from cdray.tracking.runs import Tracker, TrackingError
 
@@ -70,7 +71,12 @@ def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> 
         md += [pr.markdown_table(best, f"{cfg.name} (truncation: {label}): best checkpoint per (arm, task, seed)"),
                "", pr.markdown_table(final, f"{cfg.name} (truncation: {label}): final checkpoint"), "",
                f"#### {cfg.name}: paired bootstrap vs BASELINE (best checkpoints)", "", pr.bootstrap_table(best), ""]
-    figures = [pr.truncation_figure(settings, out / "truncation.png"), pr.mixing_figure(settings[0][1], out / "mixing.png")]
+    figures = [arms_figure(settings[0][1], out / "arms.png", main.name),
+               truncation_figure(settings, out / "truncation.png"),
+               mixing_figure(settings[0][1], out / "mixing.png")]
+    for stale in ("arms.png", "truncation.png", "mixing.png"):  # a figure with nothing to show is not drawn
+        if out / stale not in figures:
+            (out / stale).unlink(missing_ok=True)
     figures = [f for f in figures if f is not None]
     md += [f"![{f.stem}]({f.name})" for f in figures]
     report = out / "report.md"

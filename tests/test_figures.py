@@ -1,0 +1,35 @@
+"""The report's figures: a panel only for what was measured, nothing drawn when nothing is to show."""
+from __future__ import annotations
+
+import math
+
+from cdray.eval.figures import arm_table_figure, arms_figure, mixing_figure, panels, truncation_figure
+from cdray.eval.stats import ArmSummary, Cell, Comparison
+
+
+def _arm(arm, q, ppl_rel, blimp_rel=None, seeds=3):
+    cells = {"ppl": Cell(100 - ppl_rel, 2.0, seeds, rel=ppl_rel if arm != "BASELINE" else math.nan)}
+    if blimp_rel is not None:
+        cells["blimp"] = Cell(60 + blimp_rel, 0.5, seeds, rel=blimp_rel if arm != "BASELINE" else math.nan,
+                              comparison=Comparison(blimp_rel, (0.1, 1.0), 0.01, True) if arm != "BASELINE" else None)
+    mu = blimp_rel if blimp_rel is not None and arm != "BASELINE" else math.nan
+    return ArmSummary(arm, q, seeds, cells, mu, 0.5)
+
+
+def test_perplexity_only_gives_one_panel_and_no_q_curve(tmp_path):
+    rows = [_arm("BASELINE", 0, 0), _arm("NO-CONTRAST", 0.3, -2.0), _arm("CD-EARLY-62", 0.3, 1.0)]
+    assert panels(rows) == ["ppl"]
+    assert arms_figure(rows, tmp_path / "arms.png", "t") == tmp_path / "arms.png"
+    assert mixing_figure(rows, tmp_path / "mixing.png") is None  # one q per arm: no curve
+    assert truncation_figure([("none", rows)], tmp_path / "truncation.png") is None  # one setting
+    assert not (tmp_path / "mixing.png").exists()
+
+
+def test_babylm_scores_add_mu_delta_rel_and_a_panel_per_task(tmp_path):
+    rows = [_arm("BASELINE", 0, 0, 0.0), _arm("CD-EARLY-62", 0.1, 1.0, 2.0), _arm("CD-EARLY-62", 0.3, 2.0, 3.0)]
+    assert panels(rows) == ["ppl", "mu", "blimp"]
+    assert arms_figure(rows, tmp_path / "arms.png", "t") is not None
+    assert mixing_figure(rows, tmp_path / "mixing.png") is not None  # two q > 0: a curve
+    agg = [{"arm": "BASELINE", "q": 0.0, "n_seeds": 1, "mean": 100.0, "sd": 0.0, "rel_pct": None},
+           {"arm": "NO-CONTRAST", "q": 0.3, "n_seeds": 1, "mean": 90.0, "sd": 0.0, "rel_pct": 10.0}]
+    assert arm_table_figure(agg, tmp_path / "table.png", "t").stat().st_size > 0
