@@ -105,7 +105,8 @@ def main() -> None:
 
     from cdray.config import GenerationConfig
     from cdray.data.tokenizer import load_tokenizer
-    from cdray.decode.synthetic import ShardGenerator, _shard_paths, shard_plan, shards_per_actor
+    from cdray.decode.shards import shard_paths
+    from cdray.decode.synthetic import ShardGenerator, shard_plan, shards_per_actor
 
     if args.tokenizer and args.seed_parquet:
         tokenizer, seed_parquet = Path(args.tokenizer), Path(args.seed_parquet)
@@ -173,7 +174,7 @@ def main() -> None:
     again.batch.close(30)
     same = True
     for s in first:
-        a, b = (json.loads(_shard_paths(work / out, s["shard_id"])[1].read_text())
+        a, b = (json.loads(shard_paths(work / out, s["shard_id"])[1].read_text())
                 for out in ("corpus", "corpus_b"))
         same = same and a["sha256"] == b["sha256"]
     print(f"first {len(first)} shards again at batch {other}: files identical {same}")

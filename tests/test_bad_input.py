@@ -259,7 +259,7 @@ def test_amateur_with_another_vocabulary_is_named(gen_world, store):
 
 
 def test_corrupted_shard_is_named(gen_world, tmp_path, store):
-    from cdray.decode.synthetic import finalize_corpus
+    from cdray.decode.shards import finalize_corpus
 
     out = tmp_path / "gen"
     _generator(gen_world, out).run_shard(0, 0, 2)

@@ -55,7 +55,7 @@ def test_plan_lists_stages_with_keys(tmp_path):
 def test_plan_summarizes_a_large_grid_in_one_short_line(tmp_path):
     res = cdray("plan", "sweeps/paper.yaml", "--set", f"store.root={tmp_path}")
     assert res.returncode == 0, res.stderr
-    last = res.stdout.strip().splitlines()[-1]
+    last = next(line for line in res.stdout.splitlines() if line.startswith("cells: "))
     assert last.startswith("cells: 160: 16 arms (BASELINE q=0, CD-EARLY-500 q=0.3,"), last
     assert last.endswith("x 10 seeds (42, 43, 44, 45, 46, 47, 48, 49, 50, 51)") and len(last) < 400
 

@@ -224,7 +224,7 @@ def _gen_setup(world, out_dir: Path, text_corpus_dir: Path, tmp_path: Path):
 
 
 def _corpus(out_dir: Path, n_shards: int) -> bytes:
-    from cdray.decode.synthetic import finalize_corpus
+    from cdray.decode.shards import finalize_corpus
 
     finalize_corpus(out_dir, n_shards, 10**6)
     table = pq.read_table(out_dir / "corpus.parquet")
@@ -288,7 +288,7 @@ def test_killed_generation_driver_reruns_to_identical_corpus(seed, gen_world, re
 
 def test_corrupt_shard_is_reported_not_used(gen_world, text_corpus_dir, tmp_path):
     from cdray.dag.builders import _execute_in_process
-    from cdray.decode.synthetic import finalize_corpus
+    from cdray.decode.shards import finalize_corpus
 
     out = tmp_path / "gen"
     _, kwargs, shards = _gen_setup(gen_world, out, text_corpus_dir, tmp_path)

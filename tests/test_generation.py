@@ -11,18 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdray import config
 from cdray.config import DecodingConfig, GenerationConfig
-from cdray.decode.synthetic import (
-    MAX_SHARDS_PER_ACTOR,
-    ShardGenerator,
-    committed_tokens,
-    finalize_corpus,
-    leading_tokens,
-    make_prompts,
-    row_seed,
-    shard_plan,
-    shards_done,
-    shards_per_actor,
-)
+from cdray.decode.shards import committed_tokens, finalize_corpus, leading_tokens, shards_done
+from cdray.decode.synthetic import (MAX_SHARDS_PER_ACTOR, ShardGenerator, make_prompts, row_seed, shard_plan,
+                                    shards_per_actor)
 
 torch.set_num_threads(1)
 

@@ -155,7 +155,8 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
     """
     import pyarrow.parquet as pq
 
-    from cdray.decode.synthetic import budget_reachable, committed_tokens, finalize_corpus, leading_tokens, shard_plan
+    from cdray.decode.shards import committed_tokens, finalize_corpus, leading_tokens
+    from cdray.decode.synthetic import budget_reachable, shard_plan
 
     gen = cfg.generation
     kwargs = generator_kwargs(node, cfg, store, out)

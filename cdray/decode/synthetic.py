@@ -1,4 +1,4 @@
-"""The generate stage's pure parts: prompts, shard plan, the per-shard generator class, finalisation."""
+"""The generate stage's pure parts: prompts, the shard plan and the per-shard generator each actor holds."""
 from __future__ import annotations
 
 import hashlib
@@ -10,42 +10,27 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cdray.common.faults import crash_point
-from cdray.common.files import file_sha256, replacing, write_json_atomic
+from cdray.common.files import file_sha256, write_json_atomic
 from cdray.common.special_tokens import BOS_ID
 from cdray.config import NEEDS_AMATEUR, GenerationConfig
+from cdray.decode.shards import (
+    SHARD_SCHEMA,
+    json_safe,
+    shard_paths,
+    utilization,
+    write_parquet_atomic,
+)
 
 VERSION = 2
 
-SHARD_SCHEMA = pa.schema([
-    ("prompt_id", pa.int64()),
-    ("continuation", pa.int32()),
-    ("tokens", pa.list_(pa.int32())),
-    ("new_tokens", pa.int32()),
-    ("text", pa.string()),
-    ("eos", pa.bool_()),
-    ("head_size_mean", pa.float32()),
-    ("expert_nll_mean", pa.float32()),
-    ("amateur_nll_mean", pa.float32()),  # NaN without an amateur
-    ("contaminated", pa.bool_()),  # shares a word n-gram with the eval split / eval items
-])
-
 AMATEUR_KINDS = ("none", "early", "small", "dropout")
 MAX_SHARDS_PER_ACTOR = 8  # threads an actor's calls may take (each holds a shard's rows)
-STATS_TOKENS = 2_000_000  # repetition rate of a corpus reads its first 2M new tokens
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    # through the store's temporary names: the stage stops its actor pool at the budget, maybe
-    # mid-write, and a temporary must never be taken for part of the artifact
-    with replacing(path) as tmp:
-        pq.write_table(table, tmp)
 
 
 def row_seed(seed: int, prompt_id: int, continuation: int) -> int:
@@ -71,45 +56,6 @@ def shards_per_actor(batch_size: int, shard_rows: int) -> int:
     return min(MAX_SHARDS_PER_ACTOR, 2 * max(1, fill))
 
 
-def leading_tokens(token_counts: dict[int, int], n_shards: int) -> int:
-    """New tokens of the leading run of committed shards 0, 1, ... up to the first missing one
-    (token_counts: shard id -> new tokens of each committed shard), the ones a corpus is cut from."""
-    total = 0
-    for sid in range(n_shards):
-        if sid not in token_counts:
-            break
-        total += token_counts[sid]
-    return total
-
-
-def _shards_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "shards"
-
-
-def _shard_paths(out_dir: Path, shard_id: int) -> tuple[Path, Path]:
-    base = _shards_dir(out_dir) / f"shard_{shard_id:05d}"
-    return base.with_suffix(".parquet"), base.with_suffix(".json")
-
-
-def shards_done(out_dir: Path) -> set[int]:
-    """Ids of committed shards (those whose manifest exists: it is written last)."""
-    d = _shards_dir(out_dir)
-    if not d.is_dir():
-        return set()
-    return {int(p.stem.split("_")[1]) for p in d.glob("shard_*.json")}
-
-
-def committed_tokens(out_dir: Path, count: str = "new_tokens") -> dict[int, int]:
-    """New tokens of every committed shard, by shard id, from the shards' manifests: all of them,
-    or with count="clean_tokens" those of rows not flagged as contaminated (what a corpus that
-    drops such rows keeps; a manifest written before it had that count gives all its tokens)."""
-    out = {}
-    for sid in shards_done(out_dir):
-        manifest = json.loads(_shard_paths(out_dir, sid)[1].read_text())
-        out[sid] = int(manifest.get(count, manifest["new_tokens"]))
-    return out
-
-
 # ---------------------------------------------------------------- prompts
 
 
@@ -132,7 +78,7 @@ def make_prompts(seed_parquet: Path, tokenizer_dir: Path, prompt_tokens: int, ou
     })
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_parquet_atomic(table, out_path)
+    write_parquet_atomic(table, out_path)
     return {"prompts": len(prompts)}
 
 
@@ -258,7 +204,7 @@ class ShardGenerator:
         from cdray.data.telemetry import row_stats, text_stats
         from cdray.data.tokenizer import decode_texts
 
-        parquet_path, manifest_path = _shard_paths(self.out_dir, shard_id)
+        parquet_path, manifest_path = shard_paths(self.out_dir, shard_id)
         if manifest_path.exists():
             return json.loads(manifest_path.read_text())
         t0 = time.perf_counter()
@@ -305,7 +251,7 @@ class ShardGenerator:
             "contaminated": pa.array(contaminated, type=pa.bool_()),
         }, schema=SHARD_SCHEMA)
         parquet_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_parquet_atomic(table, parquet_path)
+        write_parquet_atomic(table, parquet_path)
         new_tokens = int(sum(len(r.tokens) for r in results))
         clean_tokens = int(sum(len(r.tokens) for r, c in zip(results, contaminated) if not c))
         seconds = time.perf_counter() - t0
@@ -318,7 +264,7 @@ class ShardGenerator:
                           np.array([r.amateur_nll_mean for r in results]), conts, g.max_new_tokens)
         stats.update(text_stats(cont_texts))
         stats["contamination_rate"] = float(np.mean(contaminated)) if contaminated else 0.0
-        stats["slot_utilization"] = _utilization(usage["row_steps"], usage["slot_steps"])
+        stats["slot_utilization"] = utilization(usage["row_steps"], usage["slot_steps"])
         manifest = {
             "shard_id": shard_id,
             "rows": table.num_rows,
@@ -333,7 +279,7 @@ class ShardGenerator:
             # sampled (of every row in the batch then: a shard running beside it shares them)
             "slot_steps": usage["slot_steps"],
             "row_steps": usage["row_steps"],
-            "stats": _json_safe(stats),
+            "stats": json_safe(stats),
         }
         # the manifest is the commit: written only after the parquet is in place
         write_json_atomic(manifest_path, manifest)
@@ -343,133 +289,3 @@ class ShardGenerator:
         return manifest
 
 
-def _utilization(row_steps: int, slot_steps: int) -> float:
-    """Share of the computed batch slots that sampled a token (1.0: the batch was always full)."""
-    return row_steps / slot_steps if slot_steps else 1.0
-
-
-def _json_safe(obj):
-    """NaN/inf become None so manifests stay strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-# ---------------------------------------------------------------- finalisation
-
-
-def _read_committed(out_dir: Path, shard_id: int) -> pa.Table:
-    parquet_path, manifest_path = _shard_paths(out_dir, shard_id)
-    manifest = json.loads(manifest_path.read_text())
-    if not parquet_path.is_file():
-        raise ValueError(f"committed shard {parquet_path} is missing")
-    if file_sha256(parquet_path) != manifest["sha256"]:
-        raise ValueError(f"shard {parquet_path} does not match the sha256 in its manifest")
-    return pq.read_table(parquet_path).cast(SHARD_SCHEMA).sort_by(
-        [("prompt_id", "ascending"), ("continuation", "ascending")])
-
-
-def finalize_corpus(out_dir: Path, n_shards_planned: int, token_budget: int, *,
-                    drop_contaminated: bool = False, tokenizer_dir: Path | None = None,
-                    max_new_tokens: int | None = None) -> dict:
-    """Concatenate committed shards into corpus.parquet, cut at token_budget new tokens.
-
-    Only the leading run of committed shards (0, 1, ... up to the first missing one) is used, so
-    the corpus does not depend on which shards happened to finish first. With drop_contaminated,
-    rows flagged `contaminated` are left out before counting. The row whose new tokens cross the
-    budget is kept; everything after it is dropped. Means of per-row telemetry are
-    token-weighted (i.e. means over all decoding steps); text statistics (distinct-n, diversity)
-    read the continuations of the first 100K words (decoded with tokenizer_dir when given).
-    """
-    out_dir = Path(out_dir)
-    done = shards_done(out_dir)
-    tables, total, used, considered, flagged = [], 0, 0, 0, 0
-    gen_seconds, gen_tokens, slot_steps, row_steps = 0.0, 0, 0, 0
-    for sid in range(n_shards_planned):
-        if total >= token_budget or sid not in done:
-            break
-        table = _read_committed(out_dir, sid)
-        used += 1
-        meta = json.loads(_shard_paths(out_dir, sid)[1].read_text())
-        # older shards have no decode_seconds: they ran one per actor at a time
-        gen_seconds += float(meta.get("decode_seconds", meta.get("seconds", 0.0)))
-        gen_tokens += int(meta.get("new_tokens", 0))
-        if "slot_steps" in meta:  # shards committed before cdray counted slots have neither
-            slot_steps += int(meta["slot_steps"])
-            row_steps += int(meta["row_steps"])
-        flags = np.asarray(table.column("contaminated").to_numpy(zero_copy_only=False), dtype=bool)
-        counts = np.asarray(table.column("new_tokens").to_numpy(), dtype=np.int64)
-        if drop_contaminated:
-            counts = np.where(flags, 0, counts)  # dropped rows do not count toward the budget
-        crossing = np.nonzero(total + np.cumsum(counts) >= token_budget)[0]
-        cut = int(crossing[0]) + 1 if len(crossing) else table.num_rows
-        table, flags = table.slice(0, cut), flags[:cut]
-        considered += cut
-        flagged += int(flags.sum())
-        if drop_contaminated:
-            table = table.filter(pa.array(~flags))
-        total += int(counts[:cut].sum())
-        tables.append(table)
-    corpus = pa.concat_tables(tables) if tables else SHARD_SCHEMA.empty_table()
-    _write_parquet_atomic(corpus, out_dir / "corpus.parquet")
-    summary = corpus_summary(corpus, tokenizer_dir, max_new_tokens)
-    summary.update({
-        "shards_used": used,
-        "budget_reached": summary["new_tokens"] >= token_budget,
-        "contamination_rate": flagged / considered if considered else 0.0,
-        "contaminated_dropped": flagged if drop_contaminated else 0,
-        # actor-seconds the shards used took of their actors' decode batches (several actors
-        # run at once: wall time is less)
-        "generate_seconds": round(gen_seconds, 3),
-        "tokens_per_actor_s": gen_tokens / gen_seconds if gen_seconds > 0 else 0.0,
-        # how full the actors' batches were while those shards ran: below 1, a batch drained
-        # (no rows left to refill with: at the stage's end, or a shard an actor ran alone)
-        "slot_utilization": _utilization(row_steps, slot_steps),
-    })
-    return _json_safe(summary)
-
-
-def corpus_summary(corpus: pa.Table, tokenizer_dir: Path | None = None,
-                   max_new_tokens: int | None = None) -> dict:
-    """Counts and telemetry of a generated corpus table (see cdray.data.telemetry)."""
-    from cdray.data.telemetry import DIVERSITY_WORDS, row_stats, text_stats
-
-    rows = corpus.num_rows
-    new_tokens = np.asarray(corpus.column("new_tokens").to_numpy(), dtype=np.int64)
-    lengths = pc.list_value_length(corpus.column("tokens")).to_numpy(zero_copy_only=False)
-    # sequence-level statistics read a leading window, not the whole (possibly 100M-token) corpus
-    window = int(np.searchsorted(np.cumsum(new_tokens), STATS_TOKENS)) + 1 if rows else 0
-    tokens = corpus.column("tokens").slice(0, window).to_pylist()
-    conts = [t[len(t) - n:] if n else [] for t, n in zip(tokens, new_tokens[:window].tolist())]
-
-    def col(name):
-        return np.asarray(corpus.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
-
-    out = {
-        "rows": rows,
-        "new_tokens": int(new_tokens.sum()),
-        "tokens_total": int(np.asarray(lengths, dtype=np.int64).sum()) if rows else 0,
-        "mean_new_tokens": float(new_tokens.sum()) / rows if rows else 0.0,
-    }
-    out.update(row_stats(new_tokens, col("eos") > 0, col("head_size_mean"), col("expert_nll_mean"),
-                         col("amateur_nll_mean"), conts,
-                         max_new_tokens or int(new_tokens.max(initial=1))))
-    if tokenizer_dir is not None:
-        from cdray.data.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(Path(tokenizer_dir))
-        # continuations are decoded only until the diversity window is full
-        texts, n_words = [], 0
-        for c in conts:
-            if n_words >= DIVERSITY_WORDS:
-                break
-            texts.append(tok.decode(c, skip_special_tokens=True))
-            n_words += len(texts[-1].split())
-    else:
-        texts = corpus.column("text").to_pylist()
-    out.update(text_stats(texts))
-    return out
