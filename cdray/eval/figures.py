@@ -63,16 +63,18 @@ def arms_figure(rows: list[ArmSummary], path: Path, title: str) -> Optional[Path
     base = next((r for r in rows if r.arm == BASELINE), None)
     cols = min(4, len(scores))
     nrows = -(-len(scores) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(7.0, 3.6 * cols), 3.4 * nrows), squeeze=False)
     labels = [f"{r.arm}\nq={r.q:g}" for r in arms]
     for ax, score in zip(axes.flat, scores):
         vals, errs, marks = zip(*(_value(r, score, base) for r in arms))
         colors = ["tab:green" if v > 0 else "tab:red" for v in vals]
         bars = ax.bar(range(len(arms)), vals, yerr=errs, capsize=3, color=colors, alpha=0.8)
-        for bar, v, sig in zip(bars, vals, marks):
+        for bar, v, e, sig in zip(bars, vals, errs, marks):
             if math.isfinite(v):
-                ax.annotate(f"{v:+.1f}%{'*' if sig else ''}", (bar.get_x() + bar.get_width() / 2, v),
-                            ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
+                tip = v + e if v >= 0 else v - e  # beyond the error bar
+                ax.annotate(f"{v:+.1f}%{'*' if sig else ''}", (bar.get_x() + bar.get_width() / 2, tip),
+                            ha="center", va="bottom" if v >= 0 else "top", fontsize=7,
+                            xytext=(0, 2 if v >= 0 else -2), textcoords="offset points")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(arms)), labels, fontsize=7)
         ax.set_title(TITLES.get(score, score), fontsize=9)
@@ -82,8 +84,9 @@ def arms_figure(rows: list[ArmSummary], path: Path, title: str) -> Optional[Path
         ax.set_visible(False)
     axes[0][0].set_ylabel("change vs BASELINE (%; > 0: better)")
     seeds = max(r.n_seeds for r in rows)
-    fig.suptitle(f"{title}: change vs BASELINE, best checkpoint (error bars: se over {seeds} seeds; "
-                 f"* bootstrap 95% CI excludes 0)", fontsize=9)
+    how = f"error bars: se over {seeds} seeds; " if seeds > 1 else "one seed: no error bars; "
+    fig.suptitle(f"{title}: change vs BASELINE at the best checkpoint\n({how}* the paired bootstrap's "
+                 f"95% CI excludes 0)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

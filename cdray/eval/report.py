@@ -59,7 +59,8 @@ def cell_text(summary: ArmSummary, score: str) -> str:
         return "—"
     mark = "*" if c.comparison is not None and c.comparison.significant else ""
     digits = DIGITS.get(score, 2)
-    text = f"{_fmt(c.mean, digits)}±{_fmt(c.se, digits)}{mark}"
+    spread = f"±{_fmt(c.se, digits)}" if summary.n_seeds > 1 else ""  # one seed: no spread to show
+    text = f"{_fmt(c.mean, digits)}{spread}{mark}"
     # a relative change of a correlation near 0 says nothing: its Δ and CI are in the bootstrap table
     if summary.arm != BASELINE and math.isfinite(c.rel) and score not in DIGITS:
         text += f" ({c.rel:+.2f}%)"
@@ -67,15 +68,17 @@ def cell_text(summary: ArmSummary, score: str) -> str:
 
 
 def markdown_table(rows: list[ArmSummary], title: str) -> str:
-    head = ["arm", "q", "μΔREL", "PPL (Δ%)", *COLUMNS.values(), "n_seeds"]
+    """The paper's table: μΔREL, perplexity and the BabyLM columns the sweep measured (none of them
+    without BabyLM data), mean±se over seeds (no spread with one seed), Δ vs BASELINE."""
+    columns = {s: name for s, name in COLUMNS.items() if any(s in r.cells for r in rows)}
+    head = ["arm", "q", *(["μΔREL"] if columns else []), "PPL (Δ%)", *columns.values(), "n_seeds"]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         mu = "—" if r.arm == BASELINE else (f"{r.mu_delta_rel:+.2f}%" if math.isfinite(r.mu_delta_rel) else "—")
-        ppl = r.cells.get(PPL)
-        ppl_text = "—" if ppl is None else f"{_fmt(ppl.mean)}±{_fmt(ppl.se)}" + (
-            f" ({ppl.rel:+.2f}%)" if r.arm != BASELINE and math.isfinite(ppl.rel) else "")
-        cells = [cell_text(r, s) for s in COLUMNS]
-        lines.append("| " + " | ".join([r.arm, f"{r.q:g}", mu, ppl_text, *cells, str(r.n_seeds)]) + " |")
+        ppl = cell_text(r, PPL)
+        cells = [cell_text(r, s) for s in columns]
+        lines.append("| " + " | ".join([r.arm, f"{r.q:g}", *([mu] if columns else []), ppl, *cells,
+                                        str(r.n_seeds)]) + " |")
     return "\n".join(lines)
 
 
