@@ -46,8 +46,10 @@ MODELS = {
 # name -> (words, model, epochs, good share); the order they run in (cheapest first)
 POINTS = {
     "w40k-tiny-e4": (40_000, "tiny", 4, 5 / 16),
+    "w40k-tiny-e8": (40_000, "tiny", 8, 5 / 16),
     "w40k-tiny-e16": (40_000, "tiny", 16, 5 / 16),
     "w100k-tiny-e4": (100_000, "tiny", 4, 5 / 16),
+    "w100k-tiny-e8": (100_000, "tiny", 8, 5 / 16),
     "w100k-tiny-e16": (100_000, "tiny", 16, 5 / 16),
     "w100k-tiny-e16-goodfinal": (100_000, "tiny", 16, 1.0),
     "w400k-tiny-e4": (400_000, "tiny", 4, 5 / 16),
