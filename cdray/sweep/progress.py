@@ -56,6 +56,7 @@ class Watcher:
         self.runs: dict[str, tuple[str, str]] = {}  # label -> (stage, key) of a training run
         self.cells: list = []
         self._seen: set[str] = set()
+        self._ticking = threading.Lock()  # the thread and a final tick() from the driver
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cdray-progress", daemon=True)
 
@@ -84,6 +85,10 @@ class Watcher:
                 pass
 
     def tick(self) -> None:
+        with self._ticking:
+            self._tick()
+
+    def _tick(self) -> None:
         for label, (stage, key) in list(self.runs.items()):
             if not self.store.is_done(stage, key):
                 line = training_line(self.store.dir(stage, key), self.steps, self.tokens_per_step)
