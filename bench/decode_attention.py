@@ -163,13 +163,13 @@ def main() -> None:
             if secs < best.get(cache, (float("inf"),))[0]:
                 best[cache] = (secs, shape)
     try:
-        from cdray.decode.fast_step import FLEX_KV_BLOCK, _block_mask, _kernels
+        from cdray.decode.fast_step import FLEX_KV_BLOCK, block_mask, step_kernels
 
         kv_blocks = ((lengths - 1) // FLEX_KV_BLOCK + 1)[:, None, None].contiguous()
         kv_indices = torch.arange(T // FLEX_KV_BLOCK, dtype=torch.int32, device=dev)
         kv_indices = kv_indices.expand(N, 1, 1, -1).contiguous()
-        mask = _block_mask(kv_blocks, kv_indices, (lengths - 1).long(), T, FLEX_KV_BLOCK)
-        flex = _kernels(False)["flex"]
+        mask = block_mask(kv_blocks, kv_indices, (lengths - 1).long(), T, FLEX_KV_BLOCK)
+        flex = step_kernels(False)["flex"]
         q4 = q.reshape(N, nh, 1, hd)
         report("flex (64-key blocks)", "bf16",
                timed(lambda: flex(q4, k, v, block_mask=mask, enable_gqa=nh != nkv,

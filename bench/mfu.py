@@ -118,7 +118,7 @@ def profile_step(model_cfg, vocab: int, recipe, device: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from cdray.models.llama import build_model
-    from cdray.models.training import _autocast, make_optimizer
+    from cdray.models.training import autocast, make_optimizer
 
     model = build_model(model_cfg, vocab, 0).to(device).train()
     opt, sched = make_optimizer(model, recipe)
@@ -126,7 +126,7 @@ def profile_step(model_cfg, vocab: int, recipe, device: str) -> None:
     x = torch.randint(4, vocab, (recipe.batch_size, recipe.seq_len), device=device)
 
     def step():
-        with _autocast(device, recipe.precision):
+        with autocast(device, recipe.precision):
             loss = net(input_ids=x, labels=x).loss
         loss.backward()
         opt.step()

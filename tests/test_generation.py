@@ -1,4 +1,5 @@
 """Tests of cdray.decode.synthetic: prompts, seeds, shard plan, ShardGenerator with resume, finalisation."""
+import dataclasses
 import json
 import time
 
@@ -12,8 +13,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from cdray import config
 from cdray.config import DecodingConfig, GenerationConfig
 from cdray.decode.shards import committed_tokens, finalize_corpus, leading_tokens, shards_done
-from cdray.decode.synthetic import (MAX_SHARDS_PER_ACTOR, ShardGenerator, make_prompts, row_seed, shard_plan,
-                                    shards_per_actor)
+from cdray.decode.synthetic import (
+    MAX_SHARDS_PER_ACTOR,
+    ShardGenerator,
+    make_prompts,
+    row_seed,
+    shard_plan,
+    shards_per_actor,
+)
 
 torch.set_num_threads(1)
 
@@ -405,10 +412,7 @@ def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ra
     plan = shard_plan(7, 2)
     outs = {}
     for name, actors, bs in (("one", 1, 3), ("two", 2, 5)):
-        g = config.parse_section(GenerationConfig, gen_config(actors=actors, actor_cpus=0.5),
-                                 "generation")
-        g = config.parse_section(GenerationConfig, {**config.to_dict(g), "batch_size": bs},
-                                 "generation")
+        g = dataclasses.replace(gen_config(actors=actors, actor_cpus=0.5), batch_size=bs)
         kwargs = dict(expert_dir=world["expert"], strategy="contrastive",
                       amateur={"kind": "early", "model_dir": world["amateur_same"], "dropout": 0.0},
                       generation=g, prompts_path=str(world["root"] / "prompts.parquet"),
@@ -424,7 +428,7 @@ def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ra
     # shards at once, so they may come back in either order
     seen = []
     kwargs["out_dir"] = str(tmp_path / "stopped")
-    g1 = config.parse_section(GenerationConfig, {**config.to_dict(g), "actors": 1}, "generation")
+    g1 = dataclasses.replace(g, actors=1)
     generate_with_ray_data(kwargs, plan, lambda c: seen.append(c["shard_id"]) or len(seen) == 2,
                            cfg=SweepConfig(generation=g1))
     assert len(seen) == 2 and set(seen) <= shards_done(tmp_path / "stopped")

@@ -10,6 +10,9 @@ from cdray.config.errors import EXECUTION, check, in_range
 # what the sampler is fed (PAPER.md section 2); the contrastive ones read an amateur's logits
 NEEDS_AMATEUR = ("contrastive", "contrastive_tail")
 STRATEGIES = ("no_contrast", "no_contrast_vhead", *NEEDS_AMATEUR)
+# how a decode step attends (cdray.decode.stacked) and how its KV cache stores keys and values
+ATTENTION = ("auto", "sdpa", "sdpa_efficient", "eager", "flex", "triton")
+KV_CACHE = ("model", "fp8")
 
 
 @dataclass(frozen=True)
@@ -67,16 +70,16 @@ class GenerationConfig:
     paper_compat: bool = False  # the released code's settings (see PAPER_COMPAT)
     # auto: stack same-shaped models
     engine: Literal["auto", "stacked", "separate"] = field(default="auto", metadata=EXECUTION)
-    # how a decode step attends (cdray.decode.stacked.ATTENTION); auto: on CUDA the fast step (cdray's
+    # how a decode step attends (ATTENTION); auto: on CUDA the fast step (cdray's
     # Triton kernel over each row's own keys + a CUDA graph per batch), eager matmul-softmax-matmul
     # on CPU and for DROP-p amateurs
-    attention: Literal["auto", "eager", "sdpa", "sdpa_efficient", "flex", "triton"] = "auto"
+    attention: Literal[ATTENTION] = "auto"
     # fast step only: also compile the layers into fused kernels (BENCHMARKS.md, decoding)
     compile_layers: bool = False
-    # KV cache storage (cdray.decode.stacked.KV_CACHE): "model" dtype, or "fp8" (e4m3 + a scale per
+    # KV cache storage (KV_CACHE): "model" dtype, or "fp8" (e4m3 + a scale per
     # vector): half the bytes a bf16 decode step streams (H100: +21% tokens/s), at the cost of
     # rounding keys and values; on CPU the eager step dequantizes it every step (slower there)
-    kv_cache: Literal["model", "fp8"] = "model"
+    kv_cache: Literal[KV_CACHE] = "model"
     # finished rows are replaced from the queue so the batch stays full
     refill: bool = field(default=True, metadata=EXECUTION)
     # of free RAM / GPU memory the two KV caches may take

@@ -52,7 +52,7 @@ def _final(x: Tensor, norm: Tensor, lm_head: Tensor, eps: float) -> Tensor:
 
 
 @functools.cache
-def _kernels(compiled: bool) -> dict[str, Any]:
+def step_kernels(compiled: bool) -> dict[str, Any]:
     """The step's pieces, compiled once per process (every layer has the same shapes, so the
     twelve calls of a step share one compiled graph per piece)."""
     import torch._inductor.config as inductor_config
@@ -76,7 +76,7 @@ def _kernels(compiled: bool) -> dict[str, Any]:
     return fns
 
 
-def _block_mask(kv_blocks: Tensor, kv_indices: Tensor, positions: Tensor, T: int, kv_block: int):
+def block_mask(kv_blocks: Tensor, kv_indices: Tensor, positions: Tensor, T: int, kv_block: int):
     from torch.nn.attention.flex_attention import BlockMask
 
     def mask_mod(b, h, q_idx, kv_idx):
@@ -177,7 +177,7 @@ class FastDecode:
         pos_flat = torch.zeros(n, dtype=torch.long, device=dev)
         return _State(batch=b, ids=ids, pos=pos, rows=torch.arange(b, device=dev),
                       kv_blocks=kv_blocks, pos_flat=pos_flat,
-                      mask=_block_mask(kv_blocks, kv_indices, pos_flat, s.T, self.kv_block),
+                      mask=block_mask(kv_blocks, kv_indices, pos_flat, s.T, self.kv_block),
                       lengths=None, per_member=per_member)
 
     def __call__(self, ids: Tensor, positions: Tensor) -> Tensor:
@@ -213,7 +213,7 @@ class FastDecode:
         return out
 
     def _step(self, st: _State) -> Tensor:
-        s, k_ = self.s, _kernels(self.compiled)
+        s, k_ = self.s, step_kernels(self.compiled)
         G, b, T = s.G, st.batch, s.T
         nh, nkv, hd = s.heads, s.kv_heads, s.head_dim
         pos = st.pos

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from cdray.config.generation import ATTENTION
 from cdray.decode.ops import bmm, rms, rope
 
 _M32 = 0xFFFFFFFF
@@ -35,7 +36,7 @@ def _mix32(x: Tensor) -> Tensor:
 KEY_STEP, KEY_FLOOR = 64, 64
 KEY_STEP_CPU_EAGER, KEY_FLOOR_CPU_EAGER = 8, 32
 CACHE_LEN_STEP = 8  # cache lengths are rounded up to a multiple of this
-# how a decode step attends (dropout members always use "eager"); bench/decoding.py times them:
+# ATTENTION, how a decode step attends (dropout members always use "eager"; bench/decoding.py times them):
 #   sdpa            torch's scaled_dot_product_attention, backend of torch's choosing
 #   sdpa_efficient  the same, restricted to the memory-efficient kernel (math as fallback)
 #   eager           matmul-softmax-matmul
@@ -49,11 +50,9 @@ CACHE_LEN_STEP = 8  # cache lengths are rounded up to a multiple of this
 #   triton          the same with cdray's Triton kernels (cdray.decode.kernels: attention that
 #                   reads exactly each row's keys, and fused per-row pieces); on an H100 1.42x
 #                   the flex step, and the only kernel that reads an fp8 cache
-ATTENTION = ("auto", "sdpa", "sdpa_efficient", "eager", "flex", "triton")
-# how the KV cache is stored: "model" in the model's dtype; "fp8" as e4m3 values with a bf16
+# KV_CACHE, how the cache is stored: "model" in the model's dtype; "fp8" as e4m3 values with a bf16
 # scale per (row, kv head, position), half the bytes a decode step streams (bf16 models), read by
 # the triton kernel directly and dequantized by every other path
-KV_CACHE = ("model", "fp8")
 # the decode kernel "auto" takes on CUDA (BENCHMARKS.md, decoding: GPU)
 AUTO_CUDA_KERNEL = "triton"
 
@@ -126,8 +125,6 @@ class StackedLlama:
         if attention not in ATTENTION:
             raise ValueError(f"unknown attention {attention!r} (one of {list(ATTENTION)})")
         self.attention = attention
-        if kv_cache not in KV_CACHE:
-            raise ValueError(f"unknown kv_cache {kv_cache!r} (one of {list(KV_CACHE)})")
         self.kv_fp8 = kv_cache == "fp8"
         if self.kv_fp8 and attention == "flex":
             raise ValueError("kv_cache 'fp8' needs attention 'triton' or 'auto', not 'flex'")

@@ -263,7 +263,7 @@ def validate_job(job: TrainJob) -> None:
         raise ValueError(f"milestones {bad} are outside [1, steps={job.recipe.steps}]")
 
 
-def _autocast(device: str, precision: str):
+def autocast(device: str, precision: str):
     dev_type = torch.device(device).type
     return torch.autocast(dev_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -276,7 +276,7 @@ def eval_loss(model, blocks: np.ndarray, device: str, precision: str, batch: int
     total, count = 0.0, 0
     for i in range(0, len(blocks), batch):
         x = torch.from_numpy(blocks[i:i + batch]).to(device)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits = model(input_ids=x).logits
         loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
                                x[:, 1:].reshape(-1), reduction="sum")
@@ -345,7 +345,7 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
         clock.start()
         x = torch.from_numpy(data.local_batch(step)).to(device)
         clock.data_ready()
-        with _autocast(device, recipe.precision):
+        with autocast(device, recipe.precision):
             loss = net(input_ids=x, labels=x).loss
         loss.backward()
         if recipe.grad_clip is not None:
