@@ -101,7 +101,8 @@ class Watcher:
         train, ev = cell.train, cell.evaluate
         if cell.id not in self._seen and (self.store.dir(train.stage, train.key) / "metrics.jsonl").is_file():
             self._seen.add(cell.id)
-            console.say(f"[cdray] cell {cell.id}: training")
+            built = self.store.is_done(train.stage, train.key)  # the GOOD's own run, built upstream
+            console.say(f"[cdray] cell {cell.id}: {'trained already (it is the GOOD); evaluating' if built else 'training'}")
         if cell.id in self._seen and not self.store.is_done(train.stage, train.key):
             line = training_line(self.store.dir(train.stage, train.key), self.steps, self.tokens_per_step)
             if line:
