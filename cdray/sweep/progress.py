@@ -102,7 +102,7 @@ class Watcher:
         if cell.id not in self._seen and (self.store.dir(train.stage, train.key) / "metrics.jsonl").is_file():
             self._seen.add(cell.id)
             built = self.store.is_done(train.stage, train.key)  # the GOOD's own run, built upstream
-            console.say(f"[cdray] cell {cell.id}: {'trained already (it is the GOOD); evaluating' if built else 'training'}")
+            console.say(f"[cdray] cell {cell.id}: {'trained already (the GOOD, or an earlier run); evaluating' if built else 'training'}")
         if cell.id in self._seen and not self.store.is_done(train.stage, train.key):
             line = training_line(self.store.dir(train.stage, train.key), self.steps, self.tokens_per_step)
             if line:
