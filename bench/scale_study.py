@@ -52,6 +52,7 @@ POINTS = {
     "w100k-tiny-e8": (100_000, "tiny", 8, 5 / 16),
     "w100k-tiny-e16": (100_000, "tiny", 16, 5 / 16),
     "w100k-tiny-e16-goodfinal": (100_000, "tiny", 16, 1.0),
+    "w100k-tiny-e16-qcurve": (100_000, "tiny", 16, 5 / 16),  # the mixing ratio q (finding c)
     "w400k-tiny-e4": (400_000, "tiny", 4, 5 / 16),
     "w100k-small-e16": (100_000, "small", 16, 5 / 16),
     "w400k-tiny-e16": (400_000, "tiny", 16, 5 / 16),
@@ -82,7 +83,8 @@ def point_config(name: str, real_tokens: int = 0, seeds=(43,)) -> dict:
                        "stop_at_eos": False, "token_budget": max(1, int(0.75 * real_tokens)),
                        "batch_size": 32, "shard_prompts": 32, "actors": 2, "actor_cpus": 0.5},
         "eval": {"max_blocks": 64, "batch_size": 16},
-        "grid": {"k": [every], "strategy": ["contrastive", "no_contrast"], "q": [0.0, 0.3],
+        "grid": {"k": [every], "strategy": ["contrastive", "no_contrast"],
+                 "q": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7] if name.endswith("-qcurve") else [0.0, 0.3],
                  "seed": list(seeds)},
     }
 
