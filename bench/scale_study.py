@@ -152,7 +152,9 @@ def measure(name: str) -> dict:
         if not store.is_done("evaluate", cell.evaluate.key):
             continue
         ev = store.manifest("evaluate", cell.evaluate.key)["stats"]
-        arm = out["arms"].setdefault(cell.arm, {"best_ppl": {}, "final_ppl": {}})
+        # the q = 0.3 arms by name (the study's axis); a q curve's other points with their q
+        name = cell.arm if cell.q in (0.0, 0.3) else f"{cell.arm} q={cell.q:g}"
+        arm = out["arms"].setdefault(name, {"best_ppl": {}, "final_ppl": {}})
         arm["best_ppl"][cell.seed] = ev["best_ppl"]
         arm["final_ppl"][cell.seed] = ev["final_ppl"]
         arm["best_step"] = ev["best_step"]
@@ -202,7 +204,8 @@ def figure(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
     lines: dict[tuple, list] = {}
     for r in rows:
-        if "arms" not in r or r.get("good_share") != 5 / 16 or r.get("epochs_over_real") is None:
+        if ("arms" not in r or r.get("good_share") != 5 / 16 or r.get("epochs_over_real") is None
+                or r["point"].endswith("-qcurve")):
             continue
         lines.setdefault((r["model"], r["words"]), []).append(r)
     for ax, (prefix, title) in zip(axes, arms):
@@ -210,14 +213,14 @@ def figure(rows: list[dict], path: Path) -> None:
             pts = sorted(pts, key=lambda r: r["epochs_over_real"])
             xs, ys = [], []
             for r in pts:
-                arm = next((v for a, v in r["arms"].items() if a.startswith(prefix)), None)
+                arm = next((v for a, v in r["arms"].items() if a.startswith(prefix) and " q=" not in a), None)
                 if arm and arm.get("best_delta_pct") is not None:
                     xs.append(r["epochs_over_real"]), ys.append(arm["best_delta_pct"])
             if xs:
                 ax.plot(xs, ys, marker="o", label=f"{model}, {words // 1000}k words")
         for r in rows:  # the GOOD at its final step: one marker, labelled
             if r.get("good_share") == 1.0 and "arms" in r:
-                arm = next((v for a, v in r["arms"].items() if a.startswith(prefix)), None)
+                arm = next((v for a, v in r["arms"].items() if a.startswith(prefix) and " q=" not in a), None)
                 if arm and arm.get("best_delta_pct") is not None:
                     ax.plot([r["epochs_over_real"]], [arm["best_delta_pct"]], marker="*", markersize=12,
                             linestyle="none", color="black", label=f"{r['model']}, {r['words'] // 1000}k, GOOD final")
