@@ -1,6 +1,6 @@
 """The scale study of the replication: where do synthetic arms move from hurting to helping?
 
-    .venv/bin/python bench/scale_study.py write             # sweeps/study/*.yaml, one per point
+    .venv/bin/python bench/scale_study.py write [POINT ...] # sweeps/study/*.yaml, one per point
     .venv/bin/python bench/scale_study.py run [POINT ...]   # `cdray sweep` each (all by default)
     .venv/bin/python bench/scale_study.py collect           # docs/study/results.json + scale.png
 
@@ -104,9 +104,9 @@ def real_train_tokens(name: str) -> int:
     return store.manifest("tokens", graph.tokens_train.key)["stats"]["tokens"]
 
 
-def write() -> None:
+def write(names: list[str]) -> None:
     SWEEPS.mkdir(parents=True, exist_ok=True)
-    for name in POINTS:
+    for name in names:
         words, model, epochs, good = POINTS[name]
         real = real_train_tokens(name)
         head = (f"# scale study point {name}: {words:,} words, {model} model, ~{epochs} epochs over the "
@@ -181,13 +181,21 @@ def measure(name: str) -> dict:
 
 
 def collect() -> list[dict]:
+    """Every point's numbers from the store; a point this store has not built keeps the numbers
+    an earlier run recorded in results.json (the store that measured them may be gone)."""
+    earlier = {}
+    if (OUT / "results.json").is_file():
+        earlier = {r["point"]: r for r in json.loads((OUT / "results.json").read_text())}
     rows = []
     for name in POINTS:
         if (SWEEPS / f"{name}.yaml").is_file():
             try:
-                rows.append(measure(name))
+                row = measure(name)
             except Exception as e:  # noqa: BLE001 - a point not built yet has nothing to report
-                rows.append({"point": name, "error": f"{type(e).__name__}: {e}"})
+                row = {"point": name, "error": f"{type(e).__name__}: {e}"}
+            if not row.get("arms") and earlier.get(name, {}).get("arms"):
+                row = earlier[name]
+            rows.append(row)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
     figure(rows, OUT / "scale.png")
@@ -243,11 +251,12 @@ def figure(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     what = sys.argv[1] if len(sys.argv) > 1 else "collect"
+    names = sys.argv[2:] or list(POINTS)
     if what == "write":
-        write()
+        write(names)
     elif what == "run":
-        write()
-        run(sys.argv[2:] or list(POINTS))
+        write(names)
+        run(names)
     else:
         for r in collect():
             print(json.dumps({k: v for k, v in r.items() if k != "baseline_curve"}, default=str))

@@ -262,6 +262,7 @@ import json, sys, ray, torch
 from cdray import config as C
 from cdray.shell.ray_exec import generate_with_ray_data
 kwargs, shards, cfg = json.loads(sys.argv[1]), json.loads(sys.argv[2]), C.from_dict(json.loads(sys.argv[3]))
+kwargs["generation"] = cfg.generation  # typed, as the Ray shell passes it
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
          runtime_env={"env_vars": {"PYTHONPATH": sys.argv[4], "OMP_NUM_THREADS": "1"}})
 generate_with_ray_data(kwargs, shards, cfg=cfg)
@@ -275,7 +276,8 @@ def test_killed_generation_driver_reruns_to_identical_corpus(seed, gen_world, re
 
     out = tmp_path / "gen"
     cfg, kwargs, shards = _gen_setup(gen_world, out, text_corpus_dir, tmp_path)
-    args = (json.dumps(kwargs), json.dumps(shards), json.dumps(to_dict(cfg)), str(ROOT))
+    plain = {name: value for name, value in kwargs.items() if name != "generation"}  # cfg carries it
+    args = (json.dumps(plain), json.dumps(shards), json.dumps(to_dict(cfg)), str(ROOT))
     first = _spawn(GEN_DRIVER, *args)
     # the driver dies while an actor is in the middle of this shard (Ray's processes share its fate)
     faults.arm(out, "shard", random.Random(seed).randint(1, 4), victim=first.pid)

@@ -59,8 +59,14 @@ def quiet(log: Path, verbose: bool = False) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
-    terminal = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
+    saved_streams = sys.stdout, sys.stderr
+    # the terminal is what sys.stdout writes to: file descriptor 1 itself, or a stream that is not
+    # descriptor 1 (pytest's capture, a notebook), which the descriptor redirection would not reach
+    on_fd1 = _fileno(sys.stdout) == 1
+    terminal = (os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace") if on_fd1
+                else sys.stdout)
     target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    logged = open(log, "a", buffering=1, encoding="utf-8", errors="replace")
     status, rich_console = None, None
     try:
         terminal.write(f"[cdray] Ray, MLflow and library logs go to {log} (--verbose shows them here)\n")
@@ -73,16 +79,28 @@ def quiet(log: Path, verbose: bool = False) -> Iterator[None]:
             status.start()
         os.dup2(target, 1)
         os.dup2(target, 2)
+        sys.stdout = sys.stderr = logged  # Python-level writes, whatever sys.stdout was
         _out, _live, _rich = terminal, status, rich_console
         yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        logged.flush()
         if status is not None:
             status.stop()
         _out, _live, _rich = None, None, None
+        sys.stdout, sys.stderr = saved_streams
         os.dup2(saved_out, 1)
         os.dup2(saved_err, 2)
         for fd in (saved_out, saved_err, target):
             os.close(fd)
-        terminal.close()
+        logged.close()
+        if on_fd1:
+            terminal.close()
+        else:
+            terminal.flush()
+
+
+def _fileno(stream) -> Optional[int]:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
