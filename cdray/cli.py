@@ -113,7 +113,7 @@ def _main(args) -> int:
             from cdray.shell.driver import run_sweep
 
             run_sweep(cfg, use_tune=args.command == "sweep", verbose=args.verbose)
-            _next_steps(args.config, cfg)
+            _next_steps(args.config, args.overrides, cfg)
         elif args.command == "report":
             from cdray.sweep.report import report_from_mlflow, write_report
 
@@ -158,12 +158,17 @@ def error_line(exc: BaseException) -> Optional[str]:
     return None
 
 
-def _next_steps(config: str, cfg) -> None:
-    from cdray.common.redaction import mask_uri
+def _next_steps(config: str, overrides: list[str], cfg) -> None:
+    """The commands to run next, with this run's overrides (a report must read the same store)."""
+    import shlex
+
+    from cdray.common.redaction import mask_text, mask_uri
     from cdray.tracking.runs import resolve_uri
 
     uri = mask_uri(os.environ.get("MLFLOW_TRACKING_URI") or resolve_uri(cfg.tracking.uri))
-    print(f"next: cdray report {config}   (the paper's tables and figures)\n"
+    report = mask_text(" ".join(["cdray report", shlex.quote(config),
+                                 *(f"--set {shlex.quote(o)}" for o in overrides)]))
+    print(f"next: {report}   (the paper's tables and figures)\n"
           f"      mlflow ui --backend-store-uri {uri}   (compare the arms: open a sweep's run, select its children)")
 
 

@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--experiment", default="cdray")
     ap.add_argument("--width", type=int, default=1400)
-    ap.add_argument("--height", type=int, default=1000)
+    ap.add_argument("--height", type=int, default=2000)  # down to the metrics table
     ap.add_argument("--wait", type=float, default=40.0)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cdray-shot-"))

@@ -66,3 +66,15 @@ def test_plan_says_what_a_run_costs(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[-2].startswith("to build: 1 corpus, 1 tokenizer, 1 prompts, 5 tokens, 5 train, 3 generate, 4 evaluate")
     assert out[-1].startswith("estimate on this machine: about ") and "stated default rates" in out[-1]
+
+
+def test_the_next_commands_keep_the_runs_overrides_and_mask_secrets(tmp_path, capsys):
+    from cdray import config as C
+    from cdray.cli import _next_steps
+
+    cfg = C.load(ROOT / "sweeps" / "tiny.yaml", [f"store.root={tmp_path / 'my store'}"])
+    _next_steps("sweeps/tiny.yaml", [f"store.root={tmp_path / 'my store'}",
+                                     "eval.fetch_url=https://x.org/a.zip?X-Amz-Signature=s3cr3t"], cfg)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"cdray report sweeps/tiny.yaml --set 'store.root={tmp_path / 'my store'}'" in first
+    assert "s3cr3t" not in first and "X-Amz-Signature=" in first
