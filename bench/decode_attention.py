@@ -116,7 +116,7 @@ def main() -> None:
     keys = int(lengths.sum()) * nkv
     need = {"bf16": 2 * keys * hd * 2, "fp8": 2 * keys * (hd + 2)}
     big = torch.empty(2**30, dtype=torch.uint8, device=dev)
-    copy_s = timed(lambda: big.clone(), args.iters)
+    copy_s = timed(big.clone, args.iters)
     copy_bw = 2 * big.numel() / copy_s
     print(f"rows {N} x {nkv} kv heads x {hd}, mean keys {lengths.float().mean():.0f} of {T}; "
           f"copy {copy_bw / 1e9:.0f} GB/s (read + write)")

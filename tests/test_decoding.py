@@ -325,7 +325,7 @@ def test_queuing_the_next_step_ahead_changes_no_row(pair, batch, refill):
     kw = dict(max_new_tokens=30, stop_at_eos=True, eos_id=19, batch_size=batch, refill=refill,
               max_len=36)
     fed = []
-    forward = dec._forward
+    forward = dec.forward
 
     def spy(ids, positions, slots=None, max_position=None, **kwargs):
         # the host's count of the largest position is exact (the eager step attends over keys
@@ -335,7 +335,7 @@ def test_queuing_the_next_step_ahead_changes_no_row(pair, batch, refill):
             fed.append(max_position)
         return forward(ids, positions, slots=slots, max_position=max_position, **kwargs)
 
-    dec._forward = spy
+    dec.forward = spy
     ahead = dec.generate(prompts, list(range(7)), **kw)
     assert any(r.stopped_at_eos for r in ahead) and not all(r.stopped_at_eos for r in ahead)
     # a finished row's slot is fed at position 0 from the next step on, never past the cache
@@ -573,14 +573,14 @@ def test_rows_from_more_join_the_batch_and_come_out_as_in_one_call(pair, kv_cach
     kw = dict(max_new_tokens=30, stop_at_eos=True, eos_id=19, max_len=36)
     base = dec.generate(prompts, list(range(9)), batch_size=4, **kw)
     widths = []  # slots of each decode step
-    forward = dec._forward
+    forward = dec.forward
 
     def spy(ids, positions, slots=None, **kwargs):
         if slots is None:
             widths.append(ids.shape[0])
         return forward(ids, positions, slots=slots, **kwargs)
 
-    dec._forward = spy
+    dec.forward = spy
     later = [[(prompts[i], i) for i in (2, 3, 4)], [], [(prompts[i], i) for i in range(5, 7)]]
     asked, got = [], {}
     last = [(prompts[8], 8), (prompts[7], 7)]

@@ -210,7 +210,6 @@ def test_generate_stage_stops_once_the_leading_shards_hold_the_budget(world, tmp
     from cdray.config import SweepConfig
     from cdray.dag import builders as stages
 
-    plan = shard_plan(7, 3)  # shards of 6, 6 and 2 rows
     g = gen_config(token_budget=1)
     kwargs = dict(expert_dir=world["expert"], strategy="contrastive",
                   amateur={"kind": "small", "model_dir": world["amateur"], "dropout": 0.0},

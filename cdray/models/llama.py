@@ -94,5 +94,5 @@ def load_model(path: Path, *, dtype=torch.float32, device="cpu",
     return model.to(device)
 
 
-__all__ = ["llama_config", "param_counts", "small_for_ratio",
+__all__ = ["llama_config", "param_counts",
            "build_model", "save_model", "load_model"]

@@ -163,8 +163,8 @@ def _train_loop(config: dict) -> dict:
     # a remote store's address arrives by object reference: Ray records a train loop config in
     # its run state, and the address may carry credentials
     store = Store.at(*ray.get(config["store"])) if config["store"] is not None else None
-    for stage, key in config["fetch"]:  # inputs into this node's cache (a no-op on the driver's)
-        store.fetch(stage, key)
+    for stage_name, key in config["fetch"]:  # inputs into this node's cache (a no-op on the driver's)
+        store.fetch(stage_name, key)
     device = "cpu"
     if config["use_gpu"]:
         device = str(ray.train.torch.get_device())
@@ -220,8 +220,8 @@ class _StoreShardGenerator:
         from cdray.decode.synthetic import ShardGenerator
 
         self.store = Store.at(*store)
-        for stage, key in fetch:
-            self.store.fetch(stage, key)
+        for stage_name, key in fetch:
+            self.store.fetch(stage_name, key)
         self.push = push
         self.gen = ShardGenerator(**kwargs)
         self.pushing = threading.Lock()  # calls run in several threads (shards_per_actor)
