@@ -65,7 +65,8 @@ def main() -> None:
     import torch
 
     from cdray import config as C
-    from cdray.models.training import TrainJob, train
+    from cdray.models.train_data import TrainJob
+    from cdray.models.training import train
 
     if args.smoke:
         device, model_cfg, vocab = "cpu", C.ModelConfig(**C.MODEL_PRESETS["micro"]), 256

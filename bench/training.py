@@ -40,7 +40,8 @@ from cdray.dag.graph import Node  # noqa: E402
 from cdray.dag.store import Store  # noqa: E402
 from cdray.models.llama import build_model, llama_config, param_counts  # noqa: E402
 from cdray.models.step_clock import StepClock  # noqa: E402
-from cdray.models.training import TrainJob, train  # noqa: E402
+from cdray.models.train_data import TrainJob  # noqa: E402
+from cdray.models.training import train  # noqa: E402
 
 MODEL_10M = C.ModelConfig(layers=6, hidden=256, heads=4, ffn=1024, context=256)
 VOCAB_10M = 8192

@@ -180,7 +180,7 @@ def test_missing_corpus_directory_is_named(tmp_path, store):
 
 
 def test_truncated_token_file_is_named(tmp_path, store):
-    from cdray.models.training import open_tokens
+    from cdray.models.train_data import open_tokens
 
     path = tmp_path / "tokens.npy"
     np.save(path, np.arange(1000, dtype=np.int32))
@@ -189,7 +189,7 @@ def test_truncated_token_file_is_named(tmp_path, store):
 
 
 def test_token_ids_outside_the_vocabulary_are_named(tmp_path, store):
-    from cdray.models.training import open_tokens
+    from cdray.models.train_data import open_tokens
 
     path = tmp_path / "tokens.npy"
     np.save(path, np.array([1, 5, 300, 2], dtype=np.uint16))

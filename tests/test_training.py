@@ -1,4 +1,4 @@
-"""Tests of cdray.models.training: mixing counts, step-addressed data, decay groups, bitwise resume."""
+"""Tests of cdray.models.training and train_data: mixing counts, step-addressed data, decay groups, bitwise resume."""
 import dataclasses
 import json
 
@@ -9,7 +9,8 @@ import torch
 from cdray.config import ModelConfig, TrainConfig
 from cdray.models.checkpoints import latest_checkpoint
 from cdray.models.llama import build_model
-from cdray.models.training import MixedBatches, TrainJob, lr_factor, make_optimizer, realised_q, synthetic_counts, train
+from cdray.models.train_data import MixedBatches, TrainJob, realised_q, synthetic_counts
+from cdray.models.training import lr_factor, make_optimizer, train
 
 torch.set_num_threads(1)
 

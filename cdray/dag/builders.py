@@ -69,7 +69,7 @@ def build_prompts(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict
 def train_job(node: Node, cfg: SweepConfig, store: Store):
     """The pure training job of a train node (paths resolved in the store)."""
     from cdray.config import ModelConfig, parse_section
-    from cdray.models.training import TrainJob
+    from cdray.models.train_data import TrainJob
 
     c = node.config
     syn = str(input_dir(store, node, "synthetic") / "tokens.npy") if node.has_input("synthetic") else None

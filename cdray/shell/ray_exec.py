@@ -265,7 +265,7 @@ def generate_with_ray_data(kwargs: dict, shards: list[dict],
         # start every actor at once and hand each one `calls` shards at a time (two, or more
         # when a shard holds less than a batch), run at once in threads that share the actor's
         # decode batch: as one shard's last rows run, the next one's fill the slots they leave
-        # (a shard's tail no longer drains the batch). Shards spread over the whole pool
+        # (a shard's tail does not drain the batch). Shards spread over the whole pool
         # instead of queueing behind the first actor, go out in prompt order, and a stop at the
         # budget leaves at most `calls` unneeded shards per actor in flight
         compute=ray.data.ActorPoolStrategy(
