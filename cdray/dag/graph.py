@@ -195,6 +195,47 @@ def _train_node(cfg: SweepConfig, g_inputs: dict, *, model: dict, seed: int, q: 
     return Node("train", config, tuple(inputs), label)
 
 
+def _synthetic_corpus(graph: SweepGraph, strategy: str, amateur: Optional[Amateur], eval_items: Optional[str],
+                      drop_on_items: bool) -> Node:
+    """The token stream of one (strategy, amateur) synthetic corpus, its generate and contamination
+    stages added to the graph the first time an arm asks for it."""
+    cfg, good, tokenizer = graph.cfg, graph.good, graph.tokenizer
+    name = arm_name(strategy, amateur, 1.0)
+    if name in graph.synthetic:
+        return graph.synthetic[name]
+    inputs: list[tuple[str, Node]] = [("expert", good), ("prompts", graph.prompts), ("tokenizer", tokenizer)]
+    if cfg.generation.decontaminate_n > 0:
+        inputs.append(("corpus", graph.corpus))  # its eval split is the decontamination reference
+    amateur_cfg: dict[str, Any] = {"kind": "none"}
+    if amateur is not None:
+        amateur_cfg = {"kind": amateur.kind}
+        if amateur.kind == "early":
+            amateur_cfg["step"] = int(amateur.value)
+            inputs.append(("amateur", good))
+        elif amateur.kind == "small":
+            amateur_cfg["step"] = cfg.train.steps
+            inputs.append(("amateur", graph.smalls[amateur.value]))
+        else:
+            amateur_cfg["dropout"] = amateur.value
+    config = {
+        "generation": key_slice(cfg.generation),
+        "strategy": strategy,
+        "expert_step": cfg.expert_step,
+        "amateur": amateur_cfg,
+    }
+    if drop_on_items:
+        config["eval_items"] = eval_items
+    gen = Node("generate", config, tuple(inputs), f"generate {name}")
+    graph.generations[name] = gen
+    if eval_items not in (None, "missing"):
+        graph.contamination[name] = Node(
+            "contamination", {"n": cfg.generation.decontaminate_n, "eval_items": eval_items},
+            (("generate", gen), ("tokenizer", tokenizer)), f"contamination {name}")
+    syn = Node("tokens", {"split": "synthetic"}, (("generate", gen),), f"tokens[{name}]")
+    graph.synthetic[name] = syn
+    return syn
+
+
 def build_graph(cfg: SweepConfig) -> SweepGraph:
     """Expand the grid into nodes and deduplicated cells."""
     from cdray.models.shapes import small_for_ratio
@@ -234,42 +275,6 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
     # regenerates and retrains nothing
     drop_on_items = eval_items is not None and cfg.generation.drop_contaminated
 
-    def corpus_for(strategy: str, amateur: Optional[Amateur]) -> Node:
-        name = arm_name(strategy, amateur, 1.0)
-        if name in graph.synthetic:
-            return graph.synthetic[name]
-        inputs: list[tuple[str, Node]] = [("expert", good), ("prompts", prompts), ("tokenizer", tokenizer)]
-        if cfg.generation.decontaminate_n > 0:
-            inputs.append(("corpus", corpus))  # its eval split is the decontamination reference
-        amateur_cfg: dict[str, Any] = {"kind": "none"}
-        if amateur is not None:
-            amateur_cfg = {"kind": amateur.kind}
-            if amateur.kind == "early":
-                amateur_cfg["step"] = int(amateur.value)
-                inputs.append(("amateur", good))
-            elif amateur.kind == "small":
-                amateur_cfg["step"] = cfg.train.steps
-                inputs.append(("amateur", graph.smalls[amateur.value]))
-            else:
-                amateur_cfg["dropout"] = amateur.value
-        config = {
-            "generation": key_slice(cfg.generation),
-            "strategy": strategy,
-            "expert_step": cfg.expert_step,
-            "amateur": amateur_cfg,
-        }
-        if drop_on_items:
-            config["eval_items"] = eval_items
-        gen = Node("generate", config, tuple(inputs), f"generate {name}")
-        graph.generations[name] = gen
-        if eval_items not in (None, "missing"):
-            graph.contamination[name] = Node(
-                "contamination", {"n": cfg.generation.decontaminate_n, "eval_items": eval_items},
-                (("generate", gen), ("tokenizer", tokenizer)), f"contamination {name}")
-        syn = Node("tokens", {"split": "synthetic"}, (("generate", gen),), f"tokens[{name}]")
-        graph.synthetic[name] = syn
-        return syn
-
     mixed_model = to_dict(cfg.mixed_model or cfg.expert.model)
     eval_cfg = key_slice(cfg.eval, leave_scope="babylm")
     eval_cfg["seq_len"] = cfg.train.seq_len
@@ -289,7 +294,7 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
                     if cell_id in seen:
                         continue
                     seen.add(cell_id)
-                    syn = corpus_for(strategy_, amateur_) if q > 0 else None
+                    syn = _synthetic_corpus(graph, strategy_, amateur_, eval_items, drop_on_items) if q > 0 else None
                     label = f"train {arm} q={q:g} seed={seed}"
                     train = _train_node(cfg, gi, model=mixed_model, seed=seed, q=q,
                                         milestones=cfg.train.default_milestones(), label=label,
