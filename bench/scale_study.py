@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale_study.py write [POINT ...] # sweeps/study/*.yaml, one per point
     .venv/bin/python bench/scale_study.py run [POINT ...]   # `cdray sweep` each (all by default)
-    .venv/bin/python bench/scale_study.py collect           # docs/study/results.json + scale.png
+    .venv/bin/python bench/scale_study.py collect           # docs/study/results.json, scale.png, qcurve.png
 
 Each point is an ordinary cdray sweep on the offline packaged corpus: BASELINE, NO-CONTRAST and
 CD-EARLY-k at q = 0.3, laid out as the paper's design scaled down (PAPER.md section 6). Only the
@@ -181,7 +181,7 @@ def measure(name: str) -> dict:
 
 
 def collect() -> list[dict]:
-    """Every point's numbers from the store; a point this store has not built keeps the numbers
+    """Every point's numbers from the store; a point this store holds fewer arms of keeps the numbers
     an earlier run recorded in results.json (the store that measured them may be gone)."""
     earlier = {}
     if (OUT / "results.json").is_file():
@@ -193,12 +193,17 @@ def collect() -> list[dict]:
                 row = measure(name)
             except Exception as e:  # noqa: BLE001 - a point not built yet has nothing to report
                 row = {"point": name, "error": f"{type(e).__name__}: {e}"}
-            if not row.get("arms") and earlier.get(name, {}).get("arms"):
-                row = earlier[name]
+            before = earlier.get(name, {})
+            if (len(before.get("arms", {})) > len(row.get("arms", {}))
+                    or not row.get("arms") and before.get("real_train_tokens") and row.get("real_train_tokens") is None):
+                row = before
             rows.append(row)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
     figure(rows, OUT / "scale.png")
+    for row in rows:
+        if row["point"].endswith("-qcurve") and len(row.get("arms", {})) > 3:
+            q_figure(row, OUT / "qcurve.png")
     return rows
 
 
@@ -242,8 +247,42 @@ def figure(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("perplexity Δ vs BASELINE (%; > 0: helps)")
-    fig.suptitle("Scale study on the offline corpus (one seed a point, best checkpoint): "
-                 "synthetic data hurts at 4 epochs and helps at 16", fontsize=10)
+    fig.suptitle("Scale study on the offline corpus: perplexity change of the synthetic arms at q = 0.3 "
+                 "(one seed a point, best checkpoint)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def q_figure(row: dict, path: Path) -> None:
+    """The q curve of one point: perplexity change vs BASELINE per q, best and final checkpoint."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for ax, which, title in zip(axes, ("best_delta_pct", "final_delta_pct"),
+                                ("best checkpoint (the paper's selection)", "final checkpoint")):
+        for prefix in ("NO-CONTRAST", "CD-EARLY"):
+            pts = {0.0: 0.0}  # BASELINE is q = 0
+            for name, arm in row["arms"].items():
+                if name.startswith(prefix) and arm.get(which) is not None:
+                    pts[float(name.split(" q=")[1]) if " q=" in name else 0.3] = arm[which]
+            if len(pts) > 1:
+                qs = sorted(pts)
+                ax.plot(qs, [pts[q] for q in qs], marker="o", label=prefix if prefix == "NO-CONTRAST" else
+                        f"CD-EARLY-{row['k']}")
+        ax.axvspan(0.2, 0.4, color="grey", alpha=0.12, label="the paper's μΔREL peak (q 0.2-0.4)")
+        ax.axvline(0.3, color="grey", linestyle=":", linewidth=1)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xlabel("synthetic fraction q")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("perplexity Δ vs BASELINE (%; > 0: helps)")
+    fig.suptitle(f"q curve at {row['words'] // 1000}k words, {row['model']} model, "
+                 f"{row['epochs_over_real']:.0f} epochs (one seed)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
