@@ -29,7 +29,8 @@ class KernelConfig:
     num_stages: int = 3
     # "mma": products on the matrix units (query heads padded to 16 rows; with one query head per
     # kv head the softmax runs on the real row only, same bits); "padded": the same with the
-    # softmax over all 16 rows (the earlier kernel, kept for A/Bs); "vector": fp32 products
+    # softmax over all 16 rows (the reference the one-row softmax must match bit for bit, in
+    # tests and bench/decode_attention.py; never faster); "vector": fp32 products
     # on the vector units, for models with one query head per kv head (others take "mma")
     products: str = "mma"
 
