@@ -158,14 +158,7 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
     if distributed:
         torch.distributed.barrier()  # nobody reads logs or checkpoints while rank 0 trims them
 
-    net = model
-    if distributed:
-        dev = torch.device(device)
-        ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if recipe.compile:
-        net = torch.compile(net)  # `model` stays the plain module for eval and checkpoints
-
+    net = _wrap(model, recipe, device, distributed)
     window: list[float] = []
     last_loss = None
     reached = start
@@ -197,13 +190,7 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
         window = []
         d = step_dir(out_dir, done_steps)
         if lead:
-            real_n, syn_n = data.consumed(done_steps)
-            state = {"step": done_steps, "q": job.q, "realised_q": record["realised_q"],
-                     "tokens_seen": record["tokens"],
-                     "epochs_real": real_n / data.real.n_blocks,
-                     "epochs_synthetic": (syn_n / data.syn.n_blocks) if data.syn else 0.0,
-                     "job": _job_fingerprint(job)}
-            write_checkpoint(d, model, opt, sched, state, device)
+            write_checkpoint(d, model, opt, sched, _trainer_state(job, data, record), device)
             append_jsonl(milestones_path, record)
             done.append(record)
         if distributed:
@@ -214,6 +201,29 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
             break
 
     return dict(_summary(job, data, done, last_loss, reached), throughput=clock.summary())
+
+
+def _wrap(model: torch.nn.Module, recipe: TrainConfig, device: str, distributed: bool) -> torch.nn.Module:
+    """What the steps run: DDP over the workers, compiled if asked; `model` stays the plain module
+    for evaluation and checkpoints."""
+    net = model
+    if distributed:
+        dev = torch.device(device)
+        ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if recipe.compile:
+        net = torch.compile(net)
+    return net
+
+
+def _trainer_state(job: TrainJob, data: MixedBatches, record: dict) -> dict:
+    """The milestone's trainer_state.json: where the run is, and the job it belongs to (resume
+    refuses another)."""
+    real_n, syn_n = data.consumed(record["step"])
+    return {"step": record["step"], "q": job.q, "realised_q": record["realised_q"],
+            "tokens_seen": record["tokens"], "epochs_real": real_n / data.real.n_blocks,
+            "epochs_synthetic": (syn_n / data.syn.n_blocks) if data.syn else 0.0,
+            "job": _job_fingerprint(job)}
 
 
 def _milestone(job, data, step, window, model, eval_blocks, device, lead) -> dict:
