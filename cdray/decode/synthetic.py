@@ -106,6 +106,22 @@ def _torch_dtype(precision: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
 
 
+def shard_table(keys, full, texts, results, contaminated) -> pa.Table:
+    """One shard's rows as the corpus's parquet schema (prompt id, continuation, tokens, text, row telemetry)."""
+    return pa.table({
+        "prompt_id": pa.array([k[0] for k in keys], type=pa.int64()),
+        "continuation": pa.array([k[1] for k in keys], type=pa.int32()),
+        "tokens": pa.array(full, type=pa.list_(pa.int32())),
+        "new_tokens": pa.array([len(r.tokens) for r in results], type=pa.int32()),
+        "text": pa.array(texts, type=pa.string()),
+        "eos": pa.array([r.stopped_at_eos for r in results], type=pa.bool_()),
+        "head_size_mean": pa.array([r.head_size_mean for r in results], type=pa.float32()),
+        "expert_nll_mean": pa.array([r.expert_nll_mean for r in results], type=pa.float32()),
+        "amateur_nll_mean": pa.array([r.amateur_nll_mean for r in results], type=pa.float32()),
+        "contaminated": pa.array(contaminated, type=pa.bool_()),
+    }, schema=SHARD_SCHEMA)
+
+
 class ShardGenerator:
     """Ray Data map_batches callable: generates and commits whole shards, skipping committed ones.
 
@@ -238,18 +254,7 @@ class ShardGenerator:
             contaminated = [self.contamination.overlaps(t) for t in cont_texts]
         else:
             contaminated = [False] * len(results)
-        table = pa.table({
-            "prompt_id": pa.array([k[0] for k in keys], type=pa.int64()),
-            "continuation": pa.array([k[1] for k in keys], type=pa.int32()),
-            "tokens": pa.array(full, type=pa.list_(pa.int32())),
-            "new_tokens": pa.array([len(r.tokens) for r in results], type=pa.int32()),
-            "text": pa.array(texts, type=pa.string()),
-            "eos": pa.array([r.stopped_at_eos for r in results], type=pa.bool_()),
-            "head_size_mean": pa.array([r.head_size_mean for r in results], type=pa.float32()),
-            "expert_nll_mean": pa.array([r.expert_nll_mean for r in results], type=pa.float32()),
-            "amateur_nll_mean": pa.array([r.amateur_nll_mean for r in results], type=pa.float32()),
-            "contaminated": pa.array(contaminated, type=pa.bool_()),
-        }, schema=SHARD_SCHEMA)
+        table = shard_table(keys, full, texts, results, contaminated)
         parquet_path.parent.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(table, parquet_path)
         new_tokens = int(sum(len(r.tokens) for r in results))
