@@ -194,8 +194,9 @@ def collect() -> list[dict]:
             except Exception as e:  # noqa: BLE001 - a point not built yet has nothing to report
                 row = {"point": name, "error": f"{type(e).__name__}: {e}"}
             before = earlier.get(name, {})
-            if (len(before.get("arms", {})) > len(row.get("arms", {}))
-                    or not row.get("arms") and before.get("real_train_tokens") and row.get("real_train_tokens") is None):
+            fewer_arms = len(before.get("arms", {})) > len(row.get("arms", {}))
+            lost_tokens = before.get("real_train_tokens") and row.get("real_train_tokens") is None
+            if fewer_arms or not row.get("arms") and lost_tokens:
                 row = before
             rows.append(row)
     OUT.mkdir(parents=True, exist_ok=True)
