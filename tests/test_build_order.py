@@ -48,6 +48,7 @@ def sweeps(draw) -> dict:
     # SMALL candidates that include the mixed model's shape: a SMALL run can then be a BASELINE's
     if draw(st.booleans()):
         sweep["small"] = {"candidates": [SMALLER]}
+        sweep["grid"]["r"] = r[:1]  # one candidate: two ratios would pick one shape (refused)
         if draw(st.booleans()):
             sweep["mixed_model"] = SMALLER
     return sweep

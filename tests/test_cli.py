@@ -38,6 +38,15 @@ def test_bad_config_is_one_line_naming_the_field(change, field, tmp_path):
     assert len(lines) == 1 and field in lines[0] and lines[0].startswith("cdray: error:"), res.stderr
 
 
+def test_two_ratios_that_pick_one_small_shape_are_refused(tmp_path):
+    """The paper's names r = 5 and 10 both pick its 8x384 config: one arm under two names."""
+    res = cdray("plan", "sweeps/paper.yaml", "--set", "grid.r=[5, 10]", "--set", f"store.root={tmp_path}")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("cdray: error: config field 'grid.r': 5 and 10 both pick the SMALL shape 8x384")
+    assert "small.candidates offer 2.7, 6, 18, 28.2, 48" in lines[0]
+
+
 def test_missing_file_and_bad_override(tmp_path):
     res = cdray("plan", str(tmp_path / "absent.yaml"))
     assert res.returncode != 0 and "not found" in res.stderr

@@ -35,6 +35,11 @@ def test_paper_sweep_shape():
     # the q=0 cells of every arm are one BASELINE per seed
     assert sum(c.arm == "BASELINE" for c in g.cells) == 10
     assert all(info["non_embedding_ratio"] > 1 for info in g.small_info.values())
+    # the paper's five SMALL configs, each its own run and corpus (PAPER.md section 4)
+    assert sorted((i["layers"], i["hidden"]) for i in g.small_info.values()) == [
+        (4, 192), (5, 224), (6, 256), (8, 384), (10, 512)]
+    assert len({n.key for n in g.generations.values()}) == len(g.generations)
+    assert len({c.train.key for c in g.cells}) == len(g.cells)
 
 
 def test_shared_work_appears_once(micro_cfg_dict):

@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from cdray.config import NEEDS_AMATEUR, SweepConfig, to_dict
+from cdray.config import NEEDS_AMATEUR, ConfigError, SweepConfig, to_dict
 from cdray.dag.keys import key_slice, stage_key
 from cdray.dag.stages import stage
 
@@ -236,6 +236,22 @@ def _synthetic_corpus(graph: SweepGraph, strategy: str, amateur: Optional[Amateu
     return syn
 
 
+def _one_r_per_shape(graph: SweepGraph, r: float, info: dict) -> None:
+    """Two ratios that pick one SMALL shape would be one arm under two names, with identical
+    numbers: refused, naming the shapes the candidates offer."""
+    shape = (info["layers"], info["hidden"], info["heads"], info["ffn"])
+    for other, seen in graph.small_info.items():
+        if (seen["layers"], seen["hidden"], seen["heads"], seen["ffn"]) == shape:
+            cfg = graph.cfg
+            from cdray.models.shapes import non_embedding_ratios
+
+            offered = ", ".join(f"{x:.3g}" for x in non_embedding_ratios(cfg.expert.model, cfg.small.candidates,
+                                                                           cfg.tokenizer.vocab_size))
+            raise ConfigError("grid.r", f"{other:g} and {r:g} both pick the SMALL shape {shape[0]}x{shape[1]} "
+                              f"(non-embedding ratio {info['non_embedding_ratio']:.3g}); give one r per shape"
+                              + (f" (small.candidates offer {offered})" if offered else ""))
+
+
 def build_graph(cfg: SweepConfig) -> SweepGraph:
     """Expand the grid into nodes and deduplicated cells."""
     from cdray.models.shapes import small_for_ratio
@@ -255,6 +271,7 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
 
     for r in cfg.grid.r:
         shape, info = small_for_ratio(cfg.expert.model, r, cfg.tokenizer.vocab_size, cfg.small.candidates)
+        _one_r_per_shape(graph, r, info)
         graph.smalls[r] = _train_node(cfg, gi, model=to_dict(shape), seed=cfg.expert.seed, q=0.0,
                                       milestones=(cfg.train.steps,), label=f"train SMALL r={r:g}")
         graph.small_info[r] = info

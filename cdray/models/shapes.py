@@ -50,6 +50,11 @@ def _search_space(expert: ModelConfig) -> list[ModelConfig]:
     return shapes
 
 
+def non_embedding_ratios(expert: ModelConfig, candidates: tuple[ModelConfig, ...], vocab_size: int) -> list[float]:
+    """expert / candidate non-embedding parameter ratio of each SMALL candidate, in their order."""
+    return [_ratios(expert, shape, vocab_size)[0] for shape in candidates]
+
+
 def small_for_ratio(expert: ModelConfig, r: float, vocab_size: int,
                     candidates: tuple[ModelConfig, ...] = ()) -> tuple[ModelConfig, dict]:
     """The shape whose non-embedding ratio expert/shape is closest to r in log space, and its ratios.
