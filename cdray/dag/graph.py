@@ -236,20 +236,16 @@ def _synthetic_corpus(graph: SweepGraph, strategy: str, amateur: Optional[Amateu
     return syn
 
 
-def _one_r_per_shape(graph: SweepGraph, r: float, info: dict) -> None:
+def _one_shape_two_ratios(cfg: SweepConfig, first: float, r: float, info: dict) -> ConfigError:
     """Two ratios that pick one SMALL shape would be one arm under two names, with identical
-    numbers: refused, naming the shapes the candidates offer."""
-    shape = (info["layers"], info["hidden"], info["heads"], info["ffn"])
-    for other, seen in graph.small_info.items():
-        if (seen["layers"], seen["hidden"], seen["heads"], seen["ffn"]) == shape:
-            cfg = graph.cfg
-            from cdray.models.shapes import non_embedding_ratios
+    numbers: the error names the ratios the candidates offer."""
+    from cdray.models.shapes import non_embedding_ratios
 
-            offered = ", ".join(f"{x:.3g}" for x in non_embedding_ratios(cfg.expert.model, cfg.small.candidates,
-                                                                           cfg.tokenizer.vocab_size))
-            raise ConfigError("grid.r", f"{other:g} and {r:g} both pick the SMALL shape {shape[0]}x{shape[1]} "
-                              f"(non-embedding ratio {info['non_embedding_ratio']:.3g}); give one r per shape"
-                              + (f" (small.candidates offer {offered})" if offered else ""))
+    offered = ", ".join(f"{x:.3g}" for x in non_embedding_ratios(cfg.expert.model, cfg.small.candidates,
+                                                                   cfg.tokenizer.vocab_size))
+    return ConfigError("grid.r", f"{first:g} and {r:g} both pick the SMALL shape {info['layers']}x{info['hidden']} "
+                       f"(non-embedding ratio {info['non_embedding_ratio']:.3g}); give one r per shape"
+                       + (f" (small.candidates offer {offered})" if offered else ""))
 
 
 def build_graph(cfg: SweepConfig) -> SweepGraph:
@@ -271,9 +267,12 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
 
     for r in cfg.grid.r:
         shape, info = small_for_ratio(cfg.expert.model, r, cfg.tokenizer.vocab_size, cfg.small.candidates)
-        _one_r_per_shape(graph, r, info)
-        graph.smalls[r] = _train_node(cfg, gi, model=to_dict(shape), seed=cfg.expert.seed, q=0.0,
-                                      milestones=(cfg.train.steps,), label=f"train SMALL r={r:g}")
+        node = _train_node(cfg, gi, model=to_dict(shape), seed=cfg.expert.seed, q=0.0,
+                           milestones=(cfg.train.steps,), label=f"train SMALL r={r:g}")
+        first = next((other for other, run in graph.smalls.items() if run.key == node.key), None)
+        if first is not None:
+            raise _one_shape_two_ratios(cfg, first, r, info)
+        graph.smalls[r] = node
         graph.small_info[r] = info
 
     amateurs = [Amateur("early", k) for k in cfg.grid.k]
