@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from cdray import config as config_mod
 from cdray.common.signals import sigterm_interrupts
+from cdray.shell.local_cluster import in_job, keep_on_loopback
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,13 +104,14 @@ def _main(args) -> int:
         if args.profile:
             args.overrides = [f"profile={args.profile}", *args.overrides]
         cfg = config_mod.load(args.config, args.overrides)
-        if args.command in ("sweep", "run") and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        if args.command in ("sweep", "run") and in_job():
             cfg = _leave_job_working_dir(cfg)
         if args.command == "plan":
             from cdray.sweep.plan import print_plan
 
             print_plan(cfg)
         elif args.command in ("sweep", "run"):
+            keep_on_loopback(cfg.ray)  # before the driver imports ray
             from cdray.shell.driver import run_sweep
 
             run_sweep(cfg, use_tune=args.command == "sweep", verbose=args.verbose)

@@ -11,6 +11,11 @@ import pytest
 # chosen before anything imports triton (tests/test_decode_attention.py)
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from cdray.shell.local_cluster import SINGLE_HOST_ENV
+
+# the session's Ray cluster, like a local run's, listens on loopback only (Ray reads this on import)
+os.environ[SINGLE_HOST_ENV] = "0"
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_EVAL = ROOT.parent / "shared" / "data" / "eval" / "babylm2025"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cdray.shell.local_cluster import SINGLE_HOST_ENV
 from cdray.tracking import server as mlflow_server
 from tests.conftest import S3_ENV, micro_sweep_dict, s3_uri
 
@@ -66,7 +67,7 @@ class FakeCluster:
         import ray._private.services as services
 
         self.tmp = tmp
-        self.ip = services.get_node_ip_address()
+        self.ip = services.node_ip_address_from_perspective()  # this session's own nodes are on loopback
         self.gcs_port = mlflow_server.free_port()
         self.dashboard_port = mlflow_server.free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
@@ -77,6 +78,7 @@ class FakeCluster:
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_FAKE_CLUSTER": "1",
                     "RAY_API_SERVER_ADDRESS": self.address, "RAY_ADDRESS": ""}
         self.env.pop("RAY_ADDRESS")
+        self.env.pop(SINGLE_HOST_ENV, None)  # a cluster (nodes join it), not a single-host local run
         # Ray's socket paths must stay under 107 bytes: pytest's tmp_path is too deep
         self.temp_dir = Path(tempfile.mkdtemp(prefix="cdray-ray-", dir="/tmp"))
         self.proc = None

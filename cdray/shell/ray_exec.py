@@ -11,12 +11,15 @@ from typing import Callable, Optional
 
 import ray
 
+from cdray.common import console
 from cdray.common.signals import sigterm_interrupts
 from cdray.config import ConfigError, RayConfig, SweepConfig
 from cdray.dag import builders
 from cdray.dag.graph import Node
 from cdray.dag.stages import stage
 from cdray.dag.store import Store
+from cdray.shell.local_cluster import SINGLE_HOST_ENV, cluster_address, in_job, is_loopback
+from cdray.shell.process_group import torch_config
 
 # progress bars of every model load in every worker drown the sweep's own progress lines
 QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -39,8 +42,8 @@ def init_ray(rcfg: RayConfig) -> None:
 
 
 def _init_ray(rcfg: RayConfig) -> None:
-    address = rcfg.address or os.environ.get("RAY_ADDRESS")
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+    address = cluster_address(rcfg)
+    if in_job():
         # inside `ray job submit`: the job's runtime_env (working_dir, env_vars) already applies
         ray.init(address=address or "auto", log_to_driver=rcfg.log_to_driver)
         return
@@ -56,6 +59,11 @@ def _init_ray(rcfg: RayConfig) -> None:
     else:
         ray.init(address="local", num_cpus=rcfg.num_cpus, include_dashboard=False,
                  runtime_env=env, log_to_driver=rcfg.log_to_driver)
+        ip = ray.util.get_node_ip_address()
+        if not is_loopback(ip):
+            console.say(f"[cdray] warning: this local Ray cluster listens on {ip} and every other interface: "
+                        f"ray was imported before cdray could keep it on loopback "
+                        f"(set {SINGLE_HOST_ENV}=0 before importing ray)")
 
 
 def probe_address(address: str, field: Optional[str], timeout: float = 5.0) -> None:
@@ -188,7 +196,7 @@ def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callback
     Ray restarted the worker group (FailureConfig) or the whole driver was re-run.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     recipe = cfg.train
     remote = store.remote is not None
@@ -200,7 +208,7 @@ def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callback
                            "use_gpu": recipe.use_gpu, "threads": recipe.torch_threads,
                            "store": ray.put((store.location, cfg.store.cache)) if remote else None,
                            "fetch": fetch, "push": (node.stage, node.key, store.attempt(node.stage, node.key))},
-        torch_config=TorchConfig(backend="nccl" if recipe.use_gpu else "gloo"),
+        torch_config=torch_config("nccl" if recipe.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=recipe.num_workers, use_gpu=recipe.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=f"train-{node.key}", **ray_storage(store, "_ray"),
