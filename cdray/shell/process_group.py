@@ -2,17 +2,21 @@
 the gloo / NCCL sockets listen on loopback too."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from datetime import timedelta
 
 import ray
+from ray.exceptions import GetTimeoutError
 from ray.train.backend import Backend
 from ray.train.torch import TorchConfig
 
 from cdray.shell.local_cluster import is_loopback
 
 LOOPBACK = "127.0.0.1"
+SHUTDOWN_TIMEOUT_S = 30
+logger = logging.getLogger(__name__)
 
 # rank 0's rendezvous server, held by its worker process for as long as its process group lives
 _server: object | None = None
@@ -57,11 +61,11 @@ def _join(backend: str, port: int, rank: int, world_size: int, timeout_s: int) -
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
 
 
-def _leave() -> None:
+def _leave(destroy: bool) -> None:
     import torch.distributed as dist
 
     global _server
-    if dist.is_initialized():
+    if destroy and dist.is_initialized():
         dist.destroy_process_group()
     _server = None
 
@@ -77,7 +81,12 @@ class _LoopbackTorchBackend(Backend):
                                                    backend_config.timeout_s) for i in range(world_size)])
 
     def on_shutdown(self, worker_group, backend_config: LoopbackTorchConfig) -> None:
-        worker_group.execute(_leave)
+        # as Ray's own torch setup: a one-worker group's is left to its process's exit, and a
+        # worker stuck in shutdown does not hold up the run
+        try:
+            ray.get(worker_group.execute_async(_leave, len(worker_group) > 1), timeout=SHUTDOWN_TIMEOUT_S)
+        except GetTimeoutError:
+            logger.warning("the torch process group did not shut down within %d s", SHUTDOWN_TIMEOUT_S)
 
 
 class LoopbackTorchConfig(TorchConfig):
