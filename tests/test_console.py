@@ -56,7 +56,10 @@ def test_the_arm_table_says_what_it_is():
     two_seeds = format_table(rows + [{**rows[0], "seed": 43, "final_ppl": 110.0}])
     assert "105.00 ± 7.07" in two_seeds
     assert "smoke test outside the paper's" in regime_line(0.3, 1)
-    assert "as the paper's" in regime_line(16.0, 3)
+    assert "smoke test outside the paper's" in regime_line(0.3, 5)
+    # the paper's epochs with one seed is no smoke test, but its Δ has no confidence interval
+    assert "(the paper: ~16), but 1 seed: too few for a confidence interval" in regime_line(16.0, 1)
+    assert "as the paper's" in regime_line(16.0, 3) and "too few" not in regime_line(16.0, 3)
 
 
 def test_plan_says_what_a_run_costs(tmp_path, capsys):
