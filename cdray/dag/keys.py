@@ -34,13 +34,23 @@ def stage_key(stage: str, version: int, config: Any, input_keys: dict[str, str])
 
 def key_slice(section: Any, leave_scope: str | None = None) -> dict:
     """A config section as it enters a stage's key: every field but the execution-only ones
-    (metadata {"key": False}) and, with `leave_scope`, those of that scope (BabyLM settings in the
-    perplexity evaluation's key). Nested sections are kept whole."""
-    from cdray.config import to_dict
-
+    (metadata {"key": False}), those of scope `leave_scope` (BabyLM settings in the perplexity
+    evaluation's key), and fields marked ADDED while they hold their default (so adding a field
+    re-keys nothing already built). Nested sections follow the same rules."""
     out = {}
     for f in dataclasses.fields(section):
         if f.metadata.get("key") is False or (leave_scope and f.metadata.get("scope") == leave_scope):
             continue
-        out[f.name] = to_dict(getattr(section, f.name))
+        value = getattr(section, f.name)
+        if f.metadata.get("key_default") == "omit" and value == f.default:
+            continue
+        out[f.name] = _keyed(value)
     return out
+
+
+def _keyed(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return key_slice(value)
+    if isinstance(value, (list, tuple)):
+        return [_keyed(v) for v in value]
+    return value
