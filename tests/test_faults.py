@@ -145,19 +145,37 @@ def reference_run(train_world, tmp_path_factory):
 
 
 def test_killed_train_workers_resume_to_identical_weights(train_world, reference_run, ray_session, tmp_path):
-    from cdray.shell.ray_exec import fit_training
+    from cdray.shell.train_run import fit_training
 
-    node, cfg, store = train_world
-    out = tmp_path / "run"
+    node, cfg, _ = train_world
+    store = _fresh_store_with_inputs(train_world, tmp_path)
+    out = store.dir(node.stage, node.key)  # the run writes where the store keeps it
     kills = sorted(random.Random(1).sample([s for s in range(2, cfg.train.steps) if s % 6], 2))
-    for step in kills:  # FailureConfig(max_failures=2) restarts the worker group each time
+    for step in kills:  # FailureConfig restarts the worker group each time
         faults.arm(out, "train-step-rank0", step)
-    result = fit_training(node, cfg, store, out)
+    stats, files = fit_training(node, cfg, store, out)
     assert not list(out.glob(faults.TRIGGER_PREFIX + "*")), "every kill point was reached"
-    assert result["steps"] == cfg.train.steps
+    assert stats["steps"] == cfg.train.steps
     _assert_same_weights(reference_run, out, cfg.train.steps)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, cfg.train.steps + 1))  # no step lost or repeated
+    # every milestone's weights, the newest one's resume state, nothing of Ray's own state files
+    assert {f"step_{s:06d}/model/model.safetensors" for s in (6, 12, 18, 24)} <= set(files)
+    assert [rel for rel in files if "/resume/" in rel and not rel.startswith("step_000024/")] == []
+    assert all(rel.startswith("step_") or rel in ("metrics.jsonl", "milestones.jsonl") for rel in files)
+
+
+def _fresh_store_with_inputs(train_world, tmp_path: Path) -> Store:
+    """A store of its own holding the train node's built inputs (no run of it, no Ray run state)."""
+    import shutil
+
+    node, _, store = train_world
+    fresh = Store.at(tmp_path / "store")
+    for _, dep in node.inputs:
+        for n in dep.walk():
+            if store.is_done(n.stage, n.key) and not fresh.dir(n.stage, n.key).exists():
+                shutil.copytree(store.dir(n.stage, n.key), fresh.dir(n.stage, n.key))
+    return fresh
 
 
 TRAIN_DRIVER = """

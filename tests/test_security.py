@@ -109,7 +109,7 @@ def test_the_train_loop_config_ray_records_holds_no_store_credentials(micro_cfg_
 
     from cdray import config as C
     from cdray.dag.graph import build_graph
-    from cdray.shell.ray_exec import fit_training
+    from cdray.shell.train_run import fit_training
 
     seen = {}
 

@@ -1,13 +1,14 @@
 """Tests of cdray.models.training and train_data: mixing counts, step-addressed data, decay groups, bitwise resume."""
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from cdray.config import ModelConfig, TrainConfig
-from cdray.models.checkpoints import latest_checkpoint
+from cdray.models.checkpoints import has_resume_state, latest_checkpoint, step_dir
 from cdray.models.llama import build_model
 from cdray.models.train_data import MixedBatches, TrainJob, realised_q, synthetic_counts
 from cdray.models.training import lr_factor, make_optimizer, train
@@ -153,8 +154,8 @@ def test_resume_is_bitwise_equal(job, tmp_path):
     a, b = _final_weights(full), _final_weights(part)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     from safetensors.torch import load_file
-    oa = load_file(str(full / "step_000012" / "optimizer.safetensors"))
-    ob = load_file(str(part / "step_000012" / "optimizer.safetensors"))
+    oa = load_file(str(full / "step_000012" / "resume" / "optimizer.safetensors"))
+    ob = load_file(str(part / "step_000012" / "resume" / "optimizer.safetensors"))
     assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
 
     rows = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
@@ -168,13 +169,71 @@ def test_resume_is_bitwise_equal(job, tmp_path):
     assert sum(r["n_syn"] for r in rows) == res["n_synthetic_sequences"]
 
     state = json.loads((part / "step_000012" / "trainer_state.json").read_text())
-    assert state["step"] == 12 and state["scheduler"]["last_epoch"] == 12
-    assert state["realised_q"] == pytest.approx(14 / 48) and state["tokens_seen"] == 48 * 16
-    assert set(state["param_steps"].values()) == {12.0}
+    assert state["step"] == 12 and state["realised_q"] == pytest.approx(14 / 48)
+    assert state["tokens_seen"] == 48 * 16
+    resume_state = json.loads((part / "step_000012" / "resume" / "state.json").read_text())
+    assert resume_state["scheduler"]["last_epoch"] == 12 and set(resume_state["param_steps"].values()) == {12.0}
+    saved_logs = (part / "step_000012" / "resume" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in saved_logs] == list(range(1, 13))
     assert not list(part.rglob("*.bin")) and not list(part.rglob("*.pt"))
 
     again = train(job, part)  # already finished: nothing to do, same summary
     assert again["steps"] == 12 and again["final_eval_loss"] == res["final_eval_loss"]
+
+
+def test_a_restarted_worker_resumes_from_the_milestone_it_is_handed(job, tmp_path):
+    """Ray hands every rank of a restarted worker group one milestone (its newest committed): the
+    run goes on from it even where a newer one was written but never committed, and with
+    resume_from=None it starts over."""
+    full = tmp_path / "full"
+    train(job, full)
+    part = tmp_path / "part"
+    train(job, part, stop_after=12, keep_resume=2)
+    assert [has_resume_state(step_dir(part, s)) for s in (6, 12)] == [True, True]
+    elsewhere = tmp_path / "another-node"  # a node that has only the milestone it downloaded
+    shutil.copytree(step_dir(part, 6), step_dir(elsewhere, 6))
+    resumed = train(job, elsewhere, resume_from=step_dir(elsewhere, 6))
+    assert resumed["steps"] == 12 and resumed["throughput"]["timed_steps"] == 5
+    a, b = _final_weights(full), _final_weights(elsewhere)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line)["step"] for line in (elsewhere / "metrics.jsonl").read_text().splitlines()]
+    assert rows == list(range(1, 13))  # the logs up to step 6 came with the milestone
+    fresh = train(job, tmp_path / "fresh", resume_from=None)
+    assert fresh["throughput"]["timed_steps"] == 11
+
+
+def test_the_loop_keeps_resume_state_on_the_newest_milestones_only(job, tmp_path):
+    out = tmp_path / "run"
+    train(dataclasses.replace(job, milestones=(3, 6, 9)), out, keep_resume=1)
+    assert [has_resume_state(step_dir(out, s)) for s in (3, 6, 9, 12)] == [False, False, False, True]
+    assert all((step_dir(out, s) / "model" / "model.safetensors").is_file() for s in (3, 6, 9, 12))
+
+
+def test_gradient_accumulation_gives_the_unaccumulated_step(job, tmp_path):
+    """grad_accum splits a step's batch into equal micro-batches: the same mean loss and summed
+    gradients, so the same run within float rounding."""
+    plain = train(job, tmp_path / "plain")
+    accum = train(dataclasses.replace(job, recipe=dataclasses.replace(RECIPE, grad_accum=4)), tmp_path / "accum")
+    a, b = _final_weights(tmp_path / "plain"), _final_weights(tmp_path / "accum")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    assert accum["final_eval_loss"] == pytest.approx(plain["final_eval_loss"], rel=1e-5)
+    rows = [[json.loads(line)["loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("plain", "accum")]
+    assert rows[1] == pytest.approx(rows[0], rel=1e-5)
+
+
+def test_a_bf16_run_saves_bf16_weights_and_resumes_exactly(job, tmp_path):
+    recipe = dataclasses.replace(RECIPE, precision="bf16", save_dtype="bf16")
+    j = dataclasses.replace(job, recipe=recipe)
+    train(j, tmp_path / "full")
+    train(j, tmp_path / "part", stop_after=6)
+    train(j, tmp_path / "part")
+    a, b = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "part")
+    assert {t.dtype for t in a.values()} == {torch.bfloat16}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    from safetensors.torch import load_file
+    ma, mb = (load_file(str(tmp_path / d / "step_000012" / "resume" / "master.safetensors")) for d in ("full", "part"))
+    assert {t.dtype for t in ma.values()} == {torch.float32} and all(torch.equal(ma[k], mb[k]) for k in ma)
 
 
 @pytest.mark.slow

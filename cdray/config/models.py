@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from cdray.config.errors import EXECUTION, check, in_range
+from cdray.config.errors import ADDED, EXECUTION, check, in_range
 
 MODEL_PRESETS: dict[str, dict[str, int]] = {
     # the paper's GOOD / BASELINE model (162M params with a 32k vocabulary)
@@ -64,11 +64,20 @@ class TrainConfig:
     eval_blocks: int = 64  # eval-split blocks scored for the eval loss at each milestone
     mixing: Literal["exact", "paper16"] = "exact"  # paper16: floor(16q) of every 16 sequences
     num_workers: int = 1  # Ray Train workers (data parallel)
+    # micro-batches a worker splits its share of a step's batch into (the same step within float
+    # rounding, in less memory: a 256 x 1024 batch on one GPU)
+    grad_accum: int = field(default=1, metadata=ADDED)
     use_gpu: bool = False
     torch_threads: int = field(default=1, metadata=EXECUTION)  # per worker, on CPU
     # torch.compile the training step: pays off on GPU and for larger CPU models, not for the tiny
     # CPU presets (compile time > time saved; see BENCHMARKS.md, issue 6)
     compile: bool = field(default=False, metadata=EXECUTION)
+    # the dtype of every milestone's saved weights (what evaluation and generation read); bf16
+    # needs precision bf16, and resuming still continues from fp32 master weights
+    save_dtype: Literal["fp32", "bf16"] = field(default="fp32", metadata=ADDED)
+    # milestones that keep optimizer and RNG state (the newest N; enough to resume exactly): the
+    # others keep only their weights
+    keep_resume: int = field(default=1, metadata={**EXECUTION, **ADDED})
 
     def validate(self, at: str) -> None:
         check(self.steps >= 1, f"{at}.steps", f"{self.steps!r} must be >= 1")
@@ -86,6 +95,14 @@ class TrainConfig:
         check(self.num_workers >= 1, f"{at}.num_workers", f"{self.num_workers!r} must be >= 1")
         check(self.batch_size % self.num_workers == 0, f"{at}.batch_size",
                f"{self.batch_size} is not divisible by num_workers={self.num_workers}")
+        check(self.grad_accum >= 1, f"{at}.grad_accum", f"{self.grad_accum!r} must be >= 1")
+        local = self.batch_size // self.num_workers
+        check(local % self.grad_accum == 0, f"{at}.grad_accum",
+               f"a worker's {local} sequences a step (batch_size / num_workers) are not divisible "
+               f"into {self.grad_accum} micro-batches")
+        check(self.save_dtype == "fp32" or self.precision == "bf16", f"{at}.save_dtype",
+               "bf16 weights need precision: bf16 (an fp32 run would lose what it learned)")
+        check(self.keep_resume >= 1, f"{at}.keep_resume", f"{self.keep_resume!r} must be >= 1")
         check(self.torch_threads >= 1, f"{at}.torch_threads", "must be >= 1")
 
     def default_milestones(self) -> tuple[int, ...]:

@@ -18,9 +18,23 @@ from cdray.dag.store import Store
 ShardExecutor = Callable[[dict, list[dict], Optional[Callable[[dict], bool]]], None]
 
 
-def input_dir(store: Store, node: Node, name: str) -> Path:
+def input_dir(store: Store, node: Node, name: str, only: Optional[Callable[[str], bool]] = None,
+              fetch: bool = True) -> Path:
+    """Where input `name` of `node` is on this host: a remote store downloads (and verifies) it
+    first, just the files `only` accepts when given; fetch=False: where it would be."""
     dep = node.input(name)
-    return store.fetch(dep.stage, dep.key)  # a remote store downloads (and verifies) it first
+    return store.fetch(dep.stage, dep.key, only) if fetch else store.dir(dep.stage, dep.key)
+
+
+def milestone_weights(*steps: int) -> Callable[[str], bool]:
+    """The files of a training run that readers of these milestones' weights need."""
+    wanted = tuple(f"step_{s:06d}/" for s in steps)
+    return lambda rel: rel.startswith(wanted) and (rel.split("/", 1)[1].startswith("model/")
+                                                   or rel.endswith("/trainer_state.json"))
+
+
+def every_milestone_weights(rel: str) -> bool:
+    return rel.startswith("step_") and ("/model/" in rel or rel.endswith("/trainer_state.json"))
 
 
 def build_corpus(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
@@ -66,13 +80,14 @@ def build_prompts(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict
                         out / "prompts.parquet")
 
 
-def train_job(node: Node, cfg: SweepConfig, store: Store):
-    """The pure training job of a train node (paths resolved in the store)."""
+def train_job(node: Node, cfg: SweepConfig, store: Store, fetch: bool = True):
+    """The pure training job of a train node (paths resolved in the store; fetch=False: where
+    they will be once fetched, by the workers that read them)."""
     from cdray.config import ModelConfig, parse_section
     from cdray.models.train_data import TrainJob
 
     c = node.config
-    syn = str(input_dir(store, node, "synthetic") / "tokens.npy") if node.has_input("synthetic") else None
+    syn = str(input_dir(store, node, "synthetic", fetch=fetch) / "tokens.npy") if node.has_input("synthetic") else None
     return TrainJob(
         model=parse_section(ModelConfig, c["model"], "model"),
         vocab_size=c["vocab_size"],
@@ -80,8 +95,8 @@ def train_job(node: Node, cfg: SweepConfig, store: Store):
         seed=c["seed"],
         q=c["q"],
         milestones=tuple(c["milestones"]),
-        real_tokens=str(input_dir(store, node, "real") / "tokens.npy"),
-        eval_tokens=str(input_dir(store, node, "eval") / "tokens.npy"),
+        real_tokens=str(input_dir(store, node, "real", fetch=fetch) / "tokens.npy"),
+        eval_tokens=str(input_dir(store, node, "eval", fetch=fetch) / "tokens.npy"),
         synthetic_tokens=syn,
     )
 
@@ -89,7 +104,7 @@ def train_job(node: Node, cfg: SweepConfig, store: Store):
 def build_train_local(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
     from cdray.models.training import train
 
-    return train(train_job(node, cfg, store), out)
+    return train(train_job(node, cfg, store), out, keep_resume=cfg.train.keep_resume)
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -102,11 +117,12 @@ def step_dir(run_dir: Path, step: int) -> Path:
 def generator_kwargs(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
     """Constructor arguments of generation.ShardGenerator for a generate node."""
     c = node.config
-    expert_dir = step_dir(input_dir(store, node, "expert"), c["expert_step"])
+    expert_dir = step_dir(input_dir(store, node, "expert", milestone_weights(c["expert_step"])), c["expert_step"])
     amateur = dict(c["amateur"])
     kind = amateur["kind"]
     if kind in ("early", "small"):
-        amateur["model_dir"] = str(step_dir(input_dir(store, node, "amateur"), amateur["step"]))
+        run = input_dir(store, node, "amateur", milestone_weights(amateur["step"]))
+        amateur["model_dir"] = str(step_dir(run, amateur["step"]))
     elif kind == "dropout":
         amateur["model_dir"] = str(expert_dir)
     else:
@@ -228,7 +244,8 @@ def build_evaluate(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dic
     from cdray.eval.perplexity import evaluate_run
 
     c = node.config
-    return evaluate_run(input_dir(store, node, "run"), input_dir(store, node, "eval") / "tokens.npy", out,
+    return evaluate_run(input_dir(store, node, "run", every_milestone_weights),
+                        input_dir(store, node, "eval") / "tokens.npy", out,
                         seq_len=c["seq_len"], max_blocks=c["max_blocks"], batch_size=cfg.eval.batch_size)
 
 
@@ -239,7 +256,7 @@ def build_babylm(node: Node, cfg: SweepConfig, store: Store, out: Path, lm=None)
     from cdray.eval.tasks import evaluate_builtin, evaluate_task
 
     c = node.config
-    model_dir = step_dir(input_dir(store, node, "run"), c["step"])
+    model_dir = step_dir(input_dir(store, node, "run", milestone_weights(c["step"])), c["step"])
     tokenizer_dir = input_dir(store, node, "tokenizer")
     batch = cfg.eval.scoring_batch_size
     if c["task"].startswith("lm_eval:"):
@@ -273,7 +290,8 @@ def build_babylm_group(nodes: list[Node], cfg: SweepConfig, store: Store) -> lis
     for node in nodes:
         if lm is None and not store.is_done(node.stage, node.key) and not node.config["task"].startswith("lm_eval:"):
             require_inputs(node, store)
-            model_dir = step_dir(input_dir(store, node, "run"), node.config["step"])
+            model_dir = step_dir(input_dir(store, node, "run", milestone_weights(node.config["step"])),
+                                 node.config["step"])
             lm = hf_lm(model_dir, input_dir(store, node, "tokenizer"), cfg.eval.scoring_batch_size)
         out.append(build(node, cfg, store, builder=partial(build_babylm, lm=lm)))
     return out
@@ -306,12 +324,13 @@ def require_inputs(node: Node, store: Store) -> None:
 
 def build(node: Node, cfg: SweepConfig, store: Store,
           builder: Optional[Callable[[Node, SweepConfig, Store, Path], dict]] = None,
-          extra: Optional[dict] = None) -> dict:
-    """Get-or-build one node in this process once all its inputs are built; returns its manifest."""
+          extra: Optional[dict] = None, in_place: bool = False) -> dict:
+    """Get-or-build one node in this process once all its inputs are built; returns its manifest.
+    `in_place`: the builder returns (stats, files) of files it put where they live (Store.get_or_build)."""
     if store.is_done(node.stage, node.key):
         return store.manifest(node.stage, node.key)
     require_inputs(node, store)
     fn = builder or BUILDERS[node.stage]
     return store.get_or_build(node.stage, node.key, lambda out: fn(node, cfg, store, out),
                               config=node.config, inputs=node.input_keys,
-                              extra={"label": node.label, **(extra or {})})
+                              extra={"label": node.label, **(extra or {})}, in_place=in_place)

@@ -32,6 +32,21 @@ def stage_key(stage: str, version: int, config: Any, input_keys: dict[str, str])
     return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]
 
 
+def _unchanged_addition(f: dataclasses.Field, value: Any) -> bool:
+    return f.metadata.get("key_default") == "omit" and value == f.default
+
+
+def identity_dict(obj: Any) -> Any:
+    """A whole config as plain JSON for an identity (e.g. a sweep's): every field, but those
+    marked ADDED while they hold their default, so adding a field changes no identity."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: identity_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not _unchanged_addition(f, getattr(obj, f.name))}
+    if isinstance(obj, (list, tuple)):
+        return [identity_dict(v) for v in obj]
+    return obj
+
+
 def key_slice(section: Any, leave_scope: str | None = None) -> dict:
     """A config section as it enters a stage's key: every field but the execution-only ones
     (metadata {"key": False}), those of scope `leave_scope` (BabyLM settings in the perplexity
@@ -42,7 +57,7 @@ def key_slice(section: Any, leave_scope: str | None = None) -> dict:
         if f.metadata.get("key") is False or (leave_scope and f.metadata.get("scope") == leave_scope):
             continue
         value = getattr(section, f.name)
-        if f.metadata.get("key_default") == "omit" and value == f.default:
+        if _unchanged_addition(f, value):
             continue
         out[f.name] = _keyed(value)
     return out

@@ -177,8 +177,11 @@ class Store:
         locks.mkdir(parents=True, exist_ok=True)
         return FileLock(str(locks / f"{stage}-{key}.lock"))
 
-    def fetch(self, stage: str, key: str) -> Path:
-        """The local directory of a built artifact, downloaded (and checksum-verified) if remote."""
+    def fetch(self, stage: str, key: str, only: Optional[Callable[[str], bool]] = None) -> Path:
+        """The local directory of a built artifact, downloaded (and checksum-verified) if remote.
+
+        With `only`, just the files whose relative names it accepts (a reader of one milestone of a
+        training run fetches that milestone's weights, not the run)."""
         out = self.dir(stage, key)
         if self.remote is None or self._cached(stage, key):
             return out
@@ -187,12 +190,14 @@ class Store:
                 return out
             manifest = self.manifest(stage, key)
             remove_temporaries(out)  # of a download killed midway
-            for rel, meta in manifest.get("files", {}).items():
+            wanted = {rel: meta for rel, meta in manifest.get("files", {}).items() if only is None or only(rel)}
+            for rel, meta in wanted.items():
                 p = member(out, rel, self.url(stage, key))
                 if p.is_file() and p.stat().st_size == meta["bytes"] and file_sha256(p) == meta["sha256"]:
-                    continue  # left by an earlier build or an interrupted download
+                    continue  # left by an earlier build or download
                 self.remote.download(f"{_prefix(stage, key, manifest.get('attempt'))}/{rel}", p, meta["sha256"])
-            write_json_atomic(out / MANIFEST, manifest)
+            if len(wanted) == len(manifest.get("files", {})):
+                write_json_atomic(out / MANIFEST, manifest)
         return out
 
     def attempt(self, stage: str, key: str) -> Optional[str]:
@@ -262,12 +267,17 @@ class Store:
         return found
 
     def get_or_build(self, stage: str, key: str, builder: Callable[[Path], dict], *,
-                     config: Any, inputs: dict[str, str], extra: Optional[dict] = None) -> dict:
+                     config: Any, inputs: dict[str, str], extra: Optional[dict] = None,
+                     in_place: bool = False) -> dict:
         """Return the manifest of (stage, key), building it first if needed.
 
         The lock makes concurrent builders of one key wait and then reuse; the builder may find
         partial output of an interrupted earlier attempt in its directory and resume from it
         (for a remote store, partial files already uploaded are pulled back first).
+
+        `in_place`: the builder writes the artifact's files where they finally live (a remote
+        store's key folder, as Ray Train's checkpoints are uploaded) and returns (stats, files),
+        files being {relative name: {"bytes", "sha256"}}; nothing is pulled or uploaded here.
         """
         if self.is_done(stage, key):
             return self.manifest(stage, key)
@@ -280,14 +290,52 @@ class Store:
             # under the lock no other builder of this key runs here: what an interrupted one
             # left is partial output to resume from, and temporaries that nothing will finish
             remove_temporaries(out)
+            started = time.time()
+            if in_place:
+                stats, files = builder(out)
+                return self.commit_in_place(stage, key, files, config=config, inputs=inputs, stats=stats,
+                                            seconds=time.time() - started, extra=extra)
             if self.remote is not None:
                 self.pull(stage, key)  # parts any earlier attempt uploaded
                 self._begin_attempt(stage, key)
-            started = time.time()
             stats = builder(out) or {}
             remove_temporaries(out)  # of writers stopped midway (a pool stopped at the budget)
             return self.commit(stage, key, config=config, inputs=inputs, stats=stats,
                                seconds=time.time() - started, extra=extra)
+
+    def commit_in_place(self, stage: str, key: str, files: dict[str, dict], *, config: Any,
+                        inputs: dict[str, str], stats: dict, seconds: float = 0.0,
+                        extra: Optional[dict] = None) -> dict:
+        """Write the manifest of an artifact whose files are already where they live (the key's own
+        folder, local or remote), with the sizes and checksums its builder recorded."""
+        manifest = self._manifest(stage, key, config, inputs, stats, files, seconds, extra)
+        if self.remote is not None:
+            there = self.remote.files(_prefix(stage, key, None))
+            missing = [rel for rel, meta in files.items() if there.get(rel) != meta["bytes"]]
+            if missing:
+                raise StoreError(f"{self.url(stage, key)}: {missing[0]} is not in the store as its builder "
+                                 f"recorded it (missing or another size)")
+            self.remote.write_bytes(f"{stage}/{key}/{MANIFEST}", json_bytes(manifest))
+        else:  # a remote store's cache holds only what this host wrote or read: not the artifact
+            write_json_atomic(self.dir(stage, key) / MANIFEST, manifest)
+        return manifest
+
+    def _manifest(self, stage: str, key: str, config: Any, inputs: dict[str, str], stats: dict,
+                  files: dict[str, dict], seconds: float, extra: Optional[dict]) -> dict:
+        return {
+            "stage": stage,
+            "key": key,
+            "config": config,
+            "inputs": inputs,
+            "stats": stats,
+            "files": files,
+            "bytes": sum(f["bytes"] for f in files.values()),
+            "seconds": round(seconds, 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cdray_version": _package_version(),
+            "git_sha": _git_sha(),
+            **(extra or {}),
+        }
 
     def commit(self, stage: str, key: str, *, config: Any, inputs: dict[str, str], stats: dict,
                seconds: float = 0.0, extra: Optional[dict] = None) -> dict:
@@ -306,20 +354,7 @@ class Store:
             files[rel] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
         for folder in {p.parent for _, p in _artifact_files(out)}:
             fsync_dir(folder)
-        manifest = {
-            "stage": stage,
-            "key": key,
-            "config": config,
-            "inputs": inputs,
-            "stats": stats,
-            "files": files,
-            "bytes": sum(f["bytes"] for f in files.values()),
-            "seconds": round(seconds, 3),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "cdray_version": _package_version(),
-            "git_sha": _git_sha(),
-            **(extra or {}),
-        }
+        manifest = self._manifest(stage, key, config, inputs, stats, files, seconds, extra)
         if self.remote is not None:
             manifest["attempt"] = attempt
             self.push(stage, key, attempt)

@@ -1,6 +1,7 @@
 """Llama models for cdray: HF configs and their parameter counts, build, safe save/load."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -65,11 +66,20 @@ def _unwrap(model):
     return model
 
 
-def save_model(model, out_dir: Path) -> None:
-    """save_pretrained as safetensors (transformers 5 has no pickle path and no safe_serialization)."""
+def save_model(model, out_dir: Path, dtype: torch.dtype | None = None) -> None:
+    """save_pretrained as safetensors (transformers 5 has no pickle path and no safe_serialization),
+    its weights cast to `dtype` when given (the model itself is left as it is)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _unwrap(model).save_pretrained(out_dir)
+    inner = _unwrap(model)
+    if dtype is None:
+        inner.save_pretrained(out_dir)
+        return
+    weights = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in inner.state_dict().items()}
+    inner.save_pretrained(out_dir, state_dict=weights)
+    config = json.loads((out_dir / "config.json").read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def load_model(path: Path, *, dtype=torch.float32, device="cpu",

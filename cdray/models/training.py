@@ -1,6 +1,7 @@
 """The pure training loop: AdamW + warmup-cosine over step-addressed batches, milestones, pickle-free resume."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -12,7 +13,14 @@ import torch.nn.functional as F
 
 from cdray.common.faults import crash_point
 from cdray.config import TrainConfig
-from cdray.models.checkpoints import append_jsonl, resume, step_dir, truncate_jsonl, write_checkpoint
+from cdray.models.checkpoints import (
+    append_jsonl,
+    prune_resume,
+    resume,
+    step_dir,
+    truncate_jsonl,
+    write_checkpoint,
+)
 from cdray.models.llama import build_model
 from cdray.models.step_clock import StepClock
 from cdray.models.train_data import REAL, BlockStream, MixedBatches, TrainJob, realised_q
@@ -71,6 +79,8 @@ def make_optimizer(model: torch.nn.Module, recipe: TrainConfig):
 
 def _job_fingerprint(job: TrainJob) -> dict:
     recipe = {k: getattr(job.recipe, k) for k in _TRAJECTORY_FIELDS}
+    if job.recipe.grad_accum != 1:  # a field added later: runs before it hold no such entry
+        recipe["grad_accum"] = job.recipe.grad_accum
     return {"model": dataclasses.asdict(job.model), "vocab_size": job.vocab_size, "seed": job.seed,
             "q": job.q, "recipe": recipe, "version": VERSION}
 
@@ -123,12 +133,20 @@ def _global_mean(value: torch.Tensor, world_size: int) -> float:
     return float(value.item())
 
 
+LATEST = "latest"  # resume_from: the newest milestone in out_dir that keeps its resume state
+
+
 def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, device: str = "cpu",
-          report=None, stop_after: int | None = None) -> dict:
+          report=None, stop_after: int | None = None, resume_from: Path | str | None = LATEST,
+          keep_resume: int | None = None) -> dict:
     """Train (or resume) one run; rank 0 writes milestones and metrics under out_dir.
 
+    `resume_from`: LATEST (the newest resumable milestone in out_dir), None (from step 0) or a
+    milestone dir (the one a restarted worker group was handed: every rank resumes from it).
     `report(milestone)` is called on every rank after each milestone (Ray's report is a barrier);
-    only rank 0's dict carries eval_loss and the checkpoint path. `stop_after` is a test hook that
+    only rank 0's dict carries eval_loss and the checkpoint path. `keep_resume`: after each
+    milestone, rank 0 drops the resume state of all but the newest that many in out_dir (None:
+    the caller prunes, once its store holds the newer ones). `stop_after` is a test hook that
     simulates a crash right after that step's milestone.
     """
     validate_job(job)
@@ -149,7 +167,10 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
     model.train()
     opt, sched = make_optimizer(model, recipe)
 
-    start = resume(out_dir, recipe.steps, _job_fingerprint(job), model, opt, sched, device)
+    start = 0
+    if resume_from is not None:
+        at = None if resume_from == LATEST else Path(resume_from)
+        start = resume(out_dir, recipe.steps, _job_fingerprint(job), model, opt, sched, device, at=at)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path, milestones_path = out_dir / "metrics.jsonl", out_dir / "milestones.jsonl"
     done = truncate_jsonl(milestones_path, start) if lead else []
@@ -165,11 +186,9 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
     clock = StepClock(data.local * data.seq_len)
     for step in range(start, recipe.steps):
         clock.start()
-        x = torch.from_numpy(data.local_batch(step)).to(device)
+        batch = torch.from_numpy(data.local_batch(step)).to(device)
         clock.data_ready()
-        with autocast(device, recipe.precision):
-            loss = net(input_ids=x, labels=x).loss
-        loss.backward()
+        loss = _accumulated_step(net, batch, recipe, distributed)
         if recipe.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         lr = opt.param_groups[0]["lr"]
@@ -190,9 +209,12 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
         window = []
         d = step_dir(out_dir, done_steps)
         if lead:
-            write_checkpoint(d, model, opt, sched, _trainer_state(job, data, record), device)
-            append_jsonl(milestones_path, record)
+            append_jsonl(milestones_path, record)  # before the checkpoint, whose resume state copies it
             done.append(record)
+            write_checkpoint(d, model, opt, sched, _trainer_state(job, data, record), device,
+                             save_dtype=recipe.save_dtype, logs_from=out_dir)
+            if keep_resume is not None:
+                prune_resume(out_dir, keep_resume)
         if distributed:
             torch.distributed.barrier()
         if report is not None:
@@ -201,6 +223,23 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
             break
 
     return dict(_summary(job, data, done, last_loss, reached), throughput=clock.summary())
+
+
+def _accumulated_step(net: torch.nn.Module, batch: torch.Tensor, recipe: TrainConfig,
+                      distributed: bool) -> torch.Tensor:
+    """Forward and backward of one step's local batch in `grad_accum` equal micro-batches; returns
+    the batch's mean loss. Every sequence has seq_len tokens, so the mean of the micro-batches'
+    mean losses is the batch's mean loss and the summed gradients are the batch's (within float
+    rounding); DDP all-reduces once, on the last micro-batch."""
+    parts = batch.chunk(recipe.grad_accum)
+    total = torch.zeros((), device=batch.device)
+    for i, x in enumerate(parts):
+        sync = not distributed or i == len(parts) - 1
+        with (contextlib.nullcontext() if sync else net.no_sync()), autocast(str(batch.device), recipe.precision):
+            loss = net(input_ids=x, labels=x).loss
+        (loss / len(parts)).backward()
+        total += loss.detach()
+    return total / len(parts)
 
 
 def _wrap(model: torch.nn.Module, recipe: TrainConfig, device: str, distributed: bool) -> torch.nn.Module:

@@ -19,7 +19,6 @@ from cdray.dag.graph import Node
 from cdray.dag.stages import stage
 from cdray.dag.store import Store
 from cdray.shell.local_cluster import SINGLE_HOST_ENV, cluster_address, in_job, is_loopback
-from cdray.shell.process_group import torch_config
 
 # progress bars of every model load in every worker drown the sweep's own progress lines
 QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -122,8 +121,10 @@ def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[s
         return store.manifest(node.stage, node.key)
     runs_on = stage(node.stage).runs_on
     if runs_on == "train":
+        from cdray.shell.train_run import fit_training
+
         builder = partial(fit_training, callbacks=callbacks)
-        return builders.build(node, cfg, store, builder=builder, extra={"mlflow_run_id": run_id})
+        return builders.build(node, cfg, store, builder=builder, extra={"mlflow_run_id": run_id}, in_place=True)
     if runs_on == "data":
         builder = partial(builders.build_generate, progress=progress,
                           execute=partial(generate_with_ray_data, cfg=cfg, store=store, node=node))
@@ -159,65 +160,6 @@ def build_nodes(nodes, cfg: SweepConfig, store: Store) -> list[dict]:
             for g in groups.values()]
     built = {n.key: m for g, ms in zip(groups.values(), ray.get(refs)) for n, m in zip(g, ms)}
     return [built.get(n.key) or store.manifest(n.stage, n.key) for n in nodes]
-
-
-def _train_loop(config: dict) -> dict:
-    import ray.train
-    import torch
-
-    from cdray.models.training import train
-
-    ctx = ray.train.get_context()
-    # a remote store's address arrives by object reference: Ray records a train loop config in
-    # its run state, and the address may carry credentials
-    store = Store.at(*ray.get(config["store"])) if config["store"] is not None else None
-    for stage_name, key in config["fetch"]:  # inputs into this node's cache (a no-op on the driver's)
-        store.fetch(stage_name, key)
-    device = "cpu"
-    if config["use_gpu"]:
-        device = str(ray.train.torch.get_device())
-    else:
-        torch.set_num_threads(config["threads"])
-
-    def report(metrics: dict) -> None:
-        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-
-    result = train(config["job"], Path(config["out"]), rank=ctx.get_world_rank(),
-                   world_size=ctx.get_world_size(), device=device, report=report)
-    if store is not None and ctx.get_world_rank() == 0:
-        store.push(*config["push"])  # rank 0 wrote `out` on its node; the driver commits it
-    return result
-
-
-def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callbacks: tuple = ()) -> dict:
-    """Run a train node as a Ray Train TorchTrainer (gloo on CPU, nccl on GPU).
-
-    Resume is the loop's own: it restarts from the last complete milestone in `out`, whether
-    Ray restarted the worker group (FailureConfig) or the whole driver was re-run.
-    """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    recipe = cfg.train
-    remote = store.remote is not None
-    fetch = [(n.stage, n.key) for _, n in node.inputs] if remote else []
-    resources = None if recipe.use_gpu else {"CPU": recipe.torch_threads - CELL_DRIVER_CPU}
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={"job": builders.train_job(node, cfg, store), "out": str(out),
-                           "use_gpu": recipe.use_gpu, "threads": recipe.torch_threads,
-                           "store": ray.put((store.location, cfg.store.cache)) if remote else None,
-                           "fetch": fetch, "push": (node.stage, node.key, store.attempt(node.stage, node.key))},
-        torch_config=torch_config("nccl" if recipe.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=recipe.num_workers, use_gpu=recipe.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=f"train-{node.key}", **ray_storage(store, "_ray"),
-                             failure_config=FailureConfig(max_failures=2), callbacks=list(callbacks)),
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    return result.return_value
 
 
 class _StoreShardGenerator:
