@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cdray.common.faults import crash_point
+from cdray.common.faults import crash_point, pause_point
 from cdray.common.files import file_sha256, write_json_atomic
 from cdray.common.special_tokens import BOS_ID
 from cdray.config import NEEDS_AMATEUR, GenerationConfig
@@ -246,6 +246,7 @@ class ShardGenerator:
 
         results, usage = self.batch.generate(row_prompts, seeds, on_row=on_row)
         crash_point(self.out_dir, "shard", shard_id)  # mid-shard: generated, nothing written yet
+        pause_point(self.out_dir, "shard", shard_id)
         full = [p + r.tokens for p, r in zip(row_prompts, results)]
         texts = decode_texts(self.tokenizer, full)
         conts = [r.tokens for r in results]

@@ -9,6 +9,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from cdray.common.faults import pause_point
+
 
 def milestone_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, model dir) of every complete milestone of a training run, in step order."""
@@ -59,6 +61,7 @@ def evaluate_run(run_dir: Path, eval_tokens: Path, out_dir: Path, *, seq_len: in
         raise ValueError(f"{eval_tokens}: eval split has no tokens to score")
     rows = []
     for step, model_dir in milestone_dirs(run_dir):
+        pause_point(out_dir, "evaluate-step", step)
         model = load_model(model_dir, device=device)
         rows.append({"step": step, **perplexity(model, blocks, batch_size, device)})
     if not rows:

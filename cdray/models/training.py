@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cdray.common.faults import crash_point
+from cdray.common.faults import crash_point, pause_point
 from cdray.config import TrainConfig
 from cdray.models.checkpoints import (
     append_jsonl,
@@ -203,6 +203,7 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
                                         "n_syn": int(data.counts[step]), "time": round(time.time(), 3)})
         clock.stop()  # milestone work (eval, checkpoint) is not step time
         crash_point(out_dir, f"train-step-rank{rank}", done_steps)
+        pause_point(out_dir, f"train-step-rank{rank}", done_steps)
         if done_steps not in milestones:
             continue
         record = _milestone(job, data, done_steps, window, model, eval_blocks, device, lead)
