@@ -181,6 +181,7 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
 
     net = _wrap(model, recipe, device, distributed)
     window: list[float] = []
+    saves: list[float] = []
     last_loss = None
     reached = start
     clock = StepClock(data.local * data.seq_len)
@@ -208,6 +209,7 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
             continue
         record = _milestone(job, data, done_steps, window, model, eval_blocks, device, lead)
         window = []
+        saving = time.perf_counter()
         d = step_dir(out_dir, done_steps)
         if lead:
             append_jsonl(milestones_path, record)  # before the checkpoint, whose resume state copies it
@@ -220,10 +222,12 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
             torch.distributed.barrier()
         if report is not None:
             report(dict(record, checkpoint=str(d) if lead else None))
+        saves.append(round(time.perf_counter() - saving, 4))
         if stop_after is not None and done_steps >= stop_after:
             break
 
-    return dict(_summary(job, data, done, last_loss, reached), throughput=clock.summary())
+    # what each milestone's checkpoint held the steps up for (writing it, handing it on), eval apart
+    return dict(_summary(job, data, done, last_loss, reached), throughput=clock.summary(), checkpoint_seconds=saves)
 
 
 def _accumulated_step(net: torch.nn.Module, batch: torch.Tensor, recipe: TrainConfig,

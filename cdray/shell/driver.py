@@ -61,7 +61,10 @@ def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional
         param_space={"cell": tune.grid_search([c.id for c in cells])},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_cells),
         # cdray reports the cells itself (sweep.progress); Tune's trial tables go to the log
-        run_config=tune.RunConfig(name=name, **ray_storage(open_store(cfg), "_ray"), verbose=0),
+        # a trial on a lost node is started again elsewhere: its training resumes from its newest
+        # committed milestone, its finished evaluations are in the store
+        run_config=tune.RunConfig(name=name, **ray_storage(open_store(cfg), "_ray"), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=3)),
     )
     results = tuner.fit()
     errors = [r.error for r in results if r.error is not None]

@@ -15,6 +15,7 @@ from cdray.dag.graph import Cell
 from cdray.dag.store import Store
 from cdray.eval.arm_table import aggregate, format_markdown, format_table
 from cdray.eval.figures import arm_table_figure
+from cdray.models.checkpoints import LOGS
 from cdray.models.shapes import shape_params
 from cdray.tracking.runs import Tracker
 
@@ -39,7 +40,7 @@ def cell_row(cell: Cell, store: Store) -> Optional[dict]:
 def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConfig, store: Store) -> dict:
     """Params, metrics, tags and dataset inputs of a finished cell's child run."""
     row = cell_row(cell, store)
-    train_dir = store.fetch(cell.train.stage, cell.train.key)
+    train_dir = store.fetch(cell.train.stage, cell.train.key, lambda rel: rel in LOGS)  # not its weights
     tr = store.manifest(cell.train.stage, cell.train.key)["stats"]
     params = {**cell.params(), **model_sizes(cell.train.config["model"], cfg.tokenizer.vocab_size),
               "model": cell.train.config["model"], "steps": cfg.train.steps,

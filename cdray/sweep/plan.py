@@ -66,6 +66,7 @@ def format_plan(rows: list[PlanRow]) -> str:
 def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
     """Every stage in build order with its key and status, the cells, and what building costs."""
     from cdray.sweep.estimate import estimate
+    from cdray.sweep.footprint import footprint
 
     graph, store = build_graph(cfg), open_store(cfg)
     rows = plan(graph, store)
@@ -75,6 +76,7 @@ def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
     echo(cells_summary(graph.cells))
     todo = [n for n, r in zip(graph.build_order(), rows) if not r.cached]
     echo(estimate(graph, cfg, store, todo))
+    echo(footprint(graph, cfg, store, todo))
 
 
 def cells_summary(cells, list_up_to: int = 8) -> str:
