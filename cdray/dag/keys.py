@@ -54,3 +54,15 @@ def _keyed(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_keyed(v) for v in value]
     return value
+
+
+def without_added(obj: Any) -> Any:
+    """A config as plain data (tuples as lists), fields marked ADDED left out while they hold
+    their default: what identifies a whole sweep (cdray.sweep.plan.sweep_key) then survives
+    adding a field, as stage keys do."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: without_added(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("key_default") == "omit" and getattr(obj, f.name) == f.default)}
+    if isinstance(obj, (list, tuple)):
+        return [without_added(v) for v in obj]
+    return obj

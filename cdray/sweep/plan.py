@@ -6,9 +6,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from cdray.config import SweepConfig, to_dict
+from cdray.config import SweepConfig
 from cdray.dag.graph import SweepGraph, build_graph
-from cdray.dag.keys import stage_key
+from cdray.dag.keys import stage_key, without_added
 from cdray.dag.store import Store
 from cdray.tracking.runs import resolve_uri
 
@@ -32,7 +32,7 @@ def anchored(cfg: SweepConfig) -> SweepConfig:
 
 def sweep_key(cfg: SweepConfig) -> str:
     """Identity of a sweep for MLflow: everything but where it runs and is stored."""
-    d = to_dict(cfg)
+    d = without_added(cfg)
     for plumbing in ("store", "tracking", "ray", "profile"):
         d.pop(plumbing)
     for where in ("babylm_dir", "fetch_url", "fetch_sha256"):  # the babylm nodes hash the data itself
