@@ -205,14 +205,20 @@ def _fetch_eval(cfg) -> int:
 
     if not cfg.eval.babylm_dir:
         raise config_mod.ConfigError("eval.babylm_dir", "set it to where the evaluation data should go")
+    from cdray.common.uris import is_remote
+    from cdray.data.source_files import resolve
     from cdray.eval.babylm import FOLDERS, missing_reason
 
-    if missing_reason(cfg.eval.babylm_dir, FOLDERS) is None:
-        print(f"BabyLM evaluation data already complete at {cfg.eval.babylm_dir}")
+    dest = resolve(cfg.eval.babylm_dir, cfg.data_root)  # a relative folder is under data_root
+    if missing_reason(dest, FOLDERS) is None:
+        print(f"BabyLM evaluation data already complete at {dest}")
         return 0
+    if is_remote(dest):
+        raise config_mod.ConfigError("eval.babylm_dir", "fetch-eval installs into a local folder: fetch it "
+                                     "there, then copy it to the bucket (docs/cluster.md)")
     if not cfg.eval.fetch_url:
         raise config_mod.ConfigError("eval.fetch_url", f"set it to the URL of {DOCS_HINT}")
-    done = fetch_eval(cfg.eval.fetch_url, cfg.eval.babylm_dir, cfg.eval.fetch_sha256)
+    done = fetch_eval(cfg.eval.fetch_url, dest, cfg.eval.fetch_sha256)
     what = "installed" if done["downloaded"] else "already complete"
     print(f"BabyLM evaluation data {what} at {done['dest']}")
     return 0

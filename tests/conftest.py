@@ -45,6 +45,15 @@ def write_text_corpus(directory: Path, n_docs: int = 160, seed: int = 0) -> Path
     return directory
 
 
+def shipped_data_root(root: Path) -> Path:
+    """A data_root holding, as tiny fixtures, the folders the shipped sweeps read under theirs
+    (sweeps/paper.yaml's babylm, replicate-gpu.yaml's babylm-10m): a missing one is an error."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("babylm", "babylm-10m"):
+        (root / name).symlink_to(ROOT / "tests" / "assets" / "babylm")
+    return root
+
+
 @pytest.fixture(scope="session")
 def text_corpus_dir(tmp_path_factory) -> Path:
     return write_text_corpus(tmp_path_factory.mktemp("text_corpus"))
@@ -134,3 +143,14 @@ def s3_server():
 
 def s3_uri(endpoint: str, bucket: str, prefix: str) -> str:
     return f"s3://{bucket}/{prefix}?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+
+
+def upload_folder(local: Path, uri: str) -> str:
+    """Copy every file below `local` to the remote folder `uri` (same relative names); returns uri."""
+    from cdray.dag.remote import RemoteRoot
+
+    remote = RemoteRoot(uri)
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            remote.upload(path, path.relative_to(local).as_posix())
+    return uri

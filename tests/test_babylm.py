@@ -35,6 +35,50 @@ def test_babylm_plan_says_why_when_data_is_missing(micro_cfg_dict, tmp_path):
     assert "does not exist" in graph.babylm_note and "fetch-eval" in graph.babylm_note
 
 
+def test_a_babylm_folder_in_a_bucket_digests_and_keys_as_the_local_one(micro_cfg_dict, tmp_path, s3_server):
+    """eval.babylm_dir may be a URI: task digests, the decontamination items' digest and every key
+    equal the local folder's; a node mirrors the task's files and checks them before scoring."""
+    import json
+    import uuid
+
+    from conftest import s3_uri, upload_folder
+
+    from cdray.dag.builders import babylm_task_dir
+    from cdray.dag.graph import build_graph
+    from cdray.dag.remote import RemoteRoot
+    from cdray.data.telemetry import reference_digest
+
+    local = tmp_path / "eval"
+    for folder, name, sentence in (("blimp_filtered", "anaphor", "The cat saw herself."),
+                                   ("ewok_filtered", "social", "The girl gave the boy a book.")):
+        (local / folder).mkdir(parents=True)
+        (local / folder / f"{name}.jsonl").write_text(json.dumps({"sentence_good": sentence}) + "\n")
+    (local / "notes.txt").write_text("a reference text, read by decontamination only\n")
+    endpoint, bucket = s3_server
+    uri = upload_folder(local, s3_uri(endpoint, bucket, f"eval-{uuid.uuid4().hex[:8]}"))
+    cache = tmp_path / "cache"
+    for task in ("blimp", "ewok"):
+        assert babylm.data_digest(uri, task, cache) == babylm.data_digest(local, task)
+    assert reference_digest(uri, cache) == reference_digest(local) != "missing"
+    assert babylm.missing_reason(uri, ["blimp", "ewok"]) is None
+    assert "has no files for wug" in babylm.missing_reason(uri, ["wug"])
+
+    def planned(where):
+        cfg = C.from_dict(micro_cfg_dict | {"eval": {"babylm_dir": where, "tasks": ["blimp", "ewok"], "max_items": 2}})
+        return cfg, build_graph(cfg)
+
+    (cfg, graph), (_, here) = planned(uri), planned(str(local))
+    assert sorted((n.stage, n.key) for n in graph.nodes()) == sorted((n.stage, n.key) for n in here.nodes())
+    assert graph.contamination and graph.cells[0].babylm
+    node = graph.cells[0].babylm[0]
+    mirrored = babylm_task_dir(cfg, node.config, tmp_path / "node-cache")
+    assert babylm.item_files(mirrored, node.config["task"]) and mirrored.startswith(str(tmp_path / "node-cache"))
+    RemoteRoot(uri).write_bytes("blimp_filtered/anaphor.jsonl", b'{"sentence_good": "The cat saw itself."}\n')
+    with pytest.raises(ValueError, match="its blimp files changed since the sweep was planned"):
+        babylm_task_dir(cfg, next(n for n in graph.cells[0].babylm if n.config["task"] == "blimp").config,
+                        tmp_path / "node-cache")
+
+
 @needs_data
 def test_babylm_keys_follow_tasks_items_steps_and_data(micro_cfg_dict):
     from cdray.dag.graph import build_graph

@@ -67,6 +67,14 @@ CONFIG_CASES = [
     ("generation-seed-negative", ["generation.seed=-1"], "generation.seed"),
     ("min-doc-words-negative", ["corpus.min_doc_words=-5"], "corpus.min_doc_words"),
     ("grid-over-the-cap", ["grid.seed=[1,2,3]", "grid.max_cells=5"], "grid.max_cells"),
+    ("source-folder-missing", ["corpus.sources=[{kind: local, path: /nonexistent/corpus}]"],
+     "corpus.sources[0].path"),
+    ("babylm-dir-missing", ["eval.babylm_dir=/nonexistent/babylm2025"], "eval.babylm_dir"),
+    ("local-store-on-a-cluster", ["ray.address=10.0.0.5:6379"], "store.root"),
+    ("data-root-not-a-filesystem", ["data_root=ftp://host/data"], "'data_root'"),
+    ("source-uri-not-a-filesystem", ["corpus.sources=[{kind: local, path: 'ftp://host/x'}]"], "corpus.sources[0].path"),
+    ("revision-of-a-local-source", ["corpus.sources=[{kind: local, path: /x, revision: v1}]"],
+     "corpus.sources[0].revision"),
 ]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import shipped_data_root
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,8 @@ def test_bad_config_is_one_line_naming_the_field(change, field, tmp_path):
 
 def test_two_ratios_that_pick_one_small_shape_are_refused(tmp_path):
     """The paper's names r = 5 and 10 both pick its 8x384 config: one arm under two names."""
-    res = cdray("plan", "sweeps/paper.yaml", "--set", "grid.r=[5, 10]", "--set", f"store.root={tmp_path}")
+    res = cdray("plan", "sweeps/paper.yaml", "--set", "grid.r=[5, 10]", "--set", f"store.root={tmp_path}",
+                "--set", f"data_root={shipped_data_root(tmp_path / 'data')}")
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert lines[0].startswith("cdray: error: config field 'grid.r': 5 and 10 both pick the SMALL shape 8x384")
@@ -62,7 +64,8 @@ def test_plan_lists_stages_with_keys(tmp_path):
 
 
 def test_plan_summarizes_a_large_grid_in_one_short_line(tmp_path):
-    res = cdray("plan", "sweeps/paper.yaml", "--set", f"store.root={tmp_path}")
+    res = cdray("plan", "sweeps/paper.yaml", "--set", f"store.root={tmp_path}",
+                "--set", f"data_root={shipped_data_root(tmp_path / 'data')}")
     assert res.returncode == 0, res.stderr
     last = next(line for line in res.stdout.splitlines() if line.startswith("cells: "))
     assert last.startswith("cells: 160: 16 arms (BASELINE q=0, CD-EARLY-500 q=0.3,"), last

@@ -201,7 +201,8 @@ def test_job_submit_sweep_on_fake_autoscaling_cluster(tmp_path, text_corpus_dir,
     # the laptop settings stay in the file; the profile moves the sweep to the cluster
     sweep["profiles"] = {"cluster": {"store": {"root": store_uri},
                                      "tracking": {"uri": mlflow_url},
-                                     "ray": {"address": "auto", "max_concurrent_cells": 2}}}
+                                     # one host: every node sees the corpus at the laptop's path
+                                     "ray": {"address": "auto", "max_concurrent_cells": 2, "shared_disk": True}}}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     env_vars = {**S3_ENV, "MLFLOW_TRACKING_URI": mlflow_url, "CDRAY_CACHE": str(tmp_path / "node-cache"),

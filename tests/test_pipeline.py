@@ -6,6 +6,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from conftest import shipped_data_root
 
 from cdray import config as C
 from cdray.dag.graph import build_graph
@@ -18,6 +19,8 @@ SWEEPS = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
 def test_every_sweep_file_loads_and_plans(path, tmp_path):
     cfg = C.load(path, [f"store.root={tmp_path}"])
+    if cfg.data_root is not None:  # the data the sweep reads there, as tiny fixtures
+        cfg = C.load(path, [f"store.root={tmp_path}", f"data_root={shipped_data_root(tmp_path / 'data')}"])
     graph = build_graph(cfg)
     rows = plan(graph, Store.at(tmp_path))
     assert rows and not any(r.cached for r in rows)
@@ -25,8 +28,9 @@ def test_every_sweep_file_loads_and_plans(path, tmp_path):
     assert len({c.id for c in graph.cells}) == len(graph.cells)
 
 
-def test_paper_sweep_shape():
-    cfg = C.load(SWEEPS[0].parent / "paper.yaml")
+def test_paper_sweep_shape(tmp_path):
+    cfg = C.load(SWEEPS[0].parent / "paper.yaml", [f"store.root={tmp_path}",
+                                                   f"data_root={shipped_data_root(tmp_path / 'data')}"])
     g = build_graph(cfg)
     # 10 seeds x (BASELINE + NO-CONTRAST + NO-CONTRAST+VHEAD + 4 EARLY + 5 SMALL + 4 DROP)
     assert len(g.cells) == 10 * (3 + 4 + 5 + 4)
@@ -193,7 +197,8 @@ def test_evaluation_data_keys_only_what_reads_it(micro_cfg_dict):
 def test_the_replication_keeps_the_papers_ratios(name, tmp_path):
     """k at 1/16 of training, the GOOD at 5/16, q = 0.3, >= 3 seeds, BASELINE + NO-CONTRAST +
     CD-EARLY (PAPER.md section 6)."""
-    cfg = C.load(SWEEPS[0].parent / name, [f"store.root={tmp_path}"])
+    cfg = C.load(SWEEPS[0].parent / name, [f"store.root={tmp_path}",
+                                           f"data_root={shipped_data_root(tmp_path / 'data')}"])
     steps = cfg.train.steps
     assert cfg.grid.k == (steps // 16,) and cfg.expert_step == 5 * steps // 16
     assert set(cfg.grid.q) == {0.0, 0.3} and len(cfg.grid.seed) >= 3

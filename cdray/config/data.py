@@ -1,10 +1,11 @@
 """Config of the real corpus (sources, splits) and of the tokenizer."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from cdray.config.errors import check, in_range
+from cdray.common.uris import check_uri
+from cdray.config.errors import ADDED, check, in_range
 
 # texts of the offline `packaged` source (cdray.data.sources pins where each comes from)
 PACKAGED_TEXT_NAMES = ("shakespeare", "milton", "wiki", "chatterbot")
@@ -18,8 +19,15 @@ class SourceConfig:
     name: str = ""  # label used in manifests; defaults to kind
     weight: float = 1.0  # share of corpus.total_words when that is set
     max_words: Optional[int] = None  # cap on words taken from this source (all splits)
-    path: Optional[str] = None  # local: directory of .txt/.jsonl/.parquet; babylm: data directory
-    dataset: Optional[str] = None  # hf: dataset name or a local path saved with save_to_disk
+    # local: folder of .txt/.jsonl/.parquet; babylm: data folder. A path (relative: under
+    # data_root) or a URI (s3://bucket/prefix, any pyarrow.fs scheme); keyed by its files' bytes
+    path: Optional[str] = None
+    # hf: a hub dataset name, or a folder (a path or URI; saved with save_to_disk, or data files
+    # load_dataset reads), keyed by its files' bytes
+    dataset: Optional[str] = None
+    # hf hub dataset: the revision (commit sha, tag or branch) load_dataset reads; a hub
+    # dataset's key holds its name and this, so pin it (None: the hub's newest, keyed by name only)
+    revision: Optional[str] = field(default=None, metadata=ADDED)
     split: str = "train"  # hf: split used for train/seed
     eval_split: Optional[str] = None  # hf: split used as eval (else eval_fraction of split)
     text_field: str = "text"  # hf/local jsonl/parquet: column holding the text
@@ -33,6 +41,14 @@ class SourceConfig:
             check(bool(self.path), f"{at}.path", f"required for a {self.kind!r} source")
         if self.kind == "hf":
             check(bool(self.dataset), f"{at}.dataset", "required for an 'hf' source")
+        if self.revision is not None:
+            check(self.kind == "hf", f"{at}.revision", f"only an 'hf' source has a revision (this is {self.kind!r})")
+            check(bool(self.revision), f"{at}.revision", "must not be empty")
+        for name in ("path", "dataset"):
+            value = getattr(self, name)
+            if value:
+                problem = check_uri(value)
+                check(problem is None, f"{at}.{name}", f"{value!r}: {problem}")
         if self.kind == "packaged":
             for i, p in enumerate(self.packages):
                 check(p in PACKAGED_TEXT_NAMES, f"{at}.packages[{i}]",

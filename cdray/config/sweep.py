@@ -21,7 +21,7 @@ class EvalConfig:
     perplexity: bool = True
     max_blocks: Optional[int] = None  # cap on eval-split blocks for perplexity (None: all)
     batch_size: int = field(default=8, metadata=EXECUTION)
-    # a directory in the BabyLM 2025 evaluation layout
+    # a folder in the BabyLM 2025 evaluation layout: a path (relative: under data_root) or a URI
     babylm_dir: Optional[str] = field(default=None, metadata=BABYLM)
     # BabyLM tasks scored when babylm_dir is set
     tasks: tuple[str, ...] = field(default=BABYLM_TASKS, metadata=BABYLM)
@@ -130,6 +130,9 @@ class RayConfig:
     num_cpus: Optional[int] = None  # local cluster only
     max_concurrent_cells: int = 2
     log_to_driver: bool = False  # worker logs stay in Ray's session logs unless this is set
+    # every node sees the same files at the same local paths (an NFS mount, or a one-node
+    # cluster): local data paths and a local store.root are then allowed on a cluster
+    shared_disk: bool = field(default=False, metadata=EXECUTION)
 
     def validate(self, at: str) -> None:
         if self.num_cpus is not None:
@@ -166,6 +169,7 @@ class ProfileConfig:
     store: Optional[StoreConfig] = None
     tracking: Optional[TrackingConfig] = None
     ray: Optional[RayConfig] = None
+    data_root: Optional[str] = None
     train: Optional[ProfileTrainConfig] = None
     generation: Optional[ProfileGenerationConfig] = None
 
@@ -176,6 +180,9 @@ class SweepConfig:
 
     name: str = "sweep"
     profile: Optional[str] = None  # the `profiles:` entry applied on load (see load())
+    # where relative corpus source paths and a relative eval.babylm_dir are (a path or a URI;
+    # None: the driver's cwd); never in a key, which follows the data's bytes
+    data_root: Optional[str] = field(default=None, metadata=EXECUTION)
     store: StoreConfig = StoreConfig()
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
@@ -194,6 +201,12 @@ class SweepConfig:
         check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name or "") is not None, "name",
                f"{self.name!r} is not a valid name (letters, digits, '.', '_', '-'; not starting with '.')")
         check(self.expert.seed >= 0, "expert.seed", f"{self.expert.seed!r} must be >= 0")
+        if self.data_root is not None:
+            from cdray.common.uris import check_uri
+
+            check(bool(self.data_root), "data_root", "must not be empty (leave it out for the driver's cwd)")
+            problem = check_uri(self.data_root)
+            check(problem is None, "data_root", f"{self.data_root!r}: {problem}")
         self.store.validate("store")
         self.ray.validate("ray")
         self.corpus.validate("corpus")

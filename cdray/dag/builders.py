@@ -37,10 +37,19 @@ def every_milestone_weights(rel: str) -> bool:
     return rel.startswith("step_") and ("/model/" in rel or rel.endswith("/trainer_state.json"))
 
 
+def downloads(store: Store) -> Path:
+    """This node's downloads: pinned packages, mirrors of remote data folders, data digests."""
+    return store.root / "_downloads"
+
+
 def build_corpus(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
     from cdray.data.corpus import build_corpus as build
+    from cdray.data.source_files import local_corpus
 
-    return build(cfg.corpus, out, store.root / "_downloads")
+    # folder sources read from this node's disk (a remote one mirrored), checked against the
+    # digests the key was planned with
+    corpus = local_corpus(cfg.corpus, cfg.data_root, node.config, downloads(store))
+    return build(corpus, out, downloads(store))
 
 
 def build_tokenizer(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
@@ -138,22 +147,27 @@ def generator_kwargs(node: Node, cfg: SweepConfig, store: Store, out: Path) -> d
         "out_dir": str(out),
         "eval_parquet": (str(input_dir(store, node, "corpus") / "eval.parquet")
                          if node.has_input("corpus") else None),
-        "eval_items_dir": eval_items_dir(c, cfg),
+        # a URI: the actors mirror it on their own nodes, into the store's downloads there
+        "eval_items_dir": eval_items_dir(c, cfg, downloads(store)),
+        "data_cache": str(downloads(store)),
     }
 
 
-def eval_items_dir(c: dict, cfg: SweepConfig) -> Optional[str]:
-    """The folder of the evaluation items a generate node decontaminates against (its key holds
-    their digest; the run's config says where they are)."""
+def eval_items_dir(c: dict, cfg: SweepConfig, cache: Optional[Path] = None, local: bool = False) -> Optional[str]:
+    """Where the evaluation items a generate (or contamination) node reads are: a path or a URI
+    (local: a URI's mirror in cache). Their key holds the items' digest, checked here; the run's
+    config says where they are."""
     if "eval_items" not in c:
         return None
-    from cdray.data.telemetry import reference_digest
+    from cdray.common.redaction import mask_uri
+    from cdray.data.source_files import resolve
+    from cdray.data.telemetry import reference_digest, reference_folder
 
-    folder = str(Path(cfg.eval.babylm_dir).expanduser())
-    if c["eval_items"] != "missing" and reference_digest(Path(folder)) != c["eval_items"]:
-        raise ValueError(f"eval.babylm_dir {folder!r}: its evaluation items changed since the "
+    folder = resolve(cfg.eval.babylm_dir, cfg.data_root)
+    if c["eval_items"] != "missing" and reference_digest(folder, cache) != c["eval_items"]:
+        raise ValueError(f"eval.babylm_dir {mask_uri(folder)!r}: its evaluation items changed since the "
                          f"sweep was planned")
-    return folder
+    return str(reference_folder(folder, cache)) if local else folder
 
 
 def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
@@ -236,8 +250,8 @@ def build_contamination(node: Node, cfg: SweepConfig, store: Store, out: Path) -
     from cdray.data.telemetry import contamination_stats
 
     return contamination_stats(input_dir(store, node, "generate") / "corpus.parquet",
-                               input_dir(store, node, "tokenizer"), eval_items_dir(node.config, cfg),
-                               node.config["n"])
+                               input_dir(store, node, "tokenizer"),
+                               eval_items_dir(node.config, cfg, downloads(store), local=True), node.config["n"])
 
 
 def build_evaluate(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
@@ -262,14 +276,28 @@ def build_babylm(node: Node, cfg: SweepConfig, store: Store, out: Path, lm=None)
     if c["task"].startswith("lm_eval:"):
         summary = evaluate_builtin(model_dir, tokenizer_dir, c["task"].split(":", 1)[1], out, batch_size=batch)
     else:
-        data_dir = cfg.eval.babylm_dir
-        if not data_dir or babylm.data_digest(data_dir, c["task"]) != c["data"]:
-            raise ValueError(f"eval.babylm_dir {data_dir!r}: its {c['task']} files changed since the sweep was planned")
+        data_dir = babylm_task_dir(cfg, c, downloads(store))
         summary = evaluate_task(model_dir, tokenizer_dir, data_dir, c["task"], out,
                                 max_items=c["max_items"], batch_size=batch, lm=lm,
                                 reading_mode=c.get("mode", "exact"))
     return {"task": c["task"], "step": c["step"], "scores": summary["scores"],
             "items": summary.get("items", {}), "truncated": summary.get("truncated", {})}
+
+
+def babylm_task_dir(cfg: SweepConfig, c: dict, cache: Path) -> str:
+    """The local BabyLM folder holding a babylm node's task files (a URI's mirror in cache),
+    checked against the digest the node was planned with."""
+    from cdray.common.redaction import mask_uri
+    from cdray.data import folders
+    from cdray.data.source_files import resolve
+    from cdray.eval import babylm
+
+    where = resolve(cfg.eval.babylm_dir, cfg.data_root) if cfg.eval.babylm_dir else None
+    local = folders.mirror(where, babylm.task_file(c["task"]), cache) if where and folders.exists(where) else None
+    if local is None or babylm.data_digest(local, c["task"], cache) != c["data"]:
+        shown = mask_uri(where) if where else where
+        raise ValueError(f"eval.babylm_dir {shown!r}: its {c['task']} files changed since the sweep was planned")
+    return str(local)
 
 
 def checkpoint_of(node: Node) -> tuple[str, int]:

@@ -252,7 +252,10 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
     """Expand the grid into nodes and deduplicated cells."""
     from cdray.models.shapes import small_for_ratio
 
-    corpus = Node("corpus", key_slice(cfg.corpus), (), "corpus")
+    from cdray.data.source_files import corpus_key
+
+    cache = data_cache(cfg)
+    corpus = Node("corpus", corpus_key(cfg.corpus, cfg.data_root, cache), (), "corpus")
     tokenizer = Node("tokenizer", key_slice(cfg.tokenizer), (("corpus", corpus),), "tokenizer")
     split_inputs = (("corpus", corpus), ("tokenizer", tokenizer))
     tokens_train = Node("tokens", {"split": "train"}, split_inputs, "tokens[train]")
@@ -283,9 +286,10 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
     if cfg.generation.decontaminate_n > 0 and cfg.eval.babylm_dir:
         # the items' contents, not their folder's path: the same data elsewhere (another
         # checkout, a symlink) keeps the key
+        from cdray.data.source_files import resolve
         from cdray.data.telemetry import reference_digest
 
-        eval_items = reference_digest(Path(cfg.eval.babylm_dir).expanduser())
+        eval_items = reference_digest(resolve(cfg.eval.babylm_dir, cfg.data_root), cache)
     # only a corpus that drops rows sharing an n-gram with the items depends on them; the others
     # measure their overlap in a stage of its own, so evaluating a built sweep on BabyLM data
     # regenerates and retrains nothing
@@ -323,18 +327,29 @@ def build_graph(cfg: SweepConfig) -> SweepGraph:
     return graph
 
 
+def data_cache(cfg: SweepConfig) -> Path:
+    """Where this host keeps mirrors of remote data folders and the digests of data folders:
+    `_downloads/` of the store's local root (a remote store's node cache)."""
+    from cdray.dag.store import Store
+
+    return Store.at(cfg.store.root, cfg.store.cache).root / "_downloads"
+
+
 def babylm_plan(cfg: SweepConfig) -> tuple[list[dict], Optional[str]]:
     """(task configs to score on each milestone, one-line note when BabyLM data is missing)."""
+    from cdray.data.source_files import resolve
     from cdray.eval import babylm
 
     tasks: list[dict] = []
     note = None
     e = cfg.eval
     if e.tasks:
-        note = babylm.missing_reason(e.babylm_dir, e.tasks)
+        where = resolve(e.babylm_dir, cfg.data_root) if e.babylm_dir else None
+        note = babylm.missing_reason(where, e.tasks)
         if note is None:
+            cache = data_cache(cfg)
             # reading is one regression over all its rows: a prefix of them would only overfit
-            tasks += [{"task": t, "data": babylm.data_digest(e.babylm_dir, t),
+            tasks += [{"task": t, "data": babylm.data_digest(where, t, cache),
                        "max_items": None if t == "reading" else e.max_items} for t in e.tasks]
             for t in tasks:
                 if t["task"] == "reading":

@@ -68,6 +68,11 @@ class RemoteRoot:
 
     def files(self, rel: str) -> dict[str, int]:
         """{relative path under rel: size} of every file below rel (recursive)."""
+        return {name: size for name, (size, _) in self.listing(rel).items()}
+
+    def listing(self, rel: str = "") -> dict[str, tuple[int, int]]:
+        """{relative path under rel: (size, mtime in ns)} of every file below rel (recursive;
+        mtime 0 where the backend gives none)."""
         from pyarrow import fs as pafs
 
         base = self.path(rel)
@@ -75,7 +80,7 @@ class RemoteRoot:
         out = {}
         for info in self.fs.get_file_info(sel):
             if info.type == pafs.FileType.File:
-                out[info.path[len(base) + 1:]] = info.size
+                out[info.path[len(base) + 1:]] = (info.size, info.mtime_ns or 0)
         return out
 
     def children(self, rel: str = "") -> list[str]:

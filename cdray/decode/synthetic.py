@@ -134,7 +134,7 @@ class ShardGenerator:
     def __init__(self, *, expert_dir: str, amateur: dict, strategy: str, generation: GenerationConfig,
                  prompts_path: str, out_dir: str, tokenizer_dir: str, device: str = "cpu",
                  torch_threads: int = 1, eval_parquet: str | None = None,
-                 eval_items_dir: str | None = None):
+                 eval_items_dir: str | None = None, data_cache: str | None = None):
         import torch
 
         from cdray.data.tokenizer import load_decoder
@@ -193,8 +193,9 @@ class ShardGenerator:
             from cdray.data.telemetry import NgramIndex, reference_texts
 
             self.contamination = NgramIndex(self.g.decontaminate_n)
-            for text in reference_texts(Path(eval_parquet) if eval_parquet else None,
-                                        Path(eval_items_dir) if eval_items_dir else None):
+            # eval_items_dir may be a URI: this node mirrors it into data_cache (the store's downloads)
+            for text in reference_texts(Path(eval_parquet) if eval_parquet else None, eval_items_dir,
+                                        Path(data_cache) if data_cache else None):
                 self.contamination.add(text)
         # the decoder holds its own (stacked) copy of the weights: free the loaded ones
         self.expert = self.amateur = None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import fnmatch
 import gzip
 import hashlib
 import io
@@ -12,6 +13,10 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
+
+from cdray.common.redaction import mask_uri
+from cdray.common.uris import is_remote
+from cdray.data import folders
 
 # task -> folder of a directory in the BabyLM 2025 layout (evaluation_data/full_eval/)
 FOLDERS = {
@@ -35,13 +40,26 @@ SELF_PACED = "self_paced_reading_time"
 READING_COLUMNS = EYE_TRACKING + (SELF_PACED, "Subtlex_log10", "length", "context_length", "prev_length")
 
 
+def _patterns(task: str) -> tuple[str, ...]:
+    return ("*.csv.gz", "*.csv") if task == "reading" else ("*.jsonl.gz", "*.jsonl")
+
+
+def task_file(task: str):
+    """Whether a file at this relative name (under the BabyLM folder) can be one of the task's
+    item files: what a remote folder's mirror holds and a digest's stats cover."""
+    folder, patterns = FOLDERS[task], _patterns(task)
+
+    def select(rel: str) -> bool:
+        parts = rel.split("/")
+        return len(parts) == 2 and parts[0] == folder and any(fnmatch.fnmatch(parts[1], p) for p in patterns)
+
+    return select
+
+
 def item_files(babylm_dir: str | Path, task: str) -> list[Path]:
     """The item files of one task, sorted by name (empty if the folder is missing)."""
     folder = Path(babylm_dir) / FOLDERS[task]
-    if task == "reading":
-        pats = ("*.csv.gz", "*.csv")
-    else:
-        pats = ("*.jsonl.gz", "*.jsonl")
+    pats = _patterns(task)
     found = {}
     for pat in pats:
         for p in folder.glob(pat):
@@ -58,20 +76,34 @@ def file_stem(path: Path) -> str:
 
 
 def missing_reason(babylm_dir: Optional[str], tasks: Iterable[str]) -> Optional[str]:
-    """One line saying why BabyLM evaluation cannot run, or None if every task has its files."""
+    """One line saying why BabyLM evaluation cannot run, or None if every task has its files
+    (babylm_dir: a local folder or a URI)."""
     if not babylm_dir:
         return "eval.babylm_dir is not set"
-    root = Path(babylm_dir)
-    if not root.is_dir():
-        return f"eval.babylm_dir {str(root)!r} does not exist (cdray data fetch-eval downloads it)"
-    empty = [t for t in tasks if not item_files(root, t)]
+    root = str(babylm_dir)
+    shown = mask_uri(root)
+    if not folders.exists(root):
+        return f"eval.babylm_dir {shown!r} does not exist (cdray data fetch-eval downloads it)"
+    if is_remote(root):
+        names = list(folders.listing(root, lambda rel: True))
+        empty = [t for t in tasks if not any(map(task_file(t), names))]
+    else:
+        empty = [t for t in tasks if not item_files(root, t)]
     if empty:
-        return f"eval.babylm_dir {str(root)!r} has no files for {', '.join(empty)} (expected {FOLDERS[empty[0]]}/)"
+        return f"eval.babylm_dir {shown!r} has no files for {', '.join(empty)} (expected {FOLDERS[empty[0]]}/)"
     return None
 
 
-def data_digest(babylm_dir: str | Path, task: str) -> str:
-    """sha256 over the names and contents of a task's item files: the data's part of a stage key."""
+def data_digest(babylm_dir: str | Path, task: str, cache: Optional[Path] = None) -> str:
+    """sha256 over the names and contents of a task's item files: the data's part of a stage key.
+    babylm_dir may be a URI (its task files are mirrored into cache first); with a cache, the
+    digest is remembered by the files' stats, so unchanged files are not read again."""
+    select = task_file(task)
+    local = folders.mirror(str(babylm_dir), select, cache)
+    return folders.digest(local, select, kind=f"babylm-{task}", compute=lambda d: _items_digest(d, task), cache=cache)
+
+
+def _items_digest(babylm_dir: Path, task: str) -> str:
     h = hashlib.sha256()
     for p in item_files(babylm_dir, task):
         h.update(p.name.encode() + b"\0")

@@ -17,6 +17,7 @@ from cdray.eval.arm_table import format_table, regime_line
 from cdray.shell.ray_exec import CELL_DRIVER_CPU, build_node, build_nodes, init_ray, ray_storage
 from cdray.sweep.cell_runs import cell_row, live_metrics, log_arm_table, log_cell, log_upstream, metric_prefix
 from cdray.sweep.plan import anchored, open_store, plan, sweep_key
+from cdray.sweep.preflight import check_data
 from cdray.sweep.progress import Watcher, log_path
 from cdray.tracking.runs import Tracker
 
@@ -104,6 +105,7 @@ def run_sweep(cfg: SweepConfig, *, echo: Optional[Echo] = None, use_tune: bool =
     (or ray.log_to_driver); cdray's lines and progress stay on the terminal."""
     echo = echo or console.say
     cfg = anchored(cfg)
+    check_data(cfg, echo)  # before any work: data that exists and reaches every node
     store = open_store(cfg)
     store.check_writable()
     graph = build_graph(cfg)

@@ -3,7 +3,6 @@ every stage in build order with its key and whether it is built, and a line abou
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable
 
 from cdray.config import SweepConfig
@@ -20,20 +19,25 @@ def open_store(cfg: SweepConfig) -> Store:
 
 
 def anchored(cfg: SweepConfig) -> SweepConfig:
-    """Resolve relative store / tracking paths against the driver's cwd (trials run elsewhere)."""
+    """Resolve relative store / tracking / data paths against the driver's cwd (trials run
+    elsewhere): data_root becomes absolute (None: the cwd), so relative source paths mean the
+    same on every node; URIs are left as they are."""
+    from cdray.data.source_files import anchor_root, resolve
+
     opened = Store.at(cfg.store.root, cfg.store.cache)
     store = replace(cfg.store, root=opened.location, cache=str(opened.root) if opened.remote else None)
     tracking = replace(cfg.tracking, uri=resolve_uri(cfg.tracking.uri))
+    data_root = anchor_root(cfg.data_root)
     ev = cfg.eval
     if ev.babylm_dir:
-        ev = replace(ev, babylm_dir=str(Path(ev.babylm_dir).expanduser().resolve()))
-    return replace(cfg, store=store, tracking=tracking, eval=ev)
+        ev = replace(ev, babylm_dir=resolve(ev.babylm_dir, data_root))
+    return replace(cfg, store=store, tracking=tracking, eval=ev, data_root=data_root)
 
 
 def sweep_key(cfg: SweepConfig) -> str:
     """Identity of a sweep for MLflow: everything but where it runs and is stored."""
     d = identity_dict(cfg)
-    for plumbing in ("store", "tracking", "ray", "profile"):
+    for plumbing in ("store", "tracking", "ray", "profile", "data_root"):
         d.pop(plumbing)
     for where in ("babylm_dir", "fetch_url", "fetch_sha256"):  # the babylm nodes hash the data itself
         d["eval"].pop(where)
@@ -67,7 +71,9 @@ def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
     """Every stage in build order with its key and status, the cells, and what building costs."""
     from cdray.sweep.estimate import estimate
     from cdray.sweep.footprint import footprint
+    from cdray.sweep.preflight import check_data
 
+    check_data(cfg, echo)
     graph, store = build_graph(cfg), open_store(cfg)
     rows = plan(graph, store)
     echo(format_plan(rows))
