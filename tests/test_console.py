@@ -67,8 +67,10 @@ def test_plan_says_what_a_run_costs(tmp_path, capsys):
 
     assert main(["plan", str(ROOT / "sweeps" / "tiny.yaml"), "--set", f"store.root={tmp_path / 's'}"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-2].startswith("to build: 1 corpus, 1 tokenizer, 1 prompts, 5 tokens, 5 train, 3 generate, 4 evaluate")
-    assert out[-1].startswith("estimate on this machine: about ") and "stated default rates" in out[-1]
+    assert out[-3].startswith("to build: 1 corpus, 1 tokenizer, 1 prompts, 5 tokens, 5 train, 3 generate, 4 evaluate")
+    assert out[-2].startswith("estimate on this machine: about ") and "stated default rates" in out[-2]
+    # 5 runs of 3 milestones of 6.2 MB weights (1.56M parameters) plus one resume state each
+    assert out[-1].startswith("store: about ") and "31.2 MB per run" in out[-1]
 
 
 def test_the_next_commands_keep_the_runs_overrides_and_mask_secrets(tmp_path, capsys):

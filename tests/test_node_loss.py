@@ -20,7 +20,7 @@ from cdray.common import faults
 from cdray.dag import builders
 from cdray.dag.graph import build_graph
 from cdray.dag.store import Store
-from tests.conftest import S3_ENV, micro_sweep_dict, s3_uri
+from tests.conftest import SHARED_EVAL, S3_ENV, micro_sweep_dict, s3_uri
 from tests.node_cluster import NODE_CACHE, make_cluster, namespaces_work
 
 pytestmark = pytest.mark.slow
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
                       "RAY_health_check_failure_threshold": "3"}
 WORKERS = 3  # worker nodes kept alive for each test (one CPU each)
+needs_eval_data = pytest.mark.skipif(not SHARED_EVAL.is_dir(), reason="no BabyLM evaluation sample")
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +281,98 @@ def test_preempt_a_generation_actors_node_and_the_corpus_completes_unchanged(
     final = {name: (out / "shards" / name).read_bytes() for name in committed_before}
     assert final == committed_before
     assert set(after) >= set(committed_before)
+
+
+# ---------------------------------------------------------------- a whole sweep
+
+
+@pytest.fixture
+def mlflow_url(tmp_path):
+    from cdray.tracking import server
+
+    port = server.free_port()
+    proc = server.start(tmp_path / "mlflow", port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        server.wait_ready(url, proc=proc)
+        yield url
+    finally:
+        server.stop(proc)
+
+
+def _cells(store: Store, graph) -> dict:
+    """What each cell measured: its perplexities and BabyLM scores, from the store."""
+    out = {}
+    for cell in graph.cells:
+        ev = store.manifest(cell.evaluate.stage, cell.evaluate.key)["stats"]
+        scores = {n.config["task"]: store.manifest(n.stage, n.key)["stats"]["scores"] for n in cell.babylm}
+        out[cell.id] = {"milestones": ev["milestones"], "babylm": scores}
+    return out
+
+
+def _table(log: str) -> list[str]:
+    lines = log.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("arm "))
+    return lines[start:start + 4]
+
+
+@needs_eval_data
+def test_preempt_a_node_mid_sweep_and_the_sweep_equals_one_nodes(nodes, s3_server, text_corpus_dir, tmp_path,
+                                                                  mlflow_url):
+    """`cdray sweep` on the cluster, its corpus and BabyLM data read from the S3 server; the node of
+    a cell's evaluation is killed while it scores a milestone. The sweep completes (Ray runs the
+    evaluation again elsewhere), a re-run of the same command builds nothing (the cell was not
+    retrained), and every number equals the same sweep's on one node with a local store."""
+    import subprocess
+
+    from tests.conftest import upload_folder
+
+    endpoint, bucket = s3_server
+    run = f"sweep-{uuid.uuid4().hex[:8]}"
+    d = micro_sweep_dict(text_corpus_dir, tmp_path, strategy=["contrastive"], q=[0.0, 0.5])
+    d["corpus"]["sources"][0]["path"] = upload_folder(text_corpus_dir, s3_uri(endpoint, bucket, f"{run}/data/corpus"))
+    d["eval"] = {"max_blocks": 8, "tasks": ["blimp", "ewok"], "max_items": 10, "steps": [12],
+                 "babylm_dir": upload_folder(SHARED_EVAL, s3_uri(endpoint, bucket, f"{run}/data/babylm"))}
+    d["store"] = {"root": s3_uri(endpoint, bucket, f"{run}/store")}
+    d["tracking"] = {"uri": mlflow_url, "experiment": "harness"}
+    sweep = nodes.node_dir("head") / f"{run}.yaml"
+    sweep.write_text(__import__("yaml").safe_dump(d))
+    cfg = C.from_dict({**d, "store": {"root": d["store"]["root"], "cache": str(tmp_path / "here")}})
+    graph = build_graph(cfg)
+    baseline = next(c for c in graph.cells if c.arm == "BASELINE")
+    rel = f"evaluate/{baseline.evaluate.key}"
+    for name in _workers(nodes):
+        faults.hold(_node_cache(nodes, name, d["store"]["root"]) / rel, "evaluate-step", 8)
+    command = [sys.executable, "-m", "cdray.cli", "sweep", f"/tmp/{sweep.name}"]
+    log = tmp_path / "cluster.log"
+    proc = nodes.driver(command, log=log)
+    try:
+        victim = _wait_for("the BASELINE's evaluation to reach step 8",
+                           lambda: _held_on(nodes, rel, d["store"]["root"], "evaluate-step", 8),
+                           timeout=900, proc=proc, log=log)
+        lost_at = time.time()
+        nodes.kill(victim)
+        _release_everywhere(nodes, rel, d["store"]["root"], "evaluate-step", 8)
+        assert proc.wait(900) == 0, log.read_text()[-6000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _replace_lost(nodes)
+    store = Store.at(cfg.store.root, cfg.store.cache)
+    created = store.manifest("train", baseline.train.key)["created"]
+    assert time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone < lost_at
+    again = tmp_path / "again.log"
+    assert nodes.driver(command, log=again).wait(600) == 0, again.read_text()[-4000:]
+    assert " 0 to build" in again.read_text() and "building" not in again.read_text()
+
+    # the same sweep on one node: a local Ray cluster and a local store
+    local = tmp_path / "one-node.yaml"
+    local.write_text(__import__("yaml").safe_dump({**d, "store": {"root": str(tmp_path / "local-store")},
+                                                   "tracking": {"uri": f"sqlite:///{tmp_path / 'one.db'}"}}))
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    one = subprocess.run([sys.executable, "-m", "cdray.cli", "sweep", str(local)], capture_output=True, text=True,
+                         env={**env, **S3_ENV, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+                         timeout=900)
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    assert _cells(store, graph) == _cells(Store.at(tmp_path / "local-store"), graph)
+    assert _table(again.read_text()) == _table(one.stdout)

@@ -1,6 +1,7 @@
 """`cdray plan` / `run` refuse data that cannot reach a stage: a missing source or BabyLM folder
 (local or in a bucket), and on a multi-node cluster any local data path or a local store.root,
-unless ray.shared_disk says every node sees the same disk. One line naming the field, exit 2."""
+or an sqlite tracking database, unless ray.shared_disk says every node sees the same disk. One
+line naming the field, exit 2."""
 from __future__ import annotations
 
 import uuid
@@ -74,6 +75,9 @@ def test_local_data_or_store_on_a_multi_node_cluster_is_refused(target, micro_cf
     assert line.startswith("cdray: error: config field 'store.root': ") and "multi-node" in line
     assert "ray.shared_disk" in line
     store = ["--set", f"store.root={s3_uri(endpoint, bucket, f'store-{uuid.uuid4().hex[:8]}')}"]
+    line = refused(capsys, ["plan", path, *argv, *store])
+    assert "'tracking.uri'" in line and "MLflow server" in line  # an sqlite file on one node
+    store += ["--set", "tracking.uri=http://10.0.0.5:5000"]
     assert "'corpus.sources[0].path'" in refused(capsys, ["plan", path, *argv, *store])
     data = upload_folder(text_corpus_dir, s3_uri(endpoint, bucket, f"data-{uuid.uuid4().hex[:8]}"))
     remote_source = ["--set", f"corpus.sources.0.path={data}"]

@@ -1,7 +1,9 @@
 """Before a sweep is planned or run: every data folder it reads exists, and on a multi-node cluster
-none of them, nor the store, is a path on one machine's disk (a ConfigError naming the field)."""
+none of them, nor the store or the tracking database, is a path on one machine's disk (a
+ConfigError naming the field)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -49,6 +51,12 @@ def check_data(cfg: SweepConfig, echo: Optional[Echo] = None) -> None:
         return f" (a relative path is under data_root {mask_uri(cfg.data_root)!r})"
 
     reachable("store.root", cfg.store.root, None)
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+    if cluster is not None and cfg.tracking.enabled and not tracking.startswith(("http://", "https://", "databricks")):
+        where = "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
+        raise ConfigError(where, f"{mask_uri(tracking)!r} is a file on one machine, but {cluster}: cells on "
+                                 f"other nodes would each log to a database of their own; use an MLflow "
+                                 f"server (`cdray mlflow` on the head; docs/cluster.md), or set ray.shared_disk: true")
     for i, src in enumerate(cfg.corpus.sources):
         location = source_location(src, cfg.data_root)
         if location is not None:
