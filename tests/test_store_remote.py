@@ -151,3 +151,18 @@ def test_two_hosts_building_one_key_never_mix_their_files(uri, tmp_path):
     reader = Store.at(uri, cache=tmp_path / "d")
     assert reader.verify("demo", "race") == []
     assert (reader.fetch("demo", "race") / "w.bin").read_bytes() == b"B" * 80
+
+
+def test_compressed_files_travel_as_their_bytes(uri, tmp_path):
+    """pyarrow streams decompress and compress by file extension unless told not to: a .gz file
+    (a BabyLM item file, say) must reach a bucket and come back as the same bytes."""
+    import gzip
+
+    data = gzip.compress(b'{"sentence_good": "a", "sentence_bad": "b"}\n' * 50)
+    (tmp_path / "items.jsonl.gz").write_bytes(data)
+    remote = RemoteRoot(uri)
+    remote.upload(tmp_path / "items.jsonl.gz", "data/items.jsonl.gz")
+    assert remote.files("data") == {"items.jsonl.gz": len(data)}
+    assert remote.read_bytes("data/items.jsonl.gz") == data
+    remote.download("data/items.jsonl.gz", tmp_path / "back.jsonl.gz")
+    assert (tmp_path / "back.jsonl.gz").read_bytes() == data

@@ -59,11 +59,11 @@ class RemoteRoot:
         return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File
 
     def read_bytes(self, rel: str) -> bytes:
-        with self.fs.open_input_stream(self.path(rel)) as f:
+        with self.fs.open_input_stream(self.path(rel), compression=None) as f:
             return f.read()
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        with self.fs.open_output_stream(self.path(rel)) as f:
+        with self.fs.open_output_stream(self.path(rel), compression=None) as f:
             f.write(data)
 
     def files(self, rel: str) -> dict[str, int]:
@@ -91,7 +91,7 @@ class RemoteRoot:
         return sorted(i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.Directory)
 
     def upload(self, local: Path, rel: str) -> None:
-        with open(local, "rb") as src, self.fs.open_output_stream(self.path(rel)) as dst:
+        with open(local, "rb") as src, self.fs.open_output_stream(self.path(rel), compression=None) as dst:
             while block := src.read(CHUNK):
                 dst.write(block)
 
@@ -101,7 +101,7 @@ class RemoteRoot:
         tmp = temporary_path(local)
         h = hashlib.sha256()
         try:
-            with self.fs.open_input_stream(self.path(rel)) as src, open(tmp, "wb") as dst:
+            with self.fs.open_input_stream(self.path(rel), compression=None) as src, open(tmp, "wb") as dst:
                 while block := src.read(CHUNK):
                     h.update(block)
                     dst.write(block)

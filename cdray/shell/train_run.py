@@ -74,7 +74,7 @@ class MilestoneUploader:
             for p in sorted(q for q in src.rglob("*") if q.is_file()):
                 rel = p.relative_to(src).as_posix()
                 files[rel] = self._copy(p, None if in_place else _join(dest, rel))
-            with self.fs.open_output_stream(_join(dest, CHECKSUMS)) as f:
+            with self.fs.open_output_stream(_join(dest, CHECKSUMS), compression=None) as f:
                 f.write(json.dumps(files, sort_keys=True).encode())
         self.seconds.append(time.perf_counter() - started)
         return Checkpoint(dest, filesystem=self.fs)
@@ -82,7 +82,7 @@ class MilestoneUploader:
     def _copy(self, src: Path, dest: Optional[str]) -> dict:
         h, size = hashlib.sha256(), 0
         with open(src, "rb") as f:
-            out = self.fs.open_output_stream(dest) if dest is not None else None
+            out = self.fs.open_output_stream(dest, compression=None) if dest is not None else None
             try:
                 while block := f.read(CHUNK):
                     h.update(block)
@@ -148,7 +148,7 @@ def _download(fs, src: str, dest: Path, sha256: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp, h = temporary_path(dest), hashlib.sha256()
     try:
-        with fs.open_input_stream(src) as f, open(tmp, "wb") as out:
+        with fs.open_input_stream(src, compression=None) as f, open(tmp, "wb") as out:
             while block := f.read(CHUNK):
                 h.update(block)
                 out.write(block)
