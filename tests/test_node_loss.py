@@ -287,12 +287,13 @@ def test_preempt_a_generation_actors_node_and_the_corpus_completes_unchanged(
 
 
 @pytest.fixture
-def mlflow_url(tmp_path):
+def mlflow_url(tmp_path, nodes):
+    """An MLflow server on the cluster's network (the head's address, as on a cloud's private network)."""
     from cdray.tracking import server
 
     port = server.free_port()
-    proc = server.start(tmp_path / "mlflow", port)
-    url = f"http://127.0.0.1:{port}"
+    proc = server.start(tmp_path / "mlflow", port, host=nodes.ip)
+    url = f"http://{nodes.ip}:{port}"
     try:
         server.wait_ready(url, proc=proc)
         yield url

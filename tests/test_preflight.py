@@ -77,6 +77,8 @@ def test_local_data_or_store_on_a_multi_node_cluster_is_refused(target, micro_cf
     store = ["--set", f"store.root={s3_uri(endpoint, bucket, f'store-{uuid.uuid4().hex[:8]}')}"]
     line = refused(capsys, ["plan", path, *argv, *store])
     assert "'tracking.uri'" in line and "MLflow server" in line  # an sqlite file on one node
+    line = refused(capsys, ["plan", path, *argv, *store, "--set", "tracking.uri=http://127.0.0.1:5000"])
+    assert "'tracking.uri'" in line and "loopback" in line  # a server other nodes cannot reach
     store += ["--set", "tracking.uri=http://10.0.0.5:5000"]
     assert "'corpus.sources[0].path'" in refused(capsys, ["plan", path, *argv, *store])
     data = upload_folder(text_corpus_dir, s3_uri(endpoint, bucket, f"data-{uuid.uuid4().hex[:8]}"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Callable, Optional
 
 from cdray.common.redaction import mask_uri
@@ -52,11 +53,18 @@ def check_data(cfg: SweepConfig, echo: Optional[Echo] = None) -> None:
 
     reachable("store.root", cfg.store.root, None)
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
-    if cluster is not None and cfg.tracking.enabled and not tracking.startswith(("http://", "https://", "databricks")):
+    if cluster is not None and cfg.tracking.enabled:
         where = "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
-        raise ConfigError(where, f"{mask_uri(tracking)!r} is a file on one machine, but {cluster}: cells on "
-                                 f"other nodes would each log to a database of their own; use an MLflow "
-                                 f"server (`cdray mlflow` on the head; docs/cluster.md), or set ray.shared_disk: true")
+        server = tracking.startswith(("http://", "https://", "databricks"))
+        if not server:
+            raise ConfigError(where, f"{mask_uri(tracking)!r} is a file on one machine, but {cluster}: cells on "
+                                     f"other nodes would each log to a database of their own; use an MLflow "
+                                     f"server (`cdray mlflow` on the head; docs/cluster.md), or set ray.shared_disk: true")
+        host = urlsplit(tracking).hostname or ""
+        if server and (host == "localhost" or host.startswith("127.") or host == "::1"):
+            raise ConfigError(where, f"{mask_uri(tracking)!r} is this machine's loopback, but {cluster}: cells on "
+                                     f"other nodes would not reach it; give the server's address on the cluster "
+                                     f"network (the job's $MLFLOW_TRACKING_URI wins over tracking.uri; docs/cluster.md)")
     for i, src in enumerate(cfg.corpus.sources):
         location = source_location(src, cfg.data_root)
         if location is not None:
