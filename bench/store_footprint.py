@@ -17,6 +17,7 @@ moto's S3 server on loopback, as a cluster's runs go into a bucket. Printed, all
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -28,12 +29,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from common import load_line, start_ray  # noqa: E402
 
+from cdray.shell.local_cluster import SINGLE_HOST_ENV  # noqa: E402
+
+os.environ.setdefault(SINGLE_HOST_ENV, "0")  # a local cluster on loopback: set before ray is imported
+
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def moto_store(tmp: Path) -> str:
-    import os
-
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -63,6 +66,7 @@ def sweep(tmp: Path, root: str, quick: bool) -> dict:
         "train": {"steps": steps, "batch_size": 4, "seq_len": 64, "warmup_steps": 1,
                   "checkpoint_every": every, "eval_blocks": 2, "precision": "fp32"},
         "expert": {"model": {"preset": "micro" if quick else "tiny"}},
+        "generation": {"prompt_tokens": 8, "max_new_tokens": 16},
         "grid": {"k": [], "q": [0.0]},
     })
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -187,14 +188,21 @@ def _train_loop(config: dict) -> dict:
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
         checkpoint = None
         if rank == 0 and record.get("checkpoint"):
-            prune_committed(fs, run_path, config["keep_resume"])  # the older milestones are safe
+            # off the step loop: it waits for Ray Train to commit the reports before it
+            pruning.append(pruner.submit(prune_committed, fs, run_path, config["keep_resume"]))
             checkpoint = Checkpoint.from_directory(record["checkpoint"])
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{record['step']:06d}",
                          checkpoint_upload_mode=CheckpointUploadMode.ASYNC, checkpoint_upload_fn=uploader,
                          delete_local_checkpoint_after_upload=store.remote is not None)
 
-    result = train(config["job"], out, rank=rank, world_size=ctx.get_world_size(), device=device,
-                   report=report, resume_from=resume_from, keep_resume=None)
+    pruner, pruning = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdray-prune"), []
+    try:
+        result = train(config["job"], out, rank=rank, world_size=ctx.get_world_size(), device=device,
+                       report=report, resume_from=resume_from, keep_resume=None)
+    finally:
+        pruner.shutdown(wait=True)
+    for done in pruning:
+        done.result()  # a failed deletion is the run's error, not a silent leftover
     if rank == 0:
         prune_committed(fs, run_path, config["keep_resume"])  # waits for the last upload too
         if store.remote is not None:
