@@ -199,8 +199,10 @@ def _train_loop(config: dict) -> dict:
     try:
         result = train(config["job"], out, rank=rank, world_size=ctx.get_world_size(), device=device,
                        report=report, resume_from=resume_from, keep_resume=None)
-    finally:
-        pruner.shutdown(wait=True)
+    except BaseException:
+        pruner.shutdown(wait=False, cancel_futures=True)  # a failed run commits nothing more to wait for
+        raise
+    pruner.shutdown(wait=True)
     for done in pruning:
         done.result()  # a failed deletion is the run's error, not a silent leftover
     if rank == 0:
