@@ -2,7 +2,7 @@
 every stage in build order with its key and whether it is built, and a line about the cells."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,14 +31,29 @@ def anchored(cfg: SweepConfig) -> SweepConfig:
 
 
 def sweep_key(cfg: SweepConfig) -> str:
-    """Identity of a sweep for MLflow: everything but where it runs and is stored."""
-    d = to_dict(cfg)
+    """Identity of a sweep for MLflow: everything but where it runs and is stored (and fields
+    marked ADDED while they hold their default, as in the stage keys: a sweep keeps its runs)."""
+    d = _without_added_defaults(cfg, to_dict(cfg))
     for plumbing in ("store", "tracking", "ray", "profile"):
         d.pop(plumbing)
     for where in ("babylm_dir", "fetch_url", "fetch_sha256"):  # the babylm nodes hash the data itself
         d["eval"].pop(where)
     d["grid"].pop("max_cells")  # a guard on the grid's size, not part of it
     return stage_key("sweep", 1, d, {})
+
+
+def _without_added_defaults(section, d: dict) -> dict:
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if f.metadata.get("key_default") == "omit" and value == f.default:
+            d.pop(f.name)
+        elif is_dataclass(value):
+            _without_added_defaults(value, d[f.name])
+        elif isinstance(value, tuple):
+            for v, dv in zip(value, d[f.name]):
+                if is_dataclass(v):
+                    _without_added_defaults(v, dv)
+    return d
 
 
 @dataclass(frozen=True)
