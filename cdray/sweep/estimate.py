@@ -76,11 +76,12 @@ def estimate(graph: SweepGraph, cfg: SweepConfig, store: Store, todo: list) -> s
     what = ", ".join(f"{n} {k}" for k, n in r["kinds"].items())
     gpu = r["device"] == "gpu"
     total, expert = r["total"], r["expert"]
+    line = gpu_evaluation_line(cfg, r) if gpu else ""
     return (f"to build: {what}\nestimate {'GPU time' if gpu else 'on this machine'}: about {_human(total)}"
             + (f" ({total / 3600:.1f} GPU-hours on one GPU)" if gpu else "")
             + f"; {source}, scaled to this sweep's GOOD shape: training ~{r['train_rate'] / expert:,.0f} "
               f"tok/s, generation ~{r['gen_rate'] / expert:,.0f} tok/s"
-            + (("\n" + gpu_evaluation_line(cfg, r)) if gpu else ""))
+            + (f"\n{line}" if line else ""))
 
 
 def eval_split_tokens(cfg: SweepConfig, store: Store, node) -> tuple[float, str]:
@@ -127,11 +128,14 @@ def evaluation(cfg: SweepConfig, store: Store, todo: list, checkpoints: float, t
 
 
 def gpu_evaluation_line(cfg: SweepConfig, r: dict) -> str:
-    """How the GPU evaluation figure was reckoned: derived, not measured on a GPU."""
+    """How the GPU evaluation figure was reckoned, derived, not measured on a GPU ("" when
+    there is nothing to evaluate)."""
     from cdray.sweep import eval_cost as E
 
+    if "params" not in r:
+        return ""
     line = (f"evaluation on the GPU, derived (not measured on a GPU): forward passes at "
-            f"~{r['eval_rate'] / r.get('params', 1):,.0f} tok/s in {cfg.eval.precision} (the training rate x "
+            f"~{r['eval_rate'] / r['params']:,.0f} tok/s in {cfg.eval.precision} (the training rate x "
             f"{E.FORWARD_SHARE:g} forward passes a step / {E.COMPILE_SPEEDUP} for no torch.compile"
             + ("" if cfg.eval.precision == "bf16" else f" / {E.FP32_SLOWDOWN:.1f} for fp32") + ")"
             + f"; perplexity: {r['perplexity_runs']} runs over {r['split'] or 'no eval split'} = "
@@ -143,6 +147,8 @@ def gpu_evaluation_line(cfg: SweepConfig, r: dict) -> str:
                  f"= {r['babylm'] / 3600:,.1f} GPU-hours, with per checkpoint {E.LOAD_S:g} s to load, "
                  f"{E.START_S_PER_FILE:g} s of lm-eval start-up a file and {E.HOST_S_PER_REQUEST * 1e3:g} ms "
                  f"of CPU work a request (measured on CPU)")
+    if cfg.eval.lm_eval_tasks:
+        line += "; built-in lm-eval tasks not counted"
     return line
 
 
