@@ -13,6 +13,11 @@ could: one Ray task per (checkpoint, task), each loading the checkpoint and star
 one Ray task per checkpoint scoring all its tasks with one load (what a sweep does), and prints
 both wall and CPU times and their ratio. The model is freshly initialised (scoring cost does not
 depend on the weights).
+     PYTHONPATH=. .venv/bin/python bench/evaluation.py --checkpoint-cost [--max-items N]
+measures, in this one process and thread (as a checkpoint's BabyLM task runs), what `cdray plan`
+charges a checkpoint beside the model's forward passes (cdray/sweep/eval_cost.py): loading a
+GOOD-shaped (162M) checkpoint, lm-eval's start-up per item file (every file at one item), and the
+CPU work per request outside the model's forward passes and the scoring math (what a GPU does).
 """
 from __future__ import annotations
 
@@ -134,8 +139,70 @@ def per_checkpoint(args, tmp: Path, tasks: list[str]) -> None:
     print(f"RESULT per_checkpoint_cpu_ratio={pair_cpu / group_cpu:.2f} wall_ratio={pair_wall / group_wall:.2f}")
 
 
+def checkpoint_cost(args, tmp: Path, tasks: list[str]) -> None:
+    """The per-checkpoint constants of cdray/sweep/eval_cost.py, measured on this CPU."""
+    import torch
+
+    from cdray.config import MODEL_PRESETS, ModelConfig
+    from cdray.eval.prefix_lm import PrefixSharingHFLM
+    from cdray.eval.tasks import evaluate_task, hf_lm
+    from cdray.models.llama import build_model, save_model
+    from cdray.sweep import eval_cost
+
+    torch.set_num_threads(1)
+    model, tok, params = make_checkpoint(tmp, args.layers, args.hidden, args.vocab)
+    save_model(build_model(ModelConfig(**MODEL_PRESETS["good"]), 32000, 0), tmp / "good")
+    hf_lm(model, tok, args.batch)  # imports (a sweep's worker has them loaded once)
+    loads = []
+    for _ in range(2):
+        t = time.perf_counter()
+        good = hf_lm(tmp / "good", tok, args.batch)
+        # safetensors maps the file lazily: copy every weight once, as moving it to a GPU would
+        [p.detach().clone() for p in good.model.parameters()]
+        loads.append(time.perf_counter() - t)
+        del good
+    lm = hf_lm(model, tok, args.batch)
+    device_s = [0.0]  # thread CPU seconds in the model and the scoring math: a GPU's work
+
+    def timed(fn):
+        def wrapper(self, *a, **k):
+            t = time.thread_time()
+            try:
+                return fn(self, *a, **k)
+            finally:
+                device_s[0] += time.thread_time() - t
+        return wrapper
+
+    PrefixSharingHFLM._forward = timed(PrefixSharingHFLM._forward)
+    PrefixSharingHFLM._score_positions = timed(PrefixSharingHFLM._score_positions)
+
+    def run(max_items, name):
+        device_s[0] = 0.0
+        t = time.thread_time()
+        for task in tasks:
+            evaluate_task(None, None, DATA, task, tmp / name / task, max_items=max_items, batch_size=args.batch,
+                          lm=lm)
+        return time.thread_time() - t, device_s[0]
+
+    run(1, "warm")
+    start_cpu, start_dev = run(1, "start")
+    size = eval_cost.suite(DATA, tasks, args.max_items)
+    start_s = (start_cpu - start_dev) / size.files
+    cpu, dev = run(args.max_items, "all")
+    host = (cpu - dev - start_s * size.files) / size.requests
+    print(f"model {params / 1e6:.2f}M parameters; GOOD (162M) checkpoint load: "
+          f"{', '.join(f'{x:.2f}' for x in loads)} s")
+    print(f"lm-eval start-up: {start_cpu - start_dev:.1f} CPU s for {size.files} files at one item = "
+          f"{start_s:.3f} s a file")
+    print(f"suite ({size.items} items, {size.requests} requests, ~{size.tokens / 1e6:.2f}M tokens): {cpu:.1f} CPU s, "
+          f"{dev:.1f} of them in the model and scoring math -> {host * 1e3:.2f} ms of CPU work a request")
+    print(f"RESULT load_s={min(loads):.2f} start_s_per_file={start_s:.3f} host_s_per_request={host:.2e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint-cost", action="store_true",
+                    help="measure the per-checkpoint constants of cdray/sweep/eval_cost.py")
     ap.add_argument("--per-checkpoint", type=int, default=0, metavar="N",
                     help="compare a Ray task per (checkpoint, task) with one per checkpoint, N checkpoints")
     ap.add_argument("--max-items", type=int, default=None)
@@ -155,6 +222,12 @@ def main() -> None:
     from cdray.config import BABYLM_TASKS
 
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores)")
+    order = [t for t in ["blimp", "entity_tracking", "reading", "ewok", "supplement", "wug"] if t in BABYLM_TASKS]
+    if args.checkpoint_cost:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint_cost(args, Path(tmp), order)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return
     if args.per_checkpoint:
         with tempfile.TemporaryDirectory() as tmp:
             per_checkpoint(args, Path(tmp), [t for t in ["blimp", "entity_tracking", "reading", "ewok",

@@ -104,3 +104,35 @@ def test_babylm_task_records_equal_stock_hflm(tiny, task, tmp_path):
             assert ra["lls"] == pytest.approx(rb["lls"], abs=1e-4) and ra["correct"] == rb["correct"]
             n += 1
     assert n >= 4
+
+
+def test_encodings_are_hflms_made_once(tiny):
+    ours, stock = tiny["ours"], tiny["stock"]
+    texts = ["the cat saw a dog", " the red ball", "Box 0 contains the hat and", ""]
+    for text in texts:
+        for special in (None, False, True):
+            assert ours.tok_encode(text, add_special_tokens=special) == stock.tok_encode(text, add_special_tokens=special)
+        assert ours.tok_encode(text, left_truncate_len=2) == stock.tok_encode(text, left_truncate_len=2)
+    ids = ours.tok_encode(texts[0])
+    ids.append(-1)  # a caller's list is its own: the memo keeps the tokenizer's ids
+    assert ours.tok_encode(texts[0]) == stock.tok_encode(texts[0])
+    assert ours._encode_pair("the cat saw", " a dog") == stock._encode_pair("the cat saw", " a dog")
+    ours.forget_encodings()
+    assert "_encodings" not in ours.__dict__ and ours.tok_encode(texts[0]) == stock.tok_encode(texts[0])
+
+
+def test_a_request_without_context_is_cut_only_past_the_window(tiny):
+    """lm-eval runs `<s>` + a context-free continuation of n tokens whole while 1 + n <= window + 1:
+    cut_to_context counts it so (it counted a second `<s>` and flagged n = window as cut)."""
+    from cdray.eval.tasks import cut_to_context
+
+    lm, rng = tiny["ours"], random.Random(3)
+    found = {}
+    while len(found) < 2:
+        words = synthetic_document(rng, 12).split()
+        for k in range(1, len(words) + 1):
+            n = len(lm.tok_encode(" ".join(words[:k]), add_special_tokens=False))
+            if n in (lm.max_length, lm.max_length + 1):
+                found.setdefault(n, " ".join(words[:k]))
+    for n, text in found.items():
+        assert cut_to_context(lm, [{"doc_id": 0, "arguments": [("", text)]}]) == {0: n > lm.max_length}

@@ -27,6 +27,7 @@ from cdray.config.sweep import (
                                      EvalConfig,
                                      GridConfig,
                                      ProfileConfig,
+                                     ProfileEvalConfig,
                                      ProfileGenerationConfig,
                                      ProfileTrainConfig,
                                      RayConfig,
@@ -40,6 +41,6 @@ __all__ = [
     "NEEDS_AMATEUR", "PAPER_COMPAT_PENALTY", "STRATEGIES", "DecodingConfig", "GenerationConfig", "apply_profile", "from_dict",
     "load", "load_raw", "parse_override", "parse_section", "set_dotted", "to_dict", "MODEL_PRESETS",
     "ExpertConfig", "ModelConfig", "SmallConfig", "TrainConfig", "field_reference", "reference_markdown",
-    "BABYLM_TASKS", "EvalConfig", "GridConfig", "ProfileConfig", "ProfileGenerationConfig", "ProfileTrainConfig",
+    "BABYLM_TASKS", "EvalConfig", "GridConfig", "ProfileConfig", "ProfileEvalConfig", "ProfileGenerationConfig", "ProfileTrainConfig",
     "RayConfig", "StoreConfig", "SweepConfig", "TrackingConfig",
 ]

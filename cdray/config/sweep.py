@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from cdray.config.data import CorpusConfig, TokenizerConfig
-from cdray.config.errors import BABYLM, BABYLM_EXECUTION, EXECUTION, check, in_range
+from cdray.config.errors import ADDED, BABYLM, BABYLM_EXECUTION, EXECUTION, check, in_range
 from cdray.config.generation import NEEDS_AMATEUR, STRATEGIES, GenerationConfig
 from cdray.config.models import ExpertConfig, ModelConfig, SmallConfig, TrainConfig
 
@@ -41,6 +41,10 @@ class EvalConfig:
     fetch_url: Optional[str] = field(default=None, metadata=BABYLM)
     # optional checksum of that archive
     fetch_sha256: Optional[str] = field(default=None, metadata=BABYLM)
+    # the forward passes of perplexity and BabyLM scoring: bf16 runs them under torch.autocast
+    # (log-softmax in fp32), on whatever device they land; it changes the numbers slightly
+    # (docs/evaluation.md states by how much), so it is in the evaluation nodes' keys when set
+    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata=ADDED)
 
     def validate(self, at: str) -> None:
         check(self.batch_size >= 1, f"{at}.batch_size", "must be >= 1")
@@ -160,6 +164,14 @@ class ProfileGenerationConfig:
 
 
 @dataclass(frozen=True)
+class ProfileEvalConfig:
+    """The evaluation batch sizes a profile may set (sized for the device the tasks land on)."""
+
+    batch_size: Optional[int] = None
+    scoring_batch_size: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """One entry of a sweep file's `profiles:` mapping: what a laptop and a cluster run differ in.
 
@@ -172,6 +184,7 @@ class ProfileConfig:
     data_root: Optional[str] = None
     train: Optional[ProfileTrainConfig] = None
     generation: Optional[ProfileGenerationConfig] = None
+    eval: Optional[ProfileEvalConfig] = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +236,10 @@ class SweepConfig:
                        f"{self.train.seq_len} exceeds {where}.context={m.context}")
         self.generation.validate("generation")
         self.eval.validate("eval")
+        # a model trained in fp32 has never run in bf16: evaluating it so would measure the rounding
+        check(self.eval.precision == "fp32" or self.train.precision == "bf16", "eval.precision",
+               f"{self.eval.precision!r} needs train.precision: bf16 (the runs train in "
+               f"{self.train.precision}); use fp32")
         self.grid.validate("grid")
         milestones = self.good_milestones
         for i, m in enumerate(milestones):

@@ -255,31 +255,36 @@ def build_contamination(node: Node, cfg: SweepConfig, store: Store, out: Path) -
 
 
 def build_evaluate(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+    from cdray.eval.device import eval_device
     from cdray.eval.perplexity import evaluate_run
 
     c = node.config
     return evaluate_run(input_dir(store, node, "run", every_milestone_weights),
                         input_dir(store, node, "eval") / "tokens.npy", out,
-                        seq_len=c["seq_len"], max_blocks=c["max_blocks"], batch_size=cfg.eval.batch_size)
+                        seq_len=c["seq_len"], max_blocks=c["max_blocks"], batch_size=cfg.eval.batch_size,
+                        device=eval_device(cfg.train.use_gpu), precision=c.get("precision", "fp32"))
 
 
 def build_babylm(node: Node, cfg: SweepConfig, store: Store, out: Path, lm=None) -> dict:
     """One BabyLM (or built-in lm-eval) task on one milestone of a training run (lm: that
     milestone's model already loaded for lm-eval, build_babylm_group)."""
     from cdray.eval import babylm
+    from cdray.eval.device import eval_device
     from cdray.eval.tasks import evaluate_builtin, evaluate_task
 
     c = node.config
     model_dir = step_dir(input_dir(store, node, "run", milestone_weights(c["step"])), c["step"])
     tokenizer_dir = input_dir(store, node, "tokenizer")
     batch = cfg.eval.scoring_batch_size
+    run_on = {"device": eval_device(cfg.train.use_gpu), "precision": c.get("precision", "fp32")}
     if c["task"].startswith("lm_eval:"):
-        summary = evaluate_builtin(model_dir, tokenizer_dir, c["task"].split(":", 1)[1], out, batch_size=batch)
+        summary = evaluate_builtin(model_dir, tokenizer_dir, c["task"].split(":", 1)[1], out, batch_size=batch,
+                                   **run_on)
     else:
         data_dir = babylm_task_dir(cfg, c, downloads(store))
         summary = evaluate_task(model_dir, tokenizer_dir, data_dir, c["task"], out,
                                 max_items=c["max_items"], batch_size=batch, lm=lm,
-                                reading_mode=c.get("mode", "exact"))
+                                reading_mode=c.get("mode", "exact"), **run_on)
     return {"task": c["task"], "step": c["step"], "scores": summary["scores"],
             "items": summary.get("items", {}), "truncated": summary.get("truncated", {})}
 
@@ -310,6 +315,7 @@ def build_babylm_group(nodes: list[Node], cfg: SweepConfig, store: Store) -> lis
     started once for all of them (each task's start-up dominates at small item counts)."""
     from functools import partial
 
+    from cdray.eval.device import eval_device
     from cdray.eval.tasks import hf_lm
 
     if len({checkpoint_of(n) for n in nodes}) > 1:
@@ -320,7 +326,8 @@ def build_babylm_group(nodes: list[Node], cfg: SweepConfig, store: Store) -> lis
             require_inputs(node, store)
             model_dir = step_dir(input_dir(store, node, "run", milestone_weights(node.config["step"])),
                                  node.config["step"])
-            lm = hf_lm(model_dir, input_dir(store, node, "tokenizer"), cfg.eval.scoring_batch_size)
+            lm = hf_lm(model_dir, input_dir(store, node, "tokenizer"), cfg.eval.scoring_batch_size,
+                       eval_device(cfg.train.use_gpu), node.config.get("precision", "fp32"))
         out.append(build(node, cfg, store, builder=partial(build_babylm, lm=lm)))
     return out
 

@@ -355,6 +355,8 @@ def babylm_plan(cfg: SweepConfig) -> tuple[list[dict], Optional[str]]:
                 if t["task"] == "reading":
                     t["mode"] = e.reading_mode
     tasks += [{"task": f"lm_eval:{t}", "data": "hub", "max_items": None} for t in e.lm_eval_tasks]
+    if e.precision != "fp32":  # fp32 (the default) stays out, as ADDED fields do (cdray.dag.keys)
+        tasks = [{**t, "precision": e.precision} for t in tasks]
     return tasks, note
 
 

@@ -27,8 +27,12 @@ def eval_blocks(tokens: np.ndarray, seq_len: int, max_blocks: Optional[int]) -> 
 
 
 @torch.inference_mode()
-def perplexity(model, blocks: list[np.ndarray], batch_size: int, device: str = "cpu") -> dict:
-    """exp(mean next-token loss) over every predicted token of the blocks."""
+def perplexity(model, blocks: list[np.ndarray], batch_size: int, device: str = "cpu",
+               precision: str = "fp32") -> dict:
+    """exp(mean next-token loss) over every predicted token of the blocks (precision: the forward
+    passes', cdray.eval.device.autocast; the log-softmax is always fp32)."""
+    from cdray.eval.device import autocast
+
     total_nll, total_tokens = 0.0, 0
     model.eval()
     for i in range(0, len(blocks), batch_size):
@@ -40,7 +44,9 @@ def perplexity(model, blocks: list[np.ndarray], batch_size: int, device: str = "
             ids[j, :len(b)] = torch.from_numpy(np.asarray(b, dtype=np.int64))
             mask[j, :len(b)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        with autocast(device, precision):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
         valid = mask[:, 1:].bool()
@@ -51,7 +57,8 @@ def perplexity(model, blocks: list[np.ndarray], batch_size: int, device: str = "
 
 
 def evaluate_run(run_dir: Path, eval_tokens: Path, out_dir: Path, *, seq_len: int,
-                 max_blocks: Optional[int], batch_size: int, device: str = "cpu") -> dict:
+                 max_blocks: Optional[int], batch_size: int, device: str = "cpu",
+                 precision: str = "fp32") -> dict:
     """Perplexity per milestone; writes perplexity.json and returns the summary."""
     from cdray.models.llama import load_model
 
@@ -63,7 +70,7 @@ def evaluate_run(run_dir: Path, eval_tokens: Path, out_dir: Path, *, seq_len: in
     for step, model_dir in milestone_dirs(run_dir):
         pause_point(out_dir, "evaluate-step", step)
         model = load_model(model_dir, device=device)
-        rows.append({"step": step, **perplexity(model, blocks, batch_size, device)})
+        rows.append({"step": step, **perplexity(model, blocks, batch_size, device, precision)})
     if not rows:
         raise ValueError(f"{run_dir}: no complete milestone checkpoints to evaluate")
     best = min(rows, key=lambda r: r["ppl"])

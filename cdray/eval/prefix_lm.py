@@ -33,6 +33,23 @@ class PrefixSharingHFLM(HFLM):
     stock HFLM's up to float rounding.
     """
 
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None,
+                   left_truncate_len: int | None = None, **kwargs) -> list[int]:
+        """HFLM's encoding, each distinct call made once: lm-eval encodes a shared context again
+        for every option (entity tracking: five times a 100-400-token prefix), and cut_to_context
+        encodes every request a second time; the tokenizer is deterministic, so the ids are the
+        same. forget_encodings() empties the memo (evaluate_task, after each task)."""
+        if kwargs:
+            return super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
+        memo = self.__dict__.setdefault("_encodings", {})
+        key = (string, add_special_tokens, left_truncate_len)
+        if key not in memo:
+            memo[key] = tuple(super().tok_encode(string, add_special_tokens, left_truncate_len))
+        return list(memo[key])
+
+    def forget_encodings(self) -> None:
+        self.__dict__.pop("_encodings", None)
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         if self.backend != "causal" or (self.batch_size == "auto" and not override_bs):
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
@@ -102,14 +119,29 @@ class PrefixSharingHFLM(HFLM):
         first = min(len(q) - len(c) for _, _, q, c in chunk)
         logits = self._forward(queries, logits_to_keep=qlen - first, **kwargs).logits
         base = qlen - logits.shape[1]  # the query position of the first logit
-        out = []
-        for row, (_, _, q, cont) in zip(logits, chunk, strict=True):
+        rows, cols, targets, spans = [], [], [], []
+        for k, (_, _, q, cont) in enumerate(chunk):
             end = len(q) - base
-            lp = F.log_softmax(row[end - len(cont):end], dim=-1, dtype=self.softmax_dtype)
-            target = torch.tensor(cont, dtype=torch.long, device=dev)
-            greedy = bool((lp.argmax(dim=-1) == target).all())
-            out.append((float(lp.gather(1, target[:, None]).sum()), greedy))
+            rows += [k] * len(cont)
+            cols += range(end - len(cont), end)
+            targets += cont
+            spans.append(len(cont))
+        token_lp, hit = self._score_positions(logits, rows, cols, targets)
+        out, at = [], 0
+        for n in spans:
+            out.append((float(token_lp[at:at + n].sum()), bool(hit[at:at + n].all())))
+            at += n
         return out
+
+    def _score_positions(self, logits, rows: list[int], cols: list[int], targets: list[int]):
+        """(log-prob of each target, whether it is the argmax), on the host, for the scored
+        positions (rows, cols) of a chunk's logits: one log-softmax, argmax and gather over all of
+        them (per position the same numbers as row by row), one copy to the host."""
+        dev = self.device
+        target = torch.tensor(targets, dtype=torch.long, device=dev)
+        picked = logits[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]
+        lp = F.log_softmax(picked, dim=-1, dtype=self.softmax_dtype)
+        return lp.gather(1, target[:, None])[:, 0].cpu(), (lp.argmax(dim=-1) == target).cpu()
 
     def _cache_arg(self) -> str:
         # transformers 5.x renamed past_key_values to cache

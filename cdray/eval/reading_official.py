@@ -24,16 +24,19 @@ PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-N
 class OfficialReadingScorer:
     """−log p of a word given a context, by the official pipeline's `get_p2` (causal backend)."""
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tok = model, tokenizer
+    def __init__(self, model, tokenizer, precision: str = "fp32"):
+        self.model, self.tok, self.precision = model, tokenizer, precision
         self._cache: dict[tuple[str, str], float] = {}
 
     def _p(self, sentence: str, word: str) -> float:
         import torch
 
+        from cdray.eval.device import autocast
+
         ids = self.tok(sentence, return_tensors="pt")["input_ids"].to(self.model.device)
-        with torch.no_grad():
-            logits = self.model(input_ids=ids).logits[:, -1, :].cpu()
+        with torch.no_grad(), autocast(self.model.device, self.precision):
+            logits = self.model(input_ids=ids).logits
+        logits = logits[:, -1, :].float().cpu()  # bf16: the softmax still in fp32
         target = self.tok(word, add_special_tokens=False)["input_ids"][0]
         return torch.softmax(logits[0], dim=-1)[target].item()
 
@@ -52,11 +55,12 @@ class OfficialReadingScorer:
         return self._cache[key]
 
 
-def reading_surprisals(model, tokenizer, docs: list[dict]) -> tuple[list[float], list[Optional[float]]]:
+def reading_surprisals(model, tokenizer, docs: list[dict],
+                       precision: str = "fp32") -> tuple[list[float], list[Optional[float]]]:
     """(surprisal of each row's word after its item, of its previous word after the previous
     item, or None where the row has no previous item): the official pipeline's `pred` and
     `prev_pred` columns, for a model in eval mode and the sweep's saved tokenizer."""
-    scorer = OfficialReadingScorer(model, tokenizer)
+    scorer = OfficialReadingScorer(model, tokenizer, precision)
     words = [scorer.surprisal(d["item"], d["word"]) for d in docs]
     prev = [None if d["prev_item"] in PANDAS_NA else scorer.surprisal(d["prev_item"], d["prev_word"])
             for d in docs]

@@ -98,18 +98,21 @@ def eval_tokenizer(tokenizer_dir: str | Path):
     return tok
 
 
-def hf_lm(model_dir: str | Path, tokenizer_dir: str | Path, batch_size: int, device: str = "cpu"):
-    """An lm-eval HFLM over a saved cdray checkpoint (safetensors) and its tokenizer.
+def hf_lm(model_dir: str | Path, tokenizer_dir: str | Path, batch_size: int, device: str = "cpu",
+          precision: str = "fp32"):
+    """An lm-eval HFLM over a saved cdray checkpoint (safetensors) and its tokenizer, on `device`.
 
-    It is cdray's PrefixSharingHFLM: options sharing a context score from one pass over it.
+    It is cdray's PrefixSharingHFLM: options sharing a context score from one pass over it. With
+    precision bf16 its forward passes run under bf16 autocast and its log-softmax in fp32.
     """
+    from cdray.eval.device import lm_eval_dtypes
     from cdray.eval.prefix_lm import PrefixSharingHFLM
     from cdray.models.llama import load_model
 
     model = load_model(Path(model_dir), device=device).eval()
     tok = eval_tokenizer(tokenizer_dir)
     return PrefixSharingHFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, add_bos_token=True,
-                             max_length=model.config.max_position_embeddings)
+                             max_length=model.config.max_position_embeddings, **lm_eval_dtypes(precision))
 
 
 def _quiet() -> None:
@@ -177,12 +180,15 @@ def mc_records(samples: list[dict], extra: tuple[str, ...]) -> list[dict]:
 
 def evaluate_task(model_dir: str | Path, tokenizer_dir: str | Path, babylm_dir: str | Path, task: str,
                   out: Path, *, max_items: Optional[int], batch_size: int, device: str = "cpu",
-                  lm=None, reading_mode: str = "exact") -> dict:
-    """Score one BabyLM task on one checkpoint; writes items/<file>.jsonl and scores.json."""
+                  lm=None, reading_mode: str = "exact", precision: str = "fp32") -> dict:
+    """Score one BabyLM task on one checkpoint; writes items/<file>.jsonl and scores.json.
+
+    lm: the checkpoint already loaded by hf_lm (on its device, in its precision), else it is loaded
+    here on `device` in `precision`."""
     out = Path(out)
     if task == "reading" and reading_mode == "babylm2025":
         return _finish(task, out, _official_reading(model_dir, tokenizer_dir, babylm_dir, out, max_items,
-                                                    device, lm))
+                                                    device, lm, precision))
     # lm-eval task YAMLs can run code (`!function`): load only the ones written here, now, into a
     # fresh folder (the artifact's own folder may hold files pulled from an unfinished attempt)
     with tempfile.TemporaryDirectory(prefix="cdray-lm-eval-") as fresh:
@@ -190,9 +196,11 @@ def evaluate_task(model_dir: str | Path, tokenizer_dir: str | Path, babylm_dir: 
         names = write_task_configs(babylm_dir, task, tasks_dir, max_items)
         if not names:
             raise ValueError(f"{babylm_dir}: no {babylm.FOLDERS[task]}/ files for task {task!r}")
-        lm = lm or hf_lm(model_dir, tokenizer_dir, batch_size, device)
+        lm = lm or hf_lm(model_dir, tokenizer_dir, batch_size, device, precision)
         results = run_lm_eval(lm, sorted(names), tasks_dir)
         truncated = _write_records(task, names, results["samples"], tasks_dir, out, lm)
+        if hasattr(lm, "forget_encodings"):
+            lm.forget_encodings()  # the next task's requests are other strings
         _keep_record(tasks_dir, out / "lm_eval_tasks")
     return _finish_lm_eval(task, out, names, results, truncated)
 
@@ -259,7 +267,8 @@ def _reading_records(docs: list[dict], word: list[float], prev: list[Optional[fl
     return recs
 
 
-def _official_reading(model_dir, tokenizer_dir, babylm_dir, out: Path, max_items, device, lm=None) -> dict:
+def _official_reading(model_dir, tokenizer_dir, babylm_dir, out: Path, max_items, device, lm=None,
+                      precision: str = "fp32") -> dict:
     """The reading task by the official BabyLM 2025 pipeline's surprisal (reading_babylm2025)."""
     from cdray.data.tokenizer import load_tokenizer
     from cdray.eval.reading_official import reading_surprisals
@@ -272,7 +281,9 @@ def _official_reading(model_dir, tokenizer_dir, babylm_dir, out: Path, max_items
         docs = babylm.reading_docs(path, max_items)
         model = lm.model if lm is not None else load_model(Path(model_dir), device=device).eval()
         tok = lm.tokenizer if lm is not None else load_tokenizer(Path(tokenizer_dir))
-        word, prev = reading_surprisals(model, tok, docs)
+        # a loaded lm carries its own precision (HFLM's mixed_precision_dtype)
+        amp = precision if lm is None else ("bf16" if lm.mixed_precision_dtype is not None else "fp32")
+        word, prev = reading_surprisals(model, tok, docs, amp)
         # stored as log-probabilities, as the exact mode's: the regressions do not see the sign
         babylm.write_items(out / "items" / f"{babylm.file_stem(path)}.jsonl",
                            _reading_records(docs, [-w for w in word], [None if p is None else -p for p in prev]))
@@ -288,17 +299,17 @@ def cut_to_context(lm, samples: list[dict]) -> dict[int, bool]:
         for ctx, cont in s["arguments"]:  # one (context, continuation) per choice
             if ctx:
                 ctx_enc, cont_enc = lm._encode_pair(ctx, cont)
-            else:
-                ctx_enc, cont_enc = [lm.prefix_token_id], lm.tok_encode(cont)
+            else:  # as lm-eval encodes a request without context: the prefix token, then cont
+                ctx_enc, cont_enc = [lm.prefix_token_id], lm.tok_encode(cont, add_special_tokens=False)
             cut = cut or len(ctx_enc) + len(cont_enc) > lm.max_length + 1
         out[int(s["doc_id"])] = cut
     return out
 
 
 def evaluate_builtin(model_dir: str | Path, tokenizer_dir: str | Path, task: str, out: Path, *,
-                     batch_size: int, device: str = "cpu") -> dict:
+                     batch_size: int, device: str = "cpu", precision: str = "fp32") -> dict:
     """A built-in lm-eval task by name (needs the HF hub for its data); keeps its samples."""
-    lm = hf_lm(model_dir, tokenizer_dir, batch_size, device)
+    lm = hf_lm(model_dir, tokenizer_dir, batch_size, device, precision)
     results = run_lm_eval(lm, [task], None)
     numbers = {f"{t}/{m}": v for t, ms in results["results"].items() for m, v in ms.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}

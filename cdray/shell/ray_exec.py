@@ -18,6 +18,7 @@ from cdray.dag import builders
 from cdray.dag.graph import Node
 from cdray.dag.stages import stage
 from cdray.dag.store import Store
+from cdray.eval.device import task_gpus
 from cdray.shell.local_cluster import SINGLE_HOST_ENV, cluster_address, in_job, is_loopback
 
 # progress bars of every model load in every worker drown the sweep's own progress lines
@@ -132,7 +133,8 @@ def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[s
     if runs_on == "checkpoint":
         return build_nodes([node], cfg, store)[0]
     # inside a Tune trial, tasks would inherit the trial's 0.01-CPU placement group: escape it
-    return ray.get(_build_task.options(scheduling_strategy=_outside_trial()).remote(node, cfg))
+    return ray.get(_build_task.options(scheduling_strategy=_outside_trial(),
+                                       num_gpus=task_gpus(node.stage, cfg.train.use_gpu)).remote(node, cfg))
 
 
 def _outside_trial():
@@ -156,7 +158,8 @@ def build_nodes(nodes, cfg: SweepConfig, store: Store) -> list[dict]:
     for node in nodes:
         if not store.is_done(node.stage, node.key):
             groups.setdefault(builders.checkpoint_of(node), []).append(node)
-    refs = [_build_babylm_group_task.options(scheduling_strategy=_outside_trial()).remote(g, cfg)
+    gpus = task_gpus("babylm", cfg.train.use_gpu)
+    refs = [_build_babylm_group_task.options(scheduling_strategy=_outside_trial(), num_gpus=gpus).remote(g, cfg)
             for g in groups.values()]
     built = {n.key: m for g, ms in zip(groups.values(), ray.get(refs)) for n, m in zip(g, ms)}
     return [built.get(n.key) or store.manifest(n.stage, n.key) for n in nodes]

@@ -1,5 +1,6 @@
 """What a sweep will cost before it runs: the stages to build by kind, and a time estimate from
-the throughputs earlier runs recorded in the store (stated defaults where there are none)."""
+the throughputs earlier runs recorded in the store (stated defaults where there are none; on a GPU,
+evaluation at a rate derived from training's, cdray.sweep.eval_cost)."""
 from __future__ import annotations
 
 import statistics
@@ -39,34 +40,116 @@ def learned_rates(store: Store, vocab: int) -> tuple[list[float], list[float]]:
     return train, gen
 
 
-def estimate(graph: SweepGraph, cfg: SweepConfig, store: Store, todo: list) -> str:
-    """Lines saying what is to build, by kind, and about how long it takes here."""
+def reckon(graph: SweepGraph, cfg: SweepConfig, store: Store, todo: list) -> dict:
+    """Seconds of what is to build, by part ("train", "generate", "perplexity", "babylm",
+    "stages", "total": on this machine's lanes, or on one GPU), with the rates and sizes used."""
     kinds = Counter(n.stage for n in todo)
-    if not kinds:
-        return "nothing to build: every stage is in the store"
     device = "gpu" if cfg.train.use_gpu else "cpu"
     vocab = cfg.tokenizer.vocab_size
     learned_train, learned_gen = learned_rates(store, vocab)
-    train_rate = statistics.median(learned_train) if learned_train and device == "cpu" else DEFAULT_TRAIN[device]
+    learned = bool(learned_train) and device == "cpu"
+    train_rate = statistics.median(learned_train) if learned else DEFAULT_TRAIN[device]
     gen_rate = statistics.median(learned_gen) if learned_gen and device == "cpu" else DEFAULT_GENERATE[device]
     tokens = cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len
     train_s = sum(tokens * _params(n.config["model"], vocab) / train_rate for n in todo if n.stage == "train")
     expert = _params(graph.good.config["model"], vocab)
     gen_s = kinds["generate"] * cfg.generation.token_budget * expert / (gen_rate * max(1, cfg.generation.actors))
     checkpoints = kinds["babylm"] / max(1, len(cfg.eval.tasks) + len(cfg.eval.lm_eval_tasks))
-    eval_s = checkpoints * EVAL_SECONDS * expert / 1.05e6  # a checkpoint's tasks run in one Ray task
+    ev = evaluation(cfg, store, todo, checkpoints, train_rate, device)
+    if device == "cpu":  # the BabyLM suite as measured on one core (the derived model is the GPU's)
+        ev["babylm"] = checkpoints * EVAL_SECONDS * expert / 1.05e6  # a checkpoint's tasks run in one Ray task
     lanes = max(1, min(cfg.ray.max_concurrent_cells, cfg.ray.num_cpus or 2)) if device == "cpu" else 1
     started = sum(kinds.values()) - kinds["babylm"] + checkpoints
-    total = (train_s + eval_s) / lanes + gen_s + STAGE_SECONDS * started / lanes
-    source = ("rates measured by earlier runs in this store" if learned_train and device == "cpu"
+    stages_s = STAGE_SECONDS * started / lanes
+    total = (train_s + ev["perplexity"] + ev["babylm"]) / lanes + gen_s + stages_s
+    return {"kinds": kinds, "device": device, "learned": learned, "train_rate": train_rate, "gen_rate": gen_rate,
+            "expert": expert, "train": train_s, "generate": gen_s, "stages": stages_s, "total": total, **ev}
+
+
+def estimate(graph: SweepGraph, cfg: SweepConfig, store: Store, todo: list) -> str:
+    """Lines saying what is to build, by kind, and about how long it takes here."""
+    if not todo:
+        return "nothing to build: every stage is in the store"
+    r = reckon(graph, cfg, store, todo)
+    source = ("rates measured by earlier runs in this store" if r["learned"]
               else "stated default rates (no run in this store to learn from)")
-    what = ", ".join(f"{n} {k}" for k, n in kinds.items())
-    where = "on this machine" if device == "cpu" else "GPU time"
-    hours = total / 3600
-    return (f"to build: {what}\nestimate {where}: about {_human(total)}"
-            + (f" ({hours:.1f} GPU-hours on one GPU)" if device == "gpu" else "")
-            + f"; {source}, scaled to this sweep's GOOD shape: training ~{train_rate / expert:,.0f} "
-              f"tok/s, generation ~{gen_rate / expert:,.0f} tok/s")
+    what = ", ".join(f"{n} {k}" for k, n in r["kinds"].items())
+    gpu = r["device"] == "gpu"
+    total, expert = r["total"], r["expert"]
+    line = gpu_evaluation_line(cfg, r) if gpu else ""
+    return (f"to build: {what}\nestimate {'GPU time' if gpu else 'on this machine'}: about {_human(total)}"
+            + (f" ({total / 3600:.1f} GPU-hours on one GPU)" if gpu else "")
+            + f"; {source}, scaled to this sweep's GOOD shape: training ~{r['train_rate'] / expert:,.0f} "
+              f"tok/s, generation ~{r['gen_rate'] / expert:,.0f} tok/s"
+            + (f"\n{line}" if line else ""))
+
+
+def eval_split_tokens(cfg: SweepConfig, store: Store, node) -> tuple[float, str]:
+    """(tokens a perplexity pass reads per milestone, where that figure comes from)."""
+    from cdray.sweep import eval_cost
+
+    split = node.input("eval")
+    if store.is_done(split.stage, split.key):
+        tokens, source = float(store.manifest(split.stage, split.key)["stats"]["tokens"]), "the built eval split"
+    elif cfg.corpus.total_words:
+        tokens = cfg.corpus.total_words * cfg.corpus.eval_fraction * eval_cost.TOKENS_PER_WORD
+        source = "corpus.total_words x eval_fraction"
+    else:
+        tokens, source = eval_cost.EVAL_SPLIT_TOKENS, "an assumed eval split"
+    if cfg.eval.max_blocks:
+        tokens = min(tokens, cfg.eval.max_blocks * cfg.train.seq_len)
+    return tokens, source
+
+
+def evaluation(cfg: SweepConfig, store: Store, todo: list, checkpoints: float, train_rate: float,
+               device: str) -> dict:
+    """Seconds of the perplexity and BabyLM stages to build at the forward rate derived from
+    `train_rate` (cdray.sweep.eval_cost), with the figures they come from."""
+    from cdray.sweep import eval_cost
+
+    rate = eval_cost.forward_rate(train_rate, cfg.eval.precision, device)
+    out = {"eval_rate": rate, "perplexity": 0.0, "babylm": 0.0, "suite": None, "split": None,
+           "perplexity_runs": 0, "checkpoints": checkpoints}
+    runs = [n for n in todo if n.stage == "evaluate"] or [n for n in todo if n.stage == "babylm"]
+    if not runs:
+        return out
+    params = _params(runs[0].input("run").config["model"], cfg.tokenizer.vocab_size)
+    out["params"] = params
+    for n in todo:
+        if n.stage == "evaluate":
+            tokens, out["split"] = eval_split_tokens(cfg, store, n)
+            out["perplexity"] += eval_cost.perplexity_seconds(
+                tokens, len(n.input("run").config["milestones"]), params, rate)
+            out["perplexity_runs"] += 1
+    if checkpoints and cfg.eval.babylm_dir and cfg.eval.tasks:
+        out["suite"] = s = eval_cost.suite(cfg.eval.babylm_dir, cfg.eval.tasks, cfg.eval.max_items)
+        out["babylm"] = checkpoints * eval_cost.checkpoint_seconds(s, params, rate, cfg.eval.scoring_batch_size)
+    return out
+
+
+def gpu_evaluation_line(cfg: SweepConfig, r: dict) -> str:
+    """How the GPU evaluation figure was reckoned, derived, not measured on a GPU ("" when
+    there is nothing to evaluate)."""
+    from cdray.sweep import eval_cost as E
+
+    if "params" not in r:
+        return ""
+    line = (f"evaluation on the GPU, derived (not measured on a GPU): forward passes at "
+            f"~{r['eval_rate'] / r['params']:,.0f} tok/s in {cfg.eval.precision} (the training rate x "
+            f"{E.FORWARD_SHARE:g} forward passes a step / {E.COMPILE_SPEEDUP} for no torch.compile"
+            + ("" if cfg.eval.precision == "bf16" else f" / {E.FP32_SLOWDOWN:.1f} for fp32") + ")"
+            + f"; perplexity: {r['perplexity_runs']} runs over {r['split'] or 'no eval split'} = "
+              f"{r['perplexity'] / 3600:,.1f} GPU-hours")
+    s = r["suite"]
+    if s is not None:
+        line += (f"; BabyLM: {r['checkpoints']:,.0f} checkpoints x ({s.files} files, {s.items:,} items, "
+                 f"{s.requests:,} requests, ~{s.tokens / 1e6:.2f}M tokens at {E.TOKENS_PER_WORD:g} a word) "
+                 f"= {r['babylm'] / 3600:,.1f} GPU-hours, with per checkpoint {E.LOAD_S:g} s to load, "
+                 f"{E.START_S_PER_FILE:g} s of lm-eval start-up a file and {E.HOST_S_PER_REQUEST * 1e3:g} ms "
+                 f"of CPU work a request (measured on CPU)")
+    if cfg.eval.lm_eval_tasks:
+        line += "; built-in lm-eval tasks not counted"
+    return line
 
 
 def _human(seconds: float) -> str:

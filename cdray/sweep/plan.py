@@ -35,7 +35,8 @@ def anchored(cfg: SweepConfig) -> SweepConfig:
 
 
 def sweep_key(cfg: SweepConfig) -> str:
-    """Identity of a sweep for MLflow: everything but where it runs and is stored."""
+    """Identity of a sweep for MLflow: everything but where it runs and is stored (and fields
+    marked ADDED while they hold their default, as in the stage keys: a sweep keeps its runs)."""
     d = identity_dict(cfg)
     for plumbing in ("store", "tracking", "ray", "profile", "data_root"):
         d.pop(plumbing)
