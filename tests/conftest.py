@@ -50,7 +50,8 @@ def shipped_data_root(root: Path) -> Path:
     (sweeps/paper.yaml's babylm, replicate-gpu.yaml's babylm-10m): a missing one is an error."""
     root.mkdir(parents=True, exist_ok=True)
     for name in ("babylm", "babylm-10m"):
-        (root / name).symlink_to(ROOT / "tests" / "assets" / "babylm")
+        if not (root / name).exists():
+            (root / name).symlink_to(ROOT / "tests" / "assets" / "babylm")
     return root
 
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_EVAL
+from conftest import SHARED_EVAL, shipped_data_root
 
 from cdray import config as C
 from cdray.dag.graph import build_graph
@@ -90,7 +90,8 @@ def test_paper_yaml_with_the_full_babylm_suite_costs_at_most_1_5x_the_recipe_wit
     assert size.files == sample.files and size.requests > 4.5 * sample.requests
     figures = {}
     for name, babylm in (("without", []), ("with", [f"eval.babylm_dir={full}"])):
-        cfg = C.load(SWEEPS / "paper.yaml", ["profile=cluster", f"store.root={tmp_path / 'store'}", *babylm])
+        cfg = C.load(SWEEPS / "paper.yaml", ["profile=cluster", f"store.root={tmp_path / 'store'}", *babylm,
+                                                    f"data_root={shipped_data_root(tmp_path / 'data')}"])
         graph, store = build_graph(cfg), Store.at(cfg.store.root)
         todo = graph.build_order()
         figures[name] = reckon(graph, cfg, store, todo)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_EVAL
+from conftest import SHARED_EVAL, shipped_data_root
 
 from cdray import config as C
 from cdray.dag.graph import build_graph
@@ -17,7 +17,8 @@ SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 
 def test_evaluation_tasks_ask_for_one_gpu_on_a_gpu_sweep_and_none_on_cpu(tmp_path):
-    paper = C.load(SWEEPS / "paper.yaml", ["profile=cluster", f"store.root={tmp_path}"])
+    paper = C.load(SWEEPS / "paper.yaml", ["profile=cluster", f"store.root={tmp_path}",
+                                          f"data_root={shipped_data_root(tmp_path / 'data')}"])
     tiny = C.load(SWEEPS / "tiny.yaml", [f"store.root={tmp_path}"])
     assert paper.train.use_gpu and not tiny.train.use_gpu
     stages = {n.stage for n in build_graph(paper).build_order()}
@@ -91,7 +92,8 @@ def test_a_profile_sizes_the_evaluation_batches_and_nothing_else(micro_cfg_dict)
 
 def test_paper_yaml_evaluates_in_bf16_with_gpu_sized_batches_on_its_cluster(tmp_path):
     laptop = C.load(SWEEPS / "paper.yaml", [f"store.root={tmp_path}"])
-    cluster = C.load(SWEEPS / "paper.yaml", ["profile=cluster", f"store.root={tmp_path}"])
+    cluster = C.load(SWEEPS / "paper.yaml", ["profile=cluster", f"store.root={tmp_path}",
+                                            f"data_root={shipped_data_root(tmp_path / 'data')}"])
     assert laptop.train.precision == laptop.eval.precision == "bf16"
     assert cluster.eval.batch_size > laptop.eval.batch_size
     assert cluster.eval.scoring_batch_size > laptop.eval.scoring_batch_size
