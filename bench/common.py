@@ -4,13 +4,19 @@ from __future__ import annotations
 import os
 import time
 
+from cdray.config import RayConfig
+from cdray.shell.local_cluster import keep_on_loopback
+
+# a benchmark's local Ray cluster listens on loopback only, as `cdray sweep`'s does (Ray reads the
+# setting when it is imported, so before any benchmark imports it)
+keep_on_loopback(RayConfig())
+
 
 def start_ray(num_cpus: int = 2, attempts: int = 3) -> None:
     """Start cdray's local Ray cluster, retrying: on an overloaded host the raylet can miss Ray's 30 s
     start-up deadline (a fixed constant), which says nothing about the benchmark itself."""
     import ray
 
-    from cdray.config import RayConfig
     from cdray.shell.ray_exec import init_ray
 
     for attempt in range(1, attempts + 1):

@@ -32,12 +32,14 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "A
 
 
 def moto_store(tmp: Path) -> str:
+    import logging
     import os
 
     import boto3
     from moto.server import ThreadedMotoServer
 
     os.environ.update(S3_ENV)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -63,6 +65,8 @@ def sweep(tmp: Path, root: str, quick: bool) -> dict:
         "train": {"steps": steps, "batch_size": 4, "seq_len": 64, "warmup_steps": 1,
                   "checkpoint_every": every, "eval_blocks": 2, "precision": "fp32"},
         "expert": {"model": {"preset": "micro" if quick else "tiny"}},
+        # no corpus is generated (the grid has no synthetic arm), but the section must fit the model
+        "generation": {"prompt_tokens": 16, "max_new_tokens": 64},
         "grid": {"k": [], "q": [0.0]},
     })
 

@@ -1,7 +1,8 @@
 """Sweep efficiency: stage executions of a 2 k x 3 q x 2 seed sweep vs the minimal DAG and a naive run.
 
 Run from the repo root (after `make setup`):
-    .venv/bin/python bench/sweep.py        # about 5 minutes on 2 idle CPU cores
+    .venv/bin/python bench/sweep.py            # about 5 minutes on 2 idle CPU cores
+    .venv/bin/python bench/sweep.py --quick    # k {4} x q {0, 0.3} x seed {1}: the same checks, ~1 minute
 
 The grid: k in {4, 8} (two EARLY-k amateurs), q in {0, 0.3, 0.6}, seeds {1, 2}, strategy contrastive.
 The minimal DAG is counted here from the grid alone (not from cdray's graph): 1 GOOD training per
@@ -13,6 +14,7 @@ Last line: executed=N minimal=M naive=K rerun_executed=0
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -42,6 +44,10 @@ def expected_counts(k, q, seeds, strategies, r=(), p=()) -> Counter:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a 1 k x 2 q x 1 seed grid (3 trainings)")
+    args = ap.parse_args()
+    grid = ([4], [0.0, 0.3], [1], STRATEGIES) if args.quick else (K, Q, SEEDS, STRATEGIES)
     from common import load_line, start_ray
     from conftest import micro_sweep_dict, write_text_corpus
 
@@ -53,11 +59,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cdray-bench-sweep-") as tmp:
         tmp = Path(tmp)
         corpus = write_text_corpus(tmp / "corpus")
-        d = micro_sweep_dict(corpus, tmp, k=K, q=Q, seed=SEEDS, strategy=STRATEGIES)
+        k, q, seeds, strategies = grid
+        d = micro_sweep_dict(corpus, tmp, k=k, q=q, seed=seeds, strategy=strategies)
         d["tracking"]["enabled"] = False
         cfg = C.from_dict(d)
         graph = build_graph(cfg)
-        want = expected_counts(K, Q, SEEDS, STRATEGIES)
+        want = expected_counts(k, q, seeds, strategies)
         minimal = sum(want.values())
         # naive: every cell builds its own chain (each distinct stage of the chain once), sharing nothing
         naive_by_stage = Counter()
@@ -86,7 +93,7 @@ def main() -> None:
 
         trains = [n for n in graph.nodes() if n.stage == "train"]
         labels = Counter(n.label.split(" q=")[0].split(" seed=")[0] for n in trains)
-        print(f"grid: k={K} q={Q} seeds={SEEDS} strategy={STRATEGIES}: {len(graph.cells)} cells "
+        print(f"grid: k={k} q={q} seeds={seeds} strategy={strategies}: {len(graph.cells)} cells "
               f"after q=0 cells collapse to one BASELINE per seed")
         print(f"{'stage':<10} {'executed':>8} {'minimal':>8} {'naive':>6}")
         for stage in ("corpus", "tokenizer", "tokens", "prompts", "train", "generate", "evaluate"):
