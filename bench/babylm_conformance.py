@@ -16,8 +16,8 @@ surprisals. CI has no checkout of the official pipeline, so no test runs that co
     python bench/babylm_conformance.py --quick [--data DIR]   (~1 minute; tests/test_bench.py)
 
 --quick needs no official checkout: it scores a random 2 x 32 checkpoint made here (its tokenizer
-trained on generated English and the items' own words) on the first 4 items of each file of the
-data (default: the BabyLM sample beside the repository; reading's first 300 words) through the
+trained on generated English and the items' own words) on the first 2 items of each file of the
+data (default: the BabyLM sample beside the repository; reading's first 150 words) through the
 same preparation, cdray runs and comparisons, with cdray's own log-likelihoods standing in for the
 official side, keyed by the sentences the official code would score (a drift in how items are
 matched shows as fewer items or other picks). It leaves out the official pipeline itself: the
@@ -243,14 +243,14 @@ def main() -> None:
     p.add_argument("--max-items", type=int, default=None)
     p.add_argument("--tasks", nargs="+", default=["blimp", "supplement", "ewok", "entity_tracking", "wug", "reading"])
     p.add_argument("--quick", action="store_true",
-                   help="no official checkout: a random checkpoint made here, 4 items a file, cdray "
+                   help="no official checkout: a random checkpoint made here, 2 items a file, cdray "
                         "standing in for the official side (the preparation and comparison code only)")
     a = p.parse_args()
     if a.quick:
         a.data = a.data or DEFAULT_DATA
         if not a.data.is_dir():
             p.error(f"--quick: no BabyLM data at {a.data} (pass --data)")
-        a.max_items = a.max_items or 4
+        a.max_items = a.max_items or 2
     else:
         missing = [f"--{k}" for k in ("official", "model", "tokenizer", "data") if getattr(a, k) is None]
         if missing:
@@ -262,7 +262,7 @@ def main() -> None:
     if a.quick:
         a.model, a.tokenizer = quick_checkpoint(a.data, work / "quick")
         print("--quick: cdray stands in for the official pipeline (its column repeats cdray's scores)")
-    hf, data = prepare(a.model, a.tokenizer, a.data, work, a.max_items, 300 if a.quick else None)
+    hf, data = prepare(a.model, a.tokenizer, a.data, work, a.max_items, 150 if a.quick else None)
     print(f"checkpoint {a.model}, tokenizer {a.tokenizer}, data {a.data} (first {a.max_items or 'all'} "
           f"items per file), work dir {work}")
     print(f"{'task':<16} {'cdray':>9} {'official':>9} {'items':>6} {'same pick':>9} {'max |ΔLL|':>10}")

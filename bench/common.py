@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: a patient Ray start and the host-load line."""
+"""Helpers shared by the benchmarks: a patient Ray start on loopback and the host-load line."""
 from __future__ import annotations
 
 import os
