@@ -32,13 +32,13 @@ GRID = ["64,4,3,padded", "64,4,3", "64,4,2", "128,4,3", "32,4,3", "64,2,3", "32,
 QUICK_GRID = ["16,4,3", "16,4,2,vector"]  # --quick: shapes that fit its 64 keys
 
 
-def timed(fn, iters: int) -> float:
-    """Seconds per call (CUDA events, after warm-up calls; the wall clock on a CPU)."""
+def timed(fn, iters: int, on_gpu: bool = True) -> float:
+    """Seconds per call (CUDA events, after warm-up calls; else the wall clock)."""
     import time
 
     import torch
 
-    if not torch.cuda.is_available():
+    if not on_gpu:
         fn()
         t0 = time.perf_counter()
         for _ in range(iters):
@@ -143,7 +143,7 @@ def main() -> None:
     keys = int(lengths.sum()) * nkv
     need = {"bf16": 2 * keys * hd * 2, "fp8": 2 * keys * (hd + 2)}
     big = torch.empty(2**24 if args.quick else 2**30, dtype=torch.uint8, device=dev)
-    copy_s = timed(big.clone, args.iters)
+    copy_s = timed(big.clone, args.iters, not args.quick)
     copy_bw = 2 * big.numel() / copy_s
     print(f"rows {N} x {nkv} kv heads x {hd}, mean keys {lengths.float().mean():.0f} of {T}; "
           f"copy {copy_bw / 1e9:.0f} GB/s (read + write)")
@@ -184,7 +184,7 @@ def main() -> None:
         for cache, a in (("bf16", (k, v, lengths)), ("fp8", (kq, vq, lengths, ks, vs))):
             try:
                 secs = report(f"triton {shape}", cache,
-                              timed(lambda: decode_attention(q, *a, config=cfg), args.iters))
+                              timed(lambda: decode_attention(q, *a, config=cfg), args.iters, not args.quick))
             except Exception as exc:  # a launch shape this GPU cannot run (shared memory)
                 print(f"triton {shape} {cache}: {type(exc).__name__}: {str(exc)[:100]}")
                 continue
@@ -203,7 +203,7 @@ def main() -> None:
         q4 = q.reshape(N, nh, 1, hd)
         report("flex (64-key blocks)", "bf16",
                timed(lambda: flex(q4, k, v, block_mask=mask, enable_gqa=nh != nkv,
-                                  kernel_options={"SPLIT_KV": 1}), args.iters))
+                                  kernel_options={"SPLIT_KV": 1}), args.iters, not args.quick))
     except NotImplementedError as exc:
         print(f"flex: {exc}")
     except Exception as exc:
