@@ -3,7 +3,7 @@ bf16 and fp8 caches) vs FlexAttention, as a fraction of this GPU's copy bandwidt
 
 Run: python3 bench/decode_attention.py   (a CUDA machine; ~1 minute; bench/gpu_checks.sh runs it)
      .venv/bin/python bench/decode_attention.py --quick   (any machine, seconds: the CPU through
-     Triton's interpreter, 8 rows of 2 heads x 16 over 64 keys, two launch shapes, wall-clock timing;
+     Triton's interpreter, 4 rows of 2 heads x 16 over 64 keys, two launch shapes, wall-clock timing;
      checks the code path and the kernels' numbers; leaves out FlexAttention (a compiled GPU
      kernel) and any meaningful bandwidth figure)
 Rows of GOOD + its EARLY amateur (2 x batch rows, 12 kv heads of 64) with key counts drawn
@@ -116,7 +116,7 @@ def main() -> None:
         import os
 
         os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton is first imported
-        args.batch, args.heads, args.kv_heads, args.head_dim = 4, 2, 2, 16
+        args.batch, args.heads, args.kv_heads, args.head_dim = 2, 2, 2, 16
         args.prompt, args.new, args.iters = 4, 60, 1
         args.configs = args.configs or ";".join(QUICK_GRID)
 
@@ -208,7 +208,7 @@ def main() -> None:
         print(f"flex: {exc}")
     except Exception as exc:
         print(f"flex: {type(exc).__name__}: {str(exc)[:200]}")
-    check_step(dev, 8 if args.quick else 48)
+    check_step(dev, 4 if args.quick else 48)
     for cache, (secs, shape) in best.items():
         print(f"best {cache}: {shape} ({secs * 1e6:.1f} us)")
     print(f"best_config={best.get('fp8', (0, KernelConfig().label()))[1]}")

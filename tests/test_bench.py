@@ -5,7 +5,8 @@ The quick modes check code paths, not speeds: their figures come from tiny shape
 bench/decode_attention.py and bench/row_determinism.py run inside `bench/gpu_checks.sh --quick`
 (on the CPU, Triton's kernels through its interpreter), as they run inside it on a GPU. Each script
 starts its own Ray cluster where it needs one: attached to a shared one ($RAY_ADDRESS), cdray would
-run as on a remote cluster, which is not the path these benchmarks measure.
+run as on a remote cluster, which is not the path these benchmarks measure. The module takes about
+6.5 minutes on 2 idle CPU cores (the sweep ~1.5, gpu_checks.sh ~1, each Ray benchmark 0.5-0.75).
 """
 from __future__ import annotations
 
