@@ -1,6 +1,7 @@
 """Generation actor start-up: loading a GOOD/EARLY pair with transformers vs as plain tensors.
 
-Run: .venv/bin/python bench/actor_startup.py   (about a minute on 2 CPU cores)
+Run: .venv/bin/python bench/actor_startup.py           (about a minute on 2 CPU cores)
+     .venv/bin/python bench/actor_startup.py --quick   (one start-up per side: ~15 s, a noisy ratio)
 
 Every Ray Data generation actor is a fresh process that imports its libraries, loads the expert and
 the amateur, builds the stacked decoder and loads the tokenizer before its first shard. Each side
@@ -79,7 +80,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=4, help="runs per side, in turns")
     p.add_argument("--preset", choices=["demo", "good"], default="demo")
+    p.add_argument("--quick", action="store_true", help="one run per side (= --repeats 1)")
     args = p.parse_args()
+    if args.quick:
+        args.repeats = 1
     shape = {"demo": (4, 128, 4, 2000), "good": (12, 768, 12, 32000)}[args.preset]
     with tempfile.TemporaryDirectory() as d:
         good, early, tok = make_pair(Path(d), *shape)

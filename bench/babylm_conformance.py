@@ -11,7 +11,18 @@ the same folder holding the checkpoint and its saved tokenizer. The official cod
 in a subprocess; its per-item log-likelihoods are read by wrapping (not changing) its ranking
 functions. Prints per task both scores, the share of items where both pick the same option, and
 the largest log-likelihood difference; for reading, both of cdray's modes against the official
-surprisals. Not a test: CI has no checkout of the official pipeline.
+surprisals. CI has no checkout of the official pipeline, so no test runs that comparison.
+
+    python bench/babylm_conformance.py --quick [--data DIR]   (~1 minute; tests/test_bench.py)
+
+--quick needs no official checkout: it scores a random 2 x 32 checkpoint made here (its tokenizer
+trained on generated English and the items' own words) on the first 2 items of each file of the
+data (default: the BabyLM sample beside the repository; reading's first 150 words) through the
+same preparation, cdray runs and comparisons, with cdray's own log-likelihoods standing in for the
+official side, keyed by the sentences the official code would score (a drift in how items are
+matched shows as fewer items or other picks). It leaves out the official pipeline itself: the
+"official" column repeats cdray's scores, and the reading lines compare cdray's two reading modes
+with each other.
 """
 from __future__ import annotations
 
@@ -25,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -38,8 +50,10 @@ OFFICIAL_TASK = {"blimp": "blimp", "supplement": "blimp", "ewok": "ewok", "entit
                  "wug": "wug_adj"}
 
 
-def prepare(model: Path, tokenizer: Path, data: Path, work: Path, max_items) -> tuple[Path, Path]:
-    """(one folder with the model and its tokenizer, the data gunzipped into the official layout)."""
+def prepare(model: Path, tokenizer: Path, data: Path, work: Path, max_items,
+            reading_rows: Optional[int] = None) -> tuple[Path, Path]:
+    """(one folder with the model and its tokenizer, the data gunzipped into the official layout;
+    reading's file whole, or its header and first reading_rows rows)."""
     from cdray.eval import babylm
 
     hf = work / "checkpoint"
@@ -58,6 +72,8 @@ def prepare(model: Path, tokenizer: Path, data: Path, work: Path, max_items) -> 
                 for i, line in enumerate(src):
                     # reading is one regression over all rows; elsewhere a CSV header is no item
                     if task != "reading" and max_items is not None and i >= max_items:
+                        break
+                    if task == "reading" and reading_rows is not None and i > reading_rows:
                         break
                     dst.write(line)
     return hf, out
@@ -163,23 +179,90 @@ def _official_sentences(task: str, row: dict) -> list[str]:
     return row["sentences"].split("\t")
 
 
+# ---------------------------------------------------------------- --quick: no official checkout
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "eval" / "babylm2025"
+
+
+def quick_checkpoint(data: Path, work: Path) -> tuple[Path, Path]:
+    """(model, tokenizer) dirs of a random 2 x 32 checkpoint whose tokenizer knows the items' words."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cdray.config import ModelConfig, TokenizerConfig
+    from cdray.data.tokenizer import train_tokenizer
+    from cdray.eval import babylm
+    from cdray.models.llama import build_model, save_model
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import synthetic_document
+
+    work.mkdir(parents=True)
+    rng = random.Random(0)
+    texts = [synthetic_document(rng, 20) for _ in range(100)]
+    for task in ("blimp", "ewok", "entity_tracking", "wug"):
+        for path in babylm.item_files(data, task)[:2]:
+            texts += [" ".join(str(v) for v in row.values()) for row in babylm.read_rows(path, 4)]
+    pq.write_table(pa.table({"text": texts}), work / "train.parquet")
+    train_tokenizer(TokenizerConfig(vocab_size=400), work / "train.parquet", work / "tokenizer")
+    save_model(build_model(ModelConfig(layers=2, hidden=32, heads=2, ffn=64, context=512), 400, 0), work / "model")
+    return work / "model", work / "tokenizer"
+
+
+def cdray_as_official(task: str, data: Path, ours: dict) -> dict:
+    """--quick's stand-in for run_official: cdray's log-likelihoods, keyed by the sentences the
+    official code scores for each item, in run_official's format."""
+    from cdray.eval import babylm
+
+    items = []
+    for path in babylm.item_files(data, task):
+        for row, rec in zip(babylm.read_rows(path), ours["items"][babylm.file_stem(path)]):
+            items.append([_official_sentences(task, row), rec["lls"]])
+    return {"score": ours["scores"]["wug_spearman" if task == "wug" else task], "items": items}
+
+
+def cdray_reading_as_official(ours: dict) -> dict:
+    """--quick's stand-in for run_official_reading: cdray's exact-mode surprisals and scores."""
+    recs = next(iter(ours["items"].values()))
+    return {"eye_tracking": ours["scores"]["eye_tracking"], "reading": ours["scores"]["reading"],
+            "surprisal": [-r["pred"] for r in recs],
+            "prev": [None if r["prev_pred"] is None else -r["prev_pred"] for r in recs]}
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         official_worker(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5], Path(sys.argv[6]))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--official", type=Path, required=True)
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--tokenizer", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--official", type=Path)
+    p.add_argument("--model", type=Path)
+    p.add_argument("--tokenizer", type=Path)
+    p.add_argument("--data", type=Path)
     p.add_argument("--max-items", type=int, default=None)
     p.add_argument("--tasks", nargs="+", default=["blimp", "supplement", "ewok", "entity_tracking", "wug", "reading"])
+    p.add_argument("--quick", action="store_true",
+                   help="no official checkout: a random checkpoint made here, 2 items a file, cdray "
+                        "standing in for the official side (the preparation and comparison code only)")
     a = p.parse_args()
+    if a.quick:
+        a.data = a.data or DEFAULT_DATA
+        if not a.data.is_dir():
+            p.error(f"--quick: no BabyLM data at {a.data} (pass --data)")
+        a.max_items = a.max_items or 2
+    else:
+        missing = [f"--{k}" for k in ("official", "model", "tokenizer", "data") if getattr(a, k) is None]
+        if missing:
+            p.error(f"the following arguments are required: {', '.join(missing)} (or --quick)")
 
     from cdray.eval import babylm
 
     work = Path(tempfile.mkdtemp(prefix="cdray-conformance-"))
-    hf, data = prepare(a.model, a.tokenizer, a.data, work, a.max_items)
+    if a.quick:
+        a.model, a.tokenizer = quick_checkpoint(a.data, work / "quick")
+        print("--quick: cdray stands in for the official pipeline (its column repeats cdray's scores)")
+    hf, data = prepare(a.model, a.tokenizer, a.data, work, a.max_items, 150 if a.quick else None)
     print(f"checkpoint {a.model}, tokenizer {a.tokenizer}, data {a.data} (first {a.max_items or 'all'} "
           f"items per file), work dir {work}")
     print(f"{'task':<16} {'cdray':>9} {'official':>9} {'items':>6} {'same pick':>9} {'max |ΔLL|':>10}")
@@ -188,7 +271,8 @@ def main() -> None:
             continue
         ours = run_cdray(a.model, a.tokenizer, data, task, work / f"cdray_{task}")
         folder = data / babylm.FOLDERS[task]
-        theirs = run_official(a.official, hf, folder, OFFICIAL_TASK[task], work)
+        theirs = (cdray_as_official(task, data, ours) if a.quick else
+                  run_official(a.official, hf, folder, OFFICIAL_TASK[task], work))
         n, same, worst, cut = compare_choices(task, data, ours, theirs)
         score = ours["scores"]["wug_spearman" if task == "wug" else task]
         what = " (WUG: Spearman's ρ)" if task == "wug" else ""
@@ -197,9 +281,11 @@ def main() -> None:
         print(f"{task:<16} {score:9.4f} {theirs['score']:9.4f} {n:6d} {same:9.4f} {worst:10.2e}{what}")
     if "reading" in a.tasks:
         csv = next((data / babylm.FOLDERS["reading"]).glob("*.csv"))
-        theirs = run_official_reading(a.official, hf, csv, work)
-        for mode in ("exact", "babylm2025"):
-            ours = run_cdray(a.model, a.tokenizer, data, "reading", work / f"cdray_reading_{mode}", mode)
+        modes = {mode: run_cdray(a.model, a.tokenizer, data, "reading", work / f"cdray_reading_{mode}", mode)
+                 for mode in ("exact", "babylm2025")}
+        theirs = (cdray_reading_as_official(modes["exact"]) if a.quick else
+                  run_official_reading(a.official, hf, csv, work))
+        for mode, ours in modes.items():
             recs = next(iter(ours["items"].values()))
             diff = np.abs(np.asarray([-r["pred"] for r in recs]) - np.asarray(theirs["surprisal"]))
             prev = [(-r["prev_pred"], t) for r, t in zip(recs, theirs["prev"])

@@ -1,8 +1,15 @@
-"""Helpers shared by the benchmarks: a patient Ray start and the host-load line."""
+"""Helpers shared by the benchmarks: a patient Ray start on loopback and the host-load line."""
 from __future__ import annotations
 
 import os
 import time
+
+from cdray.config import RayConfig
+from cdray.shell.local_cluster import keep_on_loopback
+
+# a benchmark's local Ray cluster listens on loopback only, as `cdray sweep`'s does (Ray reads the
+# setting when it is imported, so before any benchmark imports it)
+keep_on_loopback(RayConfig())
 
 
 def start_ray(num_cpus: int = 2, attempts: int = 3) -> None:
@@ -10,7 +17,6 @@ def start_ray(num_cpus: int = 2, attempts: int = 3) -> None:
     start-up deadline (a fixed constant), which says nothing about the benchmark itself."""
     import ray
 
-    from cdray.config import RayConfig
     from cdray.shell.ray_exec import init_ray
 
     for attempt in range(1, attempts + 1):

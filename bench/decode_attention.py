@@ -2,6 +2,10 @@
 bf16 and fp8 caches) vs FlexAttention, as a fraction of this GPU's copy bandwidth (one run).
 
 Run: python3 bench/decode_attention.py   (a CUDA machine; ~1 minute; bench/gpu_checks.sh runs it)
+     .venv/bin/python bench/decode_attention.py --quick   (any machine, seconds: the CPU through
+     Triton's interpreter, 4 rows of 2 heads x 16 over 64 keys, two launch shapes, wall-clock timing;
+     checks the code path and the kernels' numbers; leaves out FlexAttention (a compiled GPU
+     kernel) and any meaningful bandwidth figure)
 Rows of GOOD + its EARLY amateur (2 x batch rows, 12 kv heads of 64) with key counts drawn
 uniformly from [prompt, prompt + new]: what a decode step of a 400-token run reads on average.
 Each line: kernel, cache, launch shape, microseconds per call, GB/s of cache bytes it must read,
@@ -25,10 +29,21 @@ GRID = ["64,4,3,padded", "64,4,3", "64,4,2", "128,4,3", "32,4,3", "64,2,3", "32,
         "64,4,2,vector", "64,8,2,vector", "64,4,3,vector"]
 
 
-def timed(fn, iters: int) -> float:
-    """Seconds per call (CUDA events, after warm-up calls)."""
+QUICK_GRID = ["16,4,3", "16,4,2,vector"]  # --quick: shapes that fit its 64 keys
+
+
+def timed(fn, iters: int, on_gpu: bool = True) -> float:
+    """Seconds per call (CUDA events, after warm-up calls; else the wall clock)."""
+    import time
+
     import torch
 
+    if not on_gpu:
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - t0) / iters
     for _ in range(3):
         fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -40,9 +55,9 @@ def timed(fn, iters: int) -> float:
     return start.elapsed_time(end) / 1e3 / iters
 
 
-def check_step(dev) -> None:
+def check_step(dev, b: int = 48) -> None:
     """The triton decode step against the eager step on this GPU (fp32 weights, GQA): logits,
-    and the keys, values (and fp8 scales) each writes into the cache."""
+    and the keys, values (and fp8 scales) each writes into the cache; b rows."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -57,7 +72,6 @@ def check_step(dev) -> None:
         torch.manual_seed(seed)
         models.append(LlamaForCausalLM(cfg).eval())
     g = torch.Generator(device=dev).manual_seed(0)
-    b = 48
     ids = torch.randint(4, 1000, (b, 1), generator=g, device=dev)
     positions = torch.randint(0, 300, (b, 1), generator=g, device=dev)
     for kv in ("model", "fp8"):
@@ -95,14 +109,27 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--configs", default="",
                    help="';'-separated BLOCK_N,WARPS,STAGES[,PRODUCTS] (default: GRID)")
+    p.add_argument("--quick", action="store_true",
+                   help="on the CPU through Triton's interpreter, a tiny shape (seconds): the code path")
     args = p.parse_args()
+    if args.quick:
+        import os
+
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton is first imported
+        args.batch, args.heads, args.kv_heads, args.head_dim = 2, 2, 2, 16
+        args.prompt, args.new, args.iters = 4, 60, 1
+        args.configs = args.configs or ";".join(QUICK_GRID)
 
     import torch
 
     from cdray.decode.attention import KernelConfig, decode_attention, dequantize, quantize
 
-    dev = torch.device("cuda")
-    print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    if args.quick:
+        dev = torch.device("cpu")
+        print(f"CPU through Triton's interpreter (--quick: timings mean nothing), torch {torch.__version__}")
+    else:
+        dev = torch.device("cuda")
+        print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     N, nh, nkv, hd = args.members * args.batch, args.heads, args.kv_heads, args.head_dim
     T = -(-(args.prompt + args.new) // 64) * 64
     g = torch.Generator(device=dev).manual_seed(0)
@@ -115,8 +142,8 @@ def main() -> None:
     vq, vs = quantize(v)
     keys = int(lengths.sum()) * nkv
     need = {"bf16": 2 * keys * hd * 2, "fp8": 2 * keys * (hd + 2)}
-    big = torch.empty(2**30, dtype=torch.uint8, device=dev)
-    copy_s = timed(big.clone, args.iters)
+    big = torch.empty(2**24 if args.quick else 2**30, dtype=torch.uint8, device=dev)
+    copy_s = timed(big.clone, args.iters, not args.quick)
     copy_bw = 2 * big.numel() / copy_s
     print(f"rows {N} x {nkv} kv heads x {hd}, mean keys {lengths.float().mean():.0f} of {T}; "
           f"copy {copy_bw / 1e9:.0f} GB/s (read + write)")
@@ -133,11 +160,12 @@ def main() -> None:
     print(f"fp8 vs bf16 cache, max |out diff| {(out8.float() - ref.float()).abs().max():.4f} "
           f"(unit-normal keys and values)")
     # both kernels against float64 attention over the values they read (the first 64 rows)
+    checked = min(64, N)
     for name, out, keys, values in (("bf16", ref, k, v),
                                     ("fp8", out8, dequantize(kq[:64], ks[:64], torch.float64),
                                      dequantize(vq[:64], vs[:64], torch.float64))):
         err = 0.0
-        for i in range(64):
+        for i in range(checked):
             L = int(lengths[i])
             kk = keys[i, :, :L].double().repeat_interleave(nh // nkv, 0)
             w = torch.softmax((q[i].double()[:, None] * kk).sum(-1) / hd ** 0.5, -1)
@@ -156,13 +184,15 @@ def main() -> None:
         for cache, a in (("bf16", (k, v, lengths)), ("fp8", (kq, vq, lengths, ks, vs))):
             try:
                 secs = report(f"triton {shape}", cache,
-                              timed(lambda: decode_attention(q, *a, config=cfg), args.iters))
+                              timed(lambda: decode_attention(q, *a, config=cfg), args.iters, not args.quick))
             except Exception as exc:  # a launch shape this GPU cannot run (shared memory)
                 print(f"triton {shape} {cache}: {type(exc).__name__}: {str(exc)[:100]}")
                 continue
             if secs < best.get(cache, (float("inf"),))[0]:
                 best[cache] = (secs, shape)
     try:
+        if args.quick:
+            raise NotImplementedError("left out by --quick (a compiled GPU kernel)")
         from cdray.decode.fast_step import FLEX_KV_BLOCK, block_mask, step_kernels
 
         kv_blocks = ((lengths - 1) // FLEX_KV_BLOCK + 1)[:, None, None].contiguous()
@@ -173,10 +203,12 @@ def main() -> None:
         q4 = q.reshape(N, nh, 1, hd)
         report("flex (64-key blocks)", "bf16",
                timed(lambda: flex(q4, k, v, block_mask=mask, enable_gqa=nh != nkv,
-                                  kernel_options={"SPLIT_KV": 1}), args.iters))
+                                  kernel_options={"SPLIT_KV": 1}), args.iters, not args.quick))
+    except NotImplementedError as exc:
+        print(f"flex: {exc}")
     except Exception as exc:
         print(f"flex: {type(exc).__name__}: {str(exc)[:200]}")
-    check_step(dev)
+    check_step(dev, 4 if args.quick else 48)
     for cache, (secs, shape) in best.items():
         print(f"best {cache}: {shape} ({secs * 1e6:.1f} us)")
     print(f"best_config={best.get('fp8', (0, KernelConfig().label()))[1]}")

@@ -1,6 +1,8 @@
 """Decoding throughput: HF single-model sampling vs cdray's CD engine vs a paper-style CD loop.
 
 Run: PYTHONPATH=. .venv/bin/python bench/decoding.py   (a few minutes on 2 CPU cores)
+     PYTHONPATH=. .venv/bin/python bench/decoding.py --quick   (seconds: a 2x64 pair, batch 8, 8 new
+     tokens, one repeat; every contender and the ratio line, numbers meaningless)
 GPU: python3 bench/decoding.py --device cuda --preset good --dtype bf16 --new 400 --sweep-batches 512,1024
      (the paper's GOOD shape, 162M, with a same-shaped EARLY-k amateur; --sweep-batches then times
      cdray's engine alone at larger batches and prints the best tokens/s as `cd_best_tok_s=`)
@@ -20,7 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
 
 
-PRESETS = {"good": dict(layers=12, hidden=768, heads=12, vocab=32000)}  # the paper's GOOD (162M)
+PRESETS = {"good": dict(layers=12, hidden=768, heads=12, vocab=32000),  # the paper's GOOD (162M)
+           # --quick: the code paths in seconds on a CPU
+           "quick": dict(layers=2, hidden=64, heads=2, vocab=500, batch=8, new=8, prompt=8, repeats=1)}
 
 
 def sync(device) -> None:
@@ -107,6 +111,8 @@ def main() -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                    help="cdray's engine and HF generate (the paper-style loop is always fp32)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="model shape preset")
+    p.add_argument("--quick", action="store_const", dest="preset", const="quick",
+                   help="= --preset quick: a 2x64 pair, batch 8, 8 new tokens, one repeat (seconds)")
     p.add_argument("--sweep-batches", default="", help="comma list: also time cdray alone at these batches")
     p.add_argument("--skip-baselines", action="store_true",
                    help="time cdray's engine only (no ratio line); with --sweep-batches")
@@ -120,11 +126,13 @@ def main() -> None:
                         "on the GPU (torch.cuda.set_sync_debug_mode)")
     p.add_argument("--profile-attention", default="auto", help="attention kind of --profile")
     p.add_argument("--profile", type=int, default=0, metavar="BATCH",
-                   help="print a torch.profiler kernel table of cdray at this batch (32 new tokens)")
+                   help="print a torch.profiler kernel table of cdray at this batch (32 new tokens, "
+                        "or --new if fewer)")
     args = p.parse_args()
     if args.preset:
         for key, value in PRESETS[args.preset].items():
-            setattr(args, key, value)
+            if getattr(args, key) == p.get_default(key):  # flags given beside a preset win
+                setattr(args, key, value)
 
     import torch
 
@@ -238,7 +246,8 @@ def set_attention(decoder, spec: str) -> None:
 
 
 def profile(args, decoder, batch: int) -> None:
-    """Where a decode step's time goes: the top kernels (or CPU ops) of 32 new tokens."""
+    """Where a decode step's time goes: the top kernels (or CPU ops) of 32 new tokens (fewer
+    when --new asks for fewer)."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -246,15 +255,16 @@ def profile(args, decoder, batch: int) -> None:
     rows = torch.randint(4, args.vocab, (batch, args.prompt), generator=torch.Generator().manual_seed(7))
     rows[:, 0] = 1
     rows = rows.tolist()
-    cdray_cd(decoder, rows, 32, batch)
+    n_new = min(32, args.new)
+    cdray_cd(decoder, rows, n_new, batch)
     cuda = args.device.startswith("cuda")
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sync(args.device)
     t0 = time.perf_counter()
     with torch_profile(activities=acts) as prof:
-        cdray_cd(decoder, rows, 32, batch)
+        cdray_cd(decoder, rows, n_new, batch)
         sync(args.device)
-    print(f"profile: batch {batch}, 32 new tokens in {time.perf_counter() - t0:.2f} s (profiler on)")
+    print(f"profile: batch {batch}, {n_new} new tokens in {time.perf_counter() - t0:.2f} s (profiler on)")
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
 

@@ -2,6 +2,8 @@
 
 Run: PYTHONPATH=. .venv/bin/python bench/evaluation.py [--max-items N] [--serial] [--compare-stock]
      PYTHONPATH=. .venv/bin/python bench/evaluation.py --per-checkpoint 4 [--max-items 100]
+     PYTHONPATH=. .venv/bin/python bench/evaluation.py --quick   (~1 minute: 2 items a file, a
+     1 x 32 model with a 500-token vocabulary; the fan-out and its RESULT line, not a speed)
 It scores every task of ../shared/data/eval/babylm2025 through cdray's babylm stage, one Ray task
 per task on a local 2-CPU Ray cluster (1 torch thread each, as a sweep does), and prints the
 wall time, items, requests and throughput. With --serial it also scores everything in this one
@@ -32,7 +34,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from common import start_ray  # noqa: E402  (first: keeps the local Ray cluster on loopback)
 DATA = ROOT.parent / "shared" / "data" / "eval" / "babylm2025"
 
 
@@ -118,8 +122,7 @@ def per_checkpoint(args, tmp: Path, tasks: list[str]) -> None:
     for i in range(args.per_checkpoint):
         save_model(build_model(shape, args.vocab, i), tmp / f"model{i}")
         models.append(str(tmp / f"model{i}"))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}})
+    start_ray(2)
     one_task = ray.remote(num_cpus=1)(score_task)
     one_ckpt = ray.remote(num_cpus=1)(score_checkpoint)
     ray.get([one_task.remote(models[0], str(tok), "wug", str(tmp / f"warm{i}"), 5, args.batch) for i in range(2)])
@@ -214,7 +217,11 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=2000)
+    ap.add_argument("--quick", action="store_true",
+                    help="= --max-items 2 --layers 1 --hidden 32 --vocab 500 (the code path in about a minute)")
     args = ap.parse_args()
+    if args.quick:
+        args.max_items, args.layers, args.hidden, args.vocab = 2, 1, 32, 500
     if not DATA.is_dir():
         sys.exit(f"no BabyLM data at {DATA}")
     import ray
@@ -238,8 +245,7 @@ def main() -> None:
         tmp = Path(tmp)
         model, tok, params = make_checkpoint(tmp, args.layers, args.hidden, args.vocab)
         print(f"model: {params / 1e6:.2f}M parameters ({args.layers} x {args.hidden}, vocab {args.vocab})")
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}})
+        start_ray(2)  # cdray's local cluster: loopback, this checkout on the workers' path
         remote = ray.remote(num_cpus=1)(score_task)
         # warm both workers (imports of torch / lm-eval / datasets), as a sweep's workers are
         ray.get([remote.remote(str(model), str(tok), "wug", str(tmp / f"warm{i}"), 5, args.batch) for i in range(2)])

@@ -1,6 +1,9 @@
 """What an fp8 KV cache (generation.kv_cache: fp8) changes in a trained pair's decoding (a check).
 
 Run: PYTHONPATH=. .venv/bin/python bench/kv_fp8.py   (a minute on 2 CPU cores, after `make demo`)
+     PYTHONPATH=. .venv/bin/python bench/kv_fp8.py --quick   (seconds, no store: a random micro
+     pair (2x64, vocab 256, sharpened heads) and random prompts, 8 rows of 16 new tokens; the same
+     lines, but about an untrained pair)
 Takes the demo store's GOOD model (the first real-data-only training run under
 .cdray/store/train, or --expert) with its first milestone checkpoint as the EARLY amateur (or
 --amateur), and the store's seed prompts. On the CPU the eager step dequantizes an fp8 cache
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +37,26 @@ def demo_pair(store: Path) -> tuple[Path, Path]:
     raise SystemExit(f"{store}: no real-data-only training run with two checkpoints (run `make demo`)")
 
 
+def quick_pair(work: Path) -> tuple[Path, Path, list[list[int]]]:
+    """--quick: a random micro expert and amateur saved as the train stage saves them, and prompts."""
+    import torch
+
+    from cdray.config import MODEL_PRESETS, ModelConfig
+    from cdray.models.llama import build_model, save_model
+
+    dirs = []
+    for seed, name in ((0, "expert"), (1, "amateur")):
+        model = build_model(ModelConfig(**MODEL_PRESETS["micro"]), 256, seed)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(8.0)  # trained-like peaked distributions
+        save_model(model, work / name)
+        dirs.append(work / name)
+    g = torch.Generator().manual_seed(0)
+    prompts = [[1] + torch.randint(4, 256, (int(n),), generator=g).tolist()
+               for n in torch.randint(4, 12, (8,), generator=g)]
+    return dirs[0], dirs[1], prompts
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", type=Path, default=ROOT / ".cdray" / "store")
@@ -40,6 +64,7 @@ def main() -> None:
     p.add_argument("--amateur", type=Path, default=None)
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--new", type=int, default=100)
+    p.add_argument("--quick", action="store_true", help="a random micro pair, 8 rows x 16 tokens, no store")
     args = p.parse_args()
 
     import pyarrow.parquet as pq
@@ -51,10 +76,15 @@ def main() -> None:
     from cdray.models.llama import load_model
 
     torch.set_num_threads(2)
-    expert_dir, amateur_dir = (args.expert, args.amateur) if args.expert else demo_pair(args.store)
+    if args.quick:
+        work = tempfile.TemporaryDirectory(prefix="cdray-kv-fp8-")
+        expert_dir, amateur_dir, prompts = quick_pair(Path(work.name))
+        args.new, prompts_file = min(args.new, 16), "random token ids"
+    else:
+        expert_dir, amateur_dir = (args.expert, args.amateur) if args.expert else demo_pair(args.store)
+        prompts_file = sorted(args.store.glob("prompts/*/prompts.parquet"))[0]
+        prompts = [list(map(int, r)) for r in pq.read_table(prompts_file).column("prompt").to_pylist()]
     expert, amateur = load_model(expert_dir).eval(), load_model(amateur_dir).eval()
-    prompts_file = sorted(args.store.glob("prompts/*/prompts.parquet"))[0]
-    prompts = [list(map(int, r)) for r in pq.read_table(prompts_file).column("prompt").to_pylist()]
     prompts = prompts[:args.rows]
     seeds = list(range(len(prompts)))
     print(f"expert {expert_dir}\namateur {amateur_dir}\n{len(prompts)} prompts of {prompts_file}, "

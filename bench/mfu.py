@@ -3,7 +3,9 @@
 Run from the repo root on a GPU machine (after `make setup TORCH=...` with a CUDA torch wheel):
     .venv/bin/python bench/mfu.py                      # GOOD 12x768, vocab 32000, batch 16 x 1024, bf16
     .venv/bin/python bench/mfu.py --batch 32 --no-compile
-    .venv/bin/python bench/mfu.py --smoke              # tiny shape on CPU: checks the code path only
+    .venv/bin/python bench/mfu.py --smoke              # micro shape on CPU, 3 steps: the code path only
+    .venv/bin/python bench/mfu.py --quick              # the same without torch.compile (~15 s; compiling
+                                                       # costs a minute on a CPU with a cold cache)
 
 It runs cdray.models.training.train (the same function Ray Train runs in each worker) on a random
 pre-tokenized stream and reads the loop's own StepClock from the summary (steady-state steps only:
@@ -55,11 +57,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="steps (the first is timed apart)")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the card's bf16 peak")
-    ap.add_argument("--smoke", action="store_true", help="tiny shape on CPU: exercise the code path")
+    ap.add_argument("--smoke", action="store_true", help="micro shape on CPU: exercise the code path")
+    ap.add_argument("--quick", action="store_true", help="= --smoke --no-compile (seconds)")
     ap.add_argument("--profile", action="store_true",
                     help="instead: profile 3 steps of the same model/optimizer/autocast step and print "
                          "where GPU time goes (kernel table and matmul / attention / other shares)")
     args = ap.parse_args()
+    if args.quick:
+        args.smoke = args.no_compile = True
 
     import numpy as np
     import torch

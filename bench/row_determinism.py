@@ -1,6 +1,10 @@
 """Are sampled rows bit-identical whatever the batch around them, on this device? (a check, for GPUs)
 
 Run: python3 bench/row_determinism.py --device cuda   (seconds; bench/gpu_checks.sh runs it)
+     .venv/bin/python bench/row_determinism.py --quick   (the CPU, ~40 s, eager attention)
+     TRITON_INTERPRET=1 .venv/bin/python bench/row_determinism.py --quick --attention triton \
+         --rows 6 --new 2   (Triton's kernels through its interpreter on the CPU, about half a
+         minute; `bench/gpu_checks.sh --quick` runs this, and tests/test_bench.py runs that)
 tests/test_decoding.py proves this on the CPU; GPU kernels (cuBLAS, attention) may pick other
 algorithms for other row or key counts, so this repeats the test's idea on any device, where
 pytest may be missing: one expert/amateur pair, rows ending early at a frequent EOS, generated at
@@ -34,6 +38,8 @@ def main() -> None:
                         "across the batch sizes of a real run, where BLAS may pick other kernels")
     p.add_argument("--kernel-config", default="",
                    help="the triton attention's launch shape, BLOCK_N,WARPS,STAGES[,vector]")
+    p.add_argument("--rows", type=int, default=24, help="rows of the tiny pair (not --good)")
+    p.add_argument("--new", type=int, default=150, help="new tokens per row of the tiny pair (not --good)")
     args = p.parse_args()
 
     import torch
@@ -59,14 +65,14 @@ def main() -> None:
 
     expert, amateur = model(0), model(1)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    n = args.good if good else 24
+    n = args.good if good else args.rows
     if good:
         g = torch.Generator().manual_seed(0)
         prompts = [[1] + torch.randint(4, 32000, (19,), generator=g).tolist() for _ in range(n)]
     else:
         prompts = [[1, 4 + i, 30 - i] + [7] * (i % 5) for i in range(n)]
     seeds = [100 + i for i in range(n)]
-    new_tokens, max_len = (64, 96) if good else (150, 160)
+    new_tokens, max_len = (64, 96) if good else (args.new, args.new + 10)
     settings = dict(device=args.device, dtype=dtype, attention=args.attention,
                     compile_layers=args.compile_layers, kv_cache=args.kv_cache)
 
@@ -82,7 +88,7 @@ def main() -> None:
 
     # the pair's most frequent sampled token serves as EOS, so rows end early and slots refill
     probe = generate(expert, amateur, prompts, seeds, "contrastive", DecodingConfig(alpha=0.1),
-                     max_new_tokens=20, stop_at_eos=False)
+                     max_new_tokens=min(20, new_tokens), stop_at_eos=False)
     eos = Counter(t for r in probe for t in r.tokens).most_common(1)[0][0]
     kw = dict(max_new_tokens=new_tokens, stop_at_eos=True, eos_id=eos)
 
@@ -102,10 +108,10 @@ def main() -> None:
     others = ([(f"batch {n // 2}, refill", range(n), dict(batch_size=n // 2)),
                (f"batch {3 * n // 4}, reversed", range(n - 1, -1, -1), dict(batch_size=3 * n // 4))]
               if good else
-              [("batch 1", range(24), dict(batch_size=1)),
-               ("batch 5, refill", range(24), dict(batch_size=5)),
-               ("batch 8, no refill", range(24), dict(batch_size=8, refill=False)),
-               ("batch 16, reversed", range(23, -1, -1), dict(batch_size=16))])
+              [("batch 1", range(n), dict(batch_size=1)),
+               ("batch 5, refill", range(n), dict(batch_size=5)),
+               ("batch 8, no refill", range(n), dict(batch_size=8, refill=False)),
+               ("batch 16, reversed", range(n - 1, -1, -1), dict(batch_size=16))])
     def shared(batch_size):
         """The rows as two requests through one SharedBatch, the second joining mid-run."""
         import threading

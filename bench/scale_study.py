@@ -3,6 +3,13 @@
     .venv/bin/python bench/scale_study.py write [POINT ...] # sweeps/study/*.yaml, one per point
     .venv/bin/python bench/scale_study.py run [POINT ...]   # `cdray sweep` each (all by default)
     .venv/bin/python bench/scale_study.py collect           # docs/study/results.json, scale.png, qcurve.png
+    .venv/bin/python bench/scale_study.py --quick           # all of it but the sweeps, in a temp folder
+
+--quick (tests/test_bench.py; under a minute) writes every point's sweep file (provisional token
+counts, each loaded and validated), builds the cheapest point's corpus, tokenizer and train tokens
+and writes its sweep from the measured count (`write`), then runs `collect` over a store holding
+only those, with docs/study/results.json as the earlier results: the figures come from the recorded
+numbers. It leaves out `run` (the sweeps themselves: hours).
 
 Each point is an ordinary cdray sweep on the offline packaged corpus: BASELINE, NO-CONTRAST and
 CD-EARLY-k at q = 0.3, laid out as the paper's design scaled down (PAPER.md section 6). Only the
@@ -37,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SWEEPS = ROOT / "sweeps" / "study"
 OUT = ROOT / "docs" / "study"
+STORE = ".cdray/store"  # the points' store, relative to the repository root (--quick: a temp one)
 
 BATCH, SEQ = 8, 128
 MODELS = {
@@ -59,6 +67,11 @@ POINTS = {
 }
 
 
+def shown(path: Path) -> Path:
+    """A path as the sweep files and logs name it: from the repository root when inside it."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def point_config(name: str, real_tokens: int = 0, seeds=(43,)) -> dict:
     """The point's sweep; real_tokens: the measured train split (0: a provisional file whose
     corpus, tokenizer and token keys are already final)."""
@@ -68,7 +81,7 @@ def point_config(name: str, real_tokens: int = 0, seeds=(43,)) -> dict:
     steps = 16 * every
     return {
         "name": f"study-{name}",
-        "store": {"root": ".cdray/store"},
+        "store": {"root": STORE},
         "tracking": {"uri": "sqlite:///.cdray/mlflow.db", "experiment": "cdray-study"},
         "ray": {"num_cpus": 2, "max_concurrent_cells": 2},
         "corpus": {"sources": [{"kind": "packaged", "name": "wiki", "packages": ["wiki"]}],
@@ -112,7 +125,7 @@ def write(names: list[str]) -> None:
         head = (f"# scale study point {name}: {words:,} words, {model} model, ~{epochs} epochs over the "
                 f"real train split ({real:,} tokens), GOOD at {good:.0%} of training.\n# Written by "
                 f"bench/scale_study.py (`write`); run with `cdray sweep "
-                f"{SWEEPS.relative_to(ROOT) / (name + '.yaml')}`.\n")
+                f"{shown(SWEEPS / (name + '.yaml'))}`.\n")
         (SWEEPS / f"{name}.yaml").write_text(head + yaml.safe_dump(point_config(name, real), sort_keys=False))
 
 
@@ -121,7 +134,7 @@ def run(names: list[str]) -> None:
     with open(OUT / "run.log", "a") as log:
         for name in names:
             path = SWEEPS / f"{name}.yaml"
-            log.write(f"\n=== {name}: cdray sweep {path.relative_to(ROOT)}\n")
+            log.write(f"\n=== {name}: cdray sweep {shown(path)}\n")
             log.flush()
             # this checkout's cdray, whatever the venv has installed (a study can run from a
             # worktree of its own while the main checkout changes)
@@ -289,10 +302,38 @@ def q_figure(row: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def quick() -> None:
+    """Every step but `run` on a temp store: see the module docstring."""
+    import shutil
+    import tempfile
+
+    global SWEEPS, OUT, STORE
+    tmp = Path(tempfile.mkdtemp(prefix="cdray-study-"))
+    recorded = OUT / "results.json"
+    SWEEPS, OUT, STORE = tmp / "sweeps", tmp / "out", str(tmp / "store")
+    SWEEPS.mkdir(parents=True)
+    for name in POINTS:
+        (SWEEPS / f"{name}.yaml").write_text(yaml.safe_dump(point_config(name, BATCH * SEQ * 16), sort_keys=False))
+    cheapest = next(iter(POINTS))
+    write([cheapest])
+    steps = yaml.safe_load((SWEEPS / f"{cheapest}.yaml").read_text())["train"]["steps"]
+    print(f"sweep files: {len(POINTS)} points written; {cheapest}: {steps} steps from its measured train tokens")
+    OUT.mkdir(parents=True)
+    shutil.copy(recorded, OUT / "results.json")
+    rows = collect()
+    print(f"collect: {len(rows)} points, {sum(bool(r.get('arms')) for r in rows)} with arms (from {shown(recorded)})")
+    for fig in ("scale.png", "qcurve.png"):
+        path = OUT / fig
+        print(f"figure {fig}: {path.stat().st_size} bytes" if path.is_file() else f"figure {fig}: missing")
+    shutil.rmtree(tmp)
+
+
 def main() -> None:
     what = sys.argv[1] if len(sys.argv) > 1 else "collect"
     names = sys.argv[2:] or list(POINTS)
-    if what == "write":
+    if what == "--quick":
+        quick()
+    elif what == "write":
         write(names)
     elif what == "run":
         write(names)

@@ -1,6 +1,9 @@
 """The generate stage's actor class on one device, without Ray: shards against the engine alone.
 
 Run: PYTHONPATH=. .venv/bin/python bench/shard_device.py --preset tiny   (CPU, after `make demo`)
+     PYTHONPATH=. .venv/bin/python bench/shard_device.py --quick   (CPU, seconds, no store: a
+     tokenizer (vocab 256) and 32 seed chunks made here from generated English, batch 16, 16 new
+     tokens, shards of 8 prompts; the same lines, about a random pair)
 GPU: python3 bench/shard_device.py --device cuda --preset good --precision bf16 --kv-cache fp8
 Builds the expert and a same-shaped EARLY-like amateur (random weights, sharpened heads) with the
 demo store's tokenizer and seed prompts (or --tokenizer / --seed-parquet), saves them as the
@@ -26,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 PRESETS = {"good": dict(layers=12, hidden=768, heads=12, ffn=3072),  # the paper's GOOD
            "tiny": dict(layers=2, hidden=64, heads=2, ffn=128)}
@@ -40,6 +43,28 @@ def demo_inputs(store: Path) -> tuple[Path, Path]:
         raise SystemExit(f"no tokenizer or corpus under {store}: run `make demo` first, or pass "
                          f"--tokenizer and --seed-parquet")
     return tokenizers[0].parent, seeds[0]
+
+
+def quick_inputs(work: Path) -> tuple[Path, Path]:
+    """--quick: (tokenizer dir, seed parquet) made here: a BPE of 256 tokens trained on generated
+    English sentences, and 32 of them as seed chunks."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import synthetic_document
+
+    from cdray.config import TokenizerConfig
+    from cdray.data.tokenizer import train_tokenizer
+
+    rng = random.Random(0)
+    texts = [synthetic_document(rng, 8) for _ in range(200)]
+    pq.write_table(pa.table({"text": texts}), work / "train.parquet")
+    train_tokenizer(TokenizerConfig(vocab_size=256), work / "train.parquet", work / "tokenizer")
+    seed = texts[:32]
+    pq.write_table(pa.table({"source": ["generated"] * len(seed), "doc_id": [f"d{i}" for i in range(len(seed))],
+                             "text": seed, "words": [len(t.split()) for t in seed]}), work / "seed.parquet")
+    return work / "tokenizer", work / "seed.parquet"
 
 
 def save_pair(args, vocab: int, out: Path) -> tuple[Path, Path]:
@@ -99,7 +124,11 @@ def main() -> None:
     p.add_argument("--store", default=str(ROOT / ".cdray" / "store"))
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--seed-parquet", default=None)
+    p.add_argument("--quick", action="store_true",
+                   help="no store: a tokenizer and seed chunks made here, batch 16, 16 new tokens (seconds)")
     args = p.parse_args()
+    if args.quick:
+        args.batch, args.new, args.shard_prompts = 16, 16, 8
 
     import torch
 
@@ -108,12 +137,14 @@ def main() -> None:
     from cdray.decode.shards import shard_paths
     from cdray.decode.synthetic import ShardGenerator, shard_plan, shards_per_actor
 
+    work = Path(tempfile.mkdtemp(prefix="cdray-shards-"))
     if args.tokenizer and args.seed_parquet:
         tokenizer, seed_parquet = Path(args.tokenizer), Path(args.seed_parquet)
+    elif args.quick:
+        tokenizer, seed_parquet = quick_inputs(work)
     else:
         tokenizer, seed_parquet = demo_inputs(Path(args.store))
     vocab = len(load_tokenizer(tokenizer))
-    work = Path(tempfile.mkdtemp(prefix="cdray-shards-"))
     expert, amateur = save_pair(args, vocab, work)
     n_prompts = tiled_prompts(seed_parquet, tokenizer, args.tile, work / "prompts.parquet")
     generation = GenerationConfig(batch_size=args.batch, max_new_tokens=args.new,

@@ -1,7 +1,10 @@
 """Generation shards run one at a time vs two at once through one shared decode batch.
 
 Run (after `make demo`, whose store holds the trained models):
-    PYTHONPATH=. .venv/bin/python bench/shard_overlap.py     (about a minute on 2 CPU cores)
+    PYTHONPATH=. .venv/bin/python bench/shard_overlap.py           (about a minute on 2 CPU cores)
+    PYTHONPATH=. .venv/bin/python bench/shard_overlap.py --quick   (seconds, no demo store: the
+        tests' micro sweep built here in-process (its GOOD trained 12 steps without Ray), arm
+        CD-EARLY-4, 3 shards of 8 prompts once each way; the same lines, untrained-model numbers)
 
 A Ray Data generation actor now runs two shards at once (two concurrent calls) whose rows share
 its decode batch (cdray.decode.shared_batch): the next shard's rows take the slots that the last rows of
@@ -25,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
 def run(kwargs: dict, shards: int, prompts: int, at_once: int) -> tuple[float, float]:
@@ -63,23 +66,45 @@ def run(kwargs: dict, shards: int, prompts: int, at_once: int) -> tuple[float, f
     return used["row_steps"] / used["slot_steps"], tokens / seconds
 
 
+def quick_sweep(work: Path):
+    """--quick: the tests' micro sweep (generated English, micro models, 12 training steps)."""
+    from conftest import micro_sweep_dict, write_text_corpus
+
+    from cdray.config import from_dict
+
+    d = micro_sweep_dict(write_text_corpus(work / "corpus", n_docs=80), work)
+    d["corpus"]["seed_fraction"] = 0.3  # prompts enough for 4 shards of 8
+    d["tracking"]["enabled"] = False
+    return from_dict(d)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sweep", default=str(ROOT / "sweeps" / "tiny.yaml"))
     p.add_argument("--arm", default="CD-EARLY-50")
     p.add_argument("--shards", type=int, default=6)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--quick", action="store_true",
+                   help="a micro sweep built here in-process instead of the demo's store (seconds)")
     args = p.parse_args()
 
     from cdray.config import load
-    from cdray.dag.builders import generator_kwargs
+    from cdray.dag.builders import build, generator_kwargs
     from cdray.dag.graph import build_graph
     from cdray.sweep.plan import anchored, open_store
 
-    cfg = anchored(load(args.sweep))
+    if args.quick:
+        work = tempfile.TemporaryDirectory(prefix="cdray-overlap-")
+        cfg, args.arm, args.shards, args.repeats = quick_sweep(Path(work.name)), "CD-EARLY-4", 3, 1
+    else:
+        cfg = anchored(load(args.sweep))
     cfg = replace(cfg, generation=replace(cfg.generation, progress=False))
     store = open_store(cfg)
     node = next(n for n in build_graph(cfg).nodes() if n.stage == "generate" and args.arm in n.label)
+    if args.quick:
+        for dep in node.walk():  # inputs first; the GOOD trains in this process (no Ray)
+            if dep is not node:
+                build(dep, cfg, store)
     for _, inp in node.inputs:
         if not store.is_done(inp.stage, inp.key):
             raise SystemExit(f"{inp.label} is not in the store {cfg.store.root}: run `make demo` first")

@@ -29,18 +29,17 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from common import load_line, start_ray  # noqa: E402
 
-from cdray.shell.local_cluster import SINGLE_HOST_ENV  # noqa: E402
-
-os.environ.setdefault(SINGLE_HOST_ENV, "0")  # a local cluster on loopback: set before ray is imported
-
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def moto_store(tmp: Path) -> str:
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
 
     os.environ.update(S3_ENV)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -66,7 +65,8 @@ def sweep(tmp: Path, root: str, quick: bool) -> dict:
         "train": {"steps": steps, "batch_size": 4, "seq_len": 64, "warmup_steps": 1,
                   "checkpoint_every": every, "eval_blocks": 2, "precision": "fp32"},
         "expert": {"model": {"preset": "micro" if quick else "tiny"}},
-        "generation": {"prompt_tokens": 8, "max_new_tokens": 16},
+        # no corpus is generated (the grid has no synthetic arm), but the section must fit the model
+        "generation": {"prompt_tokens": 16, "max_new_tokens": 64},
         "grid": {"k": [], "q": [0.0]},
     })
 

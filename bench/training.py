@@ -1,8 +1,13 @@
 """Training throughput: cdray's train stage on Ray Train vs a plain PyTorch loop, bf16/compile, data wait.
 
 Run from the repo root (after `make setup`):
-    .venv/bin/python bench/training.py              # about 10-15 minutes on 2 shared CPU cores
-    .venv/bin/python bench/training.py --quick      # a smoke run (numbers are noisy)
+    .venv/bin/python bench/training.py                  # about 10-15 minutes on 2 shared CPU cores
+    .venv/bin/python bench/training.py --skip-variants  # sections 1, 3, 4 (~4 minutes)
+    .venv/bin/python bench/training.py --quick          # every code path but compile, ~1 minute
+
+--quick (tests/test_bench.py runs it) runs sections 1, 2 and 4 on the micro model (2x64, vocab 512,
+batch 4 x 64, 6 steps; section 2 without torch.compile) and leaves out section 3 (compile): its
+ratio line is a smoke figure, not a measurement.
 
 Sections (all measured in this one run, so ratios compare like with like):
   1. ~10M-parameter Llama, batch 16 x 256, fp32: a plain single-process PyTorch loop vs cdray's train
@@ -47,6 +52,8 @@ MODEL_10M = C.ModelConfig(layers=6, hidden=256, heads=4, ffn=1024, context=256)
 VOCAB_10M = 8192
 TINY = C.ModelConfig(**C.MODEL_PRESETS["tiny"])  # the demo's shape, vocab 2000
 VOCAB_TINY = 2000
+QUICK = C.ModelConfig(**C.MODEL_PRESETS["micro"])  # --quick: the code paths, not a measurement
+VOCAB_QUICK = 512
 
 
 def write_stream(path: Path, n_tokens: int, vocab: int, seed: int) -> str:
@@ -72,7 +79,8 @@ def plain_loop(job: TrainJob, threads: int, stop_file: str | None = None, max_st
                result_file: str | None = None, niceness: int = 0) -> dict:
     """The textbook loop: memmapped blocks, AdamW, warmup-cosine, no cdray code in the step.
 
-    Runs job.recipe.steps steps, or, given stop_file, until that file appears (at most max_steps).
+    Runs job.recipe.steps steps, or, given stop_file, until that file appears (at least 3 steps,
+    so that two are timed, at most max_steps).
     """
     r = job.recipe
     os.nice(max(0, niceness - os.nice(0)))
@@ -91,7 +99,7 @@ def plain_loop(job: TrainJob, threads: int, stop_file: str | None = None, max_st
     clock = StepClock(r.batch_size * r.seq_len)  # the same definition of a step's time as cdray's
     ends = []
     for step in range(total):
-        if stop_file and os.path.exists(stop_file):
+        if stop_file and step >= 3 and os.path.exists(stop_file):
             break
         clock.start()
         ids = order[(np.arange(step * r.batch_size, (step + 1) * r.batch_size)) % len(order)]
@@ -115,16 +123,24 @@ def plain_loop(job: TrainJob, threads: int, stop_file: str | None = None, max_st
 # ---------------------------------------------------------------- (b) cdray's stage on Ray Train
 
 
+def commit_tokens(store: Store, name: str, path: str) -> Node:
+    """A tokens artifact holding the stream at `path`, committed in the store as the tokens stage
+    commits one (its manifest last): the train stage builds only over committed inputs."""
+    node = Node("tokens", {"split": name, "file": path}, (), f"tokens[{name}]")
+
+    def link(out: Path) -> dict:
+        (out / "tokens.npy").unlink(missing_ok=True)  # of an interrupted earlier commit
+        os.link(path, out / "tokens.npy")
+        return {"tokens": int(np.load(path, mmap_mode="r").shape[0])}
+
+    store.get_or_build(node.stage, node.key, link, config=node.config, inputs={})
+    return node
+
+
 def train_node(job: TrainJob, store: Store) -> Node:
-    """A train node over token files placed in the store, as the sweep would build it."""
-    inputs = []
-    for name, path in (("real", job.real_tokens), ("eval", job.eval_tokens)):
-        node = Node("tokens", {"split": name, "file": path}, (), f"tokens[{name}]")
-        d = store.dir(node.stage, node.key)
-        d.mkdir(parents=True, exist_ok=True)
-        if not (d / "tokens.npy").exists():
-            os.link(path, d / "tokens.npy")  # the train stage reads its inputs from the store
-        inputs.append((name, node))
+    """A train node over token files committed in the store, as the sweep would build it."""
+    inputs = [(name, commit_tokens(store, name, path))
+              for name, path in (("real", job.real_tokens), ("eval", job.eval_tokens))]
     config = {"model": dataclasses.asdict(job.model), "vocab_size": job.vocab_size,
               "recipe": dataclasses.asdict(job.recipe), "seed": job.seed, "q": job.q,
               "milestones": list(job.milestones)}
@@ -219,24 +235,29 @@ def main() -> None:
     ap.add_argument("--variant-batch", type=int, default=16, help="batch of the precision/compile runs")
     ap.add_argument("--skip-ray", action="store_true", help="skip section 1 (the Ray Train run)")
     ap.add_argument("--skip-variants", action="store_true", help="skip section 2 (precision x compile)")
-    ap.add_argument("--quick", action="store_true", help="few steps, skip the compile sections")
+    ap.add_argument("--quick", action="store_true",
+                    help="the micro model, 6 steps, no torch.compile: checks the code paths (seconds)")
     args = ap.parse_args()
-    steps = 5 if args.quick else args.steps
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     print(f"{load_line()}; torch {torch.__version__}, {args.threads} torch thread(s) per process")
 
-    recipe = C.TrainConfig(steps=steps, batch_size=16, seq_len=256, lr=1e-3, warmup_steps=2,
+    if args.quick:
+        model, vocab, steps, batch, seq = QUICK, VOCAB_QUICK, 6, 4, 64
+        args.variant_steps, args.variant_batch = 3, batch
+    else:
+        model, vocab, steps, batch, seq = MODEL_10M, VOCAB_10M, args.steps, 16, 256
+    recipe = C.TrainConfig(steps=steps, batch_size=batch, seq_len=seq, lr=1e-3, warmup_steps=2,
                            checkpoint_every=steps, eval_blocks=2, precision="fp32",
                            torch_threads=args.threads)
-    n = param_counts(llama_config(MODEL_10M, VOCAB_10M))
-    print(f"model: {MODEL_10M.layers}x{MODEL_10M.hidden} ffn {MODEL_10M.ffn}, vocab {VOCAB_10M}: "
+    n = param_counts(llama_config(model, vocab))
+    print(f"model: {model.layers}x{model.hidden} ffn {model.ffn}, vocab {vocab}: "
           f"{n['total'] / 1e6:.1f}M params ({n['non_embedding'] / 1e6:.1f}M non-embedding); "
           f"batch {recipe.batch_size} x {recipe.seq_len}")
 
     data_shares = []
     with tempfile.TemporaryDirectory(prefix="cdray-bench-train-") as tmp:
         tmp = Path(tmp)
-        job = make_job(tmp, MODEL_10M, VOCAB_10M, recipe)
+        job = make_job(tmp, model, vocab, recipe)
 
         ratio = sbs = None
         if not args.skip_ray:
@@ -248,8 +269,13 @@ def main() -> None:
             data_shares.append(ray_t["data_wait_share"])
             print(f"  ray train (whole run)   {fmt(ray_t)}")
             print(f"  plain loop (whole run)  {fmt(plain_t)}")
-            print(f"  common window {sbs['window_s']:.1f} s: ray {sbs['ray_rate']:.0f} tok/s over "
-                  f"{sbs['ray_steps']} steps, plain {sbs['plain_rate']:.0f} tok/s over {sbs['plain_steps']} steps")
+            if sbs["ray_rate"] and sbs["plain_rate"]:
+                print(f"  common window {sbs['window_s']:.1f} s: ray {sbs['ray_rate']:.0f} tok/s over "
+                      f"{sbs['ray_steps']} steps, plain {sbs['plain_rate']:.0f} tok/s over {sbs['plain_steps']} steps")
+            else:  # --quick: the runs are too short to overlap; the whole runs' rates stand in
+                sbs["ray_rate"], sbs["plain_rate"] = ray_t["tokens_per_s"], plain_t["tokens_per_s"]
+                print("  no common window (the runs did not step at the same time): the ratio below "
+                      "compares the whole runs")
             cpu_ratio = ray_t["tokens_per_cpu_s"] / plain_t["tokens_per_cpu_s"]
             thread_ratio = (plain_t["thread_cpu_seconds"] / plain_t["timed_steps"]) / (
                 ray_t["thread_cpu_seconds"] / ray_t["timed_steps"])
@@ -259,17 +285,17 @@ def main() -> None:
                   f"model build, eval, checkpoint, manifest: not in the ratio)")
             ratio = sbs["ray_rate"] / sbs["plain_rate"]
 
-        if not args.quick:
-            import ray
+        import ray
 
-            if ray.is_initialized():
-                ray.shutdown()  # the sections below run in this process only
-            print(f"\n[2] cdray's loop in-process, ~10M model, batch {args.variant_batch} x {recipe.seq_len}, "
-                  f"{args.variant_steps} steps: precision x torch.compile "
+        if ray.is_initialized():
+            ray.shutdown()  # the sections below run in this process only
+        if not args.skip_variants:
+            print(f"\n[2] cdray's loop in-process, {n['total'] / 1e6:.1f}M model, batch {args.variant_batch} x "
+                  f"{recipe.seq_len}, {args.variant_steps} steps: precision x torch.compile "
                   "(ranked by tokens per CPU-second, which other load does not distort)")
             results = {}
-            for precision in (() if args.skip_variants else ("fp32", "bf16")):
-                for comp in (False, True):
+            for precision in ("fp32", "bf16"):
+                for comp in ((False,) if args.quick else (False, True)):
                     r = dataclasses.replace(recipe, precision=precision, compile=comp, steps=args.variant_steps,
                                             checkpoint_every=args.variant_steps, batch_size=args.variant_batch)
                     t = in_process(dataclasses.replace(job, recipe=r, milestones=(r.steps,)),
@@ -277,13 +303,13 @@ def main() -> None:
                     results[(precision, comp)] = t
                     data_shares.append(t["data_wait_share"])
                     print(f"  {precision} compile={str(comp):5} {fmt(t)}")
-            if results:
-                base = results[("fp32", False)]["tokens_per_cpu_s"]
-                best = max(results, key=lambda k: results[k]["tokens_per_cpu_s"])
-                print("  speed vs fp32 eager: " + ", ".join(
-                    f"{p}{'+compile' if c else ''}={v['tokens_per_cpu_s'] / base:.2f}" for (p, c), v in results.items()))
-                print(f"  fastest: {best[0]}{' + compile' if best[1] else ''}")
+            base = results[("fp32", False)]["tokens_per_cpu_s"]
+            best = max(results, key=lambda k: results[k]["tokens_per_cpu_s"])
+            print("  speed vs fp32 eager: " + ", ".join(
+                f"{p}{'+compile' if c else ''}={v['tokens_per_cpu_s'] / base:.2f}" for (p, c), v in results.items()))
+            print(f"  fastest: {best[0]}{' + compile' if best[1] else ''}")
 
+        if not args.quick:
             print("\n[3] the tiny demo shape (4x128, vocab 2000, batch 16 x 128, fp32): does compile pay off?")
             tiny_recipe = dataclasses.replace(recipe, seq_len=128, steps=max(steps, 30),
                                               checkpoint_every=max(steps, 30))
