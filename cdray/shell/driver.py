@@ -14,7 +14,8 @@ from cdray.dag.graph import Cell, SweepGraph, build_graph
 from cdray.dag.store import Store
 from cdray.decode.synthetic import budget_reachable
 from cdray.eval.arm_table import format_table, regime_line
-from cdray.shell.ray_exec import CELL_DRIVER_CPU, build_node, build_nodes, init_ray, ray_storage
+from cdray.shell.ray_exec import build_node, build_nodes, init_ray, ray_storage
+from cdray.shell.train_run import CELL_DRIVER_CPU
 from cdray.sweep.cell_runs import cell_row, live_metrics, log_arm_table, log_cell, log_upstream, metric_prefix
 from cdray.sweep.plan import anchored, open_store, plan, sweep_key
 from cdray.sweep.preflight import check_data

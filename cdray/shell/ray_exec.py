@@ -20,6 +20,7 @@ from cdray.dag.stages import stage
 from cdray.dag.store import Store
 from cdray.eval.device import task_gpus
 from cdray.shell.local_cluster import SINGLE_HOST_ENV, cluster_address, in_job, is_loopback
+from cdray.shell.train_run import WORK_CPU, fit_training
 
 # progress bars of every model load in every worker drown the sweep's own progress lines
 QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -87,10 +88,6 @@ def probe_address(address: str, field: Optional[str], timeout: float = 5.0) -> N
         raise ConnectionError(f"$RAY_ADDRESS: {message}") from None
 
 
-# A sweep cell's Tune trial only drives its trainer and holds this much CPU; the work it starts
-# takes the rest of a core, so N concurrent cells fit on N cores instead of N - 1.
-CELL_DRIVER_CPU = 0.01
-WORK_CPU = 1 - CELL_DRIVER_CPU
 
 
 def open_store(cfg: SweepConfig) -> Store:
@@ -122,8 +119,6 @@ def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[s
         return store.manifest(node.stage, node.key)
     runs_on = stage(node.stage).runs_on
     if runs_on == "train":
-        from cdray.shell.train_run import fit_training
-
         builder = partial(fit_training, callbacks=callbacks)
         return builders.build(node, cfg, store, builder=builder, extra={"mlflow_run_id": run_id}, in_place=True)
     if runs_on == "data":

@@ -28,6 +28,10 @@ from cdray.dag.store import Store, StoreError, member
 from cdray.models.checkpoints import LOGS, RESUME, has_resume_state, resume_to_prune, step_of
 from cdray.shell.process_group import torch_config
 
+# A sweep cell's Tune trial only drives its trainer and holds this much CPU; the work it starts
+# (a training run's workers, a task) takes the rest of a core, so N concurrent cells fit on N cores
+CELL_DRIVER_CPU = 0.01
+WORK_CPU = 1 - CELL_DRIVER_CPU
 CHECKSUMS = "checksums.json"  # a milestone's files with sizes and sha256, uploaded last
 CHUNK = 8 << 20
 
@@ -248,8 +252,6 @@ def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callback
     driver was re-run, training resumes from the run's newest committed milestone."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from cdray.shell.ray_exec import CELL_DRIVER_CPU
 
     recipe = cfg.train
     fetch = [(n.stage, n.key) for _, n in node.inputs] if store.remote is not None else []
