@@ -287,7 +287,7 @@ def test_a_write_stopped_midway_leaves_nothing_in_the_artifact(tmp_path):
     """The stage stops its actor pool at the budget, maybe mid-write: a shard's temporaries are
     neither committed shards nor files of the stage's artifact."""
     from cdray.common.files import temporary_path
-    from cdray.dag.store import _artifact_files
+    from cdray.dag.artifacts import artifact_files as _artifact_files
 
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -432,7 +432,7 @@ def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ra
                            cfg=SweepConfig(generation=g1))
     assert len(seen) == 2 and set(seen) <= shards_done(tmp_path / "stopped")
     # a write an actor was stopped in leaves at most a temporary the store leaves out
-    from cdray.dag.store import _artifact_files
+    from cdray.dag.artifacts import artifact_files as _artifact_files
 
     names = {rel for rel, _ in _artifact_files(tmp_path / "stopped")}
     assert all(n.endswith((".parquet", ".json")) for n in names), names

@@ -9,7 +9,8 @@ import pytest
 
 from cdray.common.files import replacing, write_json_atomic
 from cdray.dag.keys import canonical_json, stage_key
-from cdray.dag.store import MANIFEST, Store, StoreError, _artifact_files
+from cdray.dag.artifacts import artifact_files as _artifact_files
+from cdray.dag.store import MANIFEST, Store, StoreError
 
 
 def test_key_is_stable_and_sensitive():

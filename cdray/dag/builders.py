@@ -268,7 +268,6 @@ def build_evaluate(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dic
 def build_babylm(node: Node, cfg: SweepConfig, store: Store, out: Path, lm=None) -> dict:
     """One BabyLM (or built-in lm-eval) task on one milestone of a training run (lm: that
     milestone's model already loaded for lm-eval, build_babylm_group)."""
-    from cdray.eval import babylm
     from cdray.eval.device import eval_device
     from cdray.eval.tasks import evaluate_builtin, evaluate_task
 

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -30,49 +29,19 @@ from cdray.common.files import (
     write_json_atomic,
 )
 from cdray.common.uris import is_remote
+from cdray.dag.artifacts import (
+    ATTEMPTS,
+    MANIFEST,
+    StoreError,
+    artifact_files,
+    git_sha,
+    member,
+    package_version,
+    remote_prefix,
+)
 from cdray.dag.remote import RemoteRoot, default_cache
 
-MANIFEST = "manifest.json"
-# a remote build uploads under {stage}/{key}/attempts/<id>/ and its manifest names <id>: two hosts
-# building one key never mix files, whichever manifest lands last (the id is kept locally beside
-# the key's lock, outside the artifact)
-ATTEMPTS = "attempts"
-
-
-def _git_sha() -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("cdray")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-class StoreError(RuntimeError):
-    """A store artifact is missing, incomplete or corrupt."""
-
-
-def member(out: Path, rel: str, where: str) -> Path:
-    """out / rel for a file name read from a manifest or listed from a remote folder, which must
-    be a relative path that stays inside the artifact (a tampered manifest must not write or read
-    anywhere else); anything else is a StoreError naming the artifact."""
-    parts = rel.split("/")
-    if (not rel or rel.startswith(("/", "\\")) or "\\" in rel or ":" in parts[0]
-            or any(p in ("", ".", "..") for p in parts)):
-        raise StoreError(f"{where}: unsafe file name {rel!r} in the artifact's listing")
-    path = out / rel
-    if not path.resolve().is_relative_to(out.resolve()):
-        raise StoreError(f"{where}: file name {rel!r} leads outside the artifact")
-    return path
+__all__ = ["MANIFEST", "Store", "StoreError", "member"]
 
 
 @dataclass(frozen=True)
@@ -128,7 +97,7 @@ class Store:
     def _cached(self, stage: str, key: str) -> bool:
         out = self.dir(stage, key)
         return (out / MANIFEST).is_file() and self._intact(stage, key, {
-            rel: p.stat().st_size for rel, p in _artifact_files(out)}, json.loads((out / MANIFEST).read_bytes()))
+            rel: p.stat().st_size for rel, p in artifact_files(out)}, json.loads((out / MANIFEST).read_bytes()))
 
     def is_done(self, stage: str, key: str) -> bool:
         """Whether (stage, key) is committed: its manifest exists and every file it names has
@@ -142,7 +111,7 @@ class Store:
         if self.remote is None or not self.remote.exists(f"{stage}/{key}/{MANIFEST}"):
             return False
         manifest = json.loads(self.remote.read_bytes(f"{stage}/{key}/{MANIFEST}"))
-        return self._intact(stage, key, self.remote.files(_prefix(stage, key, manifest.get("attempt"))),
+        return self._intact(stage, key, self.remote.files(remote_prefix(stage, key, manifest.get("attempt"))),
                             manifest)
 
     def _intact(self, stage: str, key: str, sizes: dict[str, int], manifest: dict) -> bool:
@@ -195,7 +164,7 @@ class Store:
                 p = member(out, rel, self.url(stage, key))
                 if p.is_file() and p.stat().st_size == meta["bytes"] and file_sha256(p) == meta["sha256"]:
                     continue  # left by an earlier build or download
-                self.remote.download(f"{_prefix(stage, key, manifest.get('attempt'))}/{rel}", p, meta["sha256"])
+                self.remote.download(f"{remote_prefix(stage, key, manifest.get('attempt'))}/{rel}", p, meta["sha256"])
             if len(wanted) == len(manifest.get("files", {})):
                 write_json_atomic(out / MANIFEST, manifest)
         return out
@@ -226,12 +195,12 @@ class Store:
         attempt = attempt or self.attempt(stage, key)
         if attempt is None:
             raise StoreError(f"{self.url(stage, key)}: no build attempt to upload into")
-        prefix = _prefix(stage, key, attempt)
+        prefix = remote_prefix(stage, key, attempt)
         out = self.dir(stage, key)
         there = self.remote.files(prefix)
         sent = 0
         # in write order: a stage's own per-part manifests (written after their part) stay last
-        for rel, p in sorted(_artifact_files(out), key=lambda item: item[1].stat().st_mtime_ns):
+        for rel, p in sorted(artifact_files(out), key=lambda item: item[1].stat().st_mtime_ns):
             if there.get(rel) != p.stat().st_size:
                 self.remote.upload(p, f"{prefix}/{rel}")
                 sent += 1
@@ -257,7 +226,7 @@ class Store:
         found: dict[str, tuple[str, int]] = {}
         prefixes = [attempt] if attempt else [None, *self.remote.children(f"{stage}/{key}/{ATTEMPTS}")]
         for att in prefixes:
-            base = _prefix(stage, key, att)
+            base = remote_prefix(stage, key, att)
             for rel, size in self.remote.files(base).items():
                 if att is None and (rel.startswith(f"{ATTEMPTS}/") or rel == MANIFEST):
                     continue  # the flat listing of a key holds the attempts and its manifest
@@ -310,7 +279,7 @@ class Store:
         folder, local or remote), with the sizes and checksums its builder recorded."""
         manifest = self._manifest(stage, key, config, inputs, stats, files, seconds, extra)
         if self.remote is not None:
-            there = self.remote.files(_prefix(stage, key, None))
+            there = self.remote.files(remote_prefix(stage, key, None))
             missing = [rel for rel, meta in files.items() if there.get(rel) != meta["bytes"]]
             if missing:
                 raise StoreError(f"{self.url(stage, key)}: {missing[0]} is not in the store as its builder "
@@ -332,8 +301,8 @@ class Store:
             "bytes": sum(f["bytes"] for f in files.values()),
             "seconds": round(seconds, 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "cdray_version": _package_version(),
-            "git_sha": _git_sha(),
+            "cdray_version": package_version(),
+            "git_sha": git_sha(),
             **(extra or {}),
         }
 
@@ -349,10 +318,10 @@ class Store:
             attempt = attempt or self._begin_attempt(stage, key)
             self.pull(stage, key, attempt)  # what this build's workers wrote on other nodes
         files = {}
-        for rel, p in _artifact_files(out):
+        for rel, p in artifact_files(out):
             fsync_file(p)  # on the disk before the manifest that marks them committed
             files[rel] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-        for folder in {p.parent for _, p in _artifact_files(out)}:
+        for folder in {p.parent for _, p in artifact_files(out)}:
             fsync_dir(folder)
         manifest = self._manifest(stage, key, config, inputs, stats, files, seconds, extra)
         if self.remote is not None:
@@ -369,7 +338,7 @@ class Store:
         bad = []
         for rel, meta in manifest.get("files", {}).items():
             if self.remote is not None:
-                name = f"{_prefix(stage, key, manifest.get('attempt'))}/{rel}"
+                name = f"{remote_prefix(stage, key, manifest.get('attempt'))}/{rel}"
                 try:
                     ok = hashlib.sha256(self.remote.read_bytes(name)).hexdigest() == meta["sha256"]
                 except OSError:
@@ -398,17 +367,3 @@ class Store:
             if d.is_dir():
                 found += [(s, k.name) for k in sorted(d.iterdir()) if (k / MANIFEST).is_file()]
         return found
-
-
-def _prefix(stage: str, key: str, attempt: Optional[str]) -> str:
-    """Where an artifact's files are in a remote store: its build attempt's prefix (None: the
-    key's own folder, where artifacts committed before attempts existed keep them)."""
-    return f"{stage}/{key}/{ATTEMPTS}/{attempt}" if attempt else f"{stage}/{key}"
-
-
-def _artifact_files(out: Path) -> list[tuple[str, Path]]:
-    """(relative name, path) of the files of an artifact, manifest and temporaries excluded."""
-    if not out.is_dir():
-        return []
-    return [(p.relative_to(out).as_posix(), p) for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != MANIFEST and not p.name.startswith(TEMPORARY_PREFIX)]
