@@ -121,7 +121,7 @@ def main() -> None:
                       "strategy": "contrastive", "generation": g, "prompts_path": prompts,
                       "tokenizer_dir": tok_dir, "out_dir": str(out)}
             t0, e0 = time.perf_counter(), time.time()
-            generate_with_ray_data(kwargs, shards, cfg=dataclasses.replace(cfg, generation=g))
+            generate_with_ray_data(kwargs, shards)
             wall, e1 = time.perf_counter() - t0, time.time()
             tokens = sum(pq.read_table(p, columns=["new_tokens"]).column("new_tokens").to_numpy().sum()
                          for p in sorted((out / "shards").glob("*.parquet")))

@@ -44,6 +44,7 @@ def test_a_babylm_folder_in_a_bucket_digests_and_keys_as_the_local_one(micro_cfg
     from conftest import s3_uri, upload_folder
 
     from cdray.dag.builders import babylm_task_dir
+    from cdray.dag.execution import execution_of
     from cdray.dag.graph import build_graph
     from cdray.dag.remote import RemoteRoot
     from cdray.data.telemetry import reference_digest
@@ -71,11 +72,11 @@ def test_a_babylm_folder_in_a_bucket_digests_and_keys_as_the_local_one(micro_cfg
     assert sorted((n.stage, n.key) for n in graph.nodes()) == sorted((n.stage, n.key) for n in here.nodes())
     assert graph.contamination and graph.cells[0].babylm
     node = graph.cells[0].babylm[0]
-    mirrored = babylm_task_dir(cfg, node.config, tmp_path / "node-cache")
+    mirrored = babylm_task_dir(execution_of(cfg), node.config, tmp_path / "node-cache")
     assert babylm.item_files(mirrored, node.config["task"]) and mirrored.startswith(str(tmp_path / "node-cache"))
     RemoteRoot(uri).write_bytes("blimp_filtered/anaphor.jsonl", b'{"sentence_good": "The cat saw itself."}\n')
     with pytest.raises(ValueError, match="its blimp files changed since the sweep was planned"):
-        babylm_task_dir(cfg, next(n for n in graph.cells[0].babylm if n.config["task"] == "blimp").config,
+        babylm_task_dir(execution_of(cfg), next(n for n in graph.cells[0].babylm if n.config["task"] == "blimp").config,
                         tmp_path / "node-cache")
 
 

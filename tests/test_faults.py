@@ -270,7 +270,7 @@ def test_killed_generation_actors_restart_to_identical_corpus(gen_world, referen
     cfg, kwargs, shards = _gen_setup(gen_world, out, text_corpus_dir, tmp_path)
     for shard_id in random.Random(7).sample(range(len(shards)), 2):
         faults.arm(out, "shard", shard_id)  # the actor dies mid-shard; Ray Data restarts it
-    generate_with_ray_data(kwargs, shards, cfg=cfg)
+    generate_with_ray_data(kwargs, shards)
     assert not list(out.glob(faults.TRIGGER_PREFIX + "*")), "every kill point was reached"
     assert _corpus(out, len(shards)) == reference_corpus
 
@@ -283,7 +283,7 @@ kwargs, shards, cfg = json.loads(sys.argv[1]), json.loads(sys.argv[2]), C.from_d
 kwargs["generation"] = cfg.generation  # typed, as the Ray shell passes it
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
          runtime_env={"env_vars": {"PYTHONPATH": sys.argv[4], "OMP_NUM_THREADS": "1"}})
-generate_with_ray_data(kwargs, shards, cfg=cfg)
+generate_with_ray_data(kwargs, shards)
 """
 
 

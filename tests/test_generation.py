@@ -215,8 +215,8 @@ def test_generate_stage_stops_once_the_leading_shards_hold_the_budget(world, tmp
                   amateur={"kind": "small", "model_dir": world["amateur"], "dropout": 0.0},
                   generation=g, prompts_path=str(world["root"] / "prompts.parquet"),
                   tokenizer_dir=world["tok"])
-    monkeypatch.setattr(stages, "generator_kwargs",
-                        lambda node, cfg, store, out: {**kwargs, "out_dir": str(out)})
+    monkeypatch.setattr(stages, "generator_kwargs",  # the run's generation settings, as the real one does
+                        lambda node, run, store, out: {**kwargs, "generation": run.generation, "out_dir": str(out)})
     calls = []
 
     def execute(kw, shards, enough):
@@ -405,7 +405,6 @@ def test_paper_compat_rows_run_full_length(world, tmp_path):
 
 @pytest.mark.slow
 def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ray_session):
-    from cdray.config import SweepConfig
     from cdray.shell.ray_exec import generate_with_ray_data
 
     plan = shard_plan(7, 2)
@@ -416,7 +415,7 @@ def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ra
                       amateur={"kind": "early", "model_dir": world["amateur_same"], "dropout": 0.0},
                       generation=g, prompts_path=str(world["root"] / "prompts.parquet"),
                       out_dir=str(tmp_path / name), tokenizer_dir=world["tok"])
-        generate_with_ray_data(kwargs, plan, cfg=SweepConfig(generation=g))
+        generate_with_ray_data(kwargs, plan)
         outs[name] = tmp_path / name
     for s in plan:
         f = f"shard_{s['shard_id']:05d}.parquet"
@@ -427,9 +426,8 @@ def test_ray_data_actors_and_batch_size_do_not_change_shards(world, tmp_path, ra
     # shards at once, so they may come back in either order
     seen = []
     kwargs["out_dir"] = str(tmp_path / "stopped")
-    g1 = dataclasses.replace(g, actors=1)
-    generate_with_ray_data(kwargs, plan, lambda c: seen.append(c["shard_id"]) or len(seen) == 2,
-                           cfg=SweepConfig(generation=g1))
+    kwargs["generation"] = dataclasses.replace(g, actors=1)
+    generate_with_ray_data(kwargs, plan, lambda c: seen.append(c["shard_id"]) or len(seen) == 2)
     assert len(seen) == 2 and set(seen) <= shards_done(tmp_path / "stopped")
     # a write an actor was stopped in leaves at most a temporary the store leaves out
     from cdray.dag.artifacts import artifact_files as _artifact_files

@@ -153,6 +153,7 @@ def test_keys_are_stable_across_loads(micro_cfg_dict):
 
 def test_decontamination_items_are_keyed_by_content_not_path(micro_cfg_dict, tmp_path):
     from cdray.dag.builders import eval_items_dir
+    from cdray.dag.execution import execution_of
 
     items = tmp_path / "items"
     (items / "blimp").mkdir(parents=True)
@@ -167,11 +168,11 @@ def test_decontamination_items_are_keyed_by_content_not_path(micro_cfg_dict, tmp
     cfg, keys = generate_keys(items)
     assert generate_keys(tmp_path / "link")[1] == keys  # the same items through a symlink
     node = next(iter(build_graph(cfg).generations.values()))
-    assert eval_items_dir(node.config, cfg) == str(items)
+    assert eval_items_dir(node.config, execution_of(cfg)) == str(items)
     (items / "blimp" / "a.jsonl").write_text('{"sentence_good": "The dog sat."}\n')
     assert generate_keys(items)[1].isdisjoint(keys)  # other items, other corpora
     with pytest.raises(ValueError, match="eval.babylm_dir .* changed since the sweep was planned"):
-        eval_items_dir(node.config, cfg)
+        eval_items_dir(node.config, execution_of(cfg))
 
 
 def test_evaluation_data_keys_only_what_reads_it(micro_cfg_dict):

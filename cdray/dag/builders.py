@@ -8,6 +8,7 @@ from typing import Callable, Optional
 from cdray.common import console
 from cdray.common.special_tokens import BOS_ID, EOS_ID
 from cdray.config import SweepConfig
+from cdray.dag.execution import Execution, as_execution
 from cdray.dag.graph import Node
 from cdray.dag.store import Store
 
@@ -42,23 +43,25 @@ def downloads(store: Store) -> Path:
     return store.root / "_downloads"
 
 
-def build_corpus(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+def build_corpus(node: Node, ex: Execution, store: Store, out: Path) -> dict:
     from cdray.data.corpus import build_corpus as build
     from cdray.data.source_files import local_corpus
 
     # folder sources read from this node's disk (a remote one mirrored), checked against the
     # digests the key was planned with
-    corpus = local_corpus(cfg.corpus, cfg.data_root, node.config, downloads(store))
+    corpus = local_corpus(ex.corpus(node.config), None, node.config, downloads(store))
     return build(corpus, out, downloads(store))
 
 
-def build_tokenizer(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+def build_tokenizer(node: Node, ex: Execution, store: Store, out: Path) -> dict:
+    from cdray.config import TokenizerConfig, parse_section
     from cdray.data.tokenizer import train_tokenizer
 
-    return train_tokenizer(cfg.tokenizer, input_dir(store, node, "corpus") / "train.parquet", out)
+    recipe = parse_section(TokenizerConfig, node.config, "tokenizer")
+    return train_tokenizer(recipe, input_dir(store, node, "corpus") / "train.parquet", out)
 
 
-def build_tokens(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+def build_tokens(node: Node, ex: Execution, store: Store, out: Path) -> dict:
     from cdray.data.tokenizer import tokenize_parquet, write_token_stream
 
     split = node.config["split"]
@@ -81,7 +84,7 @@ def build_tokens(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
     return tokenize_parquet(input_dir(store, node, "tokenizer"), corpus, out / "tokens.npy")
 
 
-def build_prompts(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+def build_prompts(node: Node, ex: Execution, store: Store, out: Path) -> dict:
     from cdray.decode.synthetic import make_prompts
 
     return make_prompts(input_dir(store, node, "corpus") / "seed.parquet",
@@ -89,7 +92,7 @@ def build_prompts(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict
                         out / "prompts.parquet")
 
 
-def train_job(node: Node, cfg: SweepConfig, store: Store, fetch: bool = True):
+def train_job(node: Node, run: SweepConfig | Execution, store: Store, fetch: bool = True):
     """The pure training job of a train node (paths resolved in the store; fetch=False: where
     they will be once fetched, by the workers that read them)."""
     from cdray.config import ModelConfig, parse_section
@@ -100,7 +103,7 @@ def train_job(node: Node, cfg: SweepConfig, store: Store, fetch: bool = True):
     return TrainJob(
         model=parse_section(ModelConfig, c["model"], "model"),
         vocab_size=c["vocab_size"],
-        recipe=cfg.train,
+        recipe=as_execution(run).recipe(c["recipe"]),
         seed=c["seed"],
         q=c["q"],
         milestones=tuple(c["milestones"]),
@@ -110,10 +113,11 @@ def train_job(node: Node, cfg: SweepConfig, store: Store, fetch: bool = True):
     )
 
 
-def build_train_local(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+def build_train_local(node: Node, ex: Execution, store: Store, out: Path) -> dict:
     from cdray.models.training import train
 
-    return train(train_job(node, cfg, store), out, keep_resume=cfg.train.keep_resume)
+    job = train_job(node, ex, store)
+    return train(job, out, keep_resume=job.recipe.keep_resume)
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -123,9 +127,9 @@ def step_dir(run_dir: Path, step: int) -> Path:
     return checkpoints.step_dir(run_dir, step) / "model"
 
 
-def generator_kwargs(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+def generator_kwargs(node: Node, run: SweepConfig | Execution, store: Store, out: Path) -> dict:
     """Constructor arguments of generation.ShardGenerator for a generate node."""
-    c = node.config
+    c, ex = node.config, as_execution(run)
     expert_dir = step_dir(input_dir(store, node, "expert", milestone_weights(c["expert_step"])), c["expert_step"])
     amateur = dict(c["amateur"])
     kind = amateur["kind"]
@@ -141,36 +145,35 @@ def generator_kwargs(node: Node, cfg: SweepConfig, store: Store, out: Path) -> d
         "expert_dir": str(expert_dir),
         "amateur": amateur,
         "strategy": c["strategy"],
-        "generation": cfg.generation,
+        "generation": ex.generation_config(c["generation"]),
         "prompts_path": str(input_dir(store, node, "prompts") / "prompts.parquet"),
         "tokenizer_dir": str(input_dir(store, node, "tokenizer")),
         "out_dir": str(out),
         "eval_parquet": (str(input_dir(store, node, "corpus") / "eval.parquet")
                          if node.has_input("corpus") else None),
         # a URI: the actors mirror it on their own nodes, into the store's downloads there
-        "eval_items_dir": eval_items_dir(c, cfg, downloads(store)),
+        "eval_items_dir": eval_items_dir(c, ex, downloads(store)),
         "data_cache": str(downloads(store)),
     }
 
 
-def eval_items_dir(c: dict, cfg: SweepConfig, cache: Optional[Path] = None, local: bool = False) -> Optional[str]:
+def eval_items_dir(c: dict, ex: Execution, cache: Optional[Path] = None, local: bool = False) -> Optional[str]:
     """Where the evaluation items a generate (or contamination) node reads are: a path or a URI
     (local: a URI's mirror in cache). Their key holds the items' digest, checked here; the run's
     config says where they are."""
     if "eval_items" not in c:
         return None
     from cdray.common.redaction import mask_uri
-    from cdray.data.source_files import resolve
     from cdray.data.telemetry import reference_digest, reference_folder
 
-    folder = resolve(cfg.eval.babylm_dir, cfg.data_root)
+    folder = ex.babylm_dir
     if c["eval_items"] != "missing" and reference_digest(folder, cache) != c["eval_items"]:
         raise ValueError(f"eval.babylm_dir {mask_uri(folder)!r}: its evaluation items changed since the "
                          f"sweep was planned")
     return str(reference_folder(folder, cache)) if local else folder
 
 
-def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
+def build_generate(node: Node, ex: Execution, store: Store, out: Path,
                    execute: Optional[ShardExecutor] = None,
                    progress: Optional[Callable[[dict], None]] = None) -> dict:
     """Generate shards in prompt order until the leading ones hold the token budget, then
@@ -188,8 +191,8 @@ def build_generate(node: Node, cfg: SweepConfig, store: Store, out: Path,
     from cdray.decode.shards import committed_tokens, finalize_corpus, leading_tokens
     from cdray.decode.synthetic import budget_reachable, shard_plan
 
-    gen = cfg.generation
-    kwargs = generator_kwargs(node, cfg, store, out)
+    kwargs = generator_kwargs(node, ex, store, out)
+    gen = kwargs["generation"]
     n_prompts = pq.read_metadata(kwargs["prompts_path"]).num_rows
     budget_reachable(gen, n_prompts)
     shards = shard_plan(n_prompts, gen.shard_prompts)
@@ -245,27 +248,27 @@ def _execute_in_process(kwargs: dict, shards: list[dict],
             return
 
 
-def build_contamination(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+def build_contamination(node: Node, ex: Execution, store: Store, out: Path) -> dict:
     """How many rows of a synthetic corpus share a word n-gram with the evaluation items."""
     from cdray.data.telemetry import contamination_stats
 
     return contamination_stats(input_dir(store, node, "generate") / "corpus.parquet",
                                input_dir(store, node, "tokenizer"),
-                               eval_items_dir(node.config, cfg, downloads(store), local=True), node.config["n"])
+                               eval_items_dir(node.config, ex, downloads(store), local=True), node.config["n"])
 
 
-def build_evaluate(node: Node, cfg: SweepConfig, store: Store, out: Path) -> dict:
+def build_evaluate(node: Node, ex: Execution, store: Store, out: Path) -> dict:
     from cdray.eval.device import eval_device
     from cdray.eval.perplexity import evaluate_run
 
     c = node.config
     return evaluate_run(input_dir(store, node, "run", every_milestone_weights),
                         input_dir(store, node, "eval") / "tokens.npy", out,
-                        seq_len=c["seq_len"], max_blocks=c["max_blocks"], batch_size=cfg.eval.batch_size,
-                        device=eval_device(cfg.train.use_gpu), precision=c.get("precision", "fp32"))
+                        seq_len=c["seq_len"], max_blocks=c["max_blocks"], batch_size=ex.eval["batch_size"],
+                        device=eval_device(ex.use_gpu), precision=c.get("precision", "fp32"))
 
 
-def build_babylm(node: Node, cfg: SweepConfig, store: Store, out: Path, lm=None) -> dict:
+def build_babylm(node: Node, ex: Execution, store: Store, out: Path, lm=None) -> dict:
     """One BabyLM (or built-in lm-eval) task on one milestone of a training run (lm: that
     milestone's model already loaded for lm-eval, build_babylm_group)."""
     from cdray.eval.device import eval_device
@@ -274,13 +277,13 @@ def build_babylm(node: Node, cfg: SweepConfig, store: Store, out: Path, lm=None)
     c = node.config
     model_dir = step_dir(input_dir(store, node, "run", milestone_weights(c["step"])), c["step"])
     tokenizer_dir = input_dir(store, node, "tokenizer")
-    batch = cfg.eval.scoring_batch_size
-    run_on = {"device": eval_device(cfg.train.use_gpu), "precision": c.get("precision", "fp32")}
+    batch = ex.eval["scoring_batch_size"]
+    run_on = {"device": eval_device(ex.use_gpu), "precision": c.get("precision", "fp32")}
     if c["task"].startswith("lm_eval:"):
         summary = evaluate_builtin(model_dir, tokenizer_dir, c["task"].split(":", 1)[1], out, batch_size=batch,
                                    **run_on)
     else:
-        data_dir = babylm_task_dir(cfg, c, downloads(store))
+        data_dir = babylm_task_dir(ex, c, downloads(store))
         summary = evaluate_task(model_dir, tokenizer_dir, data_dir, c["task"], out,
                                 max_items=c["max_items"], batch_size=batch, lm=lm,
                                 reading_mode=c.get("mode", "exact"), **run_on)
@@ -288,15 +291,14 @@ def build_babylm(node: Node, cfg: SweepConfig, store: Store, out: Path, lm=None)
             "items": summary.get("items", {}), "truncated": summary.get("truncated", {})}
 
 
-def babylm_task_dir(cfg: SweepConfig, c: dict, cache: Path) -> str:
+def babylm_task_dir(ex: Execution, c: dict, cache: Path) -> str:
     """The local BabyLM folder holding a babylm node's task files (a URI's mirror in cache),
     checked against the digest the node was planned with."""
     from cdray.common.redaction import mask_uri
     from cdray.data import folders
-    from cdray.data.source_files import resolve
     from cdray.eval import babylm
 
-    where = resolve(cfg.eval.babylm_dir, cfg.data_root) if cfg.eval.babylm_dir else None
+    where = ex.babylm_dir
     local = folders.mirror(where, babylm.task_file(c["task"]), cache) if where and folders.exists(where) else None
     if local is None or babylm.data_digest(local, c["task"], cache) != c["data"]:
         shown = mask_uri(where) if where else where
@@ -309,7 +311,7 @@ def checkpoint_of(node: Node) -> tuple[str, int]:
     return node.input("run").key, int(node.config["step"])
 
 
-def build_babylm_group(nodes: list[Node], cfg: SweepConfig, store: Store) -> list[dict]:
+def build_babylm_group(nodes: list[Node], run: SweepConfig | Execution, store: Store) -> list[dict]:
     """Every task node of one checkpoint, in this process: the checkpoint is loaded and lm-eval
     started once for all of them (each task's start-up dominates at small item counts)."""
     from functools import partial
@@ -317,6 +319,7 @@ def build_babylm_group(nodes: list[Node], cfg: SweepConfig, store: Store) -> lis
     from cdray.eval.device import eval_device
     from cdray.eval.tasks import hf_lm
 
+    ex = as_execution(run)
     if len({checkpoint_of(n) for n in nodes}) > 1:
         raise ValueError("build_babylm_group: the nodes score different checkpoints")
     lm, out = None, []
@@ -325,13 +328,14 @@ def build_babylm_group(nodes: list[Node], cfg: SweepConfig, store: Store) -> lis
             require_inputs(node, store)
             model_dir = step_dir(input_dir(store, node, "run", milestone_weights(node.config["step"])),
                                  node.config["step"])
-            lm = hf_lm(model_dir, input_dir(store, node, "tokenizer"), cfg.eval.scoring_batch_size,
-                       eval_device(cfg.train.use_gpu), node.config.get("precision", "fp32"))
-        out.append(build(node, cfg, store, builder=partial(build_babylm, lm=lm)))
+            lm = hf_lm(model_dir, input_dir(store, node, "tokenizer"), ex.eval["scoring_batch_size"],
+                       eval_device(ex.use_gpu), node.config.get("precision", "fp32"))
+        out.append(build(node, ex, store, builder=partial(build_babylm, lm=lm)))
     return out
 
 
-BUILDERS: dict[str, Callable[[Node, SweepConfig, Store, Path], dict]] = {
+# a builder reads its node (config slice and inputs) and the run's Execution, never the sweep's config
+BUILDERS: dict[str, Callable[[Node, Execution, Store, Path], dict]] = {
     "corpus": build_corpus,
     "tokenizer": build_tokenizer,
     "tokens": build_tokens,
@@ -356,8 +360,8 @@ def require_inputs(node: Node, store: Store) -> None:
                                     f"{dep.stage}/{dep.key}) is not built")
 
 
-def build(node: Node, cfg: SweepConfig, store: Store,
-          builder: Optional[Callable[[Node, SweepConfig, Store, Path], dict]] = None,
+def build(node: Node, run: SweepConfig | Execution, store: Store,
+          builder: Optional[Callable[[Node, Execution, Store, Path], dict]] = None,
           extra: Optional[dict] = None, in_place: bool = False) -> dict:
     """Get-or-build one node in this process once all its inputs are built; returns its manifest.
     `in_place`: the builder returns (stats, files) of files it put where they live (Store.get_or_build)."""
@@ -365,6 +369,7 @@ def build(node: Node, cfg: SweepConfig, store: Store,
         return store.manifest(node.stage, node.key)
     require_inputs(node, store)
     fn = builder or BUILDERS[node.stage]
-    return store.get_or_build(node.stage, node.key, lambda out: fn(node, cfg, store, out),
+    ex = as_execution(run)
+    return store.get_or_build(node.stage, node.key, lambda out: fn(node, ex, store, out),
                               config=node.config, inputs=node.input_keys,
                               extra={"label": node.label, **(extra or {})}, in_place=in_place)

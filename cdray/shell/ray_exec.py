@@ -15,6 +15,7 @@ from cdray.common import console
 from cdray.common.signals import sigterm_interrupts
 from cdray.config import ConfigError, RayConfig, SweepConfig
 from cdray.dag import builders
+from cdray.dag.execution import Execution, as_execution
 from cdray.dag.graph import Node
 from cdray.dag.stages import stage
 from cdray.dag.store import Store
@@ -90,8 +91,15 @@ def probe_address(address: str, field: Optional[str], timeout: float = 5.0) -> N
 
 
 
-def open_store(cfg: SweepConfig) -> Store:
-    return Store.at(cfg.store.root, cfg.store.cache)
+def open_store(run: SweepConfig | Execution) -> Store:
+    ex = as_execution(run)
+    return Store.at(ex.store_root, ex.store_cache)
+
+
+def store_address(store: Store) -> tuple:
+    """What opens this store again on another node: its location and, for a remote store, the
+    cache path (the same path on every node of a cluster, each node's own disk)."""
+    return store.location, str(store.root) if store.remote is not None else None
 
 
 def ray_storage(store: Store, name: str) -> dict:
@@ -103,33 +111,34 @@ def ray_storage(store: Store, name: str) -> dict:
 
 
 @ray.remote(num_cpus=WORK_CPU)
-def _build_task(node: Node, cfg: SweepConfig) -> dict:
+def _build_task(node: Node, ex: Execution) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    return builders.build(node, cfg, open_store(cfg))
+    return builders.build(node, ex, open_store(ex))
 
 
-def build_node(node: Node, cfg: SweepConfig, store: Store, *, run_id: Optional[str] = None,
+def build_node(node: Node, run: SweepConfig | Execution, store: Store, *, run_id: Optional[str] = None,
                callbacks: tuple = (), progress: Optional[Callable[[dict], None]] = None) -> dict:
     """Get-or-build a node on the executor its stage runs on (cdray.dag.stages): Ray Train, a Ray
     Data actor pool (progress: its figures as each shard commits, builders.build_generate), or a
     task; a checkpoint's BabyLM tasks go through build_nodes."""
     if store.is_done(node.stage, node.key):
         return store.manifest(node.stage, node.key)
+    ex = as_execution(run)
     runs_on = stage(node.stage).runs_on
     if runs_on == "train":
         builder = partial(fit_training, callbacks=callbacks)
-        return builders.build(node, cfg, store, builder=builder, extra={"mlflow_run_id": run_id}, in_place=True)
+        return builders.build(node, ex, store, builder=builder, extra={"mlflow_run_id": run_id}, in_place=True)
     if runs_on == "data":
         builder = partial(builders.build_generate, progress=progress,
-                          execute=partial(generate_with_ray_data, cfg=cfg, store=store, node=node))
-        return builders.build(node, cfg, store, builder=builder)
+                          execute=partial(generate_with_ray_data, store=store, node=node))
+        return builders.build(node, ex, store, builder=builder)
     if runs_on == "checkpoint":
-        return build_nodes([node], cfg, store)[0]
+        return build_nodes([node], ex, store)[0]
     # inside a Tune trial, tasks would inherit the trial's 0.01-CPU placement group: escape it
     return ray.get(_build_task.options(scheduling_strategy=_outside_trial(),
-                                       num_gpus=task_gpus(node.stage, cfg.train.use_gpu)).remote(node, cfg))
+                                       num_gpus=task_gpus(node.stage, ex.use_gpu)).remote(node, ex))
 
 
 def _outside_trial():
@@ -139,22 +148,23 @@ def _outside_trial():
 
 
 @ray.remote(num_cpus=WORK_CPU)
-def _build_babylm_group_task(nodes: list, cfg: SweepConfig) -> list[dict]:
+def _build_babylm_group_task(nodes: list, ex: Execution) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
-    return builders.build_babylm_group(nodes, cfg, open_store(cfg))
+    return builders.build_babylm_group(nodes, ex, open_store(ex))
 
 
-def build_nodes(nodes, cfg: SweepConfig, store: Store) -> list[dict]:
+def build_nodes(nodes, run: SweepConfig | Execution, store: Store) -> list[dict]:
     """Get-or-build a cell's evaluation nodes: one Ray task per checkpoint, which loads it once and
     scores every task of it in one process; checkpoints in parallel."""
     groups: dict[tuple, list[Node]] = {}
     for node in nodes:
         if not store.is_done(node.stage, node.key):
             groups.setdefault(builders.checkpoint_of(node), []).append(node)
-    gpus = task_gpus("babylm", cfg.train.use_gpu)
-    refs = [_build_babylm_group_task.options(scheduling_strategy=_outside_trial(), num_gpus=gpus).remote(g, cfg)
+    ex = as_execution(run)
+    gpus = task_gpus("babylm", ex.use_gpu)
+    refs = [_build_babylm_group_task.options(scheduling_strategy=_outside_trial(), num_gpus=gpus).remote(g, ex)
             for g in groups.values()]
     built = {n.key: m for g, ms in zip(groups.values(), ray.get(refs)) for n, m in zip(g, ms)}
     return [built.get(n.key) or store.manifest(n.stage, n.key) for n in nodes]
@@ -182,20 +192,20 @@ class _StoreShardGenerator:
 
 
 def generate_with_ray_data(kwargs: dict, shards: list[dict],
-                           enough: Optional[Callable[[dict], bool]] = None, *, cfg: SweepConfig,
+                           enough: Optional[Callable[[dict], bool]] = None, *,
                            store: Optional[Store] = None, node: Optional[Node] = None) -> None:
-    """Run generation shards in order on a Ray Data actor pool (each actor holds both models);
-    with `enough`, stop the pool once enough(counts) of a committed shard is True (counts: the
-    ShardGenerator's output row)."""
+    """Run generation shards in order on a Ray Data actor pool (each actor holds both models; the
+    pool as kwargs["generation"] sizes it); with `enough`, stop the pool once enough(counts) of a
+    committed shard is True (counts: the ShardGenerator's output row)."""
     from cdray.decode.synthetic import ShardGenerator, shards_per_actor
 
-    gen = cfg.generation
+    gen = kwargs["generation"]
     calls = shards_per_actor(gen.batch_size, gen.shard_prompts * gen.continuations)
     remote = store is not None and store.remote is not None
     callable_cls = ShardGenerator
     if remote:
         callable_cls = _StoreShardGenerator
-        kwargs = {**kwargs, "store": (store.location, cfg.store.cache),
+        kwargs = {**kwargs, "store": store_address(store),
                   "push": (node.stage, node.key, store.attempt(node.stage, node.key)),
                   "fetch": [(n.stage, n.key) for _, n in node.inputs]}
     # one block per shard, so the pool can hand shards to several actors (set at creation: a

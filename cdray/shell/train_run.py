@@ -22,6 +22,7 @@ from typing import Optional
 import ray
 
 from cdray.config import SweepConfig
+from cdray.dag.execution import Execution, as_execution
 from cdray.dag import builders
 from cdray.dag.graph import Node
 from cdray.dag.store import Store, StoreError, member
@@ -246,23 +247,26 @@ def run_files(store: Store, key: str) -> dict[str, dict]:
     return files
 
 
-def fit_training(node: Node, cfg: SweepConfig, store: Store, out: Path, callbacks: tuple = ()) -> tuple[dict, dict]:
+def fit_training(node: Node, run: SweepConfig | Execution, store: Store, out: Path,
+                 callbacks: tuple = ()) -> tuple[dict, dict]:
     """Run a train node as a Ray Train TorchTrainer (gloo on CPU, nccl on GPU); returns its stats
     and files. Whether Ray restarted the worker group (a lost node, FailureConfig) or the whole
     driver was re-run, training resumes from the run's newest committed milestone."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    recipe = cfg.train
+    ex = as_execution(run)
+    recipe = ex.recipe(node.config["recipe"])
     fetch = [(n.stage, n.key) for _, n in node.inputs] if store.remote is not None else []
     resources = None if recipe.use_gpu else {"CPU": recipe.torch_threads - CELL_DRIVER_CPU}
     trainer = TorchTrainer(
         _train_loop,
         # the job's input paths are where every node's cache keeps them: the workers fetch them
-        train_loop_config={"job": builders.train_job(node, cfg, store, fetch=store.remote is None), "key": node.key,
+        train_loop_config={"job": builders.train_job(node, ex, store, fetch=store.remote is None), "key": node.key,
                            "use_gpu": recipe.use_gpu, "threads": recipe.torch_threads,
                            "keep_resume": recipe.keep_resume,
-                           "store": ray.put((store.location, cfg.store.cache)), "fetch": fetch},
+                           "store": ray.put((store.location, str(store.root) if store.remote else None)),
+                           "fetch": fetch},
         torch_config=torch_config("nccl" if recipe.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=recipe.num_workers, use_gpu=recipe.use_gpu,
                                      resources_per_worker=resources),
