@@ -15,7 +15,9 @@ Executor = Literal["task", "train", "data", "checkpoint"]
 @dataclass(frozen=True)
 class Stage:
     name: str
-    version: int  # bump when the output for the same config and inputs changes meaning
+    # bump when the output for the same config and inputs changes meaning; tests/test_stage_code.py
+    # asks whenever the stage's code changes (docs/store.md, "Code in the keys")
+    version: int
     inputs: tuple[str, ...]  # the names a node of this stage may read its inputs by
     runs_on: Executor
     what: str
