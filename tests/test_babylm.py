@@ -44,7 +44,7 @@ def test_a_babylm_folder_in_a_bucket_digests_and_keys_as_the_local_one(micro_cfg
     from conftest import s3_uri, upload_folder
 
     from cdray.dag.builders import babylm_task_dir
-    from cdray.dag.execution import execution_of
+    from cdray.dag.run_config import execution_of
     from cdray.dag.graph import build_graph
     from cdray.dag.remote import RemoteRoot
     from cdray.data.telemetry import reference_digest

@@ -10,7 +10,7 @@ import torch
 
 from cdray import config as C
 from cdray.dag import builders
-from cdray.dag.execution import execution_of
+from cdray.dag.run_config import execution_of
 from cdray.dag.graph import build_graph
 from cdray.dag.store import Store
 from cdray.shell import ray_exec, train_run

@@ -153,7 +153,7 @@ def test_keys_are_stable_across_loads(micro_cfg_dict):
 
 def test_decontamination_items_are_keyed_by_content_not_path(micro_cfg_dict, tmp_path):
     from cdray.dag.builders import eval_items_dir
-    from cdray.dag.execution import execution_of
+    from cdray.dag.run_config import execution_of
 
     items = tmp_path / "items"
     (items / "blimp").mkdir(parents=True)

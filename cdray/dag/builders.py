@@ -8,7 +8,8 @@ from typing import Callable, Optional
 from cdray.common import console
 from cdray.common.special_tokens import BOS_ID, EOS_ID
 from cdray.config import SweepConfig
-from cdray.dag.execution import Execution, as_execution
+from cdray.dag.execution import Execution
+from cdray.dag.run_config import as_execution
 from cdray.dag.graph import Node
 from cdray.dag.store import Store
 

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from cdray.config import CorpusConfig, GenerationConfig, SweepConfig, TrainConfig, parse_section
+from cdray.config import CorpusConfig, GenerationConfig, TrainConfig, parse_section
 
 
 def execution_fields(section: Any) -> dict:
@@ -51,24 +51,4 @@ class Execution:
         return parse_section(GenerationConfig, {**keyed, **self.generation}, "generation")
 
 
-def execution_of(cfg: SweepConfig) -> Execution:
-    from cdray.config.loading import to_dict
-    from cdray.data.source_files import resolve, source_location
-
-    def plain(section) -> dict:
-        return {k: to_dict(v) for k, v in execution_fields(section).items()}
-
-    return Execution(
-        store_root=cfg.store.root, store_cache=cfg.store.cache,
-        train=plain(cfg.train), generation=plain(cfg.generation), eval=plain(cfg.eval),
-        use_gpu=cfg.train.use_gpu, data_root=cfg.data_root,
-        sources=tuple(source_location(s, cfg.data_root) for s in cfg.corpus.sources),
-        babylm_dir=resolve(cfg.eval.babylm_dir, cfg.data_root) if cfg.eval.babylm_dir else None,
-    )
-
-
-def as_execution(run: SweepConfig | Execution) -> Execution:
-    return run if isinstance(run, Execution) else execution_of(run)
-
-
-__all__ = ["Execution", "execution_fields", "execution_of", "as_execution"]
+__all__ = ["Execution", "execution_fields"]

@@ -35,6 +35,7 @@ PLUMBING = (
     "cdray.dag.artifacts", "cdray.dag.graph", "cdray.dag.keys", "cdray.dag.remote", "cdray.dag.stage_code",
     "cdray.dag.stages", "cdray.dag.store",
     "cdray.data.folders",  # finds and mirrors data folders, whose content the keys hold by digest
+    "cdray.dag.run_config",  # a run's execution knobs and where its data is, for the builders
 )
 
 

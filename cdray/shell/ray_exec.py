@@ -15,7 +15,8 @@ from cdray.common import console
 from cdray.common.signals import sigterm_interrupts
 from cdray.config import ConfigError, RayConfig, SweepConfig
 from cdray.dag import builders
-from cdray.dag.execution import Execution, as_execution
+from cdray.dag.execution import Execution
+from cdray.dag.run_config import as_execution
 from cdray.dag.graph import Node
 from cdray.dag.stages import stage
 from cdray.dag.store import Store

@@ -22,7 +22,8 @@ from typing import Optional
 import ray
 
 from cdray.config import SweepConfig
-from cdray.dag.execution import Execution, as_execution
+from cdray.dag.execution import Execution
+from cdray.dag.run_config import as_execution
 from cdray.dag import builders
 from cdray.dag.graph import Node
 from cdray.dag.store import Store, StoreError, member
