@@ -17,9 +17,8 @@ from cdray.config.loading import (
                                      load_raw,
                                      parse_override,
                                      parse_section,
-                                     set_dotted,
-                                     to_dict,
 )
+from cdray.config.plain import set_dotted, to_dict
 from cdray.config.models import MODEL_PRESETS, ExpertConfig, ModelConfig, SmallConfig, TrainConfig
 from cdray.config.reference import field_reference, reference_markdown
 from cdray.config.sweep import (

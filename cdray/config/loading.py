@@ -13,7 +13,8 @@ import yaml
 from cdray.config.errors import ConfigError, check
 from cdray.config.generation import PAPER_COMPAT, PAPER_COMPAT_PENALTY, GenerationConfig
 from cdray.config.models import MODEL_PRESETS, ModelConfig
-from cdray.config.sweep import ProfileConfig, SweepConfig
+from cdray.config.plain import set_dotted
+from cdray.config.sweep import GridConfig, ProfileConfig, SweepConfig
 
 
 def _type_name(tp: Any) -> str:
@@ -37,6 +38,8 @@ def _coerce(value: Any, tp: Any, at: str) -> Any:
             except ConfigError as e:
                 errors.append(e)
         raise errors[0]
+    if tp is Any:  # an axis value: checked where it is applied (cdray.config.axes)
+        return value
     if origin is Literal:
         check(value in args, at, f"{value!r} is not one of {list(args)}")
         return value
@@ -75,6 +78,9 @@ def _build(cls: type, data: Any, at: str) -> Any:
         where = f"{at}.preset" if at else "preset"
         check(preset in MODEL_PRESETS, where, f"{preset!r} is not one of {sorted(MODEL_PRESETS)}")
         data = {**MODEL_PRESETS[preset], **data}
+    if cls is GridConfig and isinstance(data.get("fields"), dict):
+        # written as a mapping {train.weight_decay: [0.1, 1.0]}: one axis per entry, in order
+        data["fields"] = [{"name": k, "values": v} for k, v in data["fields"].items()]
     if cls is GenerationConfig and data.get("paper_compat") is True:
         # the switch fills in the paper's values; explicit conflicting ones fail in validate()
         data = {**PAPER_COMPAT, **data}
@@ -102,29 +108,6 @@ def _build(cls: type, data: Any, at: str) -> Any:
 def parse_section(cls: type, data: Any, at: str) -> Any:
     """Build one config dataclass from its raw mapping, strictly (as load() does for the whole tree)."""
     return _build(cls, data, at)
-
-
-def set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    """Apply one `a.b.c=value` override to a raw YAML tree (lists by index: a.0.b)."""
-    parts = dotted.split(".")
-    node: Any = tree
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            check(part.isdigit() and int(part) < len(node), dotted, f"no list index {part!r}")
-            node = node[int(part)]
-            continue
-        check(isinstance(node, dict), dotted, f"{'.'.join(parts[:i])} is not a mapping")
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        node = nxt
-    last = parts[-1]
-    check(isinstance(node, (dict, list)), dotted, f"{'.'.join(parts[:-1])} is not a mapping")
-    if isinstance(node, list):
-        check(last.isdigit() and int(last) < len(node), dotted, f"no list index {last!r}")
-        node[int(last)] = value
-    else:
-        node[last] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -180,7 +163,15 @@ def apply_profile(data: dict, name: Optional[str] = None) -> dict:
 
 
 def from_dict(data: dict, profile: Optional[str] = None) -> SweepConfig:
-    return _build(SweepConfig, apply_profile(data, profile), "").validate()
+    return _with_axes(_build(SweepConfig, apply_profile(data, profile), "").validate())
+
+
+def _with_axes(cfg: SweepConfig) -> SweepConfig:
+    """cfg once its grid.fields axes are checked (each value gives a valid config)."""
+    from cdray.config.axes import check_axes
+
+    check_axes(cfg, lambda raw: _build(SweepConfig, raw, "").validate())
+    return cfg
 
 
 def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> SweepConfig:
@@ -193,13 +184,4 @@ def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Sweep
     for key, value in parsed:
         if key != "profile":
             set_dotted(data, key, value)
-    return _build(SweepConfig, data, "").validate()
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain JSON-able form of a config (tuples become lists; -inf stays a float)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    return obj
+    return _with_axes(_build(SweepConfig, data, "").validate())

@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from cdray.config.loading import _type_name, to_dict
+from cdray.config.loading import _type_name
+from cdray.config.plain import to_dict
 from cdray.config.sweep import ProfileConfig, SweepConfig
 
 

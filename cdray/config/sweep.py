@@ -1,9 +1,10 @@
 """Config of evaluation, the grid, the plumbing (store, tracking, Ray, profiles) and the whole sweep."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from cdray.config.data import CorpusConfig, TokenizerConfig
 from cdray.config.errors import ADDED, BABYLM, BABYLM_EXECUTION, EXECUTION, check, in_range
@@ -60,6 +61,19 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class FieldAxis:
+    """An axis of the grid over one config field: its dotted name and the values it takes."""
+
+    name: str
+    values: tuple[Any, ...]
+
+    def validate(self, at: str) -> None:
+        check(len(self.values) >= 1, at, "an axis needs at least one value")
+        for i, v in enumerate(self.values):
+            check(v not in self.values[:i], f"{at}[{i}]", f"{v!r} is there twice")
+
+
+@dataclass(frozen=True)
 class GridConfig:
     """The sweep grid. Amateurs are EARLY-k, SMALL-r and DROP-p; q=0 cells are the BASELINE."""
 
@@ -69,6 +83,9 @@ class GridConfig:
     strategy: tuple[str, ...] = ("contrastive",)
     q: tuple[float, ...] = (0.0, 0.3)
     seed: tuple[int, ...] = (42,)
+    # axes over any field of what a sweep computes, e.g. {train.weight_decay: [0.1, 1.0]}: train.*
+    # varies the students' runs, generation.* the corpora, expert.* the GOOD (cdray.config.axes)
+    fields: tuple[FieldAxis, ...] = field(default=(), metadata=ADDED)
     max_cells: int = 2000  # a guard against a typo that would plan a huge grid
 
     def cells(self) -> int:
@@ -78,7 +95,8 @@ class GridConfig:
         corpora = sum(1 for s in set(self.strategy) if s not in NEEDS_AMATEUR)
         corpora += amateurs * sum(1 for s in set(self.strategy) if s in NEEDS_AMATEUR)
         per_seed = (1 if 0 in self.q else 0) + corpora * sum(1 for q in set(self.q) if q > 0)
-        return len(set(self.seed)) * per_seed
+        settings = math.prod(len(a.values) for a in self.fields)  # at most: an axis may not apply to a cell
+        return len(set(self.seed)) * per_seed * settings
 
     def validate(self, at: str) -> None:
         for i, k in enumerate(self.k):
@@ -97,6 +115,10 @@ class GridConfig:
         for i, sd in enumerate(self.seed):
             check(sd >= 0, f"{at}.seed[{i}]", f"{sd!r} must be >= 0")
         check(self.max_cells >= 1, f"{at}.max_cells", "must be >= 1")
+        names = [a.name for a in self.fields]
+        for a in self.fields:
+            check(names.count(a.name) == 1, f"{at}.fields.{a.name}", "the field is an axis twice")
+            a.validate(f"{at}.fields.{a.name}")
         check(self.cells() <= self.max_cells, f"{at}.max_cells",
                f"the grid has {self.cells()} cells, more than max_cells={self.max_cells} "
                f"(raise it if you mean it)")
@@ -240,7 +262,7 @@ class SweepConfig:
         check(self.eval.precision == "fp32" or self.train.precision == "bf16", "eval.precision",
                f"{self.eval.precision!r} needs train.precision: bf16 (the runs train in "
                f"{self.train.precision}); use fp32")
-        self.grid.validate("grid")
+        self.grid.validate("grid")  # its fields axes: cdray.config.axes, once the config is built
         milestones = self.good_milestones
         for i, m in enumerate(milestones):
             check(1 <= m <= self.train.steps, f"expert.milestones[{i}]",

@@ -7,7 +7,7 @@ from cdray.dag.execution import Execution, execution_fields
 
 
 def execution_of(cfg: SweepConfig) -> Execution:
-    from cdray.config.loading import to_dict
+    from cdray.config.plain import to_dict
     from cdray.data.source_files import resolve, source_location
 
     def plain(section) -> dict:

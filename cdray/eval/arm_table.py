@@ -7,19 +7,22 @@ from typing import Iterable
 
 
 def aggregate(rows: Iterable[dict], metric: str = "final_ppl") -> list[dict]:
-    """Group cell rows by (arm, q); mean and sample sd over seeds; Δ vs BASELINE (positive = better)."""
+    """Group cell rows by (arm, q); mean and sample sd over seeds; Δ vs the arm's BASELINE (its row's
+    "baseline": the BASELINE with the arm's grid.fields values, else the plain one; positive = better)."""
+    from cdray.eval.stats import is_baseline, nearest_baseline
+
     groups: dict[tuple[str, float], list[dict]] = defaultdict(list)
     for r in rows:
         if r.get(metric) is not None:
             groups[(r["arm"], float(r["q"]))].append(r)
-    baseline = [r[metric] for (arm, _), rs in groups.items() if arm == "BASELINE" for r in rs]
-    base_mean = statistics.fmean(baseline) if baseline else None
+    base_means = {arm: statistics.fmean(r[metric] for r in rs) for (arm, _), rs in groups.items() if is_baseline(arm)}
     out = []
-    for (arm, q), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "BASELINE", kv[0][0], kv[0][1])):
+    for (arm, q), rs in sorted(groups.items(), key=lambda kv: (not is_baseline(kv[0][0]), kv[0][0], kv[0][1])):
         values = [r[metric] for r in rs]
         mean = statistics.fmean(values)
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        rel = None if base_mean is None or arm == "BASELINE" else 100.0 * (base_mean - mean) / base_mean
+        base_mean = base_means.get(rs[0].get("baseline") or nearest_baseline(arm))
+        rel = None if base_mean is None or is_baseline(arm) else 100.0 * (base_mean - mean) / base_mean
         realised = [r["realised_q"] for r in rs if r.get("realised_q") is not None]
         out.append({"arm": arm, "q": q, "n_seeds": len(values), "mean": mean, "sd": sd, "rel_pct": rel,
                     "realised_q": statistics.fmean(realised) if realised else None})

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from cdray.eval.babylm import SCORES
-from cdray.eval.stats import BASELINE, PPL, ArmSummary
+from cdray.eval.stats import PPL, ArmSummary, is_baseline
 
 TITLES = {PPL: "Perplexity", "mu": "μΔREL (the paper's seven scores)", "blimp": "BLiMP", "supplement": "BLiMP supp.",
           "entity_tracking": "Entity tracking", "ewok": "EWoK", "wug": "WUG (accuracy)", "reading": "Reading (SPR)",
@@ -46,7 +46,7 @@ def _value(row: ArmSummary, score: str, base: Optional[ArmSummary]) -> tuple[flo
 
 def panels(rows: list[ArmSummary]) -> list[str]:
     """The scores the rows hold a relative change for: perplexity, then μΔREL and each task."""
-    have = {s for r in rows if r.arm != BASELINE for s, c in r.cells.items() if math.isfinite(c.rel)}
+    have = {s for r in rows if not is_baseline(r.arm) for s, c in r.cells.items() if math.isfinite(c.rel)}
     out = [PPL] if PPL in have else []
     if any(s in have for s in SCORES):
         out += ["mu", *(s for s in SCORES if s in have)]
@@ -55,12 +55,12 @@ def panels(rows: list[ArmSummary]) -> list[str]:
 
 def arms_figure(rows: list[ArmSummary], path: Path, title: str) -> Optional[Path]:
     """Bars of every arm's change vs BASELINE, one panel per measured score."""
-    arms = [r for r in rows if r.arm != BASELINE]
+    arms = [r for r in rows if not is_baseline(r.arm)]
     scores = panels(rows)
     if not arms or not scores:
         return None
     plt = _plt()
-    base = next((r for r in rows if r.arm == BASELINE), None)
+    base = next((r for r in rows if is_baseline(r.arm)), None)
     cols = min(4, len(scores))
     nrows = -(-len(scores) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(max(7.0, 3.6 * cols), 3.4 * nrows), squeeze=False)
@@ -97,7 +97,7 @@ def truncation_figure(settings: list[tuple[str, list[ArmSummary]]], path: Path) 
     """Grouped bars per truncation setting (several sweeps): PPL Δ, and μΔREL when measured."""
     if len(settings) < 2:
         return None
-    arms = sorted({(r.arm, r.q) for _, rows in settings for r in rows if r.arm != BASELINE})
+    arms = sorted({(r.arm, r.q) for _, rows in settings for r in rows if not is_baseline(r.arm)})
     scores = [s for s in (PPL, "mu") if s in panels([r for _, rows in settings for r in rows])]
     if not arms or not scores:
         return None
@@ -113,7 +113,7 @@ def truncation_figure(settings: list[tuple[str, list[ArmSummary]]], path: Path) 
             vals, errs = [], []
             for _, rows in settings:
                 row = next((r for r in rows if (r.arm, r.q) == (arm, q)), None)
-                base = next((r for r in rows if r.arm == BASELINE), None)
+                base = next((r for r in rows if is_baseline(r.arm)), None)
                 v, e, _ = _value(row, score, base) if row else (math.nan, 0.0, False)
                 vals.append(v), errs.append(e)
             ax.bar(x + (i - (len(arms) - 1) / 2) * width, vals, width, yerr=errs, capsize=3, label=f"{arm} q={q:g}")
@@ -133,9 +133,9 @@ def truncation_figure(settings: list[tuple[str, list[ArmSummary]]], path: Path) 
 def mixing_figure(rows: list[ArmSummary], path: Path) -> Optional[Path]:
     """Change vs BASELINE against the synthetic fraction q (q = 0 is BASELINE), one line per arm;
     drawn only for arms measured at two or more q > 0, with the paper's q = 0.3 marked."""
-    arms = sorted({r.arm for r in rows if r.arm != BASELINE and sum(x.arm == r.arm for x in rows) >= 2})
+    arms = sorted({r.arm for r in rows if not is_baseline(r.arm) and sum(x.arm == r.arm for x in rows) >= 2})
     scores = [s for s in (PPL, "mu") if s in panels(rows)]
-    base = next((r for r in rows if r.arm == BASELINE), None)
+    base = next((r for r in rows if is_baseline(r.arm)), None)
     if not arms or not scores or base is None:
         return None
     plt = _plt()
@@ -166,14 +166,14 @@ def arm_table_figure(agg: list[dict], path: Path, title: str) -> Optional[Path]:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(agg) + 2), 3.6))
     names = [f"{a['arm']}\nq={a['q']:g}" for a in agg]
-    colors = ["grey" if a["arm"] == BASELINE else ("tab:green" if (a["rel_pct"] or 0) > 0 else "tab:red") for a in agg]
+    colors = ["grey" if is_baseline(a["arm"]) else ("tab:green" if (a["rel_pct"] or 0) > 0 else "tab:red") for a in agg]
     errs = [a["sd"] if a["n_seeds"] > 1 else 0.0 for a in agg]
     bars = ax.bar(range(len(agg)), [a["mean"] for a in agg], yerr=errs, capsize=3, color=colors, alpha=0.8)
     for bar, a in zip(bars, agg):
         rel = "" if a["rel_pct"] is None else f"\n{a['rel_pct']:+.1f}%"
         ax.annotate(f"{a['mean']:.1f}{rel}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=7)
-    base = next((a["mean"] for a in agg if a["arm"] == BASELINE), None)
+    base = next((a["mean"] for a in agg if is_baseline(a["arm"])), None)
     if base is not None:
         ax.axhline(base, color="black", linestyle=":", linewidth=0.8)
     ax.set_xticks(range(len(agg)), names, fontsize=7)

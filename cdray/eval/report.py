@@ -5,7 +5,7 @@ import math
 from typing import Optional
 
 from cdray.eval.babylm import SCORES, SHOWN_SCORES
-from cdray.eval.stats import BASELINE, PPL, ArmSummary, Checkpoint
+from cdray.eval.stats import PPL, ArmSummary, Checkpoint, is_baseline
 
 COLUMNS = {"blimp": "BLiMP", "supplement": "Supp.", "entity_tracking": "ET", "ewok": "EWoK", "wug": "WUG acc.",
            "wug_spearman": "WUG ρ", "reading": "Reading", "eye_tracking": "Eye tracking"}
@@ -19,12 +19,12 @@ def collect(graph, store) -> list[Checkpoint]:
         cps: dict[int, Checkpoint] = {}
         if store.is_done(cell.evaluate.stage, cell.evaluate.key):
             for m in store.manifest(cell.evaluate.stage, cell.evaluate.key)["stats"]["milestones"]:
-                cps[m["step"]] = Checkpoint(cell.arm, cell.q, cell.seed, m["step"], {PPL: m["ppl"]})
+                cps[m["step"]] = Checkpoint(cell.label, cell.q, cell.seed, m["step"], {PPL: m["ppl"]})
         for node in cell.babylm:
             if node.config["task"].startswith("lm_eval:") or not store.is_done(node.stage, node.key):
                 continue
             st = store.manifest(node.stage, node.key)["stats"]
-            c = cps.setdefault(st["step"], Checkpoint(cell.arm, cell.q, cell.seed, st["step"]))
+            c = cps.setdefault(st["step"], Checkpoint(cell.label, cell.q, cell.seed, st["step"]))
             c.scores.update({k: v for k, v in st["scores"].items() if k in SCORES or k in SHOWN_SCORES})
             c.item_dirs[st["task"]] = store.dir(node.stage, node.key) / "items"
         out += cps.values()
@@ -62,7 +62,7 @@ def cell_text(summary: ArmSummary, score: str) -> str:
     spread = f"±{_fmt(c.se, digits)}" if summary.n_seeds > 1 else ""  # one seed: no spread to show
     text = f"{_fmt(c.mean, digits)}{spread}{mark}"
     # a relative change of a correlation near 0 says nothing: its Δ and CI are in the bootstrap table
-    if summary.arm != BASELINE and math.isfinite(c.rel) and score not in DIGITS:
+    if not is_baseline(summary.arm) and math.isfinite(c.rel) and score not in DIGITS:
         text += f" ({c.rel:+.2f}%)"
     return text
 
@@ -74,7 +74,7 @@ def markdown_table(rows: list[ArmSummary], title: str) -> str:
     head = ["arm", "q", *(["μΔREL"] if columns else []), "PPL (Δ%)", *columns.values(), "n_seeds"]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        mu = "—" if r.arm == BASELINE else (f"{r.mu_delta_rel:+.2f}%" if math.isfinite(r.mu_delta_rel) else "—")
+        mu = "—" if is_baseline(r.arm) else (f"{r.mu_delta_rel:+.2f}%" if math.isfinite(r.mu_delta_rel) else "—")
         ppl = cell_text(r, PPL)
         cells = [cell_text(r, s) for s in columns]
         lines.append("| " + " | ".join([r.arm, f"{r.q:g}", *([mu] if columns else []), ppl, *cells,

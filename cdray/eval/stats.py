@@ -17,6 +17,16 @@ PPL = "ppl"
 BASELINE = "BASELINE"
 
 
+def is_baseline(arm: str) -> bool:
+    """A BASELINE arm, with or without the grid.fields values of its cells ("BASELINE weight_decay=1")."""
+    return arm == BASELINE or arm.startswith(BASELINE + " ")
+
+
+def nearest_baseline(arm: str) -> str:
+    """The BASELINE an arm is compared with when none is given: the plain one."""
+    return arm if is_baseline(arm) else BASELINE
+
+
 @dataclass
 class Checkpoint:
     """The scores of one milestone of one cell, and where its per-item files are."""
@@ -196,14 +206,19 @@ Loader = Callable[[Path], dict[str, dict[str, np.ndarray]]]
 
 
 def summarize(checkpoints: list[Checkpoint], mode: str = "best", B: int = 1000, seed: int = 42,
-              loader: Loader = load_item_dir) -> list[ArmSummary]:
+              loader: Loader = load_item_dir,
+              baseline_of: Callable[[str], str] = nearest_baseline) -> list[ArmSummary]:
     """The paper's table rows: per (arm, q) and score the selected checkpoints' mean ± se over seeds,
-    relative change vs BASELINE and a paired bootstrap of the difference of seed means."""
+    relative change vs its BASELINE (baseline_of(arm): the one trained with the arm's grid.fields
+    values, when they apply to it) and a paired bootstrap of the difference of seed means."""
     chosen = select(checkpoints, mode)
     groups: dict[tuple, list[tuple]] = defaultdict(list)
     for key in chosen:
         groups[key[:2]].append(key)
-    base_keys = [k for g, ks in groups.items() if g[0] == BASELINE for k in ks]
+    bases: dict[str, list[tuple]] = defaultdict(list)
+    for g, ks in groups.items():
+        if is_baseline(g[0]):
+            bases[g[0]] += ks
     cache: dict[tuple, dict] = {}
 
     def items(cp: Checkpoint, task: str):
@@ -238,27 +253,29 @@ def summarize(checkpoints: list[Checkpoint], mode: str = "best", B: int = 1000, 
 
     out = []
     all_scores = [*SCORES, *SHOWN_SCORES, PPL]
-    base_cells = {s: stats(base_keys, s) for s in all_scores} if base_keys else {}
-    base_boot: dict[str, Optional[np.ndarray]] = {}
-    for g in sorted(groups, key=lambda g: (g[0] != BASELINE, g[0], g[1])):
+    base_stats = {b: {s: stats(ks, s) for s in all_scores} for b, ks in bases.items()}
+    base_boot: dict[tuple[str, str], Optional[np.ndarray]] = {}
+    for g in sorted(groups, key=lambda g: (not is_baseline(g[0]), g[0], g[1])):
         keys = sorted(groups[g])
+        base = baseline_of(g[0])
+        base_cells = {} if is_baseline(g[0]) else base_stats.get(base, {})
         cells = {}
         for s in all_scores:
             cell = stats(keys, s)
             if not cell.n:
                 continue
-            if base_cells and base_cells[s].n and g[0] != BASELINE:
+            if base_cells and base_cells[s].n:
                 cell.rel = relative_change(cell.mean, base_cells[s].mean, s)
                 if s != PPL and B > 0:
-                    if s not in base_boot:
-                        base_boot[s] = boot(base_keys, s)
+                    if (base, s) not in base_boot:
+                        base_boot[(base, s)] = boot(bases[base], s)
                     mine = boot(keys, s)
-                    if mine is not None and base_boot[s] is not None:
-                        cell.comparison = paired_bootstrap(mine, base_boot[s], cell.mean - base_cells[s].mean)
+                    if mine is not None and base_boot[(base, s)] is not None:
+                        cell.comparison = paired_bootstrap(mine, base_boot[(base, s)], cell.mean - base_cells[s].mean)
             cells[s] = cell
         rel = {s: c.rel for s, c in cells.items()}
         per_seed = []  # each seed's μΔREL against the baseline mean: the error bar of μΔREL
-        if base_cells and g[0] != BASELINE:
+        if base_cells:
             for k in keys:
                 r = {s: relative_change(cp.scores[s], base_cells[s].mean, s) for s, cp in chosen[k].items()
                      if s in base_cells and base_cells[s].n}

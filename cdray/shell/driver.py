@@ -11,6 +11,7 @@ from cdray.common import console
 from cdray.common.redaction import redact
 from cdray.config import SweepConfig, to_dict
 from cdray.dag.graph import Cell, SweepGraph, build_graph
+from cdray.dag.nodes import baselines
 from cdray.dag.store import Store
 from cdray.decode.synthetic import budget_reachable
 from cdray.eval.arm_table import format_table, regime_line
@@ -26,15 +27,15 @@ Echo = Callable[[str], None]
 
 
 def run_cell(cell: Cell, cfg: SweepConfig, store: Store, tracker: Tracker, parent_id: Optional[str],
-             callbacks: tuple = ()) -> dict:
+             callbacks: tuple = (), baseline: str = "BASELINE") -> dict:
     """A cell's own work in order (its training run, then its evaluations: every input it reads
     from outside the cell is upstream work, built before any cell), logged to its child run."""
-    run_id, _ = tracker.child_run(parent_id, cell.id, f"{cell.arm} q={cell.q:g} seed={cell.seed}")
+    run_id, _ = tracker.child_run(parent_id, cell.id, f"{cell.label} q={cell.q:g} seed={cell.seed}")
     try:
         build_node(cell.train, cfg, store, run_id=run_id, callbacks=callbacks)
         build_node(cell.evaluate, cfg, store)
         build_nodes(cell.babylm, cfg, store)
-        row = log_cell(tracker, run_id, cell, cfg, store)
+        row = log_cell(tracker, run_id, cell, cfg, store, baseline)
     except BaseException:
         tracker.finish(run_id, "FAILED")
         raise
@@ -42,20 +43,24 @@ def run_cell(cell: Cell, cfg: SweepConfig, store: Store, tracker: Tracker, paren
     return row
 
 
-def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], parent_id: Optional[str]) -> None:
+def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], parent_id: Optional[str],
+                baselines: dict[str, str]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cell = cells[config["cell"]]
     store = open_store(cfg)
     tracker = Tracker(cfg.tracking)
-    row = run_cell(cell, cfg, store, tracker, parent_id, callbacks=(TuneReportCallback(),))
+    row = run_cell(cell, cfg, store, tracker, parent_id, callbacks=(TuneReportCallback(),),
+                   baseline=baselines[cell.label])
     tune.report({"final_ppl": row["final_ppl"], "best_ppl": row["best_ppl"], "done": True})
 
 
-def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional[str], name: str) -> None:
+def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional[str], name: str,
+                        baselines: dict[str, str]) -> None:
     """One Tune trial per missing cell; each trial drives a TorchTrainer and the evaluation."""
     trainable = tune.with_resources(
-        tune.with_parameters(_cell_trial, cfg=cfg, cells={c.id: c for c in cells}, parent_id=parent_id),
+        tune.with_parameters(_cell_trial, cfg=cfg, cells={c.id: c for c in cells}, parent_id=parent_id,
+                             baselines=baselines),
         {"CPU": CELL_DRIVER_CPU},  # the trial only drives a TorchTrainer, whose worker holds the real CPU
     )
     tuner = tune.Tuner(
@@ -125,6 +130,7 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
         tracker.log_params(parent_id, {f"small_r{r:g}": info})
     if graph.babylm_note:
         echo(f"[cdray] BabyLM evaluation skipped ({graph.babylm_note}): perplexity only")
+    base = baselines(graph.cells)
     pending = [c for c in graph.cells
                if not (all(store.is_done(n.stage, n.key) for n in (c.evaluate, *c.babylm))
                        and tracker.child_finished(parent_id, c.id))]
@@ -137,12 +143,12 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
             echo(f"[cdray] running {len(pending)} cell(s)" + (" as a Ray Tune run" if use_tune else ""))
             watch.watch_cells(pending)
             if use_tune:
-                run_cells_with_tune(cfg, pending, parent_id, name=f"sweep-{cfg.name}-{key}")
+                run_cells_with_tune(cfg, pending, parent_id, name=f"sweep-{cfg.name}-{key}", baselines=base)
             else:
                 for cell in pending:
-                    run_cell(cell, cfg, store, tracker, parent_id)
+                    run_cell(cell, cfg, store, tracker, parent_id, baseline=base[cell.label])
             watch.tick()  # the last cells' lines
-    results = [row for c in graph.cells if (row := cell_row(c, store)) is not None]
+    results = [row for c in graph.cells if (row := cell_row(c, store, base[c.label])) is not None]
     table = format_table(results)
     echo(table)
     echo(regime_line(epochs_over_real(graph, store, cfg), len({r["seed"] for r in results})))

@@ -27,26 +27,45 @@ def model_sizes(model_cfg: dict, vocab: int) -> dict:
     return {"params_total": counts["total"], "params_non_embedding": counts["non_embedding"]}
 
 
-def cell_row(cell: Cell, store: Store) -> Optional[dict]:
-    """The numbers of a finished cell, read from the store (None if not built)."""
+def cell_row(cell: Cell, store: Store, baseline: str = "BASELINE") -> Optional[dict]:
+    """The numbers of a finished cell, read from the store (None if not built); its arm is shown
+    with its grid.fields values, and compared with `baseline` (cdray.dag.nodes.baselines)."""
     if not store.is_done(cell.evaluate.stage, cell.evaluate.key):
         return None
     ev = store.manifest(cell.evaluate.stage, cell.evaluate.key)["stats"]
     tr = store.manifest(cell.train.stage, cell.train.key)["stats"]
-    return {**cell.params(), "final_ppl": ev["final_ppl"], "best_ppl": ev["best_ppl"],
-            "best_step": ev["best_step"], "realised_q": tr.get("realised_q")}
+    return {**cell.params(), "arm": cell.label, "baseline": baseline, "final_ppl": ev["final_ppl"],
+            "best_ppl": ev["best_ppl"], "best_step": ev["best_step"], "realised_q": tr.get("realised_q")}
 
 
-def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConfig, store: Store) -> dict:
-    """Params, metrics, tags and dataset inputs of a finished cell's child run."""
-    row = cell_row(cell, store)
+def cell_config(cell: Cell) -> dict:
+    """What the cell's stages were keyed by: its training run's config, its evaluation's and, for a
+    mixed run, its synthetic corpus's generation settings (the resolved config, axis values set)."""
+    out = {"train": cell.train.config, "evaluate": cell.evaluate.config}
+    if cell.train.has_input("synthetic"):
+        out["generate"] = cell.train.input("synthetic").input("generate").config
+    return out
+
+
+def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConfig, store: Store,
+             baseline: str = "BASELINE") -> dict:
+    """Params, metrics, tags and dataset inputs of a finished cell's child run (its recipe, decoding
+    settings and grid.fields values among the params, its resolved config as an artifact)."""
+    row = cell_row(cell, store, baseline)
     train_dir = store.fetch(cell.train.stage, cell.train.key, lambda rel: rel in LOGS)  # not its weights
     tr = store.manifest(cell.train.stage, cell.train.key)["stats"]
-    params = {**cell.params(), **model_sizes(cell.train.config["model"], cfg.tokenizer.vocab_size),
-              "model": cell.train.config["model"], "steps": cfg.train.steps,
-              "batch_size": cfg.train.batch_size, "seq_len": cfg.train.seq_len,
-              "realised_q": tr.get("realised_q"), "mixing": cfg.train.mixing}
+    resolved = cell_config(cell)
+    recipe = resolved["train"]["recipe"]
+    params = {**cell.params(), **model_sizes(cell.train.config["model"], cell.train.config["vocab_size"]),
+              "model": cell.train.config["model"], "setting": cell.setting, "baseline": baseline,
+              **{k: recipe[k] for k in ("steps", "batch_size", "seq_len", "lr", "weight_decay", "warmup_steps",
+                                       "precision", "mixing") if k in recipe},
+              "realised_q": tr.get("realised_q")}
+    if "generate" in resolved:
+        decoding = resolved["generate"]["generation"].get("decoding", {})
+        params.update({f"decoding.{k}": v for k, v in decoding.items()})
     tracker.log_params(run_id, params)
+    tracker.log_text(run_id, json.dumps(resolved, indent=1, sort_keys=True), "cell_config.json")
     metrics = []
     curve = train_dir / "metrics.jsonl"
     if curve.is_file():

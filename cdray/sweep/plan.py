@@ -90,7 +90,7 @@ def cells_summary(cells, list_up_to: int = 8) -> str:
     """One line: every cell id for a small sweep, else its arms (with their q) and seeds."""
     if len(cells) <= list_up_to:
         return f"cells: {len(cells)} ({', '.join(c.id for c in cells)})"
-    arms = dict.fromkeys(f"{c.arm} q={c.q:g}" for c in cells)
+    arms = dict.fromkeys(f"{c.label} q={c.q:g}" for c in cells)
     seeds = dict.fromkeys(c.seed for c in cells)
     return (f"cells: {len(cells)}: {len(arms)} arms ({', '.join(arms)}) "
             f"x {len(seeds)} seeds ({', '.join(map(str, seeds))})")

@@ -7,6 +7,7 @@ from typing import Callable
 
 from cdray.config import SweepConfig
 from cdray.dag.graph import build_graph
+from cdray.dag.nodes import baselines
 from cdray.dag.store import Store
 from cdray.eval.arm_table import format_table
 from cdray.eval.figures import arms_figure, mixing_figure, truncation_figure
@@ -28,7 +29,8 @@ def report_from_mlflow(cfg: SweepConfig, echo: Echo = print) -> list[dict]:
         p, m = run.data.params, run.data.metrics
         if "final_ppl" not in m:
             continue
-        rows.append({"arm": p["arm"], "q": float(p["q"]), "seed": int(p["seed"]),
+        arm = f"{p['arm']} {p.get('setting', '')}".strip()  # with its grid.fields values
+        rows.append({"arm": arm, "baseline": p.get("baseline", "BASELINE"), "q": float(p["q"]), "seed": int(p["seed"]),
                      "final_ppl": m["final_ppl"], "best_ppl": m.get("best_ppl"),
                      "realised_q": m.get("realised_q")})
     echo(format_table(rows))
@@ -47,7 +49,7 @@ def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> 
     """The paper's table (best and final checkpoint), bootstrap details and figures of one or more
     sweeps (several sweeps = the settings of a truncation sweep); logged to the first one's parent run."""
     from cdray.eval import report as pr
-    from cdray.eval.stats import summarize
+    from cdray.eval.stats import nearest_baseline, summarize
 
     cfgs = [anchored(c) for c in cfgs]
     main = cfgs[0]
@@ -61,7 +63,9 @@ def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> 
             echo(f"[cdray] {cfg.name}: BabyLM scores not evaluated ({graph.babylm_note}): perplexity only")
         store = Store.at(cfg.store.root)
         cps = pr.collect(graph, store)
-        best, final = summarize(cps, "best", B=B), summarize(cps, "final", B=B)
+        base = baselines(graph.cells)
+        best, final = (summarize(cps, mode, B=B, baseline_of=lambda arm: base.get(arm, nearest_baseline(arm)))
+                       for mode in ("best", "final"))
         cuts = pr.context_cuts(graph, store)
         if cuts:
             md += [f"{cfg.name}: {cuts}", ""]
