@@ -2,9 +2,11 @@
 trial drives a TorchTrainer and the cell's evaluations), MLflow parent and child runs."""
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Optional
 
+import ray
 from ray import tune
 
 from cdray.common import console
@@ -15,9 +17,11 @@ from cdray.dag.nodes import baselines
 from cdray.dag.store import Store
 from cdray.decode.synthetic import budget_reachable
 from cdray.eval.arm_table import format_table, regime_line
+from cdray.dag.run_config import execution_of
+from cdray.shell.dispatch import ensure, start_builds
 from cdray.shell.ray_exec import build_node, build_nodes, init_ray, ray_storage
 from cdray.shell.train_run import CELL_DRIVER_CPU
-from cdray.sweep.cell_runs import cell_row, live_metrics, log_arm_table, log_cell, log_upstream, metric_prefix
+from cdray.sweep.cell_runs import cell_row, log_arm_table, log_cell, log_upstream, metric_prefix
 from cdray.sweep.plan import anchored, open_store, plan, sweep_key
 from cdray.sweep.preflight import check_data
 from cdray.sweep.progress import Watcher, log_path
@@ -27,11 +31,15 @@ Echo = Callable[[str], None]
 
 
 def run_cell(cell: Cell, cfg: SweepConfig, store: Store, tracker: Tracker, parent_id: Optional[str],
-             callbacks: tuple = (), baseline: str = "BASELINE") -> dict:
-    """A cell's own work in order (its training run, then its evaluations: every input it reads
-    from outside the cell is upstream work, built before any cell), logged to its child run."""
+             builds, callbacks: tuple = (), baseline: str = "BASELINE") -> dict:
+    """A cell's own work in order, logged to its child run: its inputs from outside the cell (a
+    synthetic corpus, the token streams) through the sweep's builds (built once, whoever asks
+    first; a BASELINE's are ready as soon as the real corpus is), then its training run and its
+    evaluations."""
     run_id, _ = tracker.child_run(parent_id, cell.id, f"{cell.label} q={cell.q:g} seed={cell.seed}")
     try:
+        for _, dep in cell.train.inputs:
+            ensure(dep, builds, store)
         build_node(cell.train, cfg, store, run_id=run_id, callbacks=callbacks)
         build_node(cell.evaluate, cfg, store)
         build_nodes(cell.babylm, cfg, store)
@@ -44,23 +52,24 @@ def run_cell(cell: Cell, cfg: SweepConfig, store: Store, tracker: Tracker, paren
 
 
 def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], parent_id: Optional[str],
-                baselines: dict[str, str]) -> None:
+                baselines: dict[str, str], builds) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cell = cells[config["cell"]]
     store = open_store(cfg)
     tracker = Tracker(cfg.tracking)
-    row = run_cell(cell, cfg, store, tracker, parent_id, callbacks=(TuneReportCallback(),),
+    row = run_cell(cell, cfg, store, tracker, parent_id, builds, callbacks=(TuneReportCallback(),),
                    baseline=baselines[cell.label])
     tune.report({"final_ppl": row["final_ppl"], "best_ppl": row["best_ppl"], "done": True})
 
 
 def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional[str], name: str,
-                        baselines: dict[str, str]) -> None:
-    """One Tune trial per missing cell; each trial drives a TorchTrainer and the evaluation."""
+                        baselines: dict[str, str], builds) -> None:
+    """One Tune trial per missing cell, all started at once: each waits for its own inputs, then
+    drives a TorchTrainer and the evaluation."""
     trainable = tune.with_resources(
         tune.with_parameters(_cell_trial, cfg=cfg, cells={c.id: c for c in cells}, parent_id=parent_id,
-                             baselines=baselines),
+                             baselines=baselines, builds=builds),
         {"CPU": CELL_DRIVER_CPU},  # the trial only drives a TorchTrainer, whose worker holds the real CPU
     )
     tuner = tune.Tuner(
@@ -80,28 +89,56 @@ def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional
 
 
 def build_upstream(graph: SweepGraph, cfg: SweepConfig, store: Store, tracker: Tracker,
-                   parent_id: Optional[str], echo: Echo, watch: Optional[Watcher] = None) -> None:
-    for node in graph.upstream():
-        if store.is_done(node.stage, node.key):
-            continue
-        started = time.time()
-        echo(f"[cdray] building {node.label} ({node.stage}/{node.key}) ...")
+                   parent_id: Optional[str], echo: Echo, builds, watch: Optional[Watcher] = None) -> threading.Thread:
+    """Submit every shared node not built yet to the sweep's builds, where each starts as soon as
+    its inputs are built; a thread reports and logs each as it finishes (returned, to join).
+    The seed prompts and what they need come first, here: a seed split too small for the token
+    budget fails before anything is trained."""
+    for node in graph.prompts.walk():
+        if not store.is_done(node.stage, node.key):
+            _done(node, ensure(node, builds, store), graph, cfg, tracker, parent_id, echo, time.time())
+    todo = [n for n in graph.upstream() if not store.is_done(n.stage, n.key)]
+    started = time.time()
+    refs = {ray.get(builds.ensure.remote(n))[0]: n for n in todo}
+    for node in todo:
         if watch is not None and node.stage == "train":
             watch.watch_run(node.label, node)
-        manifest = build_node(node, cfg, store, run_id=parent_id,
-                              progress=live_metrics(tracker, parent_id, node, echo))
-        if watch is not None:
-            watch.forget_run(node.label)
-        echo(f"[cdray]   {node.label}: done in {time.time() - started:.1f}s")
-        log_upstream(tracker, parent_id, node, manifest)
-        if node.stage == "prompts" and graph.generations:
-            budget_reachable(cfg.generation, manifest["stats"]["prompts"])
-        if node.stage == "generate" and not manifest["stats"].get("budget_reached", True):
-            short = cfg.generation.token_budget - manifest["stats"]["new_tokens"]
-            echo(f"[cdray] WARNING: {node.label} holds {manifest['stats']['new_tokens']} new tokens, "
-                 f"{short} short of generation.token_budget={cfg.generation.token_budget} (its rows "
-                 f"stopped early at EOS): its arms train on a smaller synthetic corpus")
-            tracker.log_metrics(parent_id, [(f"{metric_prefix(node)}.shortfall_tokens", float(short), 0)])
+    if todo:
+        echo(f"[cdray] building {len(todo)} shared stages, each as soon as its inputs are built: "
+             + ", ".join(n.label for n in todo))
+
+    def report() -> None:
+        waiting = list(refs)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            node = refs[ready[0]]
+            if watch is not None:
+                watch.forget_run(node.label)
+            try:
+                _done(node, ray.get(ready[0]), graph, cfg, tracker, parent_id, echo, started)
+            except Exception as e:  # noqa: BLE001 - the trial needing it fails with the same error
+                echo(f"[cdray] {node.label} failed: {type(e).__name__}")
+
+    thread = threading.Thread(target=report, name="cdray-upstream", daemon=True)
+    thread.start()
+    return thread
+
+
+def _done(node, manifest: dict, graph: SweepGraph, cfg: SweepConfig, tracker: Tracker,
+          parent_id: Optional[str], echo: Echo, since: float) -> None:
+    """Report a built shared node: its time and numbers on the sweep's MLflow run, and the checks
+    its figures allow (the prompts' budget, a corpus short of its budget)."""
+    echo(f"[cdray]   {node.label}: done in {manifest.get('seconds', 0.0):.1f}s "
+         f"({time.time() - since:.0f}s into the sweep)")
+    log_upstream(tracker, parent_id, node, manifest)
+    if node.stage == "prompts" and graph.generations:
+        budget_reachable(cfg.generation, manifest["stats"]["prompts"])
+    if node.stage == "generate" and not manifest["stats"].get("budget_reached", True):
+        short = cfg.generation.token_budget - manifest["stats"]["new_tokens"]
+        echo(f"[cdray] WARNING: {node.label} holds {manifest['stats']['new_tokens']} new tokens, "
+             f"{short} short of generation.token_budget={cfg.generation.token_budget} (its rows "
+             f"stopped early at EOS): its arms train on a smaller synthetic corpus")
+        tracker.log_metrics(parent_id, [(f"{metric_prefix(node)}.shortfall_tokens", float(short), 0)])
 
 
 def run_sweep(cfg: SweepConfig, *, echo: Optional[Echo] = None, use_tune: bool = True,
@@ -138,15 +175,21 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
     with Watcher(store, cfg.train.steps, tokens_per_step) as watch:
         if todo or pending:
             init_ray(cfg.ray)
-            build_upstream(graph, cfg, store, tracker, parent_id, echo, watch)
-        if pending:
-            echo(f"[cdray] running {len(pending)} cell(s)" + (" as a Ray Tune run" if use_tune else ""))
-            watch.watch_cells(pending)
-            if use_tune:
-                run_cells_with_tune(cfg, pending, parent_id, name=f"sweep-{cfg.name}-{key}", baselines=base)
-            else:
-                for cell in pending:
-                    run_cell(cell, cfg, store, tracker, parent_id, baseline=base[cell.label])
+            builds = start_builds(execution_of(cfg), cfg.tracking, key, parent_id)
+            reporting = build_upstream(graph, cfg, store, tracker, parent_id, echo, builds, watch)
+            if pending:
+                echo(f"[cdray] running {len(pending)} cell(s)" + (" as a Ray Tune run" if use_tune else "")
+                     + ", each as soon as its inputs are built")
+                watch.watch_cells(pending)
+                if use_tune:
+                    run_cells_with_tune(cfg, pending, parent_id, name=f"sweep-{cfg.name}-{key}", baselines=base,
+                                        builds=builds)
+                else:
+                    for cell in pending:
+                        run_cell(cell, cfg, store, tracker, parent_id, builds, baseline=base[cell.label])
+            reporting.join()
+            for node in graph.upstream():  # a shared node no cell needed that failed: its error
+                ensure(node, builds, store)
             watch.tick()  # the last cells' lines
     results = [row for c in graph.cells if (row := cell_row(c, store, base[c.label])) is not None]
     table = format_table(results)
