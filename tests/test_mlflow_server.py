@@ -34,3 +34,22 @@ def test_cli_profile_flag_errors_name_the_field():
     assert out.returncode == 2
     assert out.stderr.strip() == ("cdray: error: config field 'profile': 'nope' is not one of the sweep "
                                   "file's profiles ['cluster']")
+
+
+def test_a_server_on_a_non_private_address_answers_clients_that_use_it(tmp_path):
+    """MLflow refuses Host headers other than localhost and private addresses (DNS rebinding): a
+    head listening on a public or documentation-range address must allow its own."""
+    import ray._private.services as services
+    from mlflow.tracking import MlflowClient
+
+    host = services.node_ip_address_from_perspective()
+    cmd = mlflow_server.server_command(tmp_path, 5123, host=host)
+    assert f"{host}:5123" in cmd[cmd.index("--allowed-hosts") + 1]
+    assert "--allowed-hosts" not in mlflow_server.server_command(tmp_path, 5123)  # loopback: MLflow's own
+    port = mlflow_server.free_port()
+    proc = mlflow_server.start(tmp_path / "m", port, host=host)
+    try:
+        mlflow_server.wait_ready(f"http://{host}:{port}", proc=proc)
+        assert MlflowClient(tracking_uri=f"http://{host}:{port}").create_experiment("reachable")
+    finally:
+        mlflow_server.stop(proc)

@@ -104,6 +104,11 @@ def test_micro_sweep_killed_resumed_then_cached(micro_cfg_dict, ray_session, cap
     assert live and max(m.step for m in live) >= stats["shards_used"]  # step: shards committed
     assert max(m.value for m in live) >= cfg.generation.token_budget
     manifests = {(s, k): store.manifest(s, k)["created"] for s, k in store.list()}
+    # dispatched by readiness: the BASELINE, which reads no synthetic corpus, was trained and
+    # evaluated before the last corpus was generated (it did not wait for the shared work)
+    baseline = next(c for c in graph.cells if c.arm == "BASELINE")
+    last_corpus = max(t for (s, _), t in manifests.items() if s == "generate")
+    assert manifests[("evaluate", baseline.evaluate.key)] < last_corpus
     # finished cells were not recomputed, and the killed run's parent run was reused
     assert {k: manifests[("evaluate", k)] for k in done_at_kill} == done_at_kill
     assert parents[0].info.run_id == parent_at_kill

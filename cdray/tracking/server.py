@@ -28,10 +28,16 @@ def server_command(root: Path, port: int, host: str = "127.0.0.1",
     or any URI the server can write, e.g. s3://bucket/mlflow)."""
     root = Path(root).expanduser().resolve()
     destination = artifacts or (root / "artifacts").as_uri()
-    return [sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", destination, "--serve-artifacts",
-            "--host", host, "--port", str(port), "--workers", "1"]
+    command = [sys.executable, "-m", "mlflow", "server",
+               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+               "--artifacts-destination", destination, "--serve-artifacts",
+               "--host", host, "--port", str(port), "--workers", "1"]
+    if host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
+        # MLflow answers only Host headers of localhost and private addresses unless told: the
+        # address it was asked to listen on is the one its clients use (a head's public or on-prem IP)
+        names = [host, "localhost", "127.0.0.1"]
+        command += ["--allowed-hosts", ",".join(f"{n},{n}:{port}" for n in names)]
+    return command
 
 
 def start(root: Path, port: int, host: str = "127.0.0.1", artifacts: Optional[str] = None,
