@@ -104,11 +104,6 @@ def test_micro_sweep_killed_resumed_then_cached(micro_cfg_dict, ray_session, cap
     assert live and max(m.step for m in live) >= stats["shards_used"]  # step: shards committed
     assert max(m.value for m in live) >= cfg.generation.token_budget
     manifests = {(s, k): store.manifest(s, k)["created"] for s, k in store.list()}
-    # dispatched by readiness: the BASELINE, which reads no synthetic corpus, was trained and
-    # evaluated before the last corpus was generated (it did not wait for the shared work)
-    baseline = next(c for c in graph.cells if c.arm == "BASELINE")
-    last_corpus = max(t for (s, _), t in manifests.items() if s == "generate")
-    assert manifests[("evaluate", baseline.evaluate.key)] < last_corpus
     # finished cells were not recomputed, and the killed run's parent run was reused
     assert {k: manifests[("evaluate", k)] for k in done_at_kill} == done_at_kill
     assert parents[0].info.run_id == parent_at_kill
@@ -168,3 +163,36 @@ def test_a_grid_seed_that_is_the_goods_runs_end_to_end(micro_cfg_dict, ray_sessi
     good = store.manifest("train", graph.good.key)
     gen = store.manifest("generate", graph.generations["CD-EARLY-4"].key)
     assert good["created"] <= gen["created"]
+
+
+def test_a_baseline_cell_is_built_while_the_good_still_trains(micro_cfg_dict, ray_session, tmp_path):
+    """Dispatched by readiness: the GOOD is held at a step until the BASELINE cell, which reads no
+    synthetic corpus, is evaluated; a driver that built the shared work first would wait forever."""
+    import threading
+    import time
+
+    from cdray.common import faults
+    from cdray.shell.driver import run_sweep
+
+    d = micro_cfg_dict | {"grid": {"k": [], "strategy": ["no_contrast"], "q": [0.0, 0.5], "seed": [42]}}
+    cfg = C.from_dict(d)
+    graph = build_graph(cfg)
+    store = Store.at(cfg.store.root)
+    baseline = next(c for c in graph.cells if c.arm == "BASELINE")
+    hold = faults.hold(store.dir("train", graph.good.key), "train-step-rank0", 6)
+    seen = {}
+
+    def release() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline and not store.is_done("evaluate", baseline.evaluate.key):
+            time.sleep(0.2)
+        seen["baseline_done_while_good_held"] = store.is_done("evaluate", baseline.evaluate.key) and hold.exists()
+        seen["good_unfinished"] = not store.is_done("train", graph.good.key)
+        hold.unlink(missing_ok=True)
+
+    releaser = threading.Thread(target=release, daemon=True)
+    releaser.start()
+    rows = run_sweep(cfg, echo=lambda line: None)
+    releaser.join(5)
+    assert seen == {"baseline_done_while_good_held": True, "good_unfinished": True}
+    assert {r["arm"] for r in rows} == {"BASELINE", "NO-CONTRAST"}

@@ -171,6 +171,9 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
     pending = [c for c in graph.cells
                if not (all(store.is_done(n.stage, n.key) for n in (c.evaluate, *c.babylm))
                        and tracker.child_finished(parent_id, c.id))]
+    # cells that read no synthetic corpus first: they can start at once, and a trial waiting for
+    # its corpus would hold one of ray.max_concurrent_cells meanwhile
+    pending.sort(key=lambda c: c.train.has_input("synthetic"))
     tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
     with Watcher(store, cfg.train.steps, tokens_per_step) as watch:
         if todo or pending:
