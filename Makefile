@@ -38,10 +38,10 @@ replicate: setup
 # the fast suite (about 5 minutes on 2 cores); `make test-slow` adds the end-to-end and fault
 # tests that start Ray clusters and kill processes (CI runs both)
 test: setup
-	$(BIN)/pytest -q --timeout=900 -m "not slow" tests
+	$(BIN)/pytest -q --timeout=900 --durations=10 -m "not slow" tests
 
 test-slow: setup
-	$(BIN)/pytest -q --timeout=1800 -m slow tests
+	$(BIN)/pytest -q --timeout=1800 --durations=25 -m slow tests
 
 clean-store:
 	rm -rf .cdray

@@ -199,6 +199,7 @@ class NodeCluster:
         for proc in self.nodes.values():
             kill_session(proc.pid)
         self.nodes.clear()
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 def make_cluster(tmp_root: Optional[Path] = None, env: Optional[dict] = None) -> NodeCluster:

@@ -86,7 +86,9 @@ def test_quick_mode_runs(script, tmp_path):
             pytest.skip(reason)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TRITON_INTERPRET")}
     # PY: gpu_checks.sh's python; OUT: its logs
-    env.update(PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", PY=sys.executable, OUT=str(tmp_path / "out"))
+    env.update(PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", PY=sys.executable, OUT=str(tmp_path / "out"),
+               # the scripts' work folders go with the test's; Ray's stays short (socket paths)
+               TMPDIR=str(tmp_path), RAY_TMPDIR=os.environ.get("RAY_TMPDIR", "/tmp"))
     cmd = ["bash" if script.endswith(".sh") else sys.executable, str(BENCH / script), *args]
     # its own session: a timeout kills the script and every process it started (Ray's included)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
