@@ -10,7 +10,7 @@ from cdray.config.errors import ConfigError, check
 from cdray.config.plain import set_dotted, to_dict
 
 # sections that say where and how a sweep runs, never what it computes: no axis over them
-PLUMBING = ("name", "profile", "data_root", "store", "tracking", "ray", "grid")
+PLUMBING = ("name", "profile", "data_root", "store", "tracking", "ray", "grid", "search")
 
 
 def axis_field(root: type, name: str, at: str) -> dataclasses.Field:
@@ -81,9 +81,20 @@ def check_axes(cfg, build: Build) -> None:
     values are the config's own changes nothing and is refused."""
     from cdray.config.sweep import SweepConfig
 
+    raw = _without_axes(cfg)
+    for r in cfg.search.ranges:
+        if r.name == "q":
+            continue
+        at = f"grid.fields.{r.name}"
+        axis_field(SweepConfig, r.name, at)
+        check(not any(a.name == r.name for a in cfg.grid.fields), at, "a list and a range at once")
+        for end in ("low", "high"):
+            try:
+                build(apply(raw, {r.name: getattr(r, end)}))
+            except ConfigError as e:
+                raise ConfigError(f"{at}.{end}", f"{getattr(r, end)!r}: {e}") from None
     if not cfg.grid.fields:
         return
-    raw = _without_axes(cfg)
     for axis in cfg.grid.fields:
         at = f"grid.fields.{axis.name}"
         axis_field(SweepConfig, axis.name, at)
@@ -100,6 +111,9 @@ def check_axes(cfg, build: Build) -> None:
 def _without_axes(cfg) -> dict:
     raw = to_dict(cfg)
     raw["grid"]["fields"] = []
+    raw.pop("search", None)  # a value's config is one point: no search over it
+    if not raw["grid"]["q"]:
+        raw["grid"]["q"] = [0.0]
     return raw
 
 

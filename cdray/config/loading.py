@@ -78,6 +78,8 @@ def _build(cls: type, data: Any, at: str) -> Any:
         where = f"{at}.preset" if at else "preset"
         check(preset in MODEL_PRESETS, where, f"{preset!r} is not one of {sorted(MODEL_PRESETS)}")
         data = {**MODEL_PRESETS[preset], **data}
+    if cls is SweepConfig and isinstance(data.get("grid"), dict):
+        data = _ranges_to_search(data)
     if cls is GridConfig and isinstance(data.get("fields"), dict):
         # written as a mapping {train.weight_decay: [0.1, 1.0]}: one axis per entry, in order
         data["fields"] = [{"name": k, "values": v} for k, v in data["fields"].items()]
@@ -103,6 +105,30 @@ def _build(cls: type, data: Any, at: str) -> Any:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(at or "<root>", str(e)) from None
+
+
+def _is_range(value: Any) -> bool:
+    return isinstance(value, dict) and {"low", "high"} <= set(value) and set(value) <= {"low", "high", "log"}
+
+
+def _ranges_to_search(data: dict) -> dict:
+    """grid.q or a grid.fields entry written as a range {low, high[, log]}: moved to search.ranges
+    (the grid keeps the axes that are lists)."""
+    grid = dict(data["grid"])
+    ranges = []
+    if _is_range(grid.get("q")):
+        ranges.append({"name": "q", **grid.pop("q")})
+        grid["q"] = []
+    fields = grid.get("fields")
+    if isinstance(fields, dict):
+        ranges += [{"name": k, **v} for k, v in fields.items() if _is_range(v)]
+        grid["fields"] = {k: v for k, v in fields.items() if not _is_range(v)}
+    if not ranges:
+        return data
+    search = data.get("search")
+    search = dict(search) if isinstance(search, dict) else {}
+    check("ranges" not in search, "search.ranges", "write ranges on the grid's axes (grid.q: {low, high})")
+    return {**data, "grid": grid, "search": {**search, "ranges": ranges}}
 
 
 def parse_section(cls: type, data: Any, at: str) -> Any:

@@ -10,6 +10,7 @@ from cdray.config.data import CorpusConfig, TokenizerConfig
 from cdray.config.errors import ADDED, BABYLM, BABYLM_EXECUTION, EXECUTION, check, in_range
 from cdray.config.generation import NEEDS_AMATEUR, STRATEGIES, GenerationConfig
 from cdray.config.models import ExpertConfig, ModelConfig, SmallConfig, TrainConfig
+from cdray.config.search import SearchConfig
 
 # BabyLM 2025 zero-shot tasks (cdray.eval.babylm scores them through lm-eval; PAPER.md section 3)
 BABYLM_TASKS = ("blimp", "supplement", "ewok", "entity_tracking", "wug", "reading")
@@ -98,7 +99,8 @@ class GridConfig:
         settings = math.prod(len(a.values) for a in self.fields)  # at most: an axis may not apply to a cell
         return len(set(self.seed)) * per_seed * settings
 
-    def validate(self, at: str) -> None:
+    def validate(self, at: str, ranged: frozenset[str] | set[str] = frozenset()) -> None:
+        """`ranged`: the axes a search draws from a range (search.ranges) instead of a list."""
         for i, k in enumerate(self.k):
             check(isinstance(k, int) and k >= 1, f"{at}.k[{i}]", f"{k!r} must be a positive step")
         for i, r in enumerate(self.r):
@@ -108,7 +110,8 @@ class GridConfig:
         check(len(self.strategy) > 0, f"{at}.strategy", "at least one strategy is required")
         for i, s in enumerate(self.strategy):
             check(s in STRATEGIES, f"{at}.strategy[{i}]", f"{s!r} is not one of {list(STRATEGIES)}")
-        check(len(self.q) > 0, f"{at}.q", "at least one q is required")
+        check(len(self.q) > 0 or "q" in ranged, f"{at}.q", "at least one q is required")
+        check(not (self.q and "q" in ranged), f"{at}.q", "a list and a range at once")
         for i, q in enumerate(self.q):
             in_range(q, 0, 1, f"{at}.q[{i}]")
         check(len(self.seed) > 0, f"{at}.seed", "at least one seed is required")
@@ -230,6 +233,8 @@ class SweepConfig:
     generation: GenerationConfig = GenerationConfig()
     eval: EvalConfig = EvalConfig()
     grid: GridConfig = GridConfig()
+    # the grid's every combination, or a random / Optuna search over its axes (ranges allowed), ASHA
+    search: SearchConfig = field(default=SearchConfig(), metadata=ADDED)
 
     def validate(self) -> "SweepConfig":
         # it names the report folder and MLflow runs: a plain file name, never a path
@@ -262,7 +267,15 @@ class SweepConfig:
         check(self.eval.precision == "fp32" or self.train.precision == "bf16", "eval.precision",
                f"{self.eval.precision!r} needs train.precision: bf16 (the runs train in "
                f"{self.train.precision}); use fp32")
-        self.grid.validate("grid")  # its fields axes: cdray.config.axes, once the config is built
+        self.search.validate("search")
+        self.grid.validate("grid", ranged={r.name for r in self.search.ranges})  # its fields axes:
+        # cdray.config.axes, once the config is built
+        if self.search.scheduler == "asha":
+            grace = self.search.grace_steps
+            check(grace is None or grace in self.train.default_milestones(), "search.grace_steps",
+                  f"{grace!r} is not a milestone of the trained runs {list(self.train.default_milestones())}")
+            check(len(self.train.default_milestones()) > 1, "search.scheduler",
+                  "asha compares cells at their milestones: the runs have one (lower train.checkpoint_every)")
         milestones = self.good_milestones
         for i, m in enumerate(milestones):
             check(1 <= m <= self.train.steps, f"expert.milestones[{i}]",
@@ -296,6 +309,14 @@ class SweepConfig:
         if self.expert.milestones is not None:
             return tuple(sorted(set(self.expert.milestones) | {self.train.steps}))
         return self.train.default_milestones()
+
+    @property
+    def asha_grace(self) -> int:
+        """The step before which ASHA stops no cell: search.grace_steps, else the first milestone
+        at or past a quarter of training."""
+        if self.search.grace_steps is not None:
+            return self.search.grace_steps
+        return next(m for m in self.train.default_milestones() if 4 * m >= self.train.steps)
 
     @property
     def expert_step(self) -> int:

@@ -1,6 +1,7 @@
 """Expanding a sweep config into its DAG: content-keyed nodes for every stage, shared upstream work once, the cells of the grid."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -84,7 +85,10 @@ def _one_shape_two_ratios(cfg: SweepConfig, first: float, r: float, info: dict) 
 
 def build_graph(cfg: SweepConfig) -> SweepGraph:
     """Expand the grid into nodes and deduplicated cells (with grid.fields: one expansion per
-    combination of the axes' values, merged: cdray.dag.variants)."""
+    combination of the axes' values, merged: cdray.dag.variants). A search's cells are drawn as it
+    runs (cdray.dag.points): its graph is the work every draw shares, without cells."""
+    if cfg.search.samples_cells:
+        return expand(dataclasses.replace(cfg, grid=dataclasses.replace(cfg.grid, q=(), fields=())))
     if cfg.grid.fields:
         from cdray.dag.variants import merged_graph
 

@@ -78,7 +78,12 @@ def builds_name(sweep_key: str) -> str:
 
 
 def start_builds(ex: Execution, tracking, sweep_key: str, run_id: Optional[str]):
-    """The sweep's build registry (an actor the driver owns: it ends with the driver)."""
+    """The sweep's build registry (an actor the driver owns: it ends with the driver; one an earlier
+    run from this process left, after a failure, is replaced)."""
+    try:
+        ray.kill(ray.get_actor(builds_name(sweep_key)))
+    except ValueError:
+        pass
     return Builds.options(name=builds_name(sweep_key)).remote(ex, tracking, run_id)
 
 

@@ -14,13 +14,14 @@ from cdray.common.redaction import redact
 from cdray.config import SweepConfig, to_dict
 from cdray.dag.graph import Cell, SweepGraph, build_graph
 from cdray.dag.nodes import baselines
+from cdray.dag.points import point_cell, with_baselines
 from cdray.dag.store import Store
 from cdray.decode.synthetic import budget_reachable
 from cdray.eval.arm_table import format_table, regime_line
 from cdray.dag.run_config import execution_of
 from cdray.shell.dispatch import ensure, start_builds
-from cdray.shell.ray_exec import build_node, build_nodes, init_ray, ray_storage
-from cdray.shell.train_run import CELL_DRIVER_CPU
+from cdray.shell.ray_exec import build_node, build_nodes, init_ray
+from cdray.shell.search import MilestoneReport, Outcome, point_param, run_trials, trial_cell
 from cdray.sweep.cell_runs import cell_row, log_arm_table, log_cell, log_upstream, metric_prefix
 from cdray.sweep.plan import anchored, open_store, plan, sweep_key
 from cdray.sweep.preflight import check_data
@@ -53,39 +54,17 @@ def run_cell(cell: Cell, cfg: SweepConfig, store: Store, tracker: Tracker, paren
 
 def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], parent_id: Optional[str],
                 baselines: dict[str, str], builds) -> None:
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    cell = cells[config["cell"]]
+    cell = trial_cell(cfg, config, cells)
     store = open_store(cfg)
     tracker = Tracker(cfg.tracking)
-    row = run_cell(cell, cfg, store, tracker, parent_id, builds, callbacks=(TuneReportCallback(),),
-                   baseline=baselines[cell.label])
-    tune.report({"final_ppl": row["final_ppl"], "best_ppl": row["best_ppl"], "done": True})
-
-
-def run_cells_with_tune(cfg: SweepConfig, cells: list[Cell], parent_id: Optional[str], name: str,
-                        baselines: dict[str, str], builds) -> None:
-    """One Tune trial per missing cell, all started at once: each waits for its own inputs, then
-    drives a TorchTrainer and the evaluation."""
-    trainable = tune.with_resources(
-        tune.with_parameters(_cell_trial, cfg=cfg, cells={c.id: c for c in cells}, parent_id=parent_id,
-                             baselines=baselines, builds=builds),
-        {"CPU": CELL_DRIVER_CPU},  # the trial only drives a TorchTrainer, whose worker holds the real CPU
-    )
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"cell": tune.grid_search([c.id for c in cells])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_cells),
-        # cdray reports the cells itself (sweep.progress); Tune's trial tables go to the log
-        # a trial on a lost node is started again elsewhere: its training resumes from its newest
-        # committed milestone, its finished evaluations are in the store
-        run_config=tune.RunConfig(name=name, **ray_storage(open_store(cfg), "_ray"), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=3)),
-    )
-    results = tuner.fit()
-    errors = [r.error for r in results if r.error is not None]
-    if errors:
-        raise RuntimeError(f"{len(errors)} sweep cell(s) failed; first: {errors[0]}")
+    if "cell" in config:
+        baseline = baselines[cell.label]
+    else:  # a drawn point: its BASELINE has the field values that change a BASELINE's run
+        baseline = point_cell(cfg, {**config, "q": 0.0}).label
+        run_id, _ = tracker.child_run(parent_id, cell.id, f"{cell.label} q={cell.q:g} seed={cell.seed}")
+        tracker.log_params(run_id, {**cell.params(), "setting": cell.setting, "search_point": point_param(config)})
+    row = run_cell(cell, cfg, store, tracker, parent_id, builds, callbacks=(MilestoneReport(),), baseline=baseline)
+    tune.report({"final_ppl": row["final_ppl"], "best_ppl": row["best_ppl"], "step": cfg.train.steps, "done": True})
 
 
 def build_upstream(graph: SweepGraph, cfg: SweepConfig, store: Store, tracker: Tracker,
@@ -168,6 +147,7 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
     if graph.babylm_note:
         echo(f"[cdray] BabyLM evaluation skipped ({graph.babylm_note}): perplexity only")
     base = baselines(graph.cells)
+    searching = cfg.search.samples_cells
     pending = [c for c in graph.cells
                if not (all(store.is_done(n.stage, n.key) for n in (c.evaluate, *c.babylm))
                        and tracker.child_finished(parent_id, c.id))]
@@ -175,32 +155,60 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
     # its corpus would hold one of ray.max_concurrent_cells meanwhile
     pending.sort(key=lambda c: c.train.has_input("synthetic"))
     tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
+    outcome = Outcome(list(graph.cells), [])
     with Watcher(store, cfg.train.steps, tokens_per_step) as watch:
-        if todo or pending:
+        if todo or pending or searching:
             init_ray(cfg.ray)
             builds = start_builds(execution_of(cfg), cfg.tracking, key, parent_id)
             reporting = build_upstream(graph, cfg, store, tracker, parent_id, echo, builds, watch)
-            if pending:
+            if searching:
+                echo(f"[cdray] a {cfg.search.algorithm} search of {cfg.search.samples} cell(s) as a Ray Tune run"
+                     + (" with ASHA" if cfg.search.scheduler == "asha" else "")
+                     + ": each cell's inputs are built as its point asks for them")
+            elif pending:
                 echo(f"[cdray] running {len(pending)} cell(s)" + (" as a Ray Tune run" if use_tune else "")
                      + ", each as soon as its inputs are built")
                 watch.watch_cells(pending)
-                if use_tune:
-                    run_cells_with_tune(cfg, pending, parent_id, name=f"sweep-{cfg.name}-{key}", baselines=base,
-                                        builds=builds)
-                else:
-                    for cell in pending:
-                        run_cell(cell, cfg, store, tracker, parent_id, builds, baseline=base[cell.label])
+            if use_tune and (pending or searching):
+                outcome = run_trials(cfg, pending, f"sweep-{cfg.name}-{key}", _cell_trial, known=graph.cells,
+                                     parent_id=parent_id, baselines=base, builds=builds)
+                mark_stopped(outcome, cfg, tracker, parent_id)
+            elif pending:
+                for cell in pending:
+                    run_cell(cell, cfg, store, tracker, parent_id, builds, baseline=base[cell.label])
             reporting.join()
             for node in graph.upstream():  # a shared node no cell needed that failed: its error
                 ensure(node, builds, store)
+            ray.kill(builds)  # its name is the sweep's: a next run from this process starts its own
             watch.tick()  # the last cells' lines
-    results = [row for c in graph.cells if (row := cell_row(c, store, base[c.label])) is not None]
+    cells = outcome.finished if not searching else with_baselines(cfg, outcome.finished)
+    base = baselines(cells) if searching else base
+    results = [row for c in cells if (row := cell_row(c, store, base[c.label])) is not None]
     table = format_table(results)
     echo(table)
+    for line in stopped_lines(outcome):
+        echo(line)
     echo(regime_line(epochs_over_real(graph, store, cfg), len({r["seed"] for r in results})))
     log_arm_table(tracker, parent_id, results, cfg.name)
     tracker.finish(parent_id)
     return results
+
+
+def mark_stopped(outcome: Outcome, cfg: SweepConfig, tracker: Tracker, parent_id: Optional[str]) -> None:
+    """A cell ASHA stopped: its child run ends KILLED, tagged with the step it reached and its best
+    milestone perplexity by then."""
+    for cell, step, best in outcome.stopped:
+        run_id, _ = tracker.child_run(parent_id, cell.id, f"{cell.label} q={cell.q:g} seed={cell.seed}")
+        tracker.set_tags(run_id, {"cdray.status": "stopped", "cdray.stopped_at_step": str(step)})
+        tracker.log_metrics(run_id, [("stopped_best_ppl", best, step)])
+        tracker.finish(run_id, "KILLED")
+
+
+def stopped_lines(outcome: Outcome) -> list[str]:
+    """The cells ASHA stopped, under the arm table (they have no evaluation to put in it)."""
+    return [f"stopped by ASHA at step {step}: {cell.label} q={cell.q:g} seed={cell.seed} "
+            f"(best in-training eval perplexity by then {best:.2f})"
+            for cell, step, best in sorted(outcome.stopped, key=lambda s: (s[1], s[0].label))]
 
 
 def epochs_over_real(graph: SweepGraph, store: Store, cfg: SweepConfig) -> float:

@@ -80,10 +80,29 @@ def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
     echo(format_plan(rows))
     if graph.babylm_note:
         echo(f"BabyLM evaluation skipped ({graph.babylm_note}): perplexity only")
-    echo(cells_summary(graph.cells))
+    echo(search_summary(cfg) if cfg.search.samples_cells else cells_summary(graph.cells))
     todo = [n for n, r in zip(graph.build_order(), rows) if not r.cached]
     echo(estimate(graph, cfg, store, todo))
     echo(footprint(graph, cfg, store, todo))
+
+
+def search_summary(cfg: SweepConfig) -> str:
+    """What a search will draw, how ASHA stops cells, and that the estimate below leaves them out."""
+    from cdray.config.search import RangeAxis
+    from cdray.dag.points import axes
+
+    shown = []
+    for name, axis in axes(cfg).items():
+        if isinstance(axis, RangeAxis):
+            shown.append(f"{name} in [{axis.low:g}, {axis.high:g}]" + (" (log)" if axis.log else ""))
+        else:
+            shown.append(f"{name} in {{{', '.join(map(str, axis))}}}")
+    s = cfg.search
+    asha = (f"; ASHA stops a cell whose best milestone perplexity trails the best 1/{s.reduction_factor} "
+            f"at a rung, never before step {cfg.asha_grace}" if s.scheduler == "asha" else "")
+    return (f"cells: drawn as the sweep runs, {s.samples} by a {s.algorithm} search (seed {s.seed}) over "
+            f"{'; '.join(shown)}{asha}. The estimate below is the shared work only: each drawn cell adds "
+            f"one training run ({cfg.train.steps} steps) and its evaluations, less where ASHA stops it")
 
 
 def cells_summary(cells, list_up_to: int = 8) -> str:

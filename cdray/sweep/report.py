@@ -2,6 +2,7 @@
 sweeps written to markdown and PNG and logged to the sweep's parent run."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +35,36 @@ def report_from_mlflow(cfg: SweepConfig, echo: Echo = print) -> list[dict]:
                      "final_ppl": m["final_ppl"], "best_ppl": m.get("best_ppl"),
                      "realised_q": m.get("realised_q")})
     echo(format_table(rows))
+    for run in tracker.children(parent_id):
+        if run.data.tags.get("cdray.status") == "stopped":
+            p = run.data.params
+            echo(f"stopped by ASHA at step {run.data.tags['cdray.stopped_at_step']}: "
+                 f"{p.get('arm', '?')} {p.get('setting', '')} q={p.get('q', '?')} seed={p.get('seed', '?')} "
+                 f"(best in-training eval perplexity by then {run.data.metrics.get('stopped_best_ppl', float('nan')):.2f})")
     return rows
+
+
+def searched_cells(cfg: SweepConfig) -> tuple[list, list[str]]:
+    """A search's cells, rebuilt from the points its MLflow child runs recorded: the finished ones
+    with their BASELINEs, and a line per cell ASHA stopped."""
+    from cdray.dag.points import point_cell, with_baselines
+
+    tracker = Tracker(cfg.tracking)
+    parent_id = tracker.find_parent(sweep_key(cfg))
+    if parent_id is None:
+        raise TrackingError(f"no MLflow run for sweep {cfg.name!r} in {tracker.uri}; run `cdray sweep` first")
+    finished, stopped = [], []
+    for run in tracker.children(parent_id):
+        point = run.data.params.get("search_point")
+        if point is None:
+            continue
+        cell = point_cell(cfg, json.loads(point))
+        if run.data.tags.get("cdray.status") == "stopped":
+            stopped.append(f"- {cell.label} q={cell.q:g} seed={cell.seed}: stopped by ASHA at step "
+                           f"{run.data.tags['cdray.stopped_at_step']}")
+        elif run.info.status == "FINISHED":
+            finished.append(cell)
+    return with_baselines(cfg, finished), sorted(stopped)
 
 
 def report_dir(cfg: SweepConfig) -> Path:
@@ -59,6 +89,10 @@ def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> 
     settings = []
     for cfg in cfgs:
         graph = build_graph(cfg)
+        if cfg.search.samples_cells:
+            graph.cells, stopped = searched_cells(cfg)
+            if stopped:
+                md += [f"{cfg.name}: cells ASHA stopped (no evaluation to report):", "", *stopped, ""]
         if graph.babylm_note:
             echo(f"[cdray] {cfg.name}: BabyLM scores not evaluated ({graph.babylm_note}): perplexity only")
         store = Store.at(cfg.store.root)
