@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="override one config value (repeatable)")
         sp.add_argument("--profile", metavar="NAME",
                         help="apply the sweep file's profiles.NAME (same as --set profile=NAME)")
+        if name == "plan":
+            sp.add_argument("--gpus", type=int, default=None, metavar="N",
+                            help="state the schedule's makespan on N GPUs (the cluster the sweep targets)")
         if name in ("sweep", "run"):
             sp.add_argument("--verbose", action="store_true",
                             help="show Ray's, Tune's and MLflow's own output here instead of in the log file")
@@ -109,7 +112,9 @@ def _main(args) -> int:
         if args.command == "plan":
             from cdray.sweep.plan import print_plan
 
-            print_plan(cfg)
+            if args.gpus is not None and args.gpus < 1:
+                raise config_mod.ConfigError("--gpus", f"{args.gpus} must be >= 1")
+            print_plan(cfg, gpus=args.gpus)
         elif args.command in ("sweep", "run"):
             keep_on_loopback(cfg.ray)  # before the driver imports ray
             from cdray.shell.driver import run_sweep

@@ -68,8 +68,9 @@ def format_plan(rows: list[PlanRow]) -> str:
     return "\n".join(lines)
 
 
-def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
-    """Every stage in build order with its key and status, the cells, and what building costs."""
+def print_plan(cfg: SweepConfig, echo: Echo = print, gpus: int | None = None) -> None:
+    """Every stage in build order with its key and status, the cells, what building costs, and the
+    makespan of its schedule (on `gpus` GPUs, else on this machine's lanes)."""
     from cdray.sweep.estimate import estimate
     from cdray.sweep.footprint import footprint
     from cdray.sweep.preflight import check_data
@@ -83,6 +84,11 @@ def print_plan(cfg: SweepConfig, echo: Echo = print) -> None:
     echo(search_summary(cfg) if cfg.search.samples_cells else cells_summary(graph.cells))
     todo = [n for n, r in zip(graph.build_order(), rows) if not r.cached]
     echo(estimate(graph, cfg, store, todo))
+    if todo:
+        from cdray.sweep.schedule import schedule_line
+
+        lanes = max(1, min(cfg.ray.max_concurrent_cells, cfg.ray.num_cpus or 2))
+        echo(schedule_line(graph, cfg, store, gpus or lanes, "GPUs" if gpus else "CPU lanes"))
     echo(footprint(graph, cfg, store, todo))
 
 
