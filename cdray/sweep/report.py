@@ -79,6 +79,7 @@ def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> 
     """The paper's table (best and final checkpoint), bootstrap details and figures of one or more
     sweeps (several sweeps = the settings of a truncation sweep); logged to the first one's parent run."""
     from cdray.eval import report as pr
+    from cdray.eval.best_baseline import verdicts
     from cdray.eval.stats import nearest_baseline, summarize
 
     cfgs = [anchored(c) for c in cfgs]
@@ -109,6 +110,7 @@ def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> 
         md += [pr.markdown_table(best, f"{cfg.name} (truncation: {label}): best checkpoint per (arm, task, seed)"),
                "", pr.markdown_table(final, f"{cfg.name} (truncation: {label}): final checkpoint"), "",
                f"#### {cfg.name}: paired bootstrap vs BASELINE (best checkpoints)", "", pr.bootstrap_table(best), ""]
+        md += verdicts(cps, best, B=B)  # a sweep with several BASELINE settings: against the best one
     figures = [arms_figure(settings[0][1], out / "arms.png", main.name),
                truncation_figure(settings, out / "truncation.png"),
                mixing_figure(settings[0][1], out / "mixing.png")]
