@@ -33,3 +33,24 @@ def test_babylm_scores_add_mu_delta_rel_and_a_panel_per_task(tmp_path):
     agg = [{"arm": "BASELINE", "q": 0.0, "n_seeds": 1, "mean": 100.0, "sd": 0.0, "rel_pct": None},
            {"arm": "NO-CONTRAST", "q": 0.3, "n_seeds": 1, "mean": 90.0, "sd": 0.0, "rel_pct": 10.0}]
     assert arm_table_figure(agg, tmp_path / "table.png", "t").stat().st_size > 0
+
+
+def test_one_sweep_with_an_axis_over_the_decoding_is_a_truncation_figure(tmp_path):
+    """The paper's truncation sweep as one sweep file: its rows split by each corpus's truncation,
+    the BASELINE in every setting, the arms under their bare names."""
+    from pathlib import Path
+
+    from cdray import config as C
+    from cdray.dag.graph import build_graph
+    from cdray.eval.report import by_truncation
+
+    tiny = Path(__file__).resolve().parent.parent / "sweeps" / "tiny.yaml"
+    cfg = C.load(tiny, ["grid.k=[50]", "grid.fields={generation.decoding: [{}, {top_k: 50}, {top_p: 0.9}]}"])
+    graph = build_graph(cfg)
+    rows = [_arm(c.label, c.q, 1.0 + i) for i, c in enumerate(graph.cells)]
+    settings = by_truncation(graph.cells, rows)
+    assert [label for label, _ in settings] == ["none", "K-50", "P-.9"]
+    for _, setting in settings:
+        assert sorted(r.arm for r in setting) == ["BASELINE", "CD-EARLY-50", "NO-CONTRAST"]
+    assert truncation_figure(settings, tmp_path / "truncation.png") == tmp_path / "truncation.png"
+    assert by_truncation(build_graph(C.load(tiny)).cells, rows) == []  # one truncation: no split

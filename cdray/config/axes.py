@@ -4,17 +4,18 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import typing
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from cdray.config.errors import ConfigError, check
-from cdray.config.plain import set_dotted, to_dict
+from cdray.config.plain import Patch, set_dotted, to_dict
 
 # sections that say where and how a sweep runs, never what it computes: no axis over them
 PLUMBING = ("name", "profile", "data_root", "store", "tracking", "ray", "grid", "search")
 
 
-def axis_field(root: type, name: str, at: str) -> dataclasses.Field:
-    """The dataclass field a dotted axis name ends at (a leaf, not a section), or a ConfigError."""
+def axis_field(root: type, name: str, at: str, section: bool = False) -> Optional[dataclasses.Field]:
+    """The dataclass field a dotted axis name ends at (a leaf; a section when `section`, its values
+    being patches of it), or a ConfigError."""
     parts = name.split(".")
     check(all(parts) and parts[0] not in PLUMBING, at,
           f"{name!r} is not a field of what a sweep computes (not an axis: {', '.join(PLUMBING)})")
@@ -27,16 +28,24 @@ def axis_field(root: type, name: str, at: str) -> dataclasses.Field:
         tp = typing.get_type_hints(cls)[part]
         inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
         cls = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner and typing.get_origin(tp) is not tuple else None)
-    check(cls is None, at, f"{name!r} is a section: an axis names one field of it")
+    if section:
+        check(cls is not None, at, f"{name!r} is a field, not a section: its values cannot be mappings")
+        return found
+    check(cls is None, at, f"{name!r} is a section: an axis names one field of it, or each of its values "
+                           f"is a mapping of the section's fields")
     check(found.metadata.get("key") is not False, at,
           f"{name!r} is an execution knob: it changes how fast an artifact is built, never what it holds")
     return found
 
 
 def apply(raw: dict, values: dict[str, Any]) -> dict:
-    """The raw config tree with each dotted field set to its value (as `--set` does)."""
+    """The raw config tree with each dotted field set to its value (as `--set` does); a section's
+    value (a Patch) sets its fields over the section as written."""
     tree = _deep_copy(raw)
     for name, value in values.items():
+        if isinstance(value, Patch):
+            current = _lookup(tree, name)
+            value = {**(current if isinstance(current, dict) else {}), **_deep_copy(dict(value))}
         set_dotted(tree, name, value)
     return tree
 
@@ -97,9 +106,11 @@ def check_axes(cfg, build: Build) -> None:
         return
     for axis in cfg.grid.fields:
         at = f"grid.fields.{axis.name}"
-        axis_field(SweepConfig, axis.name, at)
+        patches = [isinstance(v, Patch) for v in axis.values]
+        check(all(patches) or not any(patches), at, "a section's axis takes mappings only, a field's no mapping")
+        axis_field(SweepConfig, axis.name, at, section=all(patches))
         current = _lookup(raw, axis.name)
-        check(any(v != current for v in axis.values), at,
+        check(any(_lookup(apply(raw, {axis.name: v}), axis.name) != current for v in axis.values), at,
               f"every value ({', '.join(map(repr, axis.values))}) is the sweep's own: the axis changes nothing")
         for i, value in enumerate(axis.values):
             try:

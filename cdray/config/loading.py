@@ -13,7 +13,7 @@ import yaml
 from cdray.config.errors import ConfigError, check
 from cdray.config.generation import PAPER_COMPAT, PAPER_COMPAT_PENALTY, GenerationConfig
 from cdray.config.models import MODEL_PRESETS, ModelConfig
-from cdray.config.plain import set_dotted
+from cdray.config.plain import Patch, set_dotted
 from cdray.config.sweep import GridConfig, ProfileConfig, SweepConfig
 
 
@@ -83,6 +83,10 @@ def _build(cls: type, data: Any, at: str) -> Any:
     if cls is GridConfig and isinstance(data.get("fields"), dict):
         # written as a mapping {train.weight_decay: [0.1, 1.0]}: one axis per entry, in order
         data["fields"] = [{"name": k, "values": v} for k, v in data["fields"].items()]
+    if cls is GridConfig and isinstance(data.get("fields"), (list, tuple)):
+        # a mapping among an axis's values patches a section (cdray.config.plain.Patch)
+        data["fields"] = [{**a, "values": [Patch(x) if isinstance(x, dict) else x for x in _listed(a["values"])]}
+                          if isinstance(a, dict) and "values" in a else a for a in data["fields"]]
     if cls is GenerationConfig and data.get("paper_compat") is True:
         # the switch fills in the paper's values; explicit conflicting ones fail in validate()
         data = {**PAPER_COMPAT, **data}
@@ -105,6 +109,10 @@ def _build(cls: type, data: Any, at: str) -> Any:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(at or "<root>", str(e)) from None
+
+
+def _listed(v: Any) -> Any:
+    return v if isinstance(v, (list, tuple)) else [v]
 
 
 def _is_range(value: Any) -> bool:

@@ -36,4 +36,17 @@ def to_dict(obj: Any) -> Any:
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
+    if isinstance(obj, Patch):
+        return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+class Patch(dict):
+    """A value of an axis over a section (grid.fields: {generation.decoding: [{top_k: 50}, ...]}):
+    the fields it sets over the section as written; hashable, shown as `top_k=50`."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted((k, repr(v)) for k, v in self.items())))
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.items()) or "as-written"

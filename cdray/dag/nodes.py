@@ -136,9 +136,10 @@ def baselines(cells) -> dict[str, str]:
 
 
 def setting_label(fields) -> str:
-    """Axis values as `leaf=value` (the whole dotted name where two axes share a leaf)."""
+    """Axis values as `leaf=value` (the whole dotted name where two axes share a leaf); a section's
+    value as the fields it sets (`top_k=50`)."""
     leaves = [name.rsplit(".", 1)[-1] for name, _ in fields]
-    return " ".join(f"{leaf if leaves.count(leaf) == 1 else name}={value}"
+    return " ".join(str(value) if isinstance(value, dict) else f"{leaf if leaves.count(leaf) == 1 else name}={value}"
                     for (name, value), leaf in zip(fields, leaves))
 
 

@@ -1,6 +1,7 @@
 """The paper's report of a sweep: the arm table in markdown (mean±se* (rel%)) and its two figures."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -106,10 +107,33 @@ def bootstrap_table(rows: list[ArmSummary]) -> str:
 
 
 def truncation_label(cfg) -> str:
-    d = cfg.generation.decoding
+    return decoding_label(dataclasses.asdict(cfg.generation.decoding))
+
+
+def decoding_label(decoding: dict) -> str:
+    """A corpus's truncation as the paper names it: none, K-50, P-.9, P-.9+K-50."""
     parts = []
-    if d.top_p is not None:
-        parts.append(f"P-{d.top_p:g}".replace("0.", "."))
-    if d.top_k is not None:
-        parts.append(f"K-{d.top_k}")
+    if decoding.get("top_p") is not None:
+        parts.append(f"P-{decoding['top_p']:g}".replace("0.", "."))
+    if decoding.get("top_k") is not None:
+        parts.append(f"K-{decoding['top_k']}")
     return "+".join(parts) or "none"
+
+
+def by_truncation(cells, rows: list) -> list[tuple[str, list]]:
+    """One sweep's summary rows split by its corpora's truncation (an axis over generation.decoding),
+    each setting with the BASELINE rows and its arms under their bare names: the settings of the
+    truncation figure. [] when the corpora share one truncation."""
+    label_of, bare = {}, {}
+    for c in cells:
+        if c.train.has_input("synthetic"):
+            gen = c.train.input("synthetic").input("generate").config["generation"]
+            label_of[c.label], bare[c.label] = decoding_label(gen.get("decoding") or {}), c.arm
+    if len(set(label_of.values())) < 2:
+        return []
+    settings: dict[str, list] = {}
+    for r in rows:
+        if r.arm in label_of:
+            settings.setdefault(label_of[r.arm], []).append(dataclasses.replace(r, arm=bare[r.arm]))
+    base = [r for r in rows if r.arm not in label_of]
+    return [(label, base + arms) for label, arms in settings.items()]

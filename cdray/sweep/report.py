@@ -106,7 +106,8 @@ def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> 
             md += [f"{cfg.name}: {cuts}", ""]
             echo(f"[cdray] {cfg.name}: {cuts}")
         label = pr.truncation_label(cfg)
-        settings.append((label, best))
+        split = pr.by_truncation(graph.cells, best)  # one sweep with an axis over the decoding
+        settings += split or [(label, best)]
         md += [pr.markdown_table(best, f"{cfg.name} (truncation: {label}): best checkpoint per (arm, task, seed)"),
                "", pr.markdown_table(final, f"{cfg.name} (truncation: {label}): final checkpoint"), "",
                f"#### {cfg.name}: paired bootstrap vs BASELINE (best checkpoints)", "", pr.bootstrap_table(best), ""]
