@@ -175,12 +175,14 @@ class NodeCluster:
 
     # ------------------------------------------------------------ drivers
 
-    def driver(self, argv: list[str], env: Optional[dict] = None, log: Optional[Path] = None) -> subprocess.Popen:
-        """A driver process on the head (in its namespace: the head's /tmp), attached to the cluster."""
+    def driver(self, argv: list[str], env: Optional[dict] = None, log: Optional[Path] = None,
+               cwd: Optional[Path] = None) -> subprocess.Popen:
+        """A driver process on the head (in its namespace: the head's /tmp), attached to the cluster;
+        `cwd`: the checkout it runs from (`python -m` imports from there first)."""
         head = self.nodes["head"].pid
         out = open(log, "ab") if log else subprocess.PIPE
         return subprocess.Popen(["nsenter", f"--mount=/proc/{head}/ns/mnt", "--", *argv],
-                                env={**self.env, "RAY_ADDRESS": self.address, **(env or {})}, cwd=str(ROOT),
+                                env={**self.env, "RAY_ADDRESS": self.address, **(env or {})}, cwd=str(cwd or ROOT),
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 text=log is None)
 

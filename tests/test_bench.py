@@ -43,6 +43,7 @@ QUICK = {
                        [r"^sweep files: 11 points written", r"^figure scale\.png: \d+ bytes$",
                         r"^figure qcurve\.png: \d+ bytes$"]),
     "shard_device.py": (["--quick"], 180, [], [r"^shards_vs_engine=[\d.]+ shard_bytes_identical=True$"]),
+    "schedule.py": (["--quick"], 420, ["moto", "namespaces"], [r"^wall_s=\d+ bound_s=\d+ wall_vs_bound=[\d.]+ "]),
     "shard_overlap.py": (["--quick"], 240, [], [r"^two_at_once_vs_one_at_a_time=[\d.]+$"]),
     "store_footprint.py": (["--quick"], 300, ["moto"],
                            [r"^store_ratio=[\d.]+ ", r"^fetch_ratio=[\d.]+ ", r"^stall_s=[\d.]+ "]),
@@ -64,6 +65,10 @@ def _missing(need: str) -> str | None:
         return f"no BabyLM sample at {SHARED_EVAL}"
     if need in ("moto", "triton") and importlib.util.find_spec(need) is None:
         return f"{need} is not installed"
+    if need == "namespaces":
+        from node_cluster import namespaces_work
+
+        return namespaces_work()
     if need == "git" and (shutil.which("git") is None or subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0):
         return "not a git checkout"

@@ -320,3 +320,4 @@ def test_corrupt_shard_is_reported_not_used(gen_world, text_corpus_dir, tmp_path
     assert not (out / "corpus.parquet").exists()
     assert not (out / MANIFEST).exists()
     assert np.all([p.is_file() for p in (out / "shards").glob("shard_00000.*")])
+

@@ -67,3 +67,19 @@ def pause_point(out_dir: str | os.PathLike, where: str, at: int) -> None:
         held_path(out_dir, where, at).write_text(str(os.getpid()))
         while path.exists():
             time.sleep(0.05)
+
+
+HOLD_ENV = "CDRAY_HOLD_SECONDS"
+
+
+def hold_seconds(stage: str) -> None:
+    """Sleep the seconds $CDRAY_HOLD_SECONDS gives `stage` ("train=20,generate=10,evaluate=4"),
+    keeping whatever this process holds: the schedule benchmark's stages of set lengths, so that a
+    host's few cores do not blur the schedule (bench/schedule.py). Unset: nothing, one getenv."""
+    spec = os.environ.get(HOLD_ENV)
+    if not spec:
+        return
+    for part in spec.split(","):
+        name, _, seconds = part.partition("=")
+        if name.strip() == stage:
+            time.sleep(float(seconds))

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cdray.common.faults import crash_point, pause_point
+from cdray.common.faults import crash_point, hold_seconds, pause_point
 from cdray.common.files import file_sha256, write_json_atomic
 from cdray.common.special_tokens import BOS_ID
 from cdray.config import NEEDS_AMATEUR, GenerationConfig
@@ -144,6 +144,7 @@ class ShardGenerator:
 
         if device == "cpu":
             torch.set_num_threads(torch_threads)
+        hold_seconds("generate")  # the schedule benchmark's set length (nothing unless asked)
         self.g = generation
         self.strategy = strategy
         self.device = device
