@@ -2,7 +2,7 @@
 
     python bench/babylm_conformance.py --official PATH/evaluation-pipeline-2025 \\
         --model .cdray/store/train/KEY/step_000150/model --tokenizer .cdray/store/tokenizer/KEY \\
-        --data ../shared/data/eval/babylm2025 [--max-items 200] [--tasks blimp ewok ...]
+        --data data/eval/babylm2025 [--max-items 200] [--tasks blimp ewok ...]
 
 PATH is an unmodified checkout of github.com/babylm/evaluation-pipeline-2025 (not part of cdray;
 its reading task needs `pip install statsmodels patsy`). Both sides read the same copy of the data
@@ -181,7 +181,7 @@ def _official_sentences(task: str, row: dict) -> list[str]:
 
 # ---------------------------------------------------------------- --quick: no official checkout
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "eval" / "babylm2025"
+DEFAULT_DATA = ROOT / "data" / "eval" / "babylm2025"  # the sample the repository ships
 
 
 def quick_checkpoint(data: Path, work: Path) -> tuple[Path, Path]:

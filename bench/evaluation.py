@@ -4,7 +4,7 @@ Run: PYTHONPATH=. .venv/bin/python bench/evaluation.py [--max-items N] [--serial
      PYTHONPATH=. .venv/bin/python bench/evaluation.py --per-checkpoint 4 [--max-items 100]
      PYTHONPATH=. .venv/bin/python bench/evaluation.py --quick   (~1 minute: 2 items a file, a
      1 x 32 model with a 500-token vocabulary; the fan-out and its RESULT line, not a speed)
-It scores every task of ../shared/data/eval/babylm2025 through cdray's babylm stage, one Ray task
+It scores every task of data/eval/babylm2025 (the sample the repository ships) through cdray's babylm stage, one Ray task
 per task on a local 2-CPU Ray cluster (1 torch thread each, as a sweep does), and prints the
 wall time, items, requests and throughput. With --serial it also scores everything in this one
 process and prints the speed-up of the fan-out over it. With --compare-stock it first runs the same
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from common import start_ray  # noqa: E402  (first: keeps the local Ray cluster on loopback)
-DATA = ROOT.parent / "shared" / "data" / "eval" / "babylm2025"
+DATA = ROOT / "data" / "eval" / "babylm2025"
 
 
 def make_checkpoint(tmp: Path, layers: int, hidden: int, vocab: int) -> tuple[Path, Path, int]:

@@ -12,7 +12,7 @@ only those, with docs/study/results.json as the earlier results: the figures com
 numbers. It leaves out `run` (the sweeps themselves: hours).
 
 Each point is an ordinary cdray sweep on the offline packaged corpus: BASELINE, NO-CONTRAST and
-CD-EARLY-k at q = 0.3, laid out as the paper's design scaled down (PAPER.md section 6). Only the
+CD-EARLY-k at q = 0.3, laid out as the paper's design scaled down (Ulm et al. 2025, arXiv 2510.08245). Only the
 axes below move between points; everything else is fixed here, so every difference in a point's
 numbers comes from its axis:
 
@@ -251,7 +251,7 @@ def figure(rows: list[dict], path: Path) -> None:
                 if arm and arm.get("best_delta_pct") is not None:
                     ax.plot([r["epochs_over_real"]], [arm["best_delta_pct"]], marker="*", markersize=12,
                             linestyle="none", color="black", label=f"{r['model']}, {r['words'] // 1000}k, GOOD final")
-        paper = {"NO-CONTRAST": 3.68, "CD-EARLY": 2.98}[prefix]  # PAPER.md section 4, 162M, 100M words
+        paper = {"NO-CONTRAST": 3.68, "CD-EARLY": 2.98}[prefix]  # Ulm et al. 2025, arXiv 2510.08245, 162M, 100M words
         ax.plot([16], [paper], marker="D", color="grey", linestyle="none", label=f"the paper ({paper:+.2f}%)")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xscale("log", base=2)

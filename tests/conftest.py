@@ -17,7 +17,7 @@ from cdray.shell.local_cluster import SINGLE_HOST_ENV
 os.environ[SINGLE_HOST_ENV] = "0"
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_EVAL = ROOT.parent / "shared" / "data" / "eval" / "babylm2025"
+BABYLM_SAMPLE = ROOT / "data" / "eval" / "babylm2025"  # the BabyLM 2025 sample the repository ships
 
 SUBJECTS = ["the cat", "a dog", "the old man", "my sister", "the teacher", "a small bird", "the king",
             "our neighbour", "the children", "a farmer"]

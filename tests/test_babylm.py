@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_EVAL
+from conftest import BABYLM_SAMPLE
 
 from cdray import config as C
 from cdray.eval import babylm
 
-needs_data = pytest.mark.skipif(not SHARED_EVAL.is_dir(),
-                                reason=f"BabyLM 2025 sample data not found at {SHARED_EVAL}")
+needs_data = pytest.mark.skipif(not BABYLM_SAMPLE.is_dir(),
+                                reason=f"BabyLM 2025 sample data not found at {BABYLM_SAMPLE}")
 
 
 def independent_score(model, ids_ctx: list[int], ids_cont: list[int]) -> float:
@@ -84,7 +84,7 @@ def test_a_babylm_folder_in_a_bucket_digests_and_keys_as_the_local_one(micro_cfg
 def test_babylm_keys_follow_tasks_items_steps_and_data(micro_cfg_dict):
     from cdray.dag.graph import build_graph
 
-    base = micro_cfg_dict | {"eval": {"babylm_dir": str(SHARED_EVAL), "max_items": 5}}
+    base = micro_cfg_dict | {"eval": {"babylm_dir": str(BABYLM_SAMPLE), "max_items": 5}}
     g = build_graph(C.from_dict(base))
     nodes = g.cells[0].babylm
     assert len(nodes) == 6 * 3  # six tasks (reading gives two scores) x three milestones
@@ -111,7 +111,7 @@ def test_micro_sweep_scores_seven_tasks_item_for_item(micro_cfg_dict, ray_sessio
     from cdray.shell.driver import run_sweep
     from cdray.sweep.report import write_report
 
-    d = micro_cfg_dict | {"eval": {"max_blocks": 8, "babylm_dir": str(SHARED_EVAL), "max_items": 30,
+    d = micro_cfg_dict | {"eval": {"max_blocks": 8, "babylm_dir": str(BABYLM_SAMPLE), "max_items": 30,
                                    "steps": [8, 12]},
                           "grid": {"k": [4], "strategy": ["no_contrast"], "q": [0.0, 0.5], "seed": [42]}}
     cfg = C.from_dict(d)
@@ -135,7 +135,7 @@ def test_micro_sweep_scores_seven_tasks_item_for_item(micro_cfg_dict, ray_sessio
     enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
     for task in ("blimp", "ewok"):
         node = next(n for n in cell.babylm if n.config["task"] == task and n.config["step"] == 12)
-        files = babylm.item_files(SHARED_EVAL, task)
+        files = babylm.item_files(BABYLM_SAMPLE, task)
         checked = 0
         for path in (files[:3] if task == "blimp" else files[:2]):
             items = babylm.read_items(store.dir(node.stage, node.key) / "items" / f"{babylm.file_stem(path)}.jsonl")

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import SHARED_EVAL, synthetic_document
+from conftest import BABYLM_SAMPLE, synthetic_document
 
 from cdray.eval import babylm
 
-pytestmark = pytest.mark.skipif(not SHARED_EVAL.is_dir(), reason=f"no BabyLM sample at {SHARED_EVAL}")
+pytestmark = pytest.mark.skipif(not BABYLM_SAMPLE.is_dir(), reason=f"no BabyLM sample at {BABYLM_SAMPLE}")
 ITEMS = 4
 
 
@@ -33,7 +33,7 @@ def world(tmp_path_factory):
     texts = [synthetic_document(rng, 20) for _ in range(100)]
     # the items' own words too, so scores do not all go through <unk>
     for task in ("blimp", "ewok", "entity_tracking", "wug"):
-        for path in babylm.item_files(SHARED_EVAL, task)[:2]:
+        for path in babylm.item_files(BABYLM_SAMPLE, task)[:2]:
             texts += [" ".join(str(v) for v in row.values()) for row in babylm.read_rows(path, ITEMS)]
     pq.write_table(pa.table({"text": texts}), tmp / "train.parquet")
     train_tokenizer(TokenizerConfig(vocab_size=400), tmp / "train.parquet", tmp / "tokenizer")
@@ -41,7 +41,7 @@ def world(tmp_path_factory):
     data = tmp / "babylm"
     for task, folder in babylm.FOLDERS.items():
         (data / folder).mkdir(parents=True)
-        for path in babylm.item_files(SHARED_EVAL, task)[:2]:
+        for path in babylm.item_files(BABYLM_SAMPLE, task)[:2]:
             shutil.copy(path, data / folder / path.name)
     return tmp
 

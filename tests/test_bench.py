@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_EVAL
+from conftest import BABYLM_SAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -61,8 +61,8 @@ QUICK = {
 def _missing(need: str) -> str | None:
     import importlib.util
 
-    if need == "babylm" and not SHARED_EVAL.is_dir():
-        return f"no BabyLM sample at {SHARED_EVAL}"
+    if need == "babylm" and not BABYLM_SAMPLE.is_dir():
+        return f"no BabyLM sample at {BABYLM_SAMPLE}"
     if need in ("moto", "triton") and importlib.util.find_spec(need) is None:
         return f"{need} is not installed"
     if need == "namespaces":

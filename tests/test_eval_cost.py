@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_EVAL, shipped_data_root
+from conftest import BABYLM_SAMPLE, shipped_data_root
 
 from cdray import config as C
 from cdray.dag.graph import build_graph
@@ -80,12 +80,12 @@ def test_the_gpu_forward_rate_is_derived_from_the_training_rate():
         + 2 * eval_cost.LAUNCH_S_PER_BATCH + 1.0)
 
 
-@pytest.mark.skipif(not SHARED_EVAL.is_dir(), reason="no BabyLM sample")
+@pytest.mark.skipif(not BABYLM_SAMPLE.is_dir(), reason="no BabyLM sample")
 def test_paper_yaml_with_the_full_babylm_suite_costs_at_most_1_5x_the_recipe_without(tmp_path):
     """The issue's goal (it was 23x: 4,823 against 206 GPU-hours), on a full-size stand-in of the
     BabyLM 2025 sets at every milestone of every cell."""
-    full = full_size_stand_in(SHARED_EVAL, tmp_path / "babylm2025-x5")
-    sample = eval_cost.suite(SHARED_EVAL, C.BABYLM_TASKS, None)
+    full = full_size_stand_in(BABYLM_SAMPLE, tmp_path / "babylm2025-x5")
+    sample = eval_cost.suite(BABYLM_SAMPLE, C.BABYLM_TASKS, None)
     size = eval_cost.suite(full, C.BABYLM_TASKS, None)
     assert size.files == sample.files and size.requests > 4.5 * sample.requests
     figures = {}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_EVAL, shipped_data_root
+from conftest import BABYLM_SAMPLE, shipped_data_root
 
 from cdray import config as C
 from cdray.dag.graph import build_graph
@@ -55,10 +55,10 @@ def test_bf16_evaluation_needs_bf16_training(micro_cfg_dict):
     assert ok.eval.precision == "bf16"
 
 
-@pytest.mark.skipif(not SHARED_EVAL.is_dir(), reason="no BabyLM sample")
+@pytest.mark.skipif(not BABYLM_SAMPLE.is_dir(), reason="no BabyLM sample")
 def test_eval_precision_keys_the_evaluation_nodes_only_when_bf16(micro_cfg_dict):
     train_bf16 = micro_cfg_dict["train"] | {"precision": "bf16"}
-    base = micro_cfg_dict | {"train": train_bf16, "eval": {"babylm_dir": str(SHARED_EVAL), "max_items": 5}}
+    base = micro_cfg_dict | {"train": train_bf16, "eval": {"babylm_dir": str(BABYLM_SAMPLE), "max_items": 5}}
     fp32 = C.from_dict(base)
     said = C.from_dict(base | {"eval": base["eval"] | {"precision": "fp32"}})
     bf16 = C.from_dict(base | {"eval": base["eval"] | {"precision": "bf16"}})

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import SHARED_EVAL, synthetic_document
+from conftest import BABYLM_SAMPLE, synthetic_document
 
-needs_data = pytest.mark.skipif(not SHARED_EVAL.is_dir(), reason=f"BabyLM 2025 sample data not found at {SHARED_EVAL}")
+needs_data = pytest.mark.skipif(not BABYLM_SAMPLE.is_dir(), reason=f"BabyLM 2025 sample data not found at {BABYLM_SAMPLE}")
 
 # Tolerances, measured here (docs/evaluation.md): over three runs of these tests (briefly trained
 # 2 x 64 models, 64 to 637 BabyLM items of all six tasks, both reading modes) bf16 moved the mean
@@ -89,7 +89,7 @@ def items_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("babylm")
     for task, folder in babylm.FOLDERS.items():
         (out / folder).mkdir()
-        for path in babylm.item_files(SHARED_EVAL, task)[:1]:
+        for path in babylm.item_files(BABYLM_SAMPLE, task)[:1]:
             shutil.copy(path, out / folder / path.name)
     return out
 

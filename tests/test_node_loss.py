@@ -20,7 +20,7 @@ from cdray.common import faults
 from cdray.dag import builders
 from cdray.dag.graph import build_graph
 from cdray.dag.store import Store
-from tests.conftest import SHARED_EVAL, S3_ENV, micro_sweep_dict, s3_uri
+from tests.conftest import BABYLM_SAMPLE, S3_ENV, micro_sweep_dict, s3_uri
 from tests.node_cluster import NODE_CACHE, make_cluster, namespaces_work
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
                       "RAY_health_check_failure_threshold": "3"}
 WORKERS = 3  # worker nodes kept alive for each test (one CPU each)
-needs_eval_data = pytest.mark.skipif(not SHARED_EVAL.is_dir(), reason="no BabyLM evaluation sample")
+needs_eval_data = pytest.mark.skipif(not BABYLM_SAMPLE.is_dir(), reason="no BabyLM evaluation sample")
 
 
 @pytest.fixture(scope="module")
@@ -333,7 +333,7 @@ def test_preempt_a_node_mid_sweep_and_the_sweep_equals_one_nodes(nodes, s3_serve
     d = micro_sweep_dict(text_corpus_dir, tmp_path, strategy=["contrastive"], q=[0.0, 0.5])
     d["corpus"]["sources"][0]["path"] = upload_folder(text_corpus_dir, s3_uri(endpoint, bucket, f"{run}/data/corpus"))
     d["eval"] = {"max_blocks": 8, "tasks": ["blimp", "ewok"], "max_items": 10, "steps": [12],
-                 "babylm_dir": upload_folder(SHARED_EVAL, s3_uri(endpoint, bucket, f"{run}/data/babylm"))}
+                 "babylm_dir": upload_folder(BABYLM_SAMPLE, s3_uri(endpoint, bucket, f"{run}/data/babylm"))}
     d["store"] = {"root": s3_uri(endpoint, bucket, f"{run}/store")}
     d["tracking"] = {"uri": mlflow_url, "experiment": "harness"}
     sweep = nodes.node_dir("head") / f"{run}.yaml"

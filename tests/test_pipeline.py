@@ -39,7 +39,7 @@ def test_paper_sweep_shape(tmp_path):
     # the q=0 cells of every arm are one BASELINE per seed
     assert sum(c.arm == "BASELINE" for c in g.cells) == 10
     assert all(info["non_embedding_ratio"] > 1 for info in g.small_info.values())
-    # the paper's five SMALL configs, each its own run and corpus (PAPER.md section 4)
+    # the paper's five SMALL configs, each its own run and corpus (Ulm et al. 2025, arXiv 2510.08245)
     assert sorted((i["layers"], i["hidden"]) for i in g.small_info.values()) == [
         (4, 192), (5, 224), (6, 256), (8, 384), (10, 512)]
     assert len({n.key for n in g.generations.values()}) == len(g.generations)
@@ -197,7 +197,7 @@ def test_evaluation_data_keys_only_what_reads_it(micro_cfg_dict):
 @pytest.mark.parametrize("name", ["replicate.yaml", "replicate-gpu.yaml"])
 def test_the_replication_keeps_the_papers_ratios(name, tmp_path):
     """k at 1/16 of training, the GOOD at 5/16, q = 0.3, >= 3 seeds, BASELINE + NO-CONTRAST +
-    CD-EARLY (PAPER.md section 6)."""
+    CD-EARLY (Ulm et al. 2025, arXiv 2510.08245)."""
     cfg = C.load(SWEEPS[0].parent / name, [f"store.root={tmp_path}",
                                            f"data_root={shipped_data_root(tmp_path / 'data')}"])
     steps = cfg.train.steps

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import SHARED_EVAL, synthetic_document
+from conftest import BABYLM_SAMPLE, synthetic_document
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +85,14 @@ def test_split_request_is_the_stock_input():
         assert len(query) == len(cont) and query[1:] == cont[:-1]
 
 
-@pytest.mark.skipif(not SHARED_EVAL.is_dir(), reason=f"BabyLM 2025 sample data not found at {SHARED_EVAL}")
+@pytest.mark.skipif(not BABYLM_SAMPLE.is_dir(), reason=f"BabyLM 2025 sample data not found at {BABYLM_SAMPLE}")
 @pytest.mark.parametrize("task", ["entity_tracking", "ewok"])
 def test_babylm_task_records_equal_stock_hflm(tiny, task, tmp_path):
     from cdray.eval.tasks import evaluate_task
 
     recs = {}
     for which in ("ours", "stock"):
-        evaluate_task(None, None, SHARED_EVAL, task, tmp_path / which, max_items=4, batch_size=4,
+        evaluate_task(None, None, BABYLM_SAMPLE, task, tmp_path / which, max_items=4, batch_size=4,
                       lm=tiny[which])
         recs[which] = sorted((tmp_path / which / "items").glob("*.jsonl"))
     import json

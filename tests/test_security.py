@@ -258,9 +258,9 @@ def test_a_packaged_source_that_is_not_the_pinned_file_is_never_built(tmp_path, 
 def test_lm_eval_loads_only_the_task_files_written_for_this_build(tmp_path):
     """A task YAML can run code (`!function`); files already in the artifact's folder (pulled
     from another host's unfinished attempt) are never loaded."""
-    from conftest import SHARED_EVAL
+    from conftest import BABYLM_SAMPLE
 
-    if not SHARED_EVAL.is_dir():
+    if not BABYLM_SAMPLE.is_dir():
         pytest.skip("no BabyLM sample")
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -282,9 +282,9 @@ def test_lm_eval_loads_only_the_task_files_written_for_this_build(tmp_path):
     from cdray.eval import babylm
     from cdray.eval.tasks import task_name
 
-    name = task_name("wug", babylm.file_stem(babylm.item_files(SHARED_EVAL, "wug")[0]))
+    name = task_name("wug", babylm.file_stem(babylm.item_files(BABYLM_SAMPLE, "wug")[0]))
     (planted / "a_evil.yaml").write_text(f"task: {name}\ndataset_path: json\noutput_type: multiple_choice\n"
                                          f"doc_to_text: !function evil.boom\n")
-    summary = evaluate_task(tmp_path / "m", tmp_path / "tok", SHARED_EVAL, "wug", out, max_items=3, batch_size=4)
+    summary = evaluate_task(tmp_path / "m", tmp_path / "tok", BABYLM_SAMPLE, "wug", out, max_items=3, batch_size=4)
     assert summary["items"] and not marker.exists()
     assert not (planted / "evil.py").exists()  # the record holds what was used, nothing else

@@ -29,7 +29,7 @@ def test_planning_shapes_imports_no_torch_or_transformers():
 
 
 def test_paper_small_configs_total_ratios():
-    # PAPER.md 1.4: the released SMALL configs are 2.2 / 3.7 / 7.2 / 8.8 / 11.1x smaller in total
+    # Ulm et al. 2025, arXiv 2510.08245: the released SMALL configs are 2.2 / 3.7 / 7.2 / 8.8 / 11.1x smaller in total
     names = ["small-10x512", "small-8x384", "small-6x256", "small-5x224", "small-4x192"]
     cands = tuple(ModelConfig(**MODEL_PRESETS[n]) for n in names)
     totals = []

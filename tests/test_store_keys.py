@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_EVAL
+from conftest import BABYLM_SAMPLE
 
 from cdray import config as C
 from cdray.config.errors import ADDED, EXECUTION
@@ -48,10 +48,10 @@ def test_the_demos_store_keys_are_pinned():
     assert sweep_key(cfg) == "45fac28e3d30f065"
 
 
-@pytest.mark.skipif(not SHARED_EVAL.is_dir(), reason="no BabyLM sample")
+@pytest.mark.skipif(not BABYLM_SAMPLE.is_dir(), reason="no BabyLM sample")
 def test_the_demos_keys_with_babylm_evaluation_are_pinned():
     """The README's BabyLM command: its 71 nodes (evaluation and contamination stages added)."""
-    cfg = C.load(TINY, [f"eval.babylm_dir={SHARED_EVAL}", "eval.max_items=100", "eval.steps=[100,150]"])
+    cfg = C.load(TINY, [f"eval.babylm_dir={BABYLM_SAMPLE}", "eval.max_items=100", "eval.steps=[100,150]"])
     keys = sorted((n.stage, n.key) for n in build_graph(cfg).build_order())
     assert len(keys) == 71 and hashlib.sha256(repr(keys).encode()).hexdigest()[:16] == "be1116d23ef014ce"
     assert sweep_key(cfg) == "62cceab86b0d152c"

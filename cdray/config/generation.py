@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 from cdray.config.errors import EXECUTION, check, in_range
 
-# what the sampler is fed (PAPER.md section 2); the contrastive ones read an amateur's logits
+# what the sampler is fed (Ulm et al. 2025, arXiv 2510.08245); the contrastive ones read an amateur's logits
 NEEDS_AMATEUR = ("contrastive", "contrastive_tail")
 STRATEGIES = ("no_contrast", "no_contrast_vhead", *NEEDS_AMATEUR)
 # how a decode step attends (cdray.decode.stacked) and how its KV cache stores keys and values
@@ -17,7 +17,7 @@ KV_CACHE = ("model", "fp8")
 
 @dataclass(frozen=True)
 class DecodingConfig:
-    """Scores and sampler of one decoding step (PAPER.md section 2)."""
+    """Scores and sampler of one decoding step (Ulm et al. 2025, arXiv 2510.08245)."""
 
     alpha: float = 0.1
     lam: float = 1.0

@@ -47,7 +47,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training recipe shared by GOOD, SMALL and mixed runs (PAPER.md section 1.3)."""
+    """The training recipe shared by GOOD, SMALL and mixed runs (Ulm et al. 2025, arXiv 2510.08245)."""
 
     steps: int = 8000
     batch_size: int = 256  # global sequences per optimizer step

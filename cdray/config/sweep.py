@@ -12,7 +12,7 @@ from cdray.config.generation import NEEDS_AMATEUR, STRATEGIES, GenerationConfig
 from cdray.config.models import ExpertConfig, ModelConfig, SmallConfig, TrainConfig
 from cdray.config.search import SearchConfig
 
-# BabyLM 2025 zero-shot tasks (cdray.eval.babylm scores them through lm-eval; PAPER.md section 3)
+# BabyLM 2025 zero-shot tasks (cdray.eval.babylm scores them through lm-eval; Ulm et al. 2025, arXiv 2510.08245)
 BABYLM_TASKS = ("blimp", "supplement", "ewok", "entity_tracking", "wug", "reading")
 
 

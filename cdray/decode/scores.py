@@ -1,4 +1,4 @@
-"""Contrastive decoding math (PAPER.md section 2): scores, truncation, sampler, n-gram blocking."""
+"""Contrastive decoding math (Ulm et al. 2025, arXiv 2510.08245): scores, truncation, sampler, n-gram blocking."""
 from __future__ import annotations
 
 import math

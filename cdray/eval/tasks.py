@@ -15,7 +15,7 @@ import yaml
 
 from cdray.eval import babylm
 
-# How each BabyLM task is asked as an lm-eval request (PAPER.md section 3): the score of a
+# How each BabyLM task is asked as an lm-eval request (Ulm et al. 2025, arXiv 2510.08245): the score of a
 # candidate is the sum of its token log-probs after the context (BOS when the context is empty).
 MC_SPECS = {
     "blimp": {"doc_to_text": "", "doc_to_choice": "{{[sentence_good, sentence_bad]}}", "target_delimiter": ""},

@@ -11,7 +11,7 @@ from cdray.common.special_tokens import BOS_ID, EOS_ID, PAD_ID
 from cdray.config import ModelConfig
 from cdray.models.shapes import count_params
 
-# the tokenizer's special ids (PAPER.md 1.2)
+# the tokenizer's special ids (Ulm et al. 2025, arXiv 2510.08245)
 
 
 def llama_config(m: ModelConfig, vocab_size: int, *, attention_dropout: float = 0.0) -> LlamaConfig:

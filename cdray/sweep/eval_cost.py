@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 # tokens a whitespace-separated word costs: the paper's 32k BPE gives ~130M tokens for its 100M
-# words (PAPER.md, "real train tokens"); BabyLM items are ordinary English of the same kind
+# words (the paper's "real train tokens"); BabyLM items are ordinary English of the same kind
 TOKENS_PER_WORD = 1.3
 # a training step costs ~3 forward passes per token (the backward pass is ~2 of them)
 FORWARD_SHARE = 3.0
