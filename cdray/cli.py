@@ -1,4 +1,4 @@
-"""Command line: `cdray run|plan|sweep|report|verify CONFIG [--profile NAME] [--set a.b=v ...]`, `cdray mlflow`."""
+"""Command line: `cdray run|plan|sweep|report|verify|export CONFIG [--profile NAME] [--set a.b=v ...]`, `cdray mlflow`."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import tempfile
+from pathlib import Path
 from typing import Optional, Sequence
 
 from cdray import config as config_mod
@@ -22,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         "plan": "list every stage of a config with its store key and whether it is cached",
         "report": "the arm table from MLflow, and the paper's table and figures (markdown, PNG) logged to MLflow",
         "verify": "check every artifact of the store against its manifest checksums",
+        "export": "write one cell's checkpoint as a folder transformers loads (weights, tokenizer, model card)",
     }
     for name, text in helps.items():
         sp = sub.add_parser(name, help=text, description=text)
@@ -33,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="override one config value (repeatable)")
         sp.add_argument("--profile", metavar="NAME",
                         help="apply the sweep file's profiles.NAME (same as --set profile=NAME)")
+        if name == "export":
+            sp.add_argument("--arm", required=True, help="the arm as the arm table names it (e.g. CD-EARLY-157)")
+            sp.add_argument("--seed", type=int, required=True)
+            sp.add_argument("--q", type=float, default=None, help="the arm's q, where it has several")
+            sp.add_argument("--step", default="best", help="best (lowest eval perplexity), final, or a milestone")
+            sp.add_argument("--out", required=True, help="a new or empty folder")
         if name == "plan":
             sp.add_argument("--gpus", type=int, default=None, metavar="N",
                             help="state the schedule's makespan on N GPUs (the cluster the sweep targets)")
@@ -128,6 +136,11 @@ def _main(args) -> int:
             write_report([cfg, *(config_mod.load(p, args.overrides) for p in args.more)])
         elif args.command == "verify":
             return _verify(cfg)
+        elif args.command == "export":
+            from cdray.sweep.export import export
+
+            out = export(cfg, args.arm, args.seed, args.step, Path(args.out), q=args.q)
+            print(f"[cdray] exported to {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}) loads it")
         elif args.command == "data":
             return _fetch_eval(cfg)
     except KeyboardInterrupt:

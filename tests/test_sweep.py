@@ -196,3 +196,24 @@ def test_a_baseline_cell_is_built_while_the_good_still_trains(micro_cfg_dict, ra
     releaser.join(5)
     assert seen == {"baseline_done_while_good_held": True, "good_unfinished": True}
     assert {r["arm"] for r in rows} == {"BASELINE", "NO-CONTRAST"}
+    # the arm's best checkpoint exported: plain transformers loads it, with the sweep's tokenizer,
+    # and computes what cdray's own loader of the store's files computes
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cdray.data.tokenizer import load_tokenizer
+    from cdray.models.llama import load_model
+    from cdray.sweep.export import export
+
+    out = export(cfg, "NO-CONTRAST", 42, "best", tmp_path / "exported")
+    cell = next(c for c in graph.cells if c.arm == "NO-CONTRAST")
+    best = store.manifest("evaluate", cell.evaluate.key)["stats"]["best_step"]
+    assert f"step {best}" in (out / "README.md").read_text() and cell.train.key in (out / "README.md").read_text()
+    tok = AutoTokenizer.from_pretrained(out)
+    text = "the cat saw a dog near the river"
+    ids = tok(text, return_tensors="pt").input_ids
+    assert ids[0].tolist() == load_tokenizer(store.dir("tokenizer", graph.tokenizer.key))(text)["input_ids"]
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(out)(ids).logits
+        ours = load_model(store.dir("train", cell.train.key) / f"step_{best:06d}" / "model")(ids).logits
+    assert torch.equal(theirs, ours)
