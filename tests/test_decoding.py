@@ -8,7 +8,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from cdray.config import DecodingConfig
 from cdray.decode.engine import Decoder
 from cdray.decode.sample import generate
-from cdray.decode.scores import NgramBlocker, head_size, sample_inverse_cdf, strategy_scores, truncate
+from cdray.decode.scores import NgramBlocker, head_size, sample_inverse_cdf, strategy_scores
+from cdray.decode.truncation import truncate
 
 torch.set_num_threads(1)
 
@@ -111,35 +112,35 @@ def test_top_k_on_cd_scores_with_small_head_is_a_no_op():
     scores = strategy_scores(_t(ZG), _t(ZB), "contrastive", d)
     cd = [LPG[i] - LPB[i] for i in HEAD]
     # |V_head| = 3 < k = 4: the 4th largest score is the penalty, and ties at it are kept
-    _close(truncate(scores, 4, None), cd + [-20.0, -20.0])
-    _close(truncate(scores, 50, None), cd + [-20.0, -20.0])
+    _close(truncate(scores, DecodingConfig(top_k=4, top_p=None)), cd + [-20.0, -20.0])
+    _close(truncate(scores, DecodingConfig(top_k=50, top_p=None)), cd + [-20.0, -20.0])
     # k = 3 keeps exactly the head; k = 2 keeps the two largest CD scores
-    _close(truncate(scores, 3, None), cd + [-math.inf, -math.inf])
+    _close(truncate(scores, DecodingConfig(top_k=3, top_p=None)), cd + [-math.inf, -math.inf])
     order = sorted(range(3), key=lambda i: -cd[i])
     expected = [cd[i] if i in order[:2] else -math.inf for i in range(3)] + [-math.inf] * 2
-    _close(truncate(scores, 2, None), expected)
+    _close(truncate(scores, DecodingConfig(top_k=2, top_p=None)), expected)
 
 
 def test_top_k_plain():
-    _close(truncate(_t([0.5, 3.0, 1.0, 2.0]), 2, None), [-math.inf, 3.0, -math.inf, 2.0])
+    _close(truncate(_t([0.5, 3.0, 1.0, 2.0]), DecodingConfig(top_k=2, top_p=None)), [-math.inf, 3.0, -math.inf, 2.0])
 
 
 def test_top_p():
     scores = torch.log(_t([0.5, 0.25, 0.15, 0.1]))
     lp = [math.log(v) for v in [0.5, 0.25, 0.15, 0.1]]
     # mass before each token: 0, 0.5, 0.75, 0.9 -> p=0.7 keeps two, p=0.8 keeps three
-    _close(truncate(scores, None, 0.7), [lp[0], lp[1], -math.inf, -math.inf])
-    _close(truncate(scores, None, 0.8), [lp[0], lp[1], lp[2], -math.inf])
-    _close(truncate(scores, None, 0.3), [lp[0], -math.inf, -math.inf, -math.inf])
+    _close(truncate(scores, DecodingConfig(top_k=None, top_p=0.7)), [lp[0], lp[1], -math.inf, -math.inf])
+    _close(truncate(scores, DecodingConfig(top_k=None, top_p=0.8)), [lp[0], lp[1], lp[2], -math.inf])
+    _close(truncate(scores, DecodingConfig(top_k=None, top_p=0.3)), [lp[0], -math.inf, -math.inf, -math.inf])
     # unsorted input: truncation follows probability, not index
     perm = torch.log(_t([0.1, 0.5, 0.15, 0.25]))
-    _close(truncate(perm, None, 0.7), [-math.inf, math.log(0.5), -math.inf, math.log(0.25)])
+    _close(truncate(perm, DecodingConfig(top_k=None, top_p=0.7)), [-math.inf, math.log(0.5), -math.inf, math.log(0.25)])
 
 
 def test_top_k_then_top_p():
     scores = torch.log(_t([0.4, 0.3, 0.2, 0.1]))
     # top-2 renormalises to [4/7, 3/7]; top_p=0.5 then keeps only the first
-    _close(truncate(scores, 2, 0.5), [math.log(0.4), -math.inf, -math.inf, -math.inf])
+    _close(truncate(scores, DecodingConfig(top_k=2, top_p=0.5)), [math.log(0.4), -math.inf, -math.inf, -math.inf])
 
 
 def test_inverse_cdf_picks_tokens():
@@ -254,8 +255,7 @@ def _hf_reference(expert, amateur, prompt, seed, strategy, d, max_new_tokens):
         for t in range(max_new_tokens):
             logits = [m(input_ids=ids, cache=c, use_cache=True).logits[:, -1].float()
                       for m, c in zip(models, caches)]
-            scores = truncate(strategy_scores(logits[0], logits[1] if amateur else None,
-                                              strategy, d), d.top_k, d.top_p)
+            scores = truncate(strategy_scores(logits[0], logits[1] if amateur else None, strategy, d), d)
             tok = sample_inverse_cdf(scores, u[t:t + 1])
             out.append(int(tok))
             ids = tok[:, None]

@@ -127,3 +127,22 @@ def test_a_micro_sweep_over_weight_decay_runs_end_to_end(micro_cfg_dict, ray_ses
     assert sorted(p["train.weight_decay"] for p in params) == ["0.1", "0.1", "1.0", "1.0"]
     assert all(p["weight_decay"] == p["train.weight_decay"] for p in params)  # the recipe it trained by
     assert {p["baseline"] for p in params} == {"BASELINE weight_decay=0.1", "BASELINE weight_decay=1.0"}
+
+
+@pytest.mark.slow
+def test_min_p_and_typical_sampling_are_arms_of_a_micro_sweep(micro_cfg_dict, ray_session, tmp_path):
+    """Two truncation rules added as modules of cdray.decode.truncation, set by an axis over the
+    decoding section: a corpus each, arms named by their values, the rule in the corpus's key."""
+    from cdray.dag.store import Store
+    from cdray.shell.driver import run_sweep
+
+    d = micro_cfg_dict | {"grid": {"k": [], "strategy": ["no_contrast"], "q": [0.0, 0.5], "seed": [42],
+                                   "fields": {"generation.decoding": [{"min_p": 0.1}, {"typical_p": 0.9}]}}}
+    cfg = C.from_dict(d)
+    graph = build_graph(cfg)
+    rows = run_sweep(cfg, use_tune=False, echo=lambda line: None)
+    assert {r["arm"] for r in rows} == {"BASELINE", "NO-CONTRAST min_p=0.1", "NO-CONTRAST typical_p=0.9"}
+    store = Store.at(cfg.store.root)
+    decodings = [store.manifest("generate", n.key)["config"]["generation"]["decoding"]
+                 for n in graph.generations.values()]
+    assert sorted((dec.get("min_p"), dec.get("typical_p")) for dec in decodings) == [(None, 0.9), (0.1, None)]

@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from cdray.config.errors import EXECUTION, check, in_range
+from cdray.config.errors import ADDED, EXECUTION, check, in_range
 
 # what the sampler is fed (Ulm et al. 2025, arXiv 2510.08245); the contrastive ones read an amateur's logits
 NEEDS_AMATEUR = ("contrastive", "contrastive_tail")
@@ -23,8 +23,11 @@ class DecodingConfig:
     lam: float = 1.0
     temperature: float = 1.0
     penalty: float = field(default=-20.0, metadata={"infinite": True})  # outside V_head; -inf allowed
+    # truncation rules (cdray.decode.truncation, one module each), applied in this order when set
     top_k: Optional[int] = None
     top_p: Optional[float] = None
+    min_p: Optional[float] = field(default=None, metadata=ADDED)  # keep p >= min_p * max p
+    typical_p: Optional[float] = field(default=None, metadata=ADDED)  # locally typical mass
     no_repeat_ngram: int = 0  # n > 0: a token that would repeat an n-gram of its row gets -inf
 
     def validate(self, at: str) -> None:
@@ -40,6 +43,10 @@ class DecodingConfig:
             check(self.top_k >= 1, f"{at}.top_k", f"{self.top_k!r} must be >= 1")
         if self.top_p is not None:
             in_range(self.top_p, 0, 1, f"{at}.top_p", lo_open=True)
+        if self.min_p is not None:
+            in_range(self.min_p, 0, 1, f"{at}.min_p", lo_open=True)
+        if self.typical_p is not None:
+            in_range(self.typical_p, 0, 1, f"{at}.typical_p", lo_open=True)
 
 
 # what the paper's released code does; generation.paper_compat=true fills these in (and refuses

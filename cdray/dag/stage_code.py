@@ -261,9 +261,13 @@ def builder_units(fn) -> tuple[dict[str, str], set[str]]:
 
 @functools.cache
 def _imports_of(module: str) -> frozenset[str]:
-    """Every cdray module a module imports, at top level or inside a function."""
+    """Every cdray module a module imports, at top level or inside a function; a registry package
+    that imports its every module by listing its folder (cdray.decode.truncation) imports them all."""
     path = module_path(module)
-    return frozenset().union(*(imported_modules(module, path, node) for node in ast.walk(parse(path))))
+    found = frozenset().union(*(imported_modules(module, path, node) for node in ast.walk(parse(path))))
+    if path.name == "__init__.py" and "pkgutil.iter_modules(__path__)" in path.read_text(encoding="utf-8"):
+        found |= {f"{module}.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__"}
+    return found
 
 
 def module_closure(roots: set[str]) -> dict[str, str]:

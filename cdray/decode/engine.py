@@ -9,7 +9,8 @@ from torch import Tensor
 
 from cdray.common.special_tokens import EOS_ID, PAD_ID
 from cdray.config import NEEDS_AMATEUR, STRATEGIES, DecodingConfig
-from cdray.decode.scores import NgramBlocker, sample_inverse_cdf, step_scores, truncate
+from cdray.decode.scores import NgramBlocker, sample_inverse_cdf, step_scores
+from cdray.decode.truncation import truncate
 from cdray.decode.slots import RowQueue, RowResult, SlotBatch
 from cdray.decode.stacked import StackedLlama, same_shape
 
@@ -239,7 +240,7 @@ class Decoder:
         scores, head, log_pg, log_pb = step_scores(zg, za, self.strategy, self.d)
         if blocker is not None:
             scores = blocker.apply(scores)
-        token = sample_inverse_cdf(truncate(scores, self.d.top_k, self.d.top_p), u)
+        token = sample_inverse_cdf(truncate(scores, self.d), u)
         nll_e = _nll(zg, log_pg, token, self.d.temperature)
         nll_a = (_nll(za, log_pb, token, self.d.temperature) if za is not None
                  else torch.zeros_like(nll_e))

@@ -67,16 +67,17 @@ def rope_and_write(qkv: Tensor, pos: Tensor, inv_freq: Tensor, nh: int, nkv: int
     return q
 
 
-# strategies the fused sampler computes (contrastive_tail, truncation and n-gram blocking take
-# cdray.decode.scores's path)
+# strategies the fused sampler computes (contrastive_tail, any truncation rule and n-gram blocking
+# take the plain path: cdray.decode.scores and cdray.decode.truncation)
 FUSED_MODES = {"no_contrast": 0, "no_contrast_vhead": 1, "contrastive": 2}
 SAMPLE_BLOCK = 1024  # vocabulary entries per loop iteration of the fused sampler
 
 
 def fused_sampler_fits(strategy: str, d) -> bool:
     """Whether fused_sample computes this strategy and DecodingConfig."""
-    return (strategy in FUSED_MODES and d.top_k is None and d.top_p is None
-            and not d.no_repeat_ngram)
+    from cdray.decode.truncation import active
+
+    return strategy in FUSED_MODES and not active(d) and not d.no_repeat_ngram
 
 
 def fused_sample(zg: Tensor, za: Tensor | None, u: Tensor, strategy: str, d):

@@ -1,4 +1,5 @@
-"""Contrastive decoding math (Ulm et al. 2025, arXiv 2510.08245): scores, truncation, sampler, n-gram blocking."""
+"""Contrastive decoding math (Ulm et al. 2025, arXiv 2510.08245): scores, sampler, n-gram blocking (the
+truncation rules: cdray.decode.truncation)."""
 from __future__ import annotations
 
 import math
@@ -77,29 +78,6 @@ def step_scores(expert_logits: Tensor, amateur_logits: Tensor | None, strategy: 
     # alpha=0 (or pG underflow) can give inf - inf; such tokens carry no mass anyway
     tail = torch.where(torch.isnan(tail), -inf, tail)
     return torch.where(head, cd, tail), head, log_pg, log_pb
-
-
-def truncate(scores: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
-    """Top-k then top-p truncation of scores [B, V]; dropped tokens become -inf.
-
-    top-k keeps every token whose score is >= the k-th largest score, so ties at the k-th value
-    are all kept (independent of index order). Hence with a finite penalty and |V_head| < k the
-    k-th score is the penalty and top-k keeps everything (the paper's no-op).
-    top-p keeps the smallest prefix of tokens sorted by probability (softmax(scores)), descending,
-    stable by index, whose cumulative mass reaches top_p (the token crossing top_p is kept).
-    """
-    out = scores.float()
-    if top_k is not None and top_k < out.shape[-1]:
-        kth = torch.topk(out, top_k, dim=-1).values[..., -1:]
-        out = torch.where(out >= kth, out, torch.full_like(out, -math.inf))
-    if top_p is not None and top_p < 1.0:
-        probs = torch.softmax(out, dim=-1)
-        sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-        mass_before = torch.cumsum(sorted_p, dim=-1) - sorted_p
-        keep_sorted = mass_before < top_p
-        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-        out = torch.where(keep, out, torch.full_like(out, -math.inf))
-    return out
 
 
 def sample_inverse_cdf(scores: Tensor, u: Tensor) -> Tensor:

@@ -111,13 +111,10 @@ def truncation_label(cfg) -> str:
 
 
 def decoding_label(decoding: dict) -> str:
-    """A corpus's truncation as the paper names it: none, K-50, P-.9, P-.9+K-50."""
-    parts = []
-    if decoding.get("top_p") is not None:
-        parts.append(f"P-{decoding['top_p']:g}".replace("0.", "."))
-    if decoding.get("top_k") is not None:
-        parts.append(f"K-{decoding['top_k']}")
-    return "+".join(parts) or "none"
+    """A corpus's truncation as the paper names it: none, K-50, P-.9, P-.9+K-50 (each rule's own label)."""
+    from cdray.decode.truncation import label
+
+    return label(decoding)
 
 
 def by_truncation(cells, rows: list) -> list[tuple[str, list]]:
