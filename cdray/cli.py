@@ -122,7 +122,8 @@ def _main(args) -> int:
 
             if args.gpus is not None and args.gpus < 1:
                 raise config_mod.ConfigError("--gpus", f"{args.gpus} must be >= 1")
-            print_plan(cfg, gpus=args.gpus)
+            plain = config_mod.load(args.config, args.overrides, profiles=False) if cfg.profile else None
+            print_plan(cfg, gpus=args.gpus, without_profile=plain)
         elif args.command in ("sweep", "run"):
             keep_on_loopback(cfg.ray)  # before the driver imports ray
             from cdray.shell.driver import run_sweep

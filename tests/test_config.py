@@ -91,3 +91,26 @@ def test_the_config_reference_is_current():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
     assert doc == DOC + C.reference_markdown() + "\n", \
         "regenerate it: python -m cdray.config.reference > docs/config.md"
+
+
+def test_a_sweep_file_that_says_one_thing_twice_is_an_error_naming_it(tmp_path):
+    f = tmp_path / "twice.yaml"
+    f.write_text("name: a\ntrain:\n  lr: 0.1\n  steps: 5\n  lr: 0.2\n")
+    with pytest.raises(C.ConfigError, match=r"the key 'lr' is there twice \(lines 3 and 5\)"):
+        C.load(f)
+    f.write_text("name: a\ngrid: {seed: [42, 43, 42]}\n")
+    with pytest.raises(C.ConfigError) as e:
+        C.load(f)
+    assert e.value.field == "grid.seed[2]"
+
+
+def test_a_babylm_dir_above_the_task_folders_is_named_with_the_one_to_use(tmp_path):
+    import shutil
+
+    from conftest import BABYLM_SAMPLE
+
+    from cdray.eval.babylm import missing_reason
+
+    shutil.copytree(BABYLM_SAMPLE / "blimp_filtered", tmp_path / "evaluation_data" / "full_eval" / "blimp_filtered")
+    reason = missing_reason(str(tmp_path), ["blimp"])
+    assert "the task folders are in evaluation_data/full_eval/: point eval.babylm_dir there" in reason

@@ -75,3 +75,21 @@ def test_shipped_sweeps_load_with_every_profile():
 def test_a_profiled_config_round_trips(tmp_path):
     cfg = c.load(write(tmp_path, BASE), ["profile=cluster"])
     assert c.from_dict(c.to_dict(cfg)) == cfg
+
+
+def test_plan_with_a_profile_states_which_keys_it_changes(tmp_path):
+    """A profile that sets a keyed field (train.num_workers: the same runs computed by two workers)
+    re-keys the runs, and `cdray plan --profile` says so; one that sets plumbing changes no key."""
+    from cdray.dag.graph import build_graph
+    from cdray.sweep.plan import profile_effect
+
+    sweep = tmp_path / "s.yaml"
+    raw = c.load_raw(ROOT / "sweeps" / "tiny.yaml")
+    raw["profiles"] = {"two": {"train": {"num_workers": 2}}, "where": {"ray": {"max_concurrent_cells": 1}}}
+    sweep.write_text(__import__("yaml").safe_dump(raw))
+    plain = build_graph(c.load(sweep, profiles=False))
+    two = c.load(sweep, ["profile=two"])
+    line = profile_effect(two, build_graph(two), plain)
+    assert line.startswith("profile 'two' changes the keys of ") and "train GOOD seed=43" in line
+    where = c.load(sweep, ["profile=where"])
+    assert "every key as without it" in profile_effect(where, build_graph(where), plain)

@@ -154,12 +154,36 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a mapping holding one key twice (YAML keeps the last one,
+    silently: a sweep file saying a thing twice would mean the other thing)."""
+
+
+def _mapping_once(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise _TwiceError(f"the key {key!r} is there twice (lines {seen[key]} and {key_node.start_mark.line + 1})")
+        seen[key] = key_node.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+class _TwiceError(Exception):
+    pass
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
+
+
 def load_raw(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(str(path), "config file not found")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except _TwiceError as e:
+        raise ConfigError(str(path), str(e)) from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -208,11 +232,16 @@ def _with_axes(cfg: SweepConfig) -> SweepConfig:
     return cfg
 
 
-def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> SweepConfig:
+def load(path: str | Path, overrides: tuple[str, ...] | list[str] = (), profiles: bool = True) -> SweepConfig:
     """Load a sweep/config YAML strictly, apply the selected profile, then `a.b=v` overrides
-    (`profile=NAME` selects the profile), validate, return it frozen."""
+    (`profile=NAME` selects the profile), validate, return it frozen. `profiles=False`: the file
+    as if no profile were selected (what a profile changes is measured against it)."""
     data = load_raw(path)
     parsed = [parse_override(text) for text in overrides]
+    if not profiles:
+        data.pop("profile", None)
+        data.pop("profiles", None)
+        parsed = [(k, v) for k, v in parsed if k != "profile"]
     chosen = [v for k, v in parsed if k == "profile"]
     data = apply_profile(data, str(chosen[-1]) if chosen else None)
     for key, value in parsed:

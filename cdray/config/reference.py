@@ -52,6 +52,12 @@ with `python -m cdray.config.reference > docs/config.md`; `tests/test_config.py`
 each field means is said where it is defined, in `cdray/config/*.py`. A profile
 (`profiles.<name>.`) may set only the plumbing listed at the end.
 
+One key is not a field: `preset` in a model section (`expert.model`, `mixed_model`,
+`small.candidates[i]`) fills in a named shape (`micro`, `tiny`, `good`, `small-10x512`, ...:
+`MODEL_PRESETS` in `cdray/config/models.py`) under the fields written beside it. Likewise the field
+`generation.paper_compat: true` fills in the released code's generation settings (refusing a
+conflicting explicit one).
+
 ## Axes and searches
 
 `grid.k`, `grid.r`, `grid.p`, `grid.strategy`, `grid.q` and `grid.seed` are the paper's axes: per

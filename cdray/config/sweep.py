@@ -101,6 +101,10 @@ class GridConfig:
 
     def validate(self, at: str, ranged: frozenset[str] | set[str] = frozenset()) -> None:
         """`ranged`: the axes a search draws from a range (search.ranges) instead of a list."""
+        for name in ("k", "r", "p", "strategy", "q", "seed"):
+            values = getattr(self, name)
+            for i, v in enumerate(values):
+                check(v not in values[:i], f"{at}.{name}[{i}]", f"{v!r} is there twice")
         for i, k in enumerate(self.k):
             check(isinstance(k, int) and k >= 1, f"{at}.k[{i}]", f"{k!r} must be a positive step")
         for i, r in enumerate(self.r):

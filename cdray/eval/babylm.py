@@ -90,7 +90,11 @@ def missing_reason(babylm_dir: Optional[str], tasks: Iterable[str]) -> Optional[
     else:
         empty = [t for t in tasks if not item_files(root, t)]
     if empty:
-        return f"eval.babylm_dir {shown!r} has no files for {', '.join(empty)} (expected {FOLDERS[empty[0]]}/)"
+        inner = next((sub for sub in ("full_eval", "evaluation_data/full_eval")
+                      if not is_remote(root) and (Path(root) / sub / FOLDERS[empty[0]]).is_dir()), None)
+        hint = f"; the task folders are in {inner}/: point eval.babylm_dir there" if inner else ""
+        return (f"eval.babylm_dir {shown!r} has no files for {', '.join(empty)} "
+                f"(expected {FOLDERS[empty[0]]}/{hint})")
     return None
 
 

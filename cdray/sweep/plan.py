@@ -68,9 +68,11 @@ def format_plan(rows: list[PlanRow]) -> str:
     return "\n".join(lines)
 
 
-def print_plan(cfg: SweepConfig, echo: Echo = print, gpus: int | None = None) -> None:
-    """Every stage in build order with its key and status, the cells, what building costs, and the
-    makespan of its schedule (on `gpus` GPUs, else on this machine's lanes)."""
+def print_plan(cfg: SweepConfig, echo: Echo = print, gpus: int | None = None,
+               without_profile: SweepConfig | None = None) -> None:
+    """Every stage in build order with its key and status, the cells, what building costs, the
+    makespan of its schedule (on `gpus` GPUs, else on this machine's lanes), and which keys the
+    selected profile changes (against `without_profile`, the file without it)."""
     from cdray.sweep.estimate import estimate
     from cdray.sweep.footprint import footprint
     from cdray.sweep.preflight import check_data
@@ -90,6 +92,21 @@ def print_plan(cfg: SweepConfig, echo: Echo = print, gpus: int | None = None) ->
         lanes = max(1, min(cfg.ray.max_concurrent_cells, cfg.ray.num_cpus or 2))
         echo(schedule_line(graph, cfg, store, gpus or lanes, "GPUs" if gpus else "CPU lanes"))
     echo(footprint(graph, cfg, store, todo))
+    if without_profile is not None:
+        echo(profile_effect(cfg, graph, build_graph(without_profile)))
+
+
+def profile_effect(cfg: SweepConfig, graph: SweepGraph, plain: SweepGraph) -> str:
+    """One line: the stages whose keys the selected profile changes (it sets a keyed field, such
+    as train.num_workers or train.use_gpu: the same runs computed another way), or that it changes none."""
+    before = {n.label: n.key for n in plain.build_order()}
+    changed = [n.label for n in graph.build_order() if before.get(n.label, n.key) != n.key]
+    if not changed:
+        return f"profile {cfg.profile!r}: every key as without it (it changes where the sweep runs, not what it computes)"
+    shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+    return (f"profile {cfg.profile!r} changes the keys of {len(changed)} stages ({shown}): it sets fields "
+            f"that are part of what they compute (train.num_workers, train.use_gpu, ...), so the store's "
+            f"artifacts of the file without it are not reused")
 
 
 def search_summary(cfg: SweepConfig) -> str:
