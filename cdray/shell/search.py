@@ -111,7 +111,8 @@ def run_trials(cfg: SweepConfig, cells: list[Cell], name: str, trial: Callable, 
             trainable,
             param_space=param_space(cfg, cells),
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=cfg.ray.max_concurrent_cells,
+                # random search: its generator limits the trials itself (Tune refuses both)
+                max_concurrent_trials=None if cfg.search.algorithm == "random" else cfg.ray.max_concurrent_cells,
                 num_samples=cfg.search.samples if cfg.search.samples_cells else 1,
                 search_alg=_search_alg(cfg), scheduler=_scheduler(cfg),
                 metric=cfg.search.metric if scheduled else None, mode=cfg.search.mode if scheduled else None),
