@@ -155,7 +155,7 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
     # its corpus would hold one of ray.max_concurrent_cells meanwhile
     pending.sort(key=lambda c: c.train.has_input("synthetic"))
     tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
-    outcome = Outcome(list(graph.cells), [])
+    outcome = Outcome([], [])
     with Watcher(store, cfg.train.steps, tokens_per_step) as watch:
         if todo or pending or searching:
             init_ray(cfg.ray)
@@ -172,7 +172,7 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
             if use_tune and (pending or searching):
                 outcome = run_trials(cfg, pending, f"sweep-{cfg.name}-{key}", _cell_trial, known=graph.cells,
                                      parent_id=parent_id, baselines=base, builds=builds)
-                mark_stopped(outcome, cfg, tracker, parent_id)
+                mark_stopped(outcome, tracker, parent_id)
             elif pending:
                 for cell in pending:
                     run_cell(cell, cfg, store, tracker, parent_id, builds, baseline=base[cell.label])
@@ -181,7 +181,8 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
                 ensure(node, builds, store)
             ray.kill(builds)  # its name is the sweep's: a next run from this process starts its own
             watch.tick()  # the last cells' lines
-    cells = outcome.finished if not searching else with_baselines(cfg, outcome.finished)
+    # the grid's every cell (those finished before this run too); a search's drawn ones
+    cells = with_baselines(cfg, outcome.finished) if searching else graph.cells
     base = baselines(cells) if searching else base
     results = [row for c in cells if (row := cell_row(c, store, base[c.label])) is not None]
     table = format_table(results)
@@ -194,7 +195,7 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
     return results
 
 
-def mark_stopped(outcome: Outcome, cfg: SweepConfig, tracker: Tracker, parent_id: Optional[str]) -> None:
+def mark_stopped(outcome: Outcome, tracker: Tracker, parent_id: Optional[str]) -> None:
     """A cell ASHA stopped: its child run ends KILLED, tagged with the step it reached and its best
     milestone perplexity by then."""
     for cell, step, best in outcome.stopped:
