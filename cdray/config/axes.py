@@ -7,7 +7,7 @@ import typing
 from typing import Any, Callable, Optional
 
 from cdray.config.errors import ConfigError, check
-from cdray.config.plain import Patch, set_dotted, to_dict
+from cdray.config.plain import Patch, get_dotted, set_dotted, to_dict
 
 # sections that say where and how a sweep runs, never what it computes: no axis over them
 PLUMBING = ("name", "profile", "data_root", "store", "tracking", "ray", "grid", "search")
@@ -44,7 +44,7 @@ def apply(raw: dict, values: dict[str, Any]) -> dict:
     tree = _deep_copy(raw)
     for name, value in values.items():
         if isinstance(value, Patch):
-            current = _lookup(tree, name)
+            current = get_dotted(tree, name)
             value = {**(current if isinstance(current, dict) else {}), **_deep_copy(dict(value))}
         set_dotted(tree, name, value)
     return tree
@@ -109,8 +109,8 @@ def check_axes(cfg, build: Build) -> None:
         patches = [isinstance(v, Patch) for v in axis.values]
         check(all(patches) or not any(patches), at, "a section's axis takes mappings only, a field's no mapping")
         axis_field(SweepConfig, axis.name, at, section=all(patches))
-        current = _lookup(raw, axis.name)
-        check(any(_lookup(apply(raw, {axis.name: v}), axis.name) != current for v in axis.values), at,
+        current = get_dotted(raw, axis.name)
+        check(any(get_dotted(apply(raw, {axis.name: v}), axis.name) != current for v in axis.values), at,
               f"every value ({', '.join(map(repr, axis.values))}) is the sweep's own: the axis changes nothing")
         for i, value in enumerate(axis.values):
             try:
@@ -127,9 +127,3 @@ def _without_axes(cfg) -> dict:
         raw["grid"]["q"] = [0.0]
     return raw
 
-
-def _lookup(tree: dict, dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node

@@ -30,6 +30,14 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
         node[last] = value
 
 
+def get_dotted(tree: dict, dotted: str) -> Any:
+    """The value at `a.b.c` of a raw tree (None where a part is missing)."""
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def to_dict(obj: Any) -> Any:
     """Plain JSON-able form of a config (tuples become lists; -inf stays a float)."""
     if dataclasses.is_dataclass(obj):

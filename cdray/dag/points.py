@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from cdray.config import NEEDS_AMATEUR, SweepConfig, parse_section, set_dotted, to_dict
+from cdray.config.plain import get_dotted
 from cdray.config.search import RangeAxis
 from cdray.dag.nodes import Amateur, Cell, arm_name
 
@@ -70,7 +71,7 @@ def point_cell(cfg: SweepConfig, point: dict[str, Any]) -> Cell:
     for name, value in point.items():
         if name in FIXED:
             continue
-        default = _lookup(own, name)
+        default = get_dotted(own, name)
         if value != default and _cell(cfg, {**point, name: default}).train.key == cell.train.key:
             continue  # the field changes nothing this cell builds (generation.* for a BASELINE)
         applying.append((name, value))
@@ -96,9 +97,3 @@ def _cell(cfg: SweepConfig, point: dict[str, Any]) -> Cell:
     (cell,) = expand(point_config(cfg, point), recipe=cfg.train).cells
     return cell
 
-
-def _lookup(tree: dict, dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
