@@ -2,9 +2,9 @@
 max(critical path, total work / slots), with stages that hold their resources for set times.
 
 Run from the repo root (after `make setup`):
-    .venv/bin/python bench/schedule.py                       # this checkout (~8 min)
+    .venv/bin/python bench/schedule.py                       # this checkout (~12 min on 2 cores)
     .venv/bin/python bench/schedule.py --code ../old-cdray   # another checkout's driver, same DAG
-    .venv/bin/python bench/schedule.py --quick               # short holds, a smoke test (~3 min)
+    .venv/bin/python bench/schedule.py --quick               # short holds, 2 cells: a smoke test
 
 The cluster is tests/node_cluster.py's: a head with no CPUs (the driver's) and three worker nodes
 of 2 CPUs, each with a /tmp of its own; the store and the corpus on moto's S3 server; MLflow on the
@@ -54,11 +54,13 @@ def moto(ip: str) -> tuple[str, str]:
     return f"{host}:{port}", "bench"
 
 
-def sweep_dict(corpus_uri: str, store_uri: str, mlflow_url: str) -> dict:
+def sweep_dict(corpus_uri: str, store_uri: str, mlflow_url: str, quick: bool = False) -> dict:
     from conftest import micro_sweep_dict
 
-    d = micro_sweep_dict(Path("/unused"), Path("/unused"), k=[4], r=[2], strategy=["contrastive", "no_contrast"],
-                         q=[0.0, 0.5], seed=[42, 43])
+    # --quick: the GOOD, one corpus, a BASELINE and a mixed cell (the code path, in a few minutes)
+    grid = (dict(k=[4], r=[], strategy=["no_contrast"], q=[0.0, 0.5], seed=[42]) if quick else
+            dict(k=[4], r=[2], strategy=["contrastive", "no_contrast"], q=[0.0, 0.5], seed=[42, 43]))
+    d = micro_sweep_dict(Path("/unused"), Path("/unused"), **grid)
     d["corpus"]["sources"][0]["path"] = corpus_uri
     d["store"] = {"root": store_uri}
     d["tracking"] = {"uri": mlflow_url, "experiment": "schedule"}
@@ -130,7 +132,7 @@ def main() -> None:
         mlflow = server.start(tmp / "mlflow", port, host=cluster.ip)
         url = f"http://{cluster.ip}:{port}"
         server.wait_ready(url, proc=mlflow)
-        d = sweep_dict(corpus, uri("store"), url)
+        d = sweep_dict(corpus, uri("store"), url, args.quick)
         (cluster.node_dir("head") / "schedule.yaml").write_text(__import__("yaml").safe_dump(d))
         model = predicted(d, holds)
         print(f"code {code} ({_revision(code)}); holds {spec}; {SLOTS} slots on 3 nodes; "
