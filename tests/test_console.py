@@ -67,8 +67,9 @@ def test_plan_says_what_a_run_costs(tmp_path, capsys):
 
     assert main(["plan", str(ROOT / "sweeps" / "tiny.yaml"), "--set", f"store.root={tmp_path / 's'}"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-3].startswith("to build: 1 corpus, 1 tokenizer, 1 prompts, 5 tokens, 5 train, 3 generate, 4 evaluate")
-    assert out[-2].startswith("estimate on this machine: about ") and "stated default rates" in out[-2]
+    assert out[-4].startswith("to build: 1 corpus, 1 tokenizer, 1 prompts, 5 tokens, 5 train, 3 generate, 4 evaluate")
+    assert out[-3].startswith("estimate on this machine: about ") and "stated default rates" in out[-3]
+    assert out[-2].startswith("schedule on 2 CPU lanes ") and "the shared stages one after another first" in out[-2]
     # 5 runs of 3 milestones of 6.2 MB weights (1.56M parameters) plus one resume state each
     assert out[-1].startswith("store: about ") and "31.2 MB per run" in out[-1]
 
