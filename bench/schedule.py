@@ -109,7 +109,7 @@ def main() -> None:
     code = Path(args.code).resolve()
 
     from conftest import upload_folder, write_text_corpus
-    from node_cluster import make_cluster, namespaces_work
+    from node_cluster import LOCAL, make_cluster, namespaces_work
 
     from cdray.tracking import server
 
@@ -139,7 +139,7 @@ def main() -> None:
               f"{len(_graph(d).cells)} cells")
         log = tmp / "driver.log"
         t0 = time.perf_counter()
-        proc = cluster.driver([sys.executable, "-m", "cdray.cli", "sweep", "/tmp/schedule.yaml"], log=log,
+        proc = cluster.driver([sys.executable, "-m", "cdray.cli", "sweep", f"{LOCAL}/schedule.yaml"], log=log,
                               cwd=code)
         rc = proc.wait(1800)
         wall = time.perf_counter() - t0

@@ -180,7 +180,7 @@ def test_evaluation_data_keys_only_what_reads_it(micro_cfg_dict):
     that do not drop contaminated rows measure their overlap with the items in a stage of its own."""
     from cdray.eval.babylm import data_digest
 
-    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "eval" / "babylm2025"
+    from conftest import BABYLM_SAMPLE as shared
     before = build_graph(C.from_dict(micro_cfg_dict))
     with_items = C.from_dict(micro_cfg_dict | {"eval": micro_cfg_dict["eval"] | {"babylm_dir": str(shared)}})
     after = build_graph(with_items)

@@ -9,7 +9,8 @@ import pytest
 from conftest import BABYLM_SAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTSIDE = ("../" + "shared", "PAPER" + ".md", "DESIGN" + ".md")  # written apart: this file names them
+# written apart: this file names them
+OUTSIDE = ("../" + "shared", '"shared"' + " / ", "/ " + '"shared"', "PAPER" + ".md", "DESIGN" + ".md")
 
 
 def tracked() -> list[Path]:
