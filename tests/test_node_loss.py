@@ -318,6 +318,17 @@ def _table(log: str) -> list[str]:
 
 
 @needs_eval_data
+def _builds_on_the_head(cluster) -> bool:
+    """Whether every live build registry (cdray.shell.dispatch) runs on the head, where the driver is."""
+    out = cluster.run_python(
+        "import json, ray; from ray._private import state; ray.init(address='auto', log_to_driver=False); "
+        "print(json.dumps([[a['Address']['NodeID'] for a in state.actors().values() if a['State'] == 'ALIVE' "
+        "and (a.get('Name') or '').startswith('cdray-builds-')], ray.get_runtime_context().get_node_id()]))",
+        timeout=120)
+    placed, head = json.loads(out.stdout.strip().splitlines()[-1])
+    return bool(placed) and set(placed) == {head}
+
+
 def test_preempt_a_node_mid_sweep_and_the_sweep_equals_one_nodes(nodes, s3_server, text_corpus_dir, tmp_path,
                                                                   mlflow_url):
     """`cdray sweep` on the cluster, its corpus and BabyLM data read from the S3 server; the node of
@@ -351,6 +362,7 @@ def test_preempt_a_node_mid_sweep_and_the_sweep_equals_one_nodes(nodes, s3_serve
         victim = _wait_for("the BASELINE's evaluation to reach step 8",
                            lambda: _held_on(nodes, rel, d["store"]["root"], "evaluate-step", 8),
                            timeout=900, proc=proc, log=log)
+        assert _builds_on_the_head(nodes), "the build registry owns every build: it must share the driver's node"
         lost_at = time.time()
         nodes.kill(victim)
         _release_everywhere(nodes, rel, d["store"]["root"], "evaluate-step", 8)

@@ -14,7 +14,7 @@ from cdray.dag.execution import Execution
 from cdray.dag.nodes import Node
 from cdray.dag.stages import stage
 from cdray.dag.store import Store
-from cdray.shell.ray_exec import build_node, open_store
+from cdray.shell.ray_exec import build_node, open_store, outside_trial
 from cdray.shell.train_run import CELL_DRIVER_CPU, WORK_CPU
 
 
@@ -59,18 +59,12 @@ class Builds:
         if ident not in self.refs:
             inputs = [self.ensure(dep)[0] for _, dep in node.inputs
                       if not self.store.is_done(dep.stage, dep.key)]
-            self.refs[ident] = _build.options(num_cpus=cpus(node), scheduling_strategy=_outside_trial()).remote(
+            self.refs[ident] = _build.options(num_cpus=cpus(node), scheduling_strategy=outside_trial()).remote(
                 node, self.ex, self.tracking, self.run_id, *inputs)
         return [self.refs[ident]]
 
     def in_flight(self) -> int:
         return len(self.refs)
-
-
-def _outside_trial():
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    return PlacementGroupSchedulingStrategy(placement_group=None)
 
 
 def builds_name(sweep_key: str) -> str:
@@ -79,12 +73,17 @@ def builds_name(sweep_key: str) -> str:
 
 def start_builds(ex: Execution, tracking, sweep_key: str, run_id: Optional[str]):
     """The sweep's build registry (an actor the driver owns: it ends with the driver; one an earlier
-    run from this process left, after a failure, is replaced)."""
+    run from this process left, after a failure, is replaced). It lives on the driver's node: it owns
+    every build's reference, and its node's loss would fail every build in flight (OwnerDiedError),
+    where a worker node's loss only retries the tasks that ran there."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     try:
         ray.kill(ray.get_actor(builds_name(sweep_key)))
     except ValueError:
         pass
-    return Builds.options(name=builds_name(sweep_key)).remote(ex, tracking, run_id)
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return Builds.options(name=builds_name(sweep_key), scheduling_strategy=here).remote(ex, tracking, run_id)
 
 
 def ensure(node: Node, builds, store: Store) -> dict:

@@ -138,11 +138,12 @@ def build_node(node: Node, run: SweepConfig | Execution, store: Store, *, run_id
     if runs_on == "checkpoint":
         return build_nodes([node], ex, store)[0]
     # inside a Tune trial, tasks would inherit the trial's 0.01-CPU placement group: escape it
-    return ray.get(_build_task.options(scheduling_strategy=_outside_trial(),
+    return ray.get(_build_task.options(scheduling_strategy=outside_trial(),
                                        num_gpus=task_gpus(node.stage, ex.use_gpu)).remote(node, ex))
 
 
-def _outside_trial():
+def outside_trial():
+    """A task's placement outside any placement group (a trial's is sized for its driver only)."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     return PlacementGroupSchedulingStrategy(placement_group=None)
@@ -165,7 +166,7 @@ def build_nodes(nodes, run: SweepConfig | Execution, store: Store) -> list[dict]
             groups.setdefault(builders.checkpoint_of(node), []).append(node)
     ex = as_execution(run)
     gpus = task_gpus("babylm", ex.use_gpu)
-    refs = [_build_babylm_group_task.options(scheduling_strategy=_outside_trial(), num_gpus=gpus).remote(g, ex)
+    refs = [_build_babylm_group_task.options(scheduling_strategy=outside_trial(), num_gpus=gpus).remote(g, ex)
             for g in groups.values()]
     built = {n.key: m for g, ms in zip(groups.values(), ray.get(refs)) for n, m in zip(g, ms)}
     return [built.get(n.key) or store.manifest(n.stage, n.key) for n in nodes]
