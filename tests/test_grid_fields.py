@@ -120,9 +120,9 @@ def test_a_micro_sweep_over_weight_decay_runs_end_to_end(micro_cfg_dict, ray_ses
         base = ppl[f"BASELINE weight_decay={wd}"]
         assert agg[f"NO-CONTRAST weight_decay={wd}"] == pytest.approx(100 * (base - ppl[f"NO-CONTRAST weight_decay={wd}"]) / base)
     tracker = Tracker(cfg.tracking)
-    from cdray.sweep.plan import sweep_key
+    from cdray.sweep.plan import family_key, sweep_key
 
-    children = tracker.children(tracker.find_parent(sweep_key(cfg)))
+    children = tracker.children(tracker.find_parent(family_key(cfg), sweep_key(cfg)))
     params = [c.data.params for c in children]
     assert sorted(p["train.weight_decay"] for p in params) == ["0.1", "0.1", "1.0", "1.0"]
     assert all(p["weight_decay"] == p["train.weight_decay"] for p in params)  # the recipe it trained by

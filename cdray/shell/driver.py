@@ -2,6 +2,7 @@
 trial drives a TorchTrainer and the cell's evaluations), MLflow parent and child runs."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Callable, Optional
@@ -23,7 +24,7 @@ from cdray.shell.dispatch import ensure, start_builds
 from cdray.shell.ray_exec import build_node, build_nodes, init_ray
 from cdray.shell.search import MilestoneReport, Outcome, point_param, run_trials, trial_cell
 from cdray.sweep.cell_runs import cell_row, log_arm_table, log_cell, log_upstream, metric_prefix
-from cdray.sweep.plan import anchored, open_store, plan, sweep_key
+from cdray.sweep.plan import anchored, family_key, open_store, plan, sweep_key
 from cdray.sweep.preflight import check_data
 from cdray.sweep.progress import Watcher, log_path
 from cdray.tracking.runs import Tracker
@@ -138,7 +139,10 @@ def run_sweep(cfg: SweepConfig, *, echo: Optional[Echo] = None, use_tune: bool =
 def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune: bool) -> list[dict]:
     tracker = Tracker(cfg.tracking)
     key = sweep_key(cfg)
-    parent_id = tracker.parent_run(cfg.name, key, {"sweep": redact(to_dict(cfg))})  # creates the DB in the driver
+    resolved = redact(to_dict(cfg))
+    recipe = {k: v for k, v in resolved.items() if k not in ("grid", "search")}  # what a grown grid keeps
+    parent_id = tracker.parent_run(cfg.name, family_key(cfg), key, {"sweep": recipe})  # creates the DB in the driver
+    tracker.log_text(parent_id, json.dumps(resolved, indent=1, sort_keys=True), "sweep_config.json")
     rows = plan(graph, store)
     todo = sum(not r.cached for r in rows)
     echo(f"[cdray] sweep {cfg.name!r} ({key}): {len(graph.cells)} cells, {len(rows)} stages, {todo} to build")

@@ -34,16 +34,31 @@ def anchored(cfg: SweepConfig) -> SweepConfig:
     return replace(cfg, store=store, tracking=tracking, eval=ev, data_root=data_root)
 
 
-def sweep_key(cfg: SweepConfig) -> str:
-    """Identity of a sweep for MLflow: everything but where it runs and is stored (and fields
-    marked ADDED while they hold their default, as in the stage keys: a sweep keeps its runs)."""
+def _identity(cfg: SweepConfig) -> dict:
+    """What a sweep computes: everything but where it runs and is stored (and fields marked ADDED
+    while they hold their default, as in the stage keys: a sweep keeps its runs)."""
     d = identity_dict(cfg)
     for plumbing in ("store", "tracking", "ray", "profile", "data_root"):
         d.pop(plumbing)
     for where in ("babylm_dir", "fetch_url", "fetch_sha256"):  # the babylm nodes hash the data itself
         d["eval"].pop(where)
     d["grid"].pop("max_cells")  # a guard on the grid's size, not part of it
-    return stage_key("sweep", 1, d, {})
+    return d
+
+
+def sweep_key(cfg: SweepConfig) -> str:
+    """Identity of a sweep: its recipe and its grid or search (Tune's experiment is named by it)."""
+    return stage_key("sweep", 1, _identity(cfg), {})
+
+
+def family_key(cfg: SweepConfig) -> str:
+    """Identity of a sweep's MLflow parent run: its name and recipe without its grid or search, so
+    seeds, arms or axis values added to a sweep add child runs to the parent the user compares in,
+    where a changed recipe starts a parent of its own."""
+    d = _identity(cfg)
+    d.pop("grid")
+    d.pop("search", None)
+    return stage_key("sweep-family", 1, d, {})
 
 
 @dataclass(frozen=True)

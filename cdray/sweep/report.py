@@ -12,7 +12,7 @@ from cdray.dag.nodes import baselines
 from cdray.dag.store import Store
 from cdray.eval.arm_table import format_table
 from cdray.eval.figures import arms_figure, mixing_figure, truncation_figure
-from cdray.sweep.plan import anchored, sweep_key
+from cdray.sweep.plan import anchored, family_key, sweep_key
 from cdray.tracking.runs import Tracker, TrackingError
 
 Echo = Callable[[str], None]
@@ -22,7 +22,7 @@ def report_from_mlflow(cfg: SweepConfig, echo: Echo = print) -> list[dict]:
     """Re-print the arm table from the sweep's MLflow child runs."""
     cfg = anchored(cfg)
     tracker = Tracker(cfg.tracking)
-    parent_id = tracker.find_parent(sweep_key(cfg))
+    parent_id = tracker.find_parent(family_key(cfg), sweep_key(cfg))
     if parent_id is None:
         raise TrackingError(f"no MLflow run for sweep {cfg.name!r} in {tracker.uri}; run `cdray sweep` first")
     rows = []
@@ -50,7 +50,7 @@ def searched_cells(cfg: SweepConfig) -> tuple[list, list[str]]:
     from cdray.dag.points import point_cell, with_baselines
 
     tracker = Tracker(cfg.tracking)
-    parent_id = tracker.find_parent(sweep_key(cfg))
+    parent_id = tracker.find_parent(family_key(cfg), sweep_key(cfg))
     if parent_id is None:
         raise TrackingError(f"no MLflow run for sweep {cfg.name!r} in {tracker.uri}; run `cdray sweep` first")
     finished, stopped = [], []
@@ -125,7 +125,7 @@ def write_report(cfgs: list[SweepConfig], echo: Echo = print, B: int = 1000) -> 
     echo(pr.markdown_table(settings[0][1], f"{main.name}: best checkpoint per (arm, task, seed)"))
     echo(f"[cdray] report: {report}" + "".join(f", {f}" for f in figures))
     tracker = Tracker(main.tracking)
-    parent_id = tracker.find_parent(sweep_key(main)) if tracker.enabled else None
+    parent_id = tracker.find_parent(family_key(main), sweep_key(main)) if tracker.enabled else None
     if parent_id is not None:
         for f in [report, *figures]:
             tracker.log_file(parent_id, f, "report")

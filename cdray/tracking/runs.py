@@ -11,6 +11,7 @@ from cdray.common.redaction import mask_uri, without_userinfo
 from cdray.config import TrackingConfig
 
 SWEEP_TAG = "cdray.sweep_key"
+FAMILY_TAG = "cdray.sweep_family"
 CELL_TAG = "cdray.cell_id"
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -76,19 +77,26 @@ class Tracker:
                                        order_by=["attributes.start_time DESC"])
         return runs[0] if runs else None
 
-    def parent_run(self, sweep_name: str, sweep_key: str, params: dict) -> Optional[str]:
-        """The sweep's parent run, reused if a run with this sweep key exists."""
+    def parent_run(self, sweep_name: str, family: str, sweep_key: str, params: dict) -> Optional[str]:
+        """The sweep's parent run: the one of its family (its name and recipe: a grid that grew
+        keeps its parent) or, for a run made before families, of this very sweep; else a new one.
+        `params` (the recipe) are logged once, at creation; the grid, which may grow, is a tag."""
         if not self.enabled:
             return None
-        found = self._find(f"tags.`{SWEEP_TAG}` = '{sweep_key}' and tags.`cdray.kind` = 'sweep'")
+        found = self._parent(family, sweep_key)
         if found is not None:
             if found.info.status != "RUNNING":
                 self.client.update_run(found.info.run_id, status="RUNNING")
+            self.set_tags(found.info.run_id, {SWEEP_TAG: sweep_key, FAMILY_TAG: family})
             return found.info.run_id
         run = self.client.create_run(self.experiment_id, run_name=sweep_name,
-                                     tags={SWEEP_TAG: sweep_key, "cdray.kind": "sweep"})
+                                     tags={SWEEP_TAG: sweep_key, FAMILY_TAG: family, "cdray.kind": "sweep"})
         self.log_params(run.info.run_id, params)
         return run.info.run_id
+
+    def _parent(self, family: str, sweep_key: str) -> Optional[Any]:
+        return (self._find(f"tags.`{FAMILY_TAG}` = '{family}' and tags.`cdray.kind` = 'sweep'")
+                or self._find(f"tags.`{SWEEP_TAG}` = '{sweep_key}' and tags.`cdray.kind` = 'sweep'"))
 
     def child_run(self, parent_id: Optional[str], cell_id: str, run_name: str) -> tuple[Optional[str], bool]:
         """(run id, already finished) of a cell's child run, created if missing."""
@@ -111,8 +119,8 @@ class Tracker:
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
                                        max_results=10000)
 
-    def find_parent(self, sweep_key: str) -> Optional[str]:
-        found = self._find(f"tags.`{SWEEP_TAG}` = '{sweep_key}' and tags.`cdray.kind` = 'sweep'")
+    def find_parent(self, family: str, sweep_key: str) -> Optional[str]:
+        found = self._parent(family, sweep_key)
         return found.info.run_id if found else None
 
     def log_params(self, run_id: Optional[str], params: dict) -> None:
