@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--arm", required=True, help="the arm as the arm table names it (e.g. CD-EARLY-157)")
             sp.add_argument("--seed", type=int, required=True)
             sp.add_argument("--q", type=float, default=None, help="the arm's q, where it has several")
-            sp.add_argument("--step", default="best", help="best (lowest eval perplexity), final, or a milestone")
+            sp.add_argument("--step", default="best", help="best (lowest eval perplexity), final, a milestone, or words: every word-count checkpoint (train.checkpoint_words), one chck_<N>M folder each")
             sp.add_argument("--out", required=True, help="a new or empty folder")
         if name == "plan":
             sp.add_argument("--gpus", type=int, default=None, metavar="N",
@@ -238,8 +238,15 @@ def _fetch_eval(cfg) -> int:
     if not cfg.eval.fetch_url:
         raise config_mod.ConfigError("eval.fetch_url", f"set it to the URL of {DOCS_HINT}")
     done = fetch_eval(cfg.eval.fetch_url, dest, cfg.eval.fetch_sha256)
-    what = "installed" if done["downloaded"] else "already complete"
-    print(f"BabyLM evaluation data {what} at {done['dest']}")
+    if done["downloaded"]:
+        print(f"BabyLM evaluation data installed at {done['dest']} (the archive's sha256: {done['sha256']}; "
+              f"set eval.fetch_sha256 to it to check the next download)")
+    for line in done["missing"]:
+        print(f"cdray: error: eval.babylm_dir {done['dest']}: {line}", file=sys.stderr)
+    if done["missing"]:
+        return 1
+    if not done["downloaded"]:
+        print(f"BabyLM evaluation data already complete at {done['dest']}")
     return 0
 
 

@@ -47,11 +47,13 @@ def write_text_corpus(directory: Path, n_docs: int = 160, seed: int = 0) -> Path
 
 def shipped_data_root(root: Path) -> Path:
     """A data_root holding, as tiny fixtures, the folders the shipped sweeps read under theirs
-    (sweeps/paper.yaml's babylm, replicate-gpu.yaml's babylm-10m): a missing one is an error."""
+    (sweeps/paper.yaml's babylm and babylm2025, replicate-gpu.yaml's babylm-10m): a missing one is
+    an error."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("babylm", "babylm-10m"):
+    for name, target in (("babylm", ROOT / "tests" / "assets" / "babylm"),
+                         ("babylm-10m", ROOT / "tests" / "assets" / "babylm"), ("babylm2025", BABYLM_SAMPLE)):
         if not (root / name).exists():
-            (root / name).symlink_to(ROOT / "tests" / "assets" / "babylm")
+            (root / name).symlink_to(target)
     return root
 
 

@@ -89,7 +89,7 @@ def test_paper_yaml_with_the_full_babylm_suite_costs_at_most_1_5x_the_recipe_wit
     size = eval_cost.suite(full, C.BABYLM_TASKS, None)
     assert size.files == sample.files and size.requests > 4.5 * sample.requests
     figures = {}
-    for name, babylm in (("without", []), ("with", [f"eval.babylm_dir={full}"])):
+    for name, babylm in (("without", ["eval.babylm_dir=null"]), ("with", [f"eval.babylm_dir={full}"])):
         cfg = C.load(SWEEPS / "paper.yaml", ["profile=cluster", f"store.root={tmp_path / 'store'}", *babylm,
                                                     f"data_root={shipped_data_root(tmp_path / 'data')}"])
         graph, store = build_graph(cfg), Store.at(cfg.store.root)

@@ -87,3 +87,24 @@ def test_fetch_file_url_tarball_checksum_and_cli(archives, tmp_path, capsys):
                  "--set", f"eval.babylm_dir={tmp_path / 'e'}"]) == 2
     assert "no blimp_filtered/ folder" in capsys.readouterr().err
     assert main(["data", "fetch-eval", str(cfg), "--set", "eval.fetch_url=null"]) == 0  # already there
+
+
+def test_an_archive_without_ewok_installs_the_rest_and_says_where_ewok_comes_from(tmp_path, capsys):
+    """The release's archive may lack ewok_filtered/ (EWoK's terms are accepted on the hub, and the
+    official pipeline builds the folder from there): the rest is installed, the command names the
+    missing folder and its source and exits 1, and says so again when run again."""
+    import shutil
+
+    src = write_layout(tmp_path / "src" / "evaluation_data" / "full_eval")
+    shutil.rmtree(src / babylm.FOLDERS["ewok"])
+    z = tmp_path / "no-ewok.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            zf.write(p, p.relative_to(tmp_path / "src"))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"eval: {{babylm_dir: {tmp_path / 'd'}, fetch_url: '{z.as_uri()}'}}\n")
+    for _ in range(2):
+        assert main(["data", "fetch-eval", str(cfg)]) == 1
+        err = capsys.readouterr().err
+        assert "ewok_filtered/ is missing" in err and "evaluation_pipeline.ewok.dl_and_filter" in err
+    assert babylm.item_files(tmp_path / "d", "blimp")

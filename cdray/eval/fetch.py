@@ -136,7 +136,9 @@ def fetch_eval(url: str, dest: str | Path, sha256: Optional[str] = None, timeout
               f"nothing checks what arrives", file=sys.stderr, flush=True)
     dest = Path(dest).expanduser().resolve()
     if missing_reason(str(dest), FOLDERS) is None:
-        return {"dest": str(dest), "downloaded": False}
+        return {"dest": str(dest), "downloaded": False, "missing": []}
+    if (dest / FOLDERS["blimp"]).is_dir():  # installed before, from an archive that lacked some tasks
+        return {"dest": str(dest), "downloaded": False, "missing": lacking(dest)}
     if dest.exists() and any(dest.iterdir()):
         raise ValueError(f"eval.babylm_dir {str(dest)!r} exists but is incomplete; remove it first")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -157,10 +159,18 @@ def fetch_eval(url: str, dest: str | Path, sha256: Optional[str] = None, timeout
         root = _find_root(tmp / "unpacked")
         if root is None:
             raise ValueError(f"eval.fetch_url {shown}: the archive has no {FOLDERS['blimp']}/ folder")
-        reason = missing_reason(str(root), FOLDERS)
-        if reason is not None:
-            raise ValueError(f"eval.fetch_url {shown}: incomplete archive: {reason.split(': ', 1)[-1]}")
         if dest.exists():
             dest.rmdir()
         shutil.move(str(root), str(dest))
-    return {"dest": str(dest), "downloaded": True, "sha256": digest}
+    return {"dest": str(dest), "downloaded": True, "sha256": digest, "missing": lacking(dest)}
+
+
+# where a task's folder comes from when the release's archive lacks it
+FROM_ELSEWHERE = {"ewok": "the official pipeline builds it from the EWoK hub dataset, whose terms you accept first: "
+                          "`python -m evaluation_pipeline.ewok.dl_and_filter` in github.com/babylm/evaluation-pipeline-2025"}
+
+
+def lacking(dest: str | Path) -> list[str]:
+    """Lines naming each task folder an installed evaluation folder lacks, and where it comes from."""
+    return [f"{FOLDERS[t]}/ is missing: " + FROM_ELSEWHERE.get(t, "drop the task from eval.tasks or add its folder")
+            for t in FOLDERS if missing_reason(str(dest), [t]) is not None]
