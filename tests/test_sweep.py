@@ -120,6 +120,19 @@ def test_micro_sweep_killed_resumed_then_cached(micro_cfg_dict, ray_session, cap
     capsys.readouterr()
     report_from_mlflow(cfg)
     assert "CD-EARLY-4" in capsys.readouterr().out
+
+    # a seed added to the finished sweep: its cells join the same parent; finished cells are not
+    # run again (their child runs keep their end times)
+    grown = anchored(C.from_dict(micro_cfg_dict | {"grid": {**micro_cfg_dict["grid"], "seed": [42, 7]}}))
+    ended = {c.info.run_id: c.info.end_time for c in children}
+    run_sweep(grown)
+    after = client.search_runs([exp.experiment_id], max_results=100)
+    assert [r.info.run_id for r in after if r.data.tags.get("cdray.kind") == "sweep"] == [parent_at_kill]
+    kids = [r for r in after if r.data.tags.get("cdray.kind") == "cell"]
+    assert len(kids) == len(build_graph(grown).cells) == 6  # a BASELINE and two mixed cells a seed
+    assert {r.info.run_id: r.info.end_time for r in kids if r.info.run_id in ended} == ended
+    report_from_mlflow(grown)
+    assert capsys.readouterr().out.count("BASELINE") >= 1
     assert sweep_key(cfg) == sweep_key(C.from_dict(micro_cfg_dict | {"store": {"root": "/elsewhere"}}))
 
 
@@ -167,14 +180,16 @@ def test_a_grid_seed_that_is_the_goods_runs_end_to_end(micro_cfg_dict, ray_sessi
 
 def test_a_baseline_cell_is_built_while_the_good_still_trains(micro_cfg_dict, ray_session, tmp_path):
     """Dispatched by readiness: the GOOD is held at a step until the BASELINE cell, which reads no
-    synthetic corpus, is evaluated; a driver that built the shared work first would wait forever."""
+    synthetic corpus, is evaluated; a driver that built the shared work first would wait forever.
+    Then `cdray export` of its best checkpoint, and of its word-count checkpoints (train.checkpoint_words)."""
     import threading
     import time
 
     from cdray.common import faults
     from cdray.shell.driver import run_sweep
 
-    d = micro_cfg_dict | {"grid": {"k": [], "strategy": ["no_contrast"], "q": [0.0, 0.5], "seed": [42]}}
+    d = micro_cfg_dict | {"grid": {"k": [], "strategy": ["no_contrast"], "q": [0.0, 0.5], "seed": [42]},
+                          "train": {**micro_cfg_dict["train"], "checkpoint_words": [300, 600, 10**9]}}
     cfg = C.from_dict(d)
     graph = build_graph(cfg)
     store = Store.at(cfg.store.root)
@@ -217,3 +232,19 @@ def test_a_baseline_cell_is_built_while_the_good_still_trains(micro_cfg_dict, ra
         theirs = AutoModelForCausalLM.from_pretrained(out)(ids).logits
         ours = load_model(store.dir("train", cell.train.key) / f"step_{best:06d}" / "model")(ids).logits
     assert torch.equal(theirs, ours)
+
+    # its word-count checkpoints: one folder each, named as the BabyLM pipeline names revisions
+    # (10**9 words is never reached: no folder); each loads, and is the milestone of its step
+    from cdray.models.words import folder_name
+
+    words = export(cfg, "NO-CONTRAST", 42, "words", tmp_path / "by-words")
+    stats = store.manifest("train", cell.train.key)["stats"]
+    assert sorted(p.name for p in words.iterdir()) == sorted(folder_name(w) for w in (300, 600))
+    for w in (300, 600):
+        at = stats["word_checkpoints"][str(w)]
+        seen = next(m["words"] for m in stats["milestones"] if m["step"] == at)
+        assert seen >= w and f"{w:,} words" in (words / folder_name(w) / "README.md").read_text()
+        with torch.no_grad():
+            theirs = AutoModelForCausalLM.from_pretrained(words / folder_name(w))(ids).logits
+            ours = load_model(store.dir("train", cell.train.key) / f"step_{at:06d}" / "model")(ids).logits
+        assert torch.equal(theirs, ours)

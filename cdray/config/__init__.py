@@ -19,7 +19,7 @@ from cdray.config.loading import (
                                      parse_section,
 )
 from cdray.config.plain import set_dotted, to_dict
-from cdray.config.models import MODEL_PRESETS, ExpertConfig, ModelConfig, SmallConfig, TrainConfig
+from cdray.config.models import MODEL_PRESETS, STUDENT, ExpertConfig, ModelConfig, SmallConfig, TrainConfig
 from cdray.config.reference import field_reference, reference_markdown
 from cdray.config.sweep import (
                                      BABYLM_TASKS,
@@ -39,7 +39,7 @@ __all__ = [
     "PACKAGED_TEXT_NAMES", "CorpusConfig", "SourceConfig", "TokenizerConfig", "ConfigError", "PAPER_COMPAT",
     "NEEDS_AMATEUR", "PAPER_COMPAT_PENALTY", "STRATEGIES", "DecodingConfig", "GenerationConfig", "apply_profile", "from_dict",
     "load", "load_raw", "parse_override", "parse_section", "set_dotted", "to_dict", "MODEL_PRESETS",
-    "ExpertConfig", "ModelConfig", "SmallConfig", "TrainConfig", "field_reference", "reference_markdown",
+    "STUDENT", "ExpertConfig", "ModelConfig", "SmallConfig", "TrainConfig", "field_reference", "reference_markdown",
     "BABYLM_TASKS", "EvalConfig", "GridConfig", "ProfileConfig", "ProfileEvalConfig", "ProfileGenerationConfig", "ProfileTrainConfig",
     "RayConfig", "StoreConfig", "SweepConfig", "TrackingConfig",
 ]

@@ -20,6 +20,9 @@ from cdray.config.sweep import GridConfig, ProfileConfig, SweepConfig
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
         return tp.__name__
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) > 2:  # one of several kinds
+        return " or ".join("None" if a is type(None) else _type_name(a) for a in args)
     return str(tp).replace("typing.", "").replace("cdray.config.", "")
 
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from cdray.config.errors import ADDED, EXECUTION, check, in_range
+
+STUDENT = "student"  # the scope of train fields only students' runs read (left out of other runs' keys)
 
 MODEL_PRESETS: dict[str, dict[str, int]] = {
     # the paper's GOOD / BASELINE model (162M params with a 32k vocabulary)
@@ -78,6 +80,11 @@ class TrainConfig:
     # milestones that keep optimizer and RNG state (the newest N; enough to resume exactly): the
     # others keep only their weights
     keep_resume: int = field(default=1, metadata={**EXECUTION, **ADDED})
+    # students' runs (BASELINE and mixed) also save a milestone once they have seen each of these
+    # numbers of words, real and synthetic alike, or "babylm": the BabyLM 2025 checkpoint schedule
+    # (cdray.models.words); the GOOD and the amateurs never (their keys do not hold it)
+    checkpoint_words: Optional[Union[Literal["babylm"], tuple[int, ...]]] = field(
+        default=None, metadata={**ADDED, "scope": STUDENT})
 
     def validate(self, at: str) -> None:
         check(self.steps >= 1, f"{at}.steps", f"{self.steps!r} must be >= 1")
@@ -104,6 +111,12 @@ class TrainConfig:
                "bf16 weights need precision: bf16 (an fp32 run would lose what it learned)")
         check(self.keep_resume >= 1, f"{at}.keep_resume", f"{self.keep_resume!r} must be >= 1")
         check(self.torch_threads >= 1, f"{at}.torch_threads", "must be >= 1")
+        if isinstance(self.checkpoint_words, tuple):
+            words = self.checkpoint_words
+            check(len(words) > 0 and all(w >= 1 for w in words), f"{at}.checkpoint_words",
+                  f"{list(words)}: word counts must be >= 1 (or the string babylm)")
+            check(all(a < b for a, b in zip(words, words[1:])), f"{at}.checkpoint_words",
+                  f"{list(words)}: word counts must increase")
 
     def default_milestones(self) -> tuple[int, ...]:
         steps = set(range(self.checkpoint_every, self.steps + 1, self.checkpoint_every))

@@ -111,6 +111,7 @@ def train_job(node: Node, run: SweepConfig | Execution, store: Store, fetch: boo
         real_tokens=str(input_dir(store, node, "real", fetch=fetch) / "tokens.npy"),
         eval_tokens=str(input_dir(store, node, "eval", fetch=fetch) / "tokens.npy"),
         synthetic_tokens=syn,
+        tokenizer_dir=str(input_dir(store, node, "tokenizer", fetch=fetch)) if node.has_input("tokenizer") else None,
     )
 
 

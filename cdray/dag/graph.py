@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from cdray.config import NEEDS_AMATEUR, ConfigError, SweepConfig, to_dict
+from cdray.config import NEEDS_AMATEUR, STUDENT, ConfigError, SweepConfig, to_dict
 from cdray.dag.keys import key_slice
 from cdray.dag.nodes import STRATEGY_LABELS, Amateur, Cell, Node, SweepGraph, arm_name, setting_label
 
@@ -15,14 +15,19 @@ __all__ = ["STRATEGY_LABELS", "Amateur", "Cell", "Node", "SweepGraph", "arm_name
 
 def _train_node(cfg: SweepConfig, g_inputs: dict, *, model: dict, seed: int, q: float,
                 milestones: tuple[int, ...], label: str, synthetic: Optional[Node] = None,
-                recipe: Optional[Any] = None) -> Node:
+                recipe: Optional[Any] = None, student: bool = False) -> Node:
+    """A training run; a student's (BASELINE or mixed) reads the recipe's student-only fields too,
+    and the tokenizer where it counts the words it sees (train.checkpoint_words)."""
+    recipe = recipe or cfg.train
     inputs = [("real", g_inputs["tokens_train"]), ("eval", g_inputs["tokens_eval"])]
     if synthetic is not None:
         inputs.append(("synthetic", synthetic))
+    if student and recipe.checkpoint_words:
+        inputs.append(("tokenizer", g_inputs["tokenizer"]))
     config = {
         "model": model,
         "vocab_size": cfg.tokenizer.vocab_size,
-        "recipe": key_slice(recipe or cfg.train),
+        "recipe": key_slice(recipe, leave_scope=None if student else STUDENT),
         "seed": seed,
         "q": q,
         "milestones": list(milestones),
@@ -114,7 +119,7 @@ def expand(cfg: SweepConfig, recipe: Optional[Any] = None, tag: Callable[[str], 
     tokens_train = Node("tokens", {"split": "train"}, split_inputs, named("tokens[train]"))
     tokens_eval = Node("tokens", {"split": "eval"}, split_inputs, named("tokens[eval]"))
     prompts = Node("prompts", {"prompt_tokens": cfg.generation.prompt_tokens}, split_inputs, named("prompts"))
-    gi = {"tokens_train": tokens_train, "tokens_eval": tokens_eval}
+    gi = {"tokens_train": tokens_train, "tokens_eval": tokens_eval, "tokenizer": tokenizer}
 
     expert_model = to_dict(cfg.expert.model)
     good = _train_node(cfg, gi, model=expert_model, seed=cfg.expert.seed, q=0.0, recipe=recipe,
@@ -170,7 +175,8 @@ def expand(cfg: SweepConfig, recipe: Optional[Any] = None, tag: Callable[[str], 
                     syn = _synthetic_corpus(graph, strategy_, amateur_, eval_items, drop_on_items) if q > 0 else None
                     train = _train_node(cfg, gi, model=mixed_model, seed=seed, q=q,
                                         milestones=cfg.train.default_milestones(),
-                                        label=named(f"train {arm} q={q:g} seed={seed}"), synthetic=syn)
+                                        label=named(f"train {arm} q={q:g} seed={seed}"), synthetic=syn,
+                                        student=True)
                     ev = Node("evaluate", eval_cfg, (("run", train), ("eval", tokens_eval)),
                               named(f"evaluate {arm} q={q:g} seed={seed}"))
                     scored = babylm_nodes(cfg, babylm_tasks, train, tokenizer,

@@ -30,7 +30,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("tokens", 1, ("corpus", "tokenizer", "generate"), "task",
           "one split (or a synthetic corpus) as a flat <s> ... </s> token stream"),
     Stage("prompts", 1, ("corpus", "tokenizer"), "task", "the first tokens of every seed chunk"),
-    Stage("train", 1, ("real", "eval", "synthetic"), "train",
+    Stage("train", 1, ("real", "eval", "synthetic", "tokenizer"), "train",
           "a training run on real (+ synthetic) tokens and its milestone checkpoints"),
     # 2: cdray's own decoding engine, telemetry and contamination columns
     Stage("generate", 2, ("expert", "amateur", "prompts", "tokenizer", "corpus"), "data",

@@ -25,6 +25,7 @@ class TrainJob:
     real_tokens: str  # flat 1-D .npy token stream, documents already wrapped <s> ... </s>
     eval_tokens: str
     synthetic_tokens: str | None = None  # required iff q > 0
+    tokenizer_dir: str | None = None  # what the words seen are counted with (recipe.checkpoint_words)
 
 
 # ---------------------------------------------------------------- mixing

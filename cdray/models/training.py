@@ -6,6 +6,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -158,7 +159,8 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
     eval_blocks = BlockStream(job.eval_tokens, recipe.seq_len, job.seed, REAL, "eval",
                               job.model.vocab_size or job.vocab_size).first_blocks(
         recipe.eval_blocks)
-    milestones = sorted(set(job.milestones) | {recipe.steps})
+    seen, by_words = _words_seen(job, data)
+    milestones = sorted(set(job.milestones) | {recipe.steps} | set(by_words.values()))
     if torch.device(device).type == "cpu":
         torch.set_num_threads(recipe.torch_threads)
 
@@ -208,6 +210,8 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
         if done_steps not in milestones:
             continue
         record = _milestone(job, data, done_steps, window, model, eval_blocks, device, lead)
+        if seen is not None:
+            record["words"] = int(seen[done_steps])
         window = []
         saving = time.perf_counter()
         d = step_dir(out_dir, done_steps)
@@ -227,7 +231,23 @@ def train(job: TrainJob, out_dir: Path, *, rank: int = 0, world_size: int = 1, d
             break
 
     # what each milestone's checkpoint held the steps up for (writing it, handing it on), eval apart
-    return dict(_summary(job, data, done, last_loss, reached), throughput=clock.summary(), checkpoint_seconds=saves)
+    summary = dict(_summary(job, data, done, last_loss, reached), throughput=clock.summary(), checkpoint_seconds=saves)
+    if seen is not None:
+        summary.update(words=int(seen[reached]), word_checkpoints={str(w): s for w, s in by_words.items()})
+    return summary
+
+
+def _words_seen(job: TrainJob, data: MixedBatches) -> tuple[Optional[np.ndarray], dict[int, int]]:
+    """(words seen after each step, {words: step} of the word-count checkpoints) where the recipe
+    asks for them, else (None, {})."""
+    if not job.recipe.checkpoint_words:
+        return None, {}
+    if job.tokenizer_dir is None:
+        raise ValueError("train.checkpoint_words needs the run's tokenizer to count words (none given)")
+    from cdray.models.words import checkpoint_steps, schedule, words_by_step
+
+    seen = words_by_step(MixedBatches(job), job.tokenizer_dir)  # the global batches, on every rank
+    return seen, checkpoint_steps(schedule(job.recipe.checkpoint_words), seen)
 
 
 def _accumulated_step(net: torch.nn.Module, batch: torch.Tensor, recipe: TrainConfig,

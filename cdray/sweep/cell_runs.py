@@ -59,7 +59,7 @@ def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConf
     params = {**cell.params(), **model_sizes(cell.train.config["model"], cell.train.config["vocab_size"]),
               "model": cell.train.config["model"], "setting": cell.setting, "baseline": baseline,
               **{k: recipe[k] for k in ("steps", "batch_size", "seq_len", "lr", "weight_decay", "warmup_steps",
-                                       "precision", "mixing") if k in recipe},
+                                       "precision", "mixing", "checkpoint_words") if k in recipe},
               "realised_q": tr.get("realised_q")}
     if "generate" in resolved:
         decoding = resolved["generate"]["generation"].get("decoding", {})
@@ -78,6 +78,7 @@ def log_cell(tracker: Tracker, run_id: Optional[str], cell: Cell, cfg: SweepConf
         for line in ms.read_text().splitlines():
             m = json.loads(line)
             metrics.append(("eval_loss", m.get("eval_loss"), m["step"]))
+            metrics.append(("words_seen", m.get("words"), m["step"]))  # with train.checkpoint_words
     ev = store.manifest(cell.evaluate.stage, cell.evaluate.key)["stats"]
     for m in ev["milestones"]:
         metrics.append(("eval_ppl", m["ppl"], m["step"]))

@@ -51,19 +51,37 @@ def chosen_step(cell: Cell, store: Store, step: str) -> int:
 
 
 def export(cfg: SweepConfig, arm: str, seed: int, step: str, out: Path, q: Optional[float] = None) -> Path:
-    """Write the checkpoint of (arm, q, seed) at `step` to `out` (a new or empty folder)."""
+    """Write the checkpoint of (arm, q, seed) at `step` to `out` (a new or empty folder); `words`:
+    every word-count checkpoint (train.checkpoint_words), one folder each, named as the BabyLM
+    pipeline names its revisions (chck_1M, chck_2M, ...)."""
     cfg = anchored(cfg)
     store = open_store(cfg)
     cell = find_cell(cfg, arm, seed, q)
     train = cell.train
     if not store.is_done(train.stage, train.key):
         raise ConfigError("--arm", f"{cell.label} q={cell.q:g} seed={seed} is not trained yet (run the sweep)")
-    at = chosen_step(cell, store, step)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError("--out", f"{out} exists and is not empty: nothing written")
+    if step == "words":
+        from cdray.models.words import folder_name
+
+        stats = store.manifest(train.stage, train.key)["stats"]
+        if not stats.get("word_checkpoints"):
+            raise ConfigError("--step", f"words: {cell.label} seed {seed} has no word-count checkpoints "
+                                        f"(set train.checkpoint_words and run the sweep)")
+        seen = {m["step"]: m.get("words") for m in stats["milestones"]}
+        for words, at in sorted((int(w), s) for w, s in stats["word_checkpoints"].items()):
+            _write_checkpoint(cfg, cell, store, at, out / folder_name(words), (words, seen.get(at)))
+        return out
+    _write_checkpoint(cfg, cell, store, chosen_step(cell, store, step), out)
+    return out
+
+
+def _write_checkpoint(cfg: SweepConfig, cell: Cell, store: Store, at: int, out: Path,
+                      words: Optional[tuple[int, int]] = None) -> None:
     folder = f"step_{at:06d}/model/"
-    run = store.fetch(train.stage, train.key, lambda rel: rel.startswith(folder))  # that step's weights only
+    run = store.fetch(cell.train.stage, cell.train.key, lambda rel: rel.startswith(folder))  # that step's weights only
     tok_node = _tokenizer_of(cell)
     tok = store.fetch(tok_node.stage, tok_node.key)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,8 +90,7 @@ def export(cfg: SweepConfig, arm: str, seed: int, step: str, out: Path, q: Optio
     for name in TOKENIZER_FILES:
         if (tok / name).is_file():
             shutil.copy2(tok / name, out / name)
-    (out / "README.md").write_text(model_card(cfg, cell, store, at), encoding="utf-8")
-    return out
+    (out / "README.md").write_text(model_card(cfg, cell, store, at, words), encoding="utf-8")
 
 
 def _tokenizer_of(cell: Cell):
@@ -83,8 +100,9 @@ def _tokenizer_of(cell: Cell):
     raise LookupError(f"{cell.label}: no tokenizer among its inputs")
 
 
-def model_card(cfg: SweepConfig, cell: Cell, store: Store, step: int) -> str:
-    """What the checkpoint is: its recipe, the data it saw to this step, and the store keys."""
+def model_card(cfg: SweepConfig, cell: Cell, store: Store, step: int, words: Optional[tuple[int, int]] = None) -> str:
+    """What the checkpoint is: its recipe, the data it saw to this step (words: the word-count
+    checkpoint it is and the words seen by then), and the store keys."""
     recipe = cell.train.config["recipe"]
     tokens = step * recipe["batch_size"] * recipe["seq_len"]
     stats = store.manifest(cell.train.stage, cell.train.key)["stats"]
@@ -99,6 +117,9 @@ def model_card(cfg: SweepConfig, cell: Cell, store: Store, step: int) -> str:
         f"{recipe['seq_len']} tokens a step), a synthetic share of "
         f"{stats.get('realised_q', cell.q):.4g} of its sequences.",
         "",
+        *([f"The word-count checkpoint of {words[0]:,} words: the first step by which the run had seen "
+           f"that many, {words[1]:,} words (real and synthetic alike, each word counted where its "
+           f"first token is; cdray.models.words).", ""] if words else []),
         "Load it with `AutoModelForCausalLM.from_pretrained(folder)` and `AutoTokenizer.from_pretrained(folder)`.",
         "",
         "## Recipe", "", "```json", json.dumps(recipe, indent=1, sort_keys=True), "```", "",
