@@ -6,6 +6,7 @@ import ast
 import copy
 import json
 
+from cdray.dag import code_units as U
 from cdray.dag import stage_code as S
 from cdray.dag.stages import STAGES
 
@@ -40,14 +41,14 @@ def test_plumbing_is_no_stages_code():
     every = set().union(*(_units(s) for s in STAGES))
     for unit in every:
         module = unit.split("::")[0].removesuffix(".py").removesuffix("/__init__").replace("/", ".")
-        assert not S.is_plumbing(module) or "::" in unit, unit
+        assert not U.is_plumbing(module) or "::" in unit, unit
     plumbing = ("cdray/shell/", "cdray/tracking/", "cdray/sweep/", "cdray/dag/store.py", "cdray/dag/stages.py",
                 "cdray/dag/graph.py", "cdray/dag/keys.py", "cdray/common/console.py", "cdray/config/loading.py")
     assert not [u for u in every if u.startswith(plumbing)]
 
 
 def _digest(source: str) -> str:
-    return S.digest(ast.parse(source))
+    return U.digest(ast.parse(source))
 
 
 def test_comments_docstrings_and_formatting_change_no_digest():
@@ -64,7 +65,7 @@ def test_comments_docstrings_and_formatting_change_no_digest():
 def test_a_changed_module_at_the_same_version_fails_naming_it_and_what_to_do():
     now = S.current()
     pins = copy.deepcopy(now)
-    pins["code"]["cdray/models/training.py"] = "0" * S.DIGEST_LENGTH
+    pins["code"]["cdray/models/training.py"] = "0" * U.DIGEST_LENGTH
     found = S.problems(now, pins)
     stages = {m.split("'")[1] for m in found}
     assert stages == {s for s in STAGES if "cdray/models/training.py" in now["stages"][s]["code"]} == {"train"}
@@ -75,7 +76,7 @@ def test_a_changed_module_at_the_same_version_fails_naming_it_and_what_to_do():
     assert "python -m cdray.dag.stage_code --pin" in msg
     # a module many stages read names each of them
     pins = copy.deepcopy(now)
-    pins["code"]["cdray/dag/builders.py::input_dir"] = "0" * S.DIGEST_LENGTH
+    pins["code"]["cdray/dag/builders.py::input_dir"] = "0" * U.DIGEST_LENGTH
     assert len(S.problems(now, pins)) == sum("cdray/dag/builders.py::input_dir" in s["code"]
                                              for s in now["stages"].values()) > 1
 
@@ -92,7 +93,7 @@ def test_a_stage_reading_other_code_fails_too():
 def test_a_bumped_version_without_a_re_pin_fails_and_a_version_never_goes_down():
     now = S.current()
     pins = copy.deepcopy(now)
-    pins["code"]["cdray/models/training.py"] = "0" * S.DIGEST_LENGTH
+    pins["code"]["cdray/models/training.py"] = "0" * U.DIGEST_LENGTH
     bumped = copy.deepcopy(now)
     bumped["stages"]["train"]["version"] += 1
     (msg,) = S.problems(bumped, pins)  # the bump answers the change; the pins still need writing
