@@ -20,7 +20,8 @@ STAGE_SECONDS = 20.0  # start-up and bookkeeping of one stage (Ray task, Tune tr
 EVAL_SECONDS = 60.0  # one milestone's BabyLM suite at 100 items per file, 1M parameters, one core
 
 
-def _params(model: dict, vocab: int) -> int:
+def non_embedding_params(model: dict, vocab: int) -> int:
+    """A model section's parameters outside the embeddings (what a token's compute scales with)."""
     return shape_params(parse_section(ModelConfig, model, "model"), vocab)["non_embedding"]
 
 
@@ -31,7 +32,7 @@ def learned_rates(store: Store, vocab: int) -> tuple[list[float], list[float]]:
         m = store.manifest(stage, key)
         tps = (m["stats"].get("throughput") or {}).get("tokens_per_s")
         if tps:
-            train.append(tps * _params(m["config"]["model"], m["config"].get("vocab_size", vocab)))
+            train.append(tps * non_embedding_params(m["config"]["model"], m["config"].get("vocab_size", vocab)))
     for stage, key in store.list("generate"):
         m = store.manifest(stage, key)
         tps = m["stats"].get("tokens_per_actor_s")
@@ -51,8 +52,9 @@ def reckon(graph: SweepGraph, cfg: SweepConfig, store: Store, todo: list) -> dic
     train_rate = statistics.median(learned_train) if learned else DEFAULT_TRAIN[device]
     gen_rate = statistics.median(learned_gen) if learned_gen and device == "cpu" else DEFAULT_GENERATE[device]
     tokens = cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len
-    train_s = sum(tokens * _params(n.config["model"], vocab) / train_rate for n in todo if n.stage == "train")
-    expert = _params(graph.good.config["model"], vocab)
+    train_s = sum(tokens * non_embedding_params(n.config["model"], vocab) / train_rate
+                  for n in todo if n.stage == "train")
+    expert = non_embedding_params(graph.good.config["model"], vocab)
     gen_s = kinds["generate"] * cfg.generation.token_budget * expert / (gen_rate * max(1, cfg.generation.actors))
     checkpoints = kinds["babylm"] / max(1, len(cfg.eval.tasks) + len(cfg.eval.lm_eval_tasks))
     ev = evaluation(cfg, store, todo, checkpoints, train_rate, device)
@@ -77,7 +79,7 @@ def estimate(graph: SweepGraph, cfg: SweepConfig, store: Store, todo: list) -> s
     gpu = r["device"] == "gpu"
     total, expert = r["total"], r["expert"]
     line = gpu_evaluation_line(cfg, r) if gpu else ""
-    return (f"to build: {what}\nestimate {'GPU time' if gpu else 'on this machine'}: about {_human(total)}"
+    return (f"to build: {what}\nestimate {'GPU time' if gpu else 'on this machine'}: about {human_duration(total)}"
             + (f" ({total / 3600:.1f} GPU-hours on one GPU)" if gpu else "")
             + f"; {source}, scaled to this sweep's GOOD shape: training ~{r['train_rate'] / expert:,.0f} "
               f"tok/s, generation ~{r['gen_rate'] / expert:,.0f} tok/s"
@@ -113,7 +115,7 @@ def evaluation(cfg: SweepConfig, store: Store, todo: list, checkpoints: float, t
     runs = [n for n in todo if n.stage == "evaluate"] or [n for n in todo if n.stage == "babylm"]
     if not runs:
         return out
-    params = _params(runs[0].input("run").config["model"], cfg.tokenizer.vocab_size)
+    params = non_embedding_params(runs[0].input("run").config["model"], cfg.tokenizer.vocab_size)
     out["params"] = params
     for n in todo:
         if n.stage == "evaluate":
@@ -152,7 +154,8 @@ def gpu_evaluation_line(cfg: SweepConfig, r: dict) -> str:
     return line
 
 
-def _human(seconds: float) -> str:
+def human_duration(seconds: float) -> str:
+    """Seconds as a person reads them: s, min or h."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

@@ -11,7 +11,7 @@ from cdray.config import SweepConfig
 from cdray.dag.graph import SweepGraph
 from cdray.dag.store import Store
 from cdray.sweep import eval_cost
-from cdray.sweep.estimate import STAGE_SECONDS, _params, eval_split_tokens, reckon
+from cdray.sweep.estimate import STAGE_SECONDS, eval_split_tokens, non_embedding_params, reckon
 
 ACCELERATED = ("train", "generate", "evaluate", "babylm")  # the stages that hold a GPU (or a lane)
 
@@ -44,14 +44,14 @@ def jobs(graph: SweepGraph, cfg: SweepConfig, store: Store, slots: int) -> list[
         ident = (n.stage, n.key)
         held = 1 if n.stage in ACCELERATED else 0
         if n.stage == "train":
-            s = tokens * _params(n.config["model"], cfg.tokenizer.vocab_size) / r["train_rate"]
+            s = tokens * non_embedding_params(n.config["model"], cfg.tokenizer.vocab_size) / r["train_rate"]
         elif n.stage == "generate":
             held = max(1, min(cfg.generation.actors, slots))
             s = cfg.generation.token_budget * r["expert"] / (r["gen_rate"] * held)
         elif n.stage == "evaluate":
             split, _ = eval_split_tokens(cfg, store, n)
             s = eval_cost.perplexity_seconds(split, len(n.input("run").config["milestones"]),
-                                             _params(n.input("run").config["model"], cfg.tokenizer.vocab_size),
+                                             non_embedding_params(n.input("run").config["model"], cfg.tokenizer.vocab_size),
                                              r["eval_rate"])
         elif n.stage == "babylm":
             s = per_suite
@@ -133,7 +133,7 @@ def schedule_line(graph: SweepGraph, cfg: SweepConfig, store: Store, slots: int,
     todo = jobs(graph, cfg, store, slots)
     if not todo:
         return ""
-    from cdray.sweep.estimate import _human
+    from cdray.sweep.estimate import human_duration
 
     cells = max(1, cfg.ray.max_concurrent_cells)
     ready = simulate(todo, slots, cells)
@@ -142,5 +142,5 @@ def schedule_line(graph: SweepGraph, cfg: SweepConfig, store: Store, slots: int,
     work = sum(j.seconds * j.slots for j in todo)
     bound = max(path, work / slots)
     return (f"schedule on {slots} {what} (each stage as soon as its inputs are built, at most {cells} cells "
-            f"at once): makespan about {_human(ready)}, {ready / bound:.2f}x max(critical path {_human(path)}, "
-            f"total work {_human(work)} / {slots}); the shared stages one after another first: {_human(serial)}")
+            f"at once): makespan about {human_duration(ready)}, {ready / bound:.2f}x max(critical path {human_duration(path)}, "
+            f"total work {human_duration(work)} / {slots}); the shared stages one after another first: {human_duration(serial)}")
