@@ -13,7 +13,7 @@ from cdray.dag.store import Store
 pytestmark = pytest.mark.slow
 
 
-def test_a_random_search_with_asha_runs_end_to_end_and_restores(micro_cfg_dict, ray_session, tmp_path):
+def test_a_random_search_with_asha_runs_end_to_end_and_restores(micro_cfg_dict, ray_session, tmp_path, capsys):
     from cdray.shell.driver import run_sweep
 
     d = micro_cfg_dict | {"grid": {"k": [4], "strategy": ["no_contrast"], "q": {"low": 0.0, "high": 0.6},
@@ -25,12 +25,16 @@ def test_a_random_search_with_asha_runs_end_to_end_and_restores(micro_cfg_dict, 
     lines: list[str] = []
     rows = run_sweep(cfg, echo=lines.append)
     store = Store.at(cfg.store.root)
+    said = capsys.readouterr().out
+    assert any(r["arm"] == "BASELINE" and r["seed"] == 42 for r in rows), rows  # run for the drawn cells
 
     client = mlflow.MlflowClient(cfg.tracking.uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    children = [r for r in client.search_runs([exp.experiment_id], max_results=100)
-                if r.data.tags.get("cdray.kind") == "cell"]
-    assert len(children) == 3, [c.data.tags for c in children]
+    runs = [r for r in client.search_runs([exp.experiment_id], max_results=100)
+            if r.data.tags.get("cdray.kind") == "cell"]
+    children = [r for r in runs if "search_point" in r.data.params]  # the drawn cells; beside them, their BASELINE
+    assert len(children) == 3, [c.data.tags for c in runs]
+    assert {r.data.tags["cdray.cell_id"] for r in runs if r not in children} <= {"BASELINE|q=0|seed=42"}
     finished = [c for c in children if c.info.status == "FINISHED"]
     stopped = [c for c in children if c.info.status == "KILLED"]
     assert len(finished) + len(stopped) == 3 and finished, "ASHA never stops the first cell to report"
@@ -41,6 +45,7 @@ def test_a_random_search_with_asha_runs_end_to_end_and_restores(micro_cfg_dict, 
         assert child.data.params["q"] == str(cell.q) and cell.q == round(cell.q, 3)
         if child.info.status == "FINISHED":
             assert store.is_done("evaluate", cell.evaluate.key)
+            assert f"[cdray] cell {cell.id}: perplexity" in said  # progress lines follow drawn cells too
             assert any(r["q"] == cell.q and r["arm"] == cell.label for r in rows)
         else:  # stopped at a rung, never before the grace step, and said so
             step = int(child.data.tags["cdray.stopped_at_step"])
@@ -55,6 +60,5 @@ def test_a_random_search_with_asha_runs_end_to_end_and_restores(micro_cfg_dict, 
     assert {(s, k): store.manifest(s, k)["created"] for s, k in store.list()} == manifests
     assert sorted((r["arm"], r["q"], r["final_ppl"]) for r in again) == \
         sorted((r["arm"], r["q"], r["final_ppl"]) for r in rows)
-    children = [r for r in client.search_runs([exp.experiment_id], max_results=100)
-                if r.data.tags.get("cdray.kind") == "cell"]
-    assert len(children) == 3
+    assert len([r for r in client.search_runs([exp.experiment_id], max_results=100)
+                if r.data.tags.get("cdray.kind") == "cell"]) == len(runs)

@@ -175,8 +175,11 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
                 watch.watch_cells(pending)
             if use_tune and (pending or searching):
                 outcome = run_trials(cfg, pending, f"sweep-{cfg.name}-{key}", _cell_trial, known=graph.cells,
+                                     on_start=watch.watch_cell if searching else None,
                                      parent_id=parent_id, baselines=base, builds=builds)
                 mark_stopped(outcome, tracker, parent_id)
+                if searching:  # a search draws points, not their BASELINEs: those are run here
+                    run_baselines(cfg, outcome, store, tracker, parent_id, builds)
             elif pending:
                 for cell in pending:
                     run_cell(cell, cfg, store, tracker, parent_id, builds, baseline=base[cell.label])
@@ -197,6 +200,19 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
     log_arm_table(tracker, parent_id, results, cfg.name)
     tracker.finish(parent_id)
     return results
+
+
+def run_baselines(cfg: SweepConfig, outcome: Outcome, store: Store, tracker: Tracker, parent_id: Optional[str],
+                  builds) -> None:
+    """The BASELINE cells a search's finished cells are compared with, where not run yet (a
+    BASELINE of the GOOD's seed and recipe is the GOOD's own run: only its evaluation is new)."""
+    drawn = {c.id for c in outcome.finished}
+    for cell in with_baselines(cfg, outcome.finished):
+        if cell.id in drawn or (store.is_done(cell.evaluate.stage, cell.evaluate.key)
+                                and tracker.child_finished(parent_id, cell.id)):
+            continue
+        console.say(f"[cdray] cell {cell.id}: the BASELINE the search's cells are compared with")
+        run_cell(cell, cfg, store, tracker, parent_id, builds, baseline=cell.label)
 
 
 def mark_stopped(outcome: Outcome, tracker: Tracker, parent_id: Optional[str]) -> None:

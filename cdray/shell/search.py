@@ -36,6 +36,24 @@ class MilestoneReport(TuneReportCallback):
         super().after_report(run_context, [{**first, "best_ppl": self.best}], checkpoint)
 
 
+# what the driver does as each trial starts, by Tune run name: a callback holds the name only, so
+# Tune can pickle it with the run (a restored run calls the hook the restoring driver registered)
+_ON_START: dict[str, Callable[[dict], None]] = {}
+
+
+class TrialStarts(tune.Callback):
+    """Hands each trial's config to the driver as the trial starts (a search's cells are known only
+    once drawn: the progress lines follow them from there)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        hook = _ON_START.get(self.name)
+        if hook is not None:
+            hook(trial.config)
+
+
 def param_space(cfg: SweepConfig, cells: list[Cell]) -> dict:
     """The grid's cells by id, or the search's axes as Tune domains (a range: uniform, or
     log-uniform; a list: a choice)."""
@@ -89,13 +107,18 @@ def trial_cell(cfg: SweepConfig, config: dict, cells: dict[str, Cell]) -> Cell:
 
 
 def run_trials(cfg: SweepConfig, cells: list[Cell], name: str, trial: Callable, known: list[Cell] = (),
-               resources: Optional[dict] = None, **params: Any) -> Outcome:
+               resources: Optional[dict] = None, on_start: Optional[Callable[[Cell], None]] = None,
+               **params: Any) -> Outcome:
     """Run `trial(config, cfg=, cells=, **params)` per cell of `cells` (the grid; `known` the
     sweep's every cell, by which a restored trial is found) or per drawn point (a search)
     as one Tune run; a search or an ASHA run resumes a killed driver's Tune run (Tune's restore:
-    its finished and stopped trials stay so, its search state is kept)."""
+    its finished and stopped trials stay so, its search state is kept). `on_start(cell)` is
+    called in the driver as each trial starts."""
+    by_id = {c.id: c for c in (*known, *cells)}
+    if on_start is not None:
+        _ON_START[name] = lambda config: on_start(trial_cell(cfg, config, by_id))
     trainable = tune.with_resources(
-        tune.with_parameters(trial, cfg=cfg, cells={c.id: c for c in (*known, *cells)}, **params),
+        tune.with_parameters(trial, cfg=cfg, cells=by_id, **params),
         resources or {"CPU": CELL_DRIVER_CPU},  # the trial only drives a TorchTrainer
     )
     storage = ray_storage(open_store(cfg), "_ray")
@@ -119,14 +142,16 @@ def run_trials(cfg: SweepConfig, cells: list[Cell], name: str, trial: Callable, 
             # cdray reports the cells itself (sweep.progress); Tune's trial tables go to the log.
             # A trial on a lost node is started again elsewhere: its training resumes from its
             # newest committed milestone, its finished evaluations are in the store
-            run_config=tune.RunConfig(name=name, **storage, verbose=0,
+            run_config=tune.RunConfig(name=name, **storage, verbose=0, callbacks=[TrialStarts(name)],
                                       failure_config=tune.FailureConfig(max_failures=3)),
         )
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        _ON_START.pop(name, None)
     errors = [r.error for r in results if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} sweep cell(s) failed; first: {errors[0]}")
-    by_id = {c.id: c for c in (*known, *cells)}
     outcome = Outcome([], [])
     for r in results:
         cell = trial_cell(cfg, r.config, by_id)

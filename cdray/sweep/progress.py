@@ -77,6 +77,11 @@ class Watcher:
     def watch_cells(self, cells: list) -> None:
         self.cells = list(cells)
 
+    def watch_cell(self, cell) -> None:
+        """One more cell (a search's, as it is drawn)."""
+        if all(c.id != cell.id for c in self.cells):
+            self.cells = [*self.cells, cell]
+
     def _loop(self) -> None:
         while not self._stop.wait(POLL):
             try:
