@@ -125,3 +125,19 @@ def test_bad_word_counts_are_refused_naming_the_field(micro_cfg_dict, value, say
     with pytest.raises(C.ConfigError, match=re.escape(says)) as e:
         C.from_dict(micro_cfg_dict | {"train": {**micro_cfg_dict["train"], "checkpoint_words": value}})
     assert e.value.field == "train.checkpoint_words"
+
+
+def test_an_id_past_the_tokenizers_vocabulary_is_empty_text(streams):
+    """A model's vocabulary may be larger than its tokenizer's, and a sampler may draw those ids (a
+    synthetic corpus keeps the drawn ids): they decode to nothing, so they start no word and do not
+    separate the tokens around them."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(streams / "tok" / "tokenizer.json"))
+    counter = WordStarts(streams / "tok")
+    past = tok.get_vocab_size() + 5
+    a, b, space_b = tok.token_to_id("a"), tok.token_to_id("b"), tok.token_to_id("\u2581b")
+    assert None not in (a, b, space_b)
+    assert counter.per_block(np.array([BOS_ID, a, past, b]), 1).sum() == 1  # "ab": one word
+    assert counter.per_block(np.array([BOS_ID, a, past, space_b]), 1).sum() == 2  # "a b"
+    assert counter.per_block(np.array([past, past, b, past]), 1).tolist() == [0, 0, 1, 0]

@@ -36,8 +36,10 @@ def folder_name(words: int) -> str:
 
 
 class WordStarts:
-    """Per vocabulary entry: the words it starts after whitespace, after a non-space character, and
-    whether it ends in whitespace (special tokens are document boundaries)."""
+    """Per vocabulary entry: the words it starts after whitespace, after a non-space character,
+    whether it ends in whitespace (special tokens are document boundaries) and whether it is empty:
+    an id the tokenizer does not have (a model's vocabulary may be larger, and a sampler may draw
+    those ids) decodes to nothing, so it neither starts a word nor separates two tokens."""
 
     def __init__(self, tokenizer_dir: str | Path):
         from tokenizers import Tokenizer
@@ -47,29 +49,49 @@ class WordStarts:
         self.after_space = np.zeros(n, dtype=np.int64)
         self.after_word = np.zeros(n, dtype=np.int64)
         self.ends_space = np.ones(n, dtype=bool)
+        self.empty = np.zeros(n, dtype=bool)
         for i in range(n):
             piece = tok.id_to_token(i)
-            if piece is None or (piece in SPECIALS and piece != UNK):
+            if piece is None:
+                self.empty[i] = True
+                continue
+            if piece in SPECIALS and piece != UNK:
                 continue
             text = "x" if piece == UNK else piece.replace("\u2581", " ")  # Metaspace's space
             inner = sum(1 for a, b in zip(text, text[1:]) if a.isspace() and not b.isspace())
             first = int(bool(text) and not text[0].isspace())
             self.after_space[i], self.after_word[i] = inner + first, inner
-            self.ends_space[i] = not text or text[-1].isspace()
+            self.ends_space[i] = bool(text) and text[-1].isspace()
+            self.empty[i] = not text
+
+    def _cover(self, top: int) -> None:
+        """Tables for ids up to `top`: those past the tokenizer's are empty."""
+        grow = top + 1 - len(self.empty)
+        if grow > 0:
+            self.after_space = np.concatenate([self.after_space, np.zeros(grow, dtype=np.int64)])
+            self.after_word = np.concatenate([self.after_word, np.zeros(grow, dtype=np.int64)])
+            self.ends_space = np.concatenate([self.ends_space, np.zeros(grow, dtype=bool)])
+            self.empty = np.concatenate([self.empty, np.ones(grow, dtype=bool)])
 
     def per_block(self, tokens: np.ndarray, seq_len: int) -> np.ndarray:
         """Words starting in each seq_len block of a token stream (the blocks training reads)."""
         n_blocks = len(tokens) // seq_len
         out = np.zeros(n_blocks, dtype=np.int64)
-        prev_space = True
-        for lo in range(0, n_blocks * seq_len, _CHUNK - _CHUNK % seq_len):
-            chunk = np.asarray(tokens[lo:min(lo + _CHUNK - _CHUNK % seq_len, n_blocks * seq_len)], dtype=np.int64)
-            before = np.empty(len(chunk), dtype=bool)
-            before[0] = prev_space
-            before[1:] = self.ends_space[chunk[:-1]]
+        step = _CHUNK - _CHUNK % seq_len
+        carry = True  # whether the text so far ends in whitespace (a stream starts a document)
+        for lo in range(0, n_blocks * seq_len, step):
+            chunk = np.asarray(tokens[lo:min(lo + step, n_blocks * seq_len)], dtype=np.int64)
+            self._cover(int(chunk.max()))
+            # whether the text before each token ends in whitespace: the end of the last non-empty
+            # token before it, or what the chunks before left
+            solid = np.where(~self.empty[chunk], np.arange(len(chunk)), -1)
+            last = np.maximum.accumulate(solid)
+            before_at = np.concatenate([[-1], last[:-1]])
+            ends = self.ends_space[chunk]
+            before = np.where(before_at >= 0, ends[np.maximum(before_at, 0)], carry)
             starts = np.where(before, self.after_space[chunk], self.after_word[chunk])
             out[lo // seq_len: lo // seq_len + len(chunk) // seq_len] = starts.reshape(-1, seq_len).sum(axis=1)
-            prev_space = bool(self.ends_space[chunk[-1]])
+            carry = bool(ends[last[-1]]) if last[-1] >= 0 else carry
         return out
 
 
