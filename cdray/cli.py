@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--arm", required=True, help="the arm as the arm table names it (e.g. CD-EARLY-157)")
             sp.add_argument("--seed", type=int, required=True)
             sp.add_argument("--q", type=float, default=None, help="the arm's q, where it has several")
-            sp.add_argument("--step", default="best", help="best (lowest eval perplexity), final, a milestone, or words: every word-count checkpoint (train.checkpoint_words), one chck_<N>M folder each")
+            sp.add_argument("--step", default="best",
+                            help="best (lowest eval perplexity), final, a milestone, or words: every "
+                                 "word-count checkpoint (train.checkpoint_words), one chck_<N>M folder each")
             sp.add_argument("--out", required=True, help="a new or empty folder")
         if name == "plan":
             sp.add_argument("--gpus", type=int, default=None, metavar="N",
