@@ -80,7 +80,8 @@ class Tracker:
     def parent_run(self, sweep_name: str, family: str, sweep_key: str, params: dict) -> Optional[str]:
         """The sweep's parent run: the one of its family (its name and recipe: a grid that grew
         keeps its parent) or, for a run made before families, of this very sweep; else a new one.
-        `params` (the recipe) are logged once, at creation; the grid, which may grow, is a tag."""
+        `params` (the recipe) are logged once, at creation; the grid, which may grow, is in the
+        resolved config the driver writes as the run's artifact each time."""
         if not self.enabled:
             return None
         found = self._parent(family, sweep_key)
