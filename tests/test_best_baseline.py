@@ -2,7 +2,9 @@
 and each arm family at its own best setting, with seed-paired bootstrap intervals."""
 from __future__ import annotations
 
-from cdray.eval.best_baseline import best_baseline, seed_paired, verdicts
+import pytest
+
+from cdray.eval.best_baseline import best_baseline, seed_differences, seed_paired, verdicts
 from cdray.eval.stats import PPL, Checkpoint, summarize
 
 
@@ -37,5 +39,12 @@ def test_each_synthetic_arm_is_judged_against_the_best_baseline_and_at_its_own_b
 
 def test_the_perplexity_interval_pairs_seeds():
     c = seed_paired(CHECKPOINTS, "CD-EARLY-157 weight_decay=1", 0.3, "BASELINE weight_decay=1", B=500)
-    assert c.diff == (85 + 86 + 88) / 3 - 91 and c.ci[1] < 0 and c.significant
+    assert c.diff == pytest.approx((85 + 86 + 88) / 3 - 91) and c.ci[1] < 0 and c.significant
     assert seed_paired(CHECKPOINTS[:4], "BASELINE weight_decay=0.1", 0.0, "BASELINE weight_decay=1") is None
+
+
+def test_each_seeds_difference_is_shown_beside_the_interval():
+    text = "\n".join(verdicts(CHECKPOINTS, summarize(CHECKPOINTS, "best", B=0), B=200))
+    assert seed_differences(CHECKPOINTS, "CD-EARLY-157 weight_decay=1", 0.3, "BASELINE weight_decay=1") == {
+        42: -5.0, 43: -5.0, 44: -4.0}
+    assert "by seed: 42 -5.00, 43 -5.00, 44 -4.00" in text and "interval is optimistic" in text

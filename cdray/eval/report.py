@@ -103,6 +103,9 @@ def bootstrap_table(rows: list[ArmSummary]) -> str:
             b = c.comparison
             lines.append(f"| {r.arm} | {r.q:g} | {COLUMNS[s]} | {b.diff:+.3f} | "
                          f"[{_fmt(b.ci[0], 3)}, {_fmt(b.ci[1], 3)}] | {_fmt(b.p, 4)} |")
+    if len(lines) == 2:  # perplexity has no items to resample: an empty table would read as a failure
+        return ("No arm has item scores to compare with its BASELINE: the item bootstrap covers the BabyLM "
+                "tasks, and perplexity has no items.")
     return "\n".join(lines)
 
 
