@@ -37,7 +37,9 @@ def jobs(graph: SweepGraph, cfg: SweepConfig, store: Store, slots: int) -> list[
     tokens = cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len
     owner = {(n.stage, n.key): i for i, c in enumerate(graph.cells) for n in c.nodes()}
     shared = {(n.stage, n.key) for n in graph.upstream()}
-    per_suite = (r["babylm"] / r["checkpoints"] / max(1, len(cfg.eval.tasks))) if r["checkpoints"] else 0.0
+    # a checkpoint's BabyLM tasks run in one Ray task: its seconds and its one start-up, shared by its stages
+    n_babylm = r["kinds"]["babylm"]
+    per_babylm = (r["babylm"] + STAGE_SECONDS * r["checkpoints"]) / n_babylm if n_babylm else 0.0
     built = {(n.stage, n.key) for n in todo}
     out = []
     for n in todo:
@@ -53,12 +55,11 @@ def jobs(graph: SweepGraph, cfg: SweepConfig, store: Store, slots: int) -> list[
             s = eval_cost.perplexity_seconds(split, len(n.input("run").config["milestones"]),
                                              non_embedding_params(n.input("run").config["model"], cfg.tokenizer.vocab_size),
                                              r["eval_rate"])
-        elif n.stage == "babylm":
-            s = per_suite
         else:
             s = 0.0
+        s = per_babylm if n.stage == "babylm" else s + STAGE_SECONDS
         inputs = tuple((d.stage, d.key) for _, d in n.inputs if (d.stage, d.key) in built)
-        out.append(Job(ident, s + STAGE_SECONDS, held, inputs, None if ident in shared else owner.get(ident)))
+        out.append(Job(ident, s, held, inputs, None if ident in shared else owner.get(ident)))
     return out
 
 
