@@ -63,8 +63,11 @@ def arms_figure(rows: list[ArmSummary], path: Path, title: str) -> Optional[Path
     base = next((r for r in rows if is_baseline(r.arm)), None)
     cols = min(4, len(scores))
     nrows = -(-len(scores) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(max(7.0, 3.6 * cols), 3.4 * nrows), squeeze=False)
-    labels = [f"{r.arm}\nq={r.q:g}" for r in arms]
+    width = max(3.6, 1.15 * len(arms))  # a panel wide enough for its bars' labels
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(7.0, width * cols), 3.4 * nrows), squeeze=False)
+    # an arm's name and each of its axis values on a line of its own: side by side they overlap
+    labels = ["\n".join([*r.arm.split(" "), f"q={r.q:g}"]) for r in arms]
+    size = 7 if len(arms) <= 3 else 6
     for ax, score in zip(axes.flat, scores):
         vals, errs, marks = zip(*(_value(r, score, base) for r in arms))
         colors = ["tab:green" if v > 0 else "tab:red" for v in vals]
@@ -76,7 +79,7 @@ def arms_figure(rows: list[ArmSummary], path: Path, title: str) -> Optional[Path
                             ha="center", va="bottom" if v >= 0 else "top", fontsize=7,
                             xytext=(0, 2 if v >= 0 else -2), textcoords="offset points")
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(arms)), labels, fontsize=7)
+        ax.set_xticks(range(len(arms)), labels, fontsize=size)
         ax.set_title(TITLES.get(score, score), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         ax.margins(y=0.2)
