@@ -54,3 +54,16 @@ def test_one_sweep_with_an_axis_over_the_decoding_is_a_truncation_figure(tmp_pat
         assert sorted(r.arm for r in setting) == ["BASELINE", "CD-EARLY-50", "NO-CONTRAST"]
     assert truncation_figure(settings, tmp_path / "truncation.png") == tmp_path / "truncation.png"
     assert by_truncation(build_graph(C.load(tiny)).cells, rows) == []  # one truncation: no split
+
+
+def test_arms_named_by_axis_values_get_panels_wide_enough_for_their_labels(tmp_path):
+    """Four arms of a weight-decay axis: each label's parts on lines of their own and a panel as
+    wide as its bars need (side by side on a fixed width they overlapped)."""
+    from matplotlib.image import imread
+
+    few = [_arm("BASELINE", 0, 0, 0.0), _arm("NO-CONTRAST", 0.3, 2.0, 1.0)]
+    many = [_arm("BASELINE weight_decay=0.1", 0, 0, 0.0)] + [_arm(f"NO-CONTRAST weight_decay={wd}", 0.3, 1.0, 1.0)
+                                                              for wd in ("0.1", "1.0", "2.0", "3.0", "10.0", "30.0")]
+    narrow = imread(arms_figure(few, tmp_path / "few.png", "t")).shape[1]
+    wide = imread(arms_figure(many, tmp_path / "many.png", "t")).shape[1]
+    assert wide >= 1.9 * narrow  # 3 panels of 6 bars: 6.9 inches each against the 3.6-inch floor
