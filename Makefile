@@ -36,15 +36,12 @@ replicate: setup
 	$(BIN)/cdray report sweeps/replicate.yaml
 
 # the fast suite (about 5 minutes on 2 cores); `make test-slow` adds the end-to-end and fault
-# tests that start Ray clusters and kill processes (CI runs both). The slow tests run two at a
-# time (SLOW_WORKERS): much of their time is Ray waiting on Ray (process start-up, health checks,
-# a killed node's detection), which the other one's work fills; the multi-node ones share a worker
-SLOW_WORKERS ?= 2
+# tests that start Ray clusters and kill processes (CI runs both)
 test: setup
 	$(BIN)/pytest -q --timeout=900 --durations=10 -m "not slow" tests
 
 test-slow: setup
-	$(BIN)/pytest -q -n $(SLOW_WORKERS) --dist loadgroup --timeout=1800 --durations=25 -m slow tests
+	$(BIN)/pytest -q --timeout=1800 --durations=25 -m slow tests
 
 clean-store:
 	rm -rf .cdray

@@ -82,15 +82,8 @@ def test_every_benchmark_has_a_quick_mode_here():
         assert "--quick" in (BENCH / name).read_text(), f"bench/{name} has no --quick"
 
 
-def _params() -> list:
-    """The scripts to run; one that starts a node_cluster joins the multi-node tests' pytest worker
-    (tests/test_node_loss.py: their nodes take the same worker ports)."""
-    return [pytest.param(s, marks=pytest.mark.xdist_group("clusters")) if "namespaces" in v[2] else s
-            for s, v in QUICK.items() if v is not None]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("script", _params())
+@pytest.mark.parametrize("script", [s for s, v in QUICK.items() if v is not None])
 def test_quick_mode_runs(script, tmp_path):
     args, seconds, needs, lines = QUICK[script]
     for need in needs:

@@ -28,9 +28,7 @@ from tests.conftest import S3_ENV, micro_sweep_dict, s3_uri
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
-# a cluster of several nodes: with `make test-slow`'s two pytest workers, the multi-node tests share one
-# (xdist's --dist loadgroup), so no two of them start their nodes on the host at once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("clusters")]
+pytestmark = pytest.mark.slow
 
 
 def _session_pids(sid: int) -> list[int]:

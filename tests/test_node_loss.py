@@ -23,9 +23,7 @@ from cdray.dag.store import Store
 from tests.conftest import BABYLM_SAMPLE, S3_ENV, micro_sweep_dict, s3_uri
 from tests.node_cluster import NODE_CACHE, make_cluster, namespaces_work
 
-# node_cluster gives every cluster's nodes the same worker port ranges: with `make test-slow`'s two pytest
-# workers, the multi-node tests share one (xdist's --dist loadgroup)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("clusters")]
+pytestmark = pytest.mark.slow
 
 # a node's death is seen in seconds, not Ray's default half a minute
 FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
