@@ -152,14 +152,25 @@ def run_trials(cfg: SweepConfig, cells: list[Cell], name: str, trial: Callable, 
     errors = [r.error for r in results if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} sweep cell(s) failed; first: {errors[0]}")
-    outcome = Outcome([], [])
-    for r in results:
-        cell = trial_cell(cfg, r.config, by_id)
-        metrics = r.metrics or {}
+    return sort_trials(cfg, [(trial_cell(cfg, r.config, by_id), r.metrics or {}) for r in results])
+
+
+def sort_trials(cfg: SweepConfig, trials: list[tuple[Cell, dict]]) -> Outcome:
+    """A finished Tune run's cells by their last report: finished, or stopped by ASHA (which stops
+    none before its grace step). Any other unfinished cell means the run was interrupted (Tune
+    returns from Ctrl-C as from a finished run): KeyboardInterrupt, so no cell is reported as
+    stopped that was not."""
+    outcome, interrupted = Outcome([], []), []
+    for cell, metrics in trials:
+        step = int(metrics.get("step", 0))
         if metrics.get("done"):
             outcome.finished.append(cell)
+        elif cfg.search.scheduler == "asha" and step >= cfg.asha_grace:
+            outcome.stopped.append((cell, step, float(metrics.get("best_ppl", math.nan))))
         else:
-            outcome.stopped.append((cell, int(metrics.get("step", 0)), float(metrics.get("best_ppl", math.nan))))
+            interrupted.append(cell)
+    if interrupted:
+        raise KeyboardInterrupt(f"{len(interrupted)} cell(s) unfinished")
     return outcome
 
 
