@@ -73,9 +73,12 @@ def test_plan_summarizes_a_large_grid_in_one_short_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_run_shuts_down_the_local_ray_cluster_it_started(micro_cfg_dict, tmp_path):
-    """SIGTERM (`kill`, a scheduler's stop) stops cdray as Ctrl-C does: the local Ray cluster goes
-    with it instead of running on, orphaned."""
+@pytest.mark.parametrize("command,signame,when", [("run", "SIGTERM", "[cdray] building"),
+                                                  ("sweep", "SIGINT", ": training")])
+def test_a_killed_run_shuts_down_the_local_ray_cluster_it_started(command, signame, when, micro_cfg_dict, tmp_path):
+    """SIGTERM (`kill`, a scheduler's stop) stops cdray as Ctrl-C does, and Ctrl-C stops a Tune
+    run while its cells train: exit 130, the interrupted line, and the local Ray cluster goes with
+    it instead of running on, orphaned."""
     import os
     import signal
     import time
@@ -84,17 +87,23 @@ def test_a_killed_run_shuts_down_the_local_ray_cluster_it_started(micro_cfg_dict
 
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(micro_cfg_dict))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cdray.cli", "run", "sweep.yaml"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:  # Ray is up once the first stage is being built
-        if "[cdray] building" in line:
+    # a session of its own: Ctrl-C signals the terminal's whole process group, Ray's workers too
+    proc = subprocess.Popen([sys.executable, "-m", "cdray.cli", command, "sweep.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in proc.stdout:  # Ray is up once the first stage is being built; cells start later
+        if when in line:
             break
     started = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)
                if p.name() in ("gcs_server", "raylet")}
     assert started, "no local Ray cluster was started"
-    proc.send_signal(signal.SIGTERM)
+    if signame == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(getattr(signal, signame))
     rest = proc.stdout.read()
     assert proc.wait(120) == 130, rest[-3000:]
+    assert "cdray: interrupted; re-run the same command to resume" in rest, rest[-3000:]
+    assert "stopped by ASHA" not in rest, rest[-3000:]
     deadline = time.time() + 60
     while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in started):
         assert time.time() < deadline, "the local Ray cluster outlived the run"

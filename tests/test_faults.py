@@ -50,6 +50,22 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> bool:
     raise AssertionError("the kill point was never reached")
 
 
+def _alive(pid: int) -> bool:
+    """Whether process pid still runs (a zombie, dead but not reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _wait_for(ready, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        if time.time() > deadline:
+            raise AssertionError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.05)
+
+
 # ---------------------------------------------------------------- store: killed builders
 
 BUILDER = """
@@ -291,16 +307,27 @@ generate_with_ray_data(kwargs, shards)
 def test_killed_generation_driver_reruns_to_identical_corpus(seed, gen_world, reference_corpus,
                                                              text_corpus_dir, tmp_path):
     from cdray.config import to_dict
+    from cdray.decode.shards import shards_done
 
     out = tmp_path / "gen"
     cfg, kwargs, shards = _gen_setup(gen_world, out, text_corpus_dir, tmp_path)
     plain = {name: value for name, value in kwargs.items() if name != "generation"}  # cfg carries it
     args = (json.dumps(plain), json.dumps(shards), json.dumps(to_dict(cfg)), str(ROOT))
     first = _spawn(GEN_DRIVER, *args)
-    # the driver dies while an actor is in the middle of this shard (Ray's processes share its fate)
-    faults.arm(out, "shard", random.Random(seed).randint(1, 4), victim=first.pid)
+    # the driver dies while an actor is in the middle of this shard (Ray's processes share its fate);
+    # the hold keeps that actor from committing the shard in the moments before Ray reaps it, or
+    # it could finish the whole corpus first (it did, in CI) and the re-run would resume nothing
+    kill_at = random.Random(seed).randint(1, 4)
+    faults.arm(out, "shard", kill_at, victim=first.pid)
+    hold = faults.hold(out, "shard", kill_at)
     assert first.wait(240) == -signal.SIGKILL, first.stdout.read()
-    assert len(list((out / "shards").glob("shard_*.json"))) < len(shards), "killed mid-corpus"
+    held = faults.held_path(out, "shard", kill_at)
+    _wait_for(lambda: held.exists() and held.read_text().strip(), 60,
+              "the actor that killed the driver to reach the hold")
+    _wait_for(lambda: not _alive(int(held.read_text())), 120, "Ray to reap the dead driver's actor")
+    hold.unlink()
+    held.unlink()
+    assert kill_at not in shards_done(out) and len(shards_done(out)) < len(shards), "killed mid-corpus"
     again = _spawn(GEN_DRIVER, *args)
     assert again.wait(240) == 0, again.stdout.read()
     assert _corpus(out, len(shards)) == reference_corpus

@@ -68,8 +68,26 @@ def _cell_trial(config: dict, *, cfg: SweepConfig, cells: dict[str, Cell], paren
     tune.report({"final_ppl": row["final_ppl"], "best_ppl": row["best_ppl"], "step": cfg.train.steps, "done": True})
 
 
+class Reporting(threading.Thread):
+    """The thread that reports the shared nodes as they finish: `join` waits for all of them;
+    `stop` ends it early (an interrupted run), before Ray shuts down under it."""
+
+    def __init__(self, report: Callable[[threading.Event], None]):
+        super().__init__(name="cdray-upstream", daemon=True)
+        self._stopping = threading.Event()
+        self._report = report
+
+    def run(self) -> None:
+        self._report(self._stopping)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.is_alive():
+            self.join(10)
+
+
 def build_upstream(graph: SweepGraph, cfg: SweepConfig, store: Store, tracker: Tracker,
-                   parent_id: Optional[str], echo: Echo, builds, watch: Optional[Watcher] = None) -> threading.Thread:
+                   parent_id: Optional[str], echo: Echo, builds, watch: Optional[Watcher] = None) -> Reporting:
     """Submit every shared node not built yet to the sweep's builds, where each starts as soon as
     its inputs are built; a thread reports and logs each as it finishes (returned, to join).
     The seed prompts and what they need come first, here: a seed split too small for the token
@@ -87,10 +105,13 @@ def build_upstream(graph: SweepGraph, cfg: SweepConfig, store: Store, tracker: T
         echo(f"[cdray] building {len(todo)} shared stages, each as soon as its inputs are built: "
              + ", ".join(n.label for n in todo))
 
-    def report() -> None:
+    def report(stopping: threading.Event) -> None:
         waiting = list(refs)
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
+        while waiting and not stopping.is_set():
+            # a timeout, to see a stop: a thread still in Ray when it shuts down ends the process
+            ready, waiting = ray.wait(waiting, num_returns=1, timeout=1.0)
+            if not ready:
+                continue
             node = refs[ready[0]]
             if watch is not None:
                 watch.forget_run(node.label)
@@ -99,7 +120,7 @@ def build_upstream(graph: SweepGraph, cfg: SweepConfig, store: Store, tracker: T
             except Exception as e:  # noqa: BLE001 - the trial needing it fails with the same error
                 echo(f"[cdray] {node.label} failed: {type(e).__name__}")
 
-    thread = threading.Thread(target=report, name="cdray-upstream", daemon=True)
+    thread = Reporting(report)
     thread.start()
     return thread
 
@@ -165,25 +186,28 @@ def _run(cfg: SweepConfig, store: Store, graph: SweepGraph, echo: Echo, use_tune
             init_ray(cfg.ray)
             builds = start_builds(execution_of(cfg), cfg.tracking, key, parent_id)
             reporting = build_upstream(graph, cfg, store, tracker, parent_id, echo, builds, watch)
-            if searching:
-                echo(f"[cdray] a {cfg.search.algorithm} search of {cfg.search.samples} cell(s) as a Ray Tune run"
-                     + (" with ASHA" if cfg.search.scheduler == "asha" else "")
-                     + ": each cell's inputs are built as its point asks for them")
-            elif pending:
-                echo(f"[cdray] running {len(pending)} cell(s)" + (" as a Ray Tune run" if use_tune else "")
-                     + ", each as soon as its inputs are built")
-                watch.watch_cells(pending)
-            if use_tune and (pending or searching):
-                outcome = run_trials(cfg, pending, f"sweep-{cfg.name}-{key}", _cell_trial, known=graph.cells,
-                                     on_start=watch.watch_cell if searching else None,
-                                     parent_id=parent_id, baselines=base, builds=builds)
-                mark_stopped(outcome, tracker, parent_id)
-                if searching:  # a search draws points, not their BASELINEs: those are run here
-                    run_baselines(cfg, outcome, store, tracker, parent_id, builds)
-            elif pending:
-                for cell in pending:
-                    run_cell(cell, cfg, store, tracker, parent_id, builds, baseline=base[cell.label])
-            reporting.join()
+            try:
+                if searching:
+                    echo(f"[cdray] a {cfg.search.algorithm} search of {cfg.search.samples} cell(s) as a Ray Tune run"
+                         + (" with ASHA" if cfg.search.scheduler == "asha" else "")
+                         + ": each cell's inputs are built as its point asks for them")
+                elif pending:
+                    echo(f"[cdray] running {len(pending)} cell(s)" + (" as a Ray Tune run" if use_tune else "")
+                         + ", each as soon as its inputs are built")
+                    watch.watch_cells(pending)
+                if use_tune and (pending or searching):
+                    outcome = run_trials(cfg, pending, f"sweep-{cfg.name}-{key}", _cell_trial, known=graph.cells,
+                                         on_start=watch.watch_cell if searching else None,
+                                         parent_id=parent_id, baselines=base, builds=builds)
+                    mark_stopped(outcome, tracker, parent_id)
+                    if searching:  # a search draws points, not their BASELINEs: those are run here
+                        run_baselines(cfg, outcome, store, tracker, parent_id, builds)
+                elif pending:
+                    for cell in pending:
+                        run_cell(cell, cfg, store, tracker, parent_id, builds, baseline=base[cell.label])
+                reporting.join()
+            finally:  # also when interrupted: no thread left in Ray as it shuts down
+                reporting.stop()
             for node in graph.upstream():  # a shared node no cell needed that failed: its error
                 ensure(node, builds, store)
             ray.kill(builds)  # its name is the sweep's: a next run from this process starts its own
