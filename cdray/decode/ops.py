@@ -1,4 +1,4 @@
-"""The arithmetic both decode steps share: batched products over the model stack, RMSNorm, RoPE."""
+"""Arithmetic of the decode steps: batched products over the model stack, RMSNorm, RoPE, the dropout hash."""
 from __future__ import annotations
 
 import torch
@@ -31,3 +31,19 @@ def rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
 def rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+M32 = 0xFFFFFFFF
+
+
+def mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash on int64 tensors holding values in [0, 2^32).
+
+    Multipliers stay below 2^31 so no product overflows int64; the result is a pure function of
+    the input, which is what lets dropout masks depend on a row's own seed only.
+    """
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & M32
+    x = x ^ (x >> 15)
+    x = (x * 0x68E31DA5) & M32
+    return x ^ (x >> 16)

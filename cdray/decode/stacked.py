@@ -8,23 +8,7 @@ import torch
 from torch import Tensor
 
 from cdray.config.generation import ATTENTION
-from cdray.decode.ops import bmm, rms, rope
-
-_M32 = 0xFFFFFFFF
-
-
-def _mix32(x: Tensor) -> Tensor:
-    """A 32-bit integer hash on int64 tensors holding values in [0, 2^32).
-
-    Multipliers stay below 2^31 so no product overflows int64; the result is a pure function of
-    the input, which is what lets dropout masks depend on a row's own seed only.
-    """
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _M32
-    x = x ^ (x >> 15)
-    x = (x * 0x68E31DA5) & _M32
-    return x ^ (x >> 16)
-
+from cdray.decode.ops import M32, bmm, mix32, rms, rope
 
 # attention reads a prefix of the cache: enough keys for the longest row, rounded up to a key
 # step, and at least a floor. Keys past a row's position are masked to exact zeros, but kernels
@@ -270,9 +254,9 @@ class StackedLlama:
         # base [b, Q] hashes of (row seed, query position); result [b, kv, rep*Q, T]
         rep = self.heads // self.kv_heads
         heads = torch.arange(self.heads, device=base.device)
-        h = _mix32(base[:, None, :] ^ ((layer * 1_000_003 + heads[None, :, None] * 7919 + 1) & _M32))
+        h = mix32(base[:, None, :] ^ ((layer * 1_000_003 + heads[None, :, None] * 7919 + 1) & M32))
         keys = torch.arange(self.T, device=base.device)
-        h = _mix32(h[..., None] ^ ((keys * 0x9E3779B1) & _M32))  # [b, heads, Q, T]
+        h = mix32(h[..., None] ^ ((keys * 0x9E3779B1) & M32))  # [b, heads, Q, T]
         u = h.to(torch.float32) * (1.0 / 4294967296.0)
         b, _, q, t = h.shape
         return (u >= p).reshape(b, self.kv_heads, rep * q, t)
@@ -373,8 +357,8 @@ class StackedLlama:
         if use_dropout:
             if seeds is None:
                 raise ValueError("a stacked model with dropout needs row seeds")
-            lo, hi = seeds & _M32, (seeds >> 32) & _M32
-            drop_base = _mix32(_mix32(lo ^ _mix32(hi))[:, None] ^ (positions & _M32))
+            lo, hi = seeds & M32, (seeds >> 32) & M32
+            drop_base = mix32(mix32(lo ^ mix32(hi))[:, None] ^ (positions & M32))
         for li, blk in enumerate(self.blocks):
             hidden = rms(x, blk["ln1"], self.eps)
             qkv = bmm(hidden, blk["qkv"]).reshape(G, b, Q, nh + 2 * nkv, hd).transpose(2, 3)
