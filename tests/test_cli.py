@@ -99,7 +99,7 @@ def test_a_killed_run_shuts_down_the_local_ray_cluster_it_started(command, signa
     if signame == "SIGINT":
         os.killpg(proc.pid, signal.SIGINT)
     else:
-        proc.send_signal(getattr(signal, signame))
+        proc.send_signal(signal.SIGTERM)
     rest = proc.stdout.read()
     assert proc.wait(120) == 130, rest[-3000:]
     assert "cdray: interrupted; re-run the same command to resume" in rest, rest[-3000:]
